@@ -1,0 +1,43 @@
+"""errands: FastAPI's background tasks, made real.
+
+Same API as FastAPI's ``BackgroundTasks`` (change the import), plus job handles
+and status, failure isolation, registered tasks with retries and timeouts, and a
+worker of its own off the request path.
+"""
+
+from ._background import BackgroundTask, BackgroundTasks, Tasks
+from ._errands import Errands
+from ._handle import Job
+from ._job import JobRecord, JobStatus
+from ._store import Store
+from ._task import Task
+from .exceptions import (
+    BacklogFull,
+    ConfigurationError,
+    ErrandsError,
+    InvalidArguments,
+    NotSerializable,
+    TaskTimeout,
+    WaitTimeout,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackgroundTask",
+    "BackgroundTasks",
+    "BacklogFull",
+    "ConfigurationError",
+    "Errands",
+    "ErrandsError",
+    "InvalidArguments",
+    "Job",
+    "JobRecord",
+    "JobStatus",
+    "NotSerializable",
+    "Store",
+    "Task",
+    "TaskTimeout",
+    "Tasks",
+    "WaitTimeout",
+]

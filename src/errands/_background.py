@@ -1,0 +1,268 @@
+"""``BackgroundTasks`` for FastAPI and ``BackgroundTask`` for Starlette responses.
+
+FastAPI injects its own ``BackgroundTasks`` for any subclass of Starlette's, so
+errands' is an ``Annotated`` alias over ``Tasks`` with a dependency that hooks the
+request's two FastAPI exit stacks (FastAPI >= 0.121):
+
+- the *function* stack closes when the endpoint has returned, before the response
+  is sent: a request's registered jobs are committed to the store there, or dropped
+  if the endpoint raised (as FastAPI drops its tasks);
+- the *request* stack closes after the response has been sent in full (the last
+  chunk of a StreamingResponse, or the end of a WebSocket endpoint): the jobs are
+  released to the worker there, or run right there when no worker runs in this
+  process (FastAPI's own behaviour) or the instance is ``eager``.
+
+One plain async dependency that pushes two callbacks costs far less per request
+than two ``yield`` dependencies, and unlike a function-scoped dependency it may be
+used by request-scoped ``yield`` dependencies too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar, overload
+
+import anyio
+import starlette.background
+from fastapi import Depends
+from starlette.requests import HTTPConnection
+
+from ._handle import Job
+from ._job import JobRecord, JobStatus, utcnow
+from ._runner import LocalJob, Runner, new_local_job
+from ._task import Task
+from ._waiters import WAITERS
+from ._worker import running_instance
+from .exceptions import ConfigurationError, ErrandsError
+
+if TYPE_CHECKING:
+    from ._errands import Errands
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+#: Runs a request's plain callables when no Errands instance is around at all.
+_DEFAULT_RUNNER = Runner(threads=16, thread_name="errands-inline")
+
+_OPEN, _COMMITTED, _RELEASED, _DROPPED = range(4)
+
+
+@dataclass(slots=True)
+class _Entry:
+    record: JobRecord
+    local: LocalJob | None  # set for plain callables
+    errands: Errands | None  # the task's instance; for plain ones, the running one
+    committed: bool = False
+
+
+class Tasks:
+    """The background tasks of one request (annotate with ``errands.BackgroundTasks``).
+
+    One instance per request, shared by the endpoint and all its dependencies.
+    ``add_task`` returns a ``Job`` handle. Plain callables keep their order among
+    themselves, and so do registered tasks; the two sequences run side by side.
+    """
+
+    __slots__ = ("_entries", "_last_stored", "_phase")
+
+    def __init__(self) -> None:
+        self._entries: list[_Entry] = []
+        self._last_stored: dict[int, str] = {}
+        self._phase = _OPEN
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: Any) -> Any:
+        raise ConfigurationError(
+            "annotate the parameter with errands.BackgroundTasks, not errands.Tasks: "
+            "BackgroundTasks is the dependency that gives each request its Tasks"
+        )
+
+    @overload
+    def add_task(
+        self, func: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> Job[R]: ...
+
+    @overload
+    def add_task(self, func: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Job[R]: ...
+
+    def add_task(self, func: Callable[P, Any], /, *args: P.args, **kwargs: P.kwargs) -> Job[Any]:
+        """Run ``func(*args, **kwargs)`` after the response has been sent; its handle."""
+        if self._phase == _RELEASED:
+            return self._add_now(func, args, kwargs)
+        if isinstance(func, Task):
+            errands = func.errands
+            record = errands.new_stored(
+                func, args, kwargs, run_at=None, after=self._last_stored.get(id(errands))
+            )
+            self._last_stored[id(errands)] = record.id
+            self._entries.append(_Entry(record, None, errands))
+            return Job(record.id, record.name, errands)
+        local = new_local_job(func, args, kwargs)
+        instance = running_instance()
+        self._entries.append(_Entry(local.record, local, instance))
+        return Job(local.record.id, local.record.name, instance, local.record)
+
+    def _add_now(self, func: Callable[..., Any], args: Any, kwargs: Any) -> Job[Any]:
+        # Added after the response was sent (e.g. in a dependency's teardown).
+        errands = func.errands if isinstance(func, Task) else running_instance()
+        if errands is None:
+            raise ErrandsError(
+                "this request's tasks have already run; add later work with "
+                "errands.add_task() on an Errands instance"
+            )
+        return errands.add_task(func, *args, **kwargs)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    # -- the request's exit stacks call these ------------------------------------
+
+    async def function_exit(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        if exc is None:
+            await self._commit()
+        else:
+            self._drop(f"dropped: the endpoint raised {exc!r}")
+        return False
+
+    async def request_exit(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        if exc is None:
+            await self._commit()  # tasks added by dependencies' teardown code
+            await self._release()
+        else:
+            self._drop(f"dropped: the request failed with {exc!r}")
+        return False
+
+    async def _commit(self) -> None:
+        pending = [e for e in self._entries if not e.committed]
+        if not pending:
+            return
+        self._phase = _COMMITTED
+        by_instance: dict[int, tuple[Errands, list[_Entry]]] = {}
+        for entry in pending:
+            if entry.errands is None:
+                entry.committed = True  # nothing to store, no backlog to count against
+            else:
+                by_instance.setdefault(id(entry.errands), (entry.errands, []))[1].append(entry)
+        for errands, entries in by_instance.values():
+            stored = [e for e in entries if e.local is None]
+            local = [e for e in entries if e.local is not None]
+            if stored:
+                await errands.commit([e.record for e in stored])
+                for entry in stored:
+                    entry.committed = True
+            if local:
+                await errands.reserve(len(local))
+                errands.adopt_local([e.record for e in local])
+                for entry in local:
+                    entry.committed = True
+
+    async def _release(self) -> None:
+        if self._phase == _RELEASED:
+            return
+        self._phase = _RELEASED
+        inline: list[_Entry] = []
+        to_release: dict[int, tuple[Errands, list[str]]] = {}
+        lanes: dict[int, tuple[Errands, list[LocalJob]]] = {}
+        for entry in self._entries:
+            errands = entry.errands
+            if errands is None or errands.runs_inline:
+                inline.append(entry)
+            elif entry.local is None:
+                to_release.setdefault(id(errands), (errands, []))[1].append(entry.record.id)
+            else:
+                lanes.setdefault(id(errands), (errands, []))[1].append(entry.local)
+        for errands, ids in to_release.values():
+            errands.release(ids)
+        for errands, lane in lanes.values():
+            errands.submit_lane(lane)
+        if inline:
+            # Like FastAPI, in the request itself; unlike it, a client that goes away
+            # does not cancel them.
+            with anyio.CancelScope(shield=True):
+                await _run_inline(inline)
+
+    def _drop(self, reason: str) -> None:
+        self._phase = _DROPPED
+        for errands, records in _committed_stored(self._entries).values():
+            errands.cancel(records, reason)
+        for entry in self._entries:
+            record = entry.record
+            if entry.local is not None and record.status is JobStatus.QUEUED:
+                record.status = JobStatus.CANCELLED
+                record.error = reason
+                record.finished_at = utcnow()
+                if entry.committed and entry.errands is not None:
+                    entry.errands.job_finished(record)
+                else:
+                    WAITERS.notify(record.id)
+
+
+def _committed_stored(entries: list[_Entry]) -> dict[int, tuple[Errands, list[JobRecord]]]:
+    groups: dict[int, tuple[Errands, list[JobRecord]]] = {}
+    for entry in entries:
+        if entry.local is None and entry.committed and entry.errands is not None:
+            groups.setdefault(id(entry.errands), (entry.errands, []))[1].append(entry.record)
+    return groups
+
+
+async def _run_inline(entries: list[_Entry]) -> None:
+    for entry in entries:
+        errands = entry.errands
+        if entry.local is None:
+            assert errands is not None
+            await errands.run_inline(entry.record)
+        elif errands is not None:
+            await errands.runner.run_local(entry.local, errands.job_finished)
+        else:
+            await _DEFAULT_RUNNER.run_local(entry.local, _notify_finished)
+
+
+def _notify_finished(record: JobRecord) -> None:
+    WAITERS.notify(record.id)
+
+
+async def _provide_tasks(connection: HTTPConnection) -> Tasks:
+    tasks = Tasks()
+    try:
+        function_stack = connection.scope["fastapi_function_astack"]
+        request_stack = connection.scope["fastapi_inner_astack"]
+    except KeyError:
+        raise ConfigurationError(
+            "errands.BackgroundTasks needs FastAPI >= 0.121 (its per-request exit stacks "
+            "were not found); upgrade FastAPI"
+        ) from None
+    request_stack.push_async_exit(tasks.request_exit)
+    function_stack.push_async_exit(tasks.function_exit)
+    return tasks
+
+
+#: Annotate endpoint and dependency parameters with this, as with FastAPI's own.
+BackgroundTasks = Annotated[Tasks, Depends(_provide_tasks)]
+
+
+class BackgroundTask(starlette.background.BackgroundTask):
+    """One task for a Starlette response: ``Response(background=BackgroundTask(f, x))``.
+
+    Runs after the response has been sent, with errands' failure isolation; ``job``
+    is its handle. A registered task is stored when the response's background runs.
+    """
+
+    def __init__(self, func: Callable[P, Any], *args: P.args, **kwargs: P.kwargs) -> None:
+        super().__init__(func, *args, **kwargs)
+        self._tasks = Tasks()
+        self.job: Job[Any] = self._tasks.add_task(func, *args, **kwargs)
+
+    async def __call__(self) -> None:
+        await self._tasks.request_exit(None, None, None)

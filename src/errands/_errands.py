@@ -1,0 +1,375 @@
+"""``Errands``: one store, its registered tasks, and the worker that runs them."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any, ParamSpec, Protocol, TypeVar, overload
+
+import anyio
+
+from ._backlog import Backlog
+from ._handle import Job
+from ._job import JobRecord, JobStatus, new_job_id, utcnow
+from ._payload import decode_arguments, encode_arguments
+from ._policy import Policy
+from ._runner import LocalJob, Runner, new_local_job
+from ._store import Store
+from ._task import Task, callable_name
+from ._url import open_store, resolve_url
+from ._waiters import WAITERS
+from ._worker import Worker
+from .exceptions import ConfigurationError, WaitTimeout
+
+logger = logging.getLogger("errands")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+#: Finished plain-callable jobs kept for ``errands.get()``, oldest dropped first.
+KEEP_LOCAL_FINISHED = 10_000
+
+
+class TaskDecorator(Protocol):
+    def __call__(self, func: Callable[P, R], /) -> Task[P, R]: ...
+
+
+class Errands:
+    """Background tasks for one application: a store, registered tasks, a worker.
+
+    ``url`` picks the store (``"memory://"``; ``$ERRANDS_URL`` when not given).
+    ``concurrency`` bounds the jobs running at once in this process's worker,
+    ``threads`` the pool that runs ``def`` tasks (its own, not the one serving sync
+    endpoints). ``max_backlog`` bounds jobs held in memory; an ``add_task`` that finds
+    it full waits up to ``backlog_timeout`` seconds, then raises ``BacklogFull``.
+    ``lease`` is how long a claimed job is reserved to its worker without a
+    heartbeat; ``drain_timeout`` how long shutdown waits for running jobs. With
+    ``eager=True`` a request's tasks run before its ASGI call returns (for tests).
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        concurrency: int = 100,
+        threads: int = 16,
+        max_backlog: int = 10_000,
+        backlog_timeout: float = 1.0,
+        lease: float = 30.0,
+        drain_timeout: float = 10.0,
+        eager: bool = False,
+    ) -> None:
+        _check_positive(
+            concurrency=concurrency, threads=threads, max_backlog=max_backlog, lease=lease
+        )
+        _check_not_negative(backlog_timeout=backlog_timeout, drain_timeout=drain_timeout)
+        self.url = resolve_url(url)
+        self.store: Store = open_store(self.url)
+        self.concurrency = concurrency
+        self.lease = lease
+        self.drain_timeout = drain_timeout
+        self.eager = eager
+        self.runner = Runner(threads)
+        #: Plain-callable jobs waiting for this instance's worker, one list a request.
+        self.lanes: deque[list[LocalJob]] = deque()
+        self._backlog = Backlog(max_backlog, backlog_timeout)
+        self._tasks: dict[str, Task[Any, Any]] = {}
+        self._local: dict[str, JobRecord] = {}
+        self._local_finished: deque[str] = deque()
+        self._local_lock = threading.Lock()
+        self._worker: Worker | None = None
+
+    def __repr__(self) -> str:
+        return f"<Errands {self.url} tasks={len(self._tasks)}>"
+
+    # -- registering ------------------------------------------------------------
+
+    @overload
+    def task(self, func: Callable[P, R], /) -> Task[P, R]: ...
+
+    @overload
+    def task(
+        self,
+        /,
+        *,
+        name: str | None = None,
+        retries: int = 0,
+        backoff: float = 1.0,
+        timeout: float | None = None,
+    ) -> TaskDecorator: ...
+
+    def task(
+        self,
+        func: Callable[..., Any] | None = None,
+        /,
+        *,
+        name: str | None = None,
+        retries: int = 0,
+        backoff: float = 1.0,
+        timeout: float | None = None,
+    ) -> Task[Any, Any] | TaskDecorator:
+        """Register a function (``def`` or ``async def``) as a task of this instance.
+
+        Its jobs are stored under ``name`` (default ``module.qualname``), retried
+        ``retries`` times with exponential backoff and full jitter from ``backoff``
+        seconds, and each attempt is bounded by ``timeout`` seconds. Arguments and
+        results must be JSON data. Calling the task still calls the function.
+        """
+        policy = Policy(retries=retries, backoff=backoff, timeout=timeout)
+
+        def register(fn: Callable[P, R], /) -> Task[P, R]:
+            if isinstance(fn, Task):
+                raise ConfigurationError(f"{fn!r} is already a registered task")
+            if not callable(fn):
+                raise ConfigurationError(f"@errands.task needs a function, got {fn!r}")
+            task_name = name or callable_name(fn)
+            if task_name in self._tasks:
+                raise ConfigurationError(
+                    f"a task named {task_name!r} is already registered on this Errands "
+                    f"instance; give one of them another name with @errands.task(name=...)"
+                )
+            task = Task(fn, name=task_name, policy=policy, errands=self)
+            self._tasks[task_name] = task
+            return task
+
+        return register(func) if func is not None else register
+
+    def registered(self, name: str) -> Task[Any, Any] | None:
+        """The task registered under ``name``, or None."""
+        return self._tasks.get(name)
+
+    # -- adding jobs outside a request -----------------------------------------
+
+    @overload
+    def add_task(
+        self, func: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> Job[R]: ...
+
+    @overload
+    def add_task(self, func: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Job[R]: ...
+
+    def add_task(self, func: Callable[P, Any], /, *args: P.args, **kwargs: P.kwargs) -> Job[Any]:
+        """Add a job now, from anywhere: a script, a startup hook, another task.
+
+        Registered tasks go to the store at once; plain callables to this process's
+        worker. They run when a worker runs: the app's lifespan, or ``await join()``.
+        """
+        if isinstance(func, Task):
+            self.check_owner(func)
+            record = self.new_stored(func, args, kwargs, run_at=utcnow(), after=None)
+            if not record.durable:
+                self._backlog.reserve_blocking(1)
+            try:
+                self.store.enqueue([record])
+            except BaseException:
+                if not record.durable:
+                    self._backlog.release(1)
+                raise
+            self.wake()
+            return Job(record.id, record.name, self)
+        local = new_local_job(func, args, kwargs)
+        self._backlog.reserve_blocking(1)
+        self.adopt_local([local.record])
+        self.submit_lane([local])
+        return Job(local.record.id, local.record.name, self, local.record)
+
+    # -- looking at jobs --------------------------------------------------------
+
+    def get(self, id: str) -> JobRecord | None:
+        """A snapshot of the job with this id, or None if it is not known."""
+        local = self._local.get(id)
+        if local is not None:
+            return local.copy()
+        return self.store.get(id)
+
+    def jobs(self, status: JobStatus | None = None, limit: int = 100) -> list[JobRecord]:
+        """Recent jobs, newest first: stored ones and this process's plain ones."""
+        with self._local_lock:
+            local = [r.copy() for r in self._local.values() if status in (None, r.status)]
+        merged = self.store.jobs(status, limit) + local
+        merged.sort(key=lambda r: r.created_at, reverse=True)
+        return merged[:limit]
+
+    @property
+    def backlog(self) -> int:
+        """Jobs held in memory, accepted and not yet finished."""
+        return self._backlog.size
+
+    # -- running ----------------------------------------------------------------
+
+    def lifespan(self, app: object = None) -> AbstractAsyncContextManager[None]:
+        """Run this instance's worker while the app runs: ``FastAPI(lifespan=errands.lifespan)``.
+
+        On shutdown it stops claiming, waits up to ``drain_timeout`` for running
+        jobs, then cancels the rest (registered ones go back to the queue).
+        Inside your own lifespan: ``async with errands.lifespan(app): yield``.
+        """
+        return self._serving()
+
+    @asynccontextmanager
+    async def _serving(self) -> AsyncIterator[None]:
+        if self._worker is not None:
+            raise ConfigurationError(
+                "this Errands instance's worker is already running; enter its lifespan once"
+            )
+        worker = self._worker = Worker(self, concurrency=self.concurrency)
+        try:
+            async with anyio.create_task_group() as tg:
+                await tg.start(worker.run)
+                try:
+                    yield
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        drained = await worker.stop(self.drain_timeout)
+                    if not drained:
+                        logger.warning(
+                            "errands: jobs still running after drain_timeout=%g s were "
+                            "cancelled; registered ones go back to the queue",
+                            self.drain_timeout,
+                        )
+                    tg.cancel_scope.cancel()
+        finally:
+            self._worker = None
+            self.runner.close()
+            left = self._backlog.size
+            if left and not self.store.durable:
+                logger.warning(
+                    "errands: %d in-memory jobs had not run when the worker stopped", left
+                )
+
+    @property
+    def worker_running(self) -> bool:
+        """Whether this instance's worker runs in this process."""
+        return self._worker is not None
+
+    async def join(self, timeout: float | None = None) -> None:
+        """Wait until every in-memory job has finished.
+
+        With no worker running in this process, runs one on the current event loop
+        until the backlog is empty: ``errands.add_task(...); await errands.join()``
+        runs the jobs of a script or a test.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if self._worker is not None:
+            emptied = await self._backlog.wait_empty(deadline)
+        else:
+            async with self._serving():
+                emptied = await self._backlog.wait_empty(deadline)
+        if not emptied:
+            raise WaitTimeout(
+                f"{self._backlog.size} jobs were still waiting or running after {timeout:g} s"
+            )
+
+    # -- what requests and workers call -----------------------------------------
+
+    @property
+    def runs_inline(self) -> bool:
+        """Whether a request's jobs run in the request itself (no worker here, or eager)."""
+        return self.eager or (self._worker is None and not self.store.durable)
+
+    def check_owner(self, task: Task[Any, Any]) -> None:
+        if task.errands is not self:
+            raise ConfigurationError(
+                f"task {task.name!r} is registered on another Errands instance "
+                f"({task.errands!r}); add it there, or with tasks.add_task()"
+            )
+
+    def new_stored(
+        self,
+        task: Task[Any, Any],
+        args: Sequence[Any],
+        kwargs: dict[str, Any],
+        *,
+        run_at: Any,
+        after: str | None,
+    ) -> JobRecord:
+        """A record for a registered task's job; checks the arguments first."""
+        payload = encode_arguments(task.name, task.signature, tuple(args), kwargs)
+        json_args, json_kwargs = decode_arguments(payload)
+        return JobRecord(
+            id=new_job_id(),
+            name=task.name,
+            args=json_args,
+            kwargs=json_kwargs,
+            max_attempts=task.policy.max_attempts,
+            run_at=run_at,
+            durable=self.store.durable,
+            after=after,
+        )
+
+    async def commit(self, records: Sequence[JobRecord]) -> None:
+        """Store a request's registered jobs, held until ``release``."""
+        in_memory = 0 if self.store.durable else len(records)
+        if in_memory:
+            await self._backlog.reserve(in_memory)
+        try:
+            self.store.enqueue(records)
+        except BaseException:
+            self._backlog.release(in_memory)
+            raise
+
+    async def reserve(self, n: int) -> None:
+        await self._backlog.reserve(n)
+
+    def adopt_local(self, records: Sequence[JobRecord]) -> None:
+        """Keep plain jobs' records for ``get()``; their backlog room is reserved."""
+        with self._local_lock:
+            for record in records:
+                self._local[record.id] = record
+
+    def release(self, ids: Sequence[str]) -> None:
+        self.store.release(ids)
+        self.wake()
+
+    def cancel(self, records: Sequence[JobRecord], reason: str) -> None:
+        cancelled = set(self.store.cancel([r.id for r in records], reason))
+        for record in records:
+            if record.id in cancelled:
+                self.job_finished(record)
+
+    def submit_lane(self, lane: list[LocalJob]) -> None:
+        self.lanes.append(lane)
+        self.wake()
+
+    def wake(self) -> None:
+        if self._worker is not None:
+            self._worker.wake()
+
+    async def run_inline(self, record: JobRecord) -> None:
+        """Run a stored job here and now, retries included (the eager path)."""
+        owner = f"inline-{new_job_id()[:12]}"
+        while True:
+            claimed = self.store.claim(owner, 1, self.lease, ids=[record.id])
+            if not claimed:
+                return  # cancelled meanwhile, or a worker has it
+            retry_at = await self.runner.run_stored(self, claimed[0], hold_retries=True)
+            if retry_at is None:
+                return
+            await anyio.sleep(max(0.0, (retry_at - utcnow()).total_seconds()))
+
+    def job_finished(self, record: JobRecord) -> None:
+        """Bookkeeping once a job reached a final state in this process."""
+        if not record.durable:
+            self._backlog.release(1)
+        if record.id in self._local:
+            with self._local_lock:
+                self._local_finished.append(record.id)
+                while len(self._local_finished) > KEEP_LOCAL_FINISHED:
+                    self._local.pop(self._local_finished.popleft(), None)
+        WAITERS.notify(record.id)
+
+
+def _check_positive(**values: float) -> None:
+    for name, value in values.items():
+        if value <= 0:
+            raise ConfigurationError(f"{name} must be > 0, got {value!r}")
+
+
+def _check_not_negative(**values: float) -> None:
+    for name, value in values.items():
+        if value < 0:
+            raise ConfigurationError(f"{name} must be >= 0, got {value!r}")

@@ -1,0 +1,87 @@
+"""The handle ``add_task`` returns: a job's id, and a way to look at it or wait for it."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+import anyio
+
+from ._job import JobRecord, JobStatus
+from ._waiters import WAITERS
+from .exceptions import ErrandsError, WaitTimeout
+
+if TYPE_CHECKING:
+    from ._errands import Errands
+
+R = TypeVar("R")
+
+#: How often wait() looks at the store for jobs finished by other processes.
+_POLL = 0.5
+
+
+class Job(Generic[R]):
+    """A job added with ``add_task``. ``R`` is the task's return type.
+
+    ``id`` is a string, stable across processes: hand it to a client and look the job
+    up later with ``errands.get(id)``.
+    """
+
+    __slots__ = ("_errands", "_local", "id", "name")
+
+    def __init__(
+        self, id: str, name: str, errands: Errands | None, local: JobRecord | None = None
+    ) -> None:
+        self.id = id
+        self.name = name
+        self._errands = errands
+        self._local = local
+
+    @property
+    def durable(self) -> bool:
+        return self._local is None and self._errands is not None and self._errands.store.durable
+
+    def info(self) -> JobRecord | None:
+        """A snapshot of the job's record, or None if it is not (or no longer) known.
+
+        A job added by an endpoint that then raised was never stored: None.
+        """
+        if self._local is not None:
+            return self._local.copy()
+        assert self._errands is not None
+        return self._errands.get(self.id)
+
+    @property
+    def status(self) -> JobStatus | None:
+        record = self.info()
+        return record.status if record is not None else None
+
+    async def wait(self, timeout: float | None = None) -> JobRecord:
+        """Wait until the job has finished (succeeded, failed or cancelled); its record.
+
+        Raises ``WaitTimeout`` after ``timeout`` seconds; the job itself goes on.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            finished = WAITERS.subscribe(self.id)
+            try:
+                record = self.info()
+                if record is None:
+                    raise ErrandsError(f"job {self.id} is not known (never stored, or purged)")
+                if record.finished:
+                    return record
+                pause = _POLL
+                if deadline is not None:
+                    pause = min(pause, deadline - time.monotonic())
+                    if pause <= 0:
+                        raise WaitTimeout(
+                            f"job {self.id} ({self.name}) is still {record.status.value} "
+                            f"after {timeout:g} s"
+                        )
+                with anyio.move_on_after(pause):
+                    await finished
+            finally:
+                WAITERS.unsubscribe(self.id, finished)
+
+    def __repr__(self) -> str:
+        return f"<Job {self.name} id={self.id}>"

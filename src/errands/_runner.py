@@ -1,0 +1,259 @@
+"""Running one attempt of one job, and recording what came of it.
+
+The steps of a job's life are named here, in order: ``start`` (claimed elsewhere),
+``call`` (async on the loop, def in the runner's own thread pool, bounded by the
+task's timeout), then ``record`` a success, a retry or a failure. The worker and
+the eager path share these steps; they differ only in how they pick jobs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import logging
+import traceback as tb
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from ._job import JobRecord, JobStatus, new_job_id, utcnow
+from ._payload import encode_result
+from ._task import callable_name, is_async_callable
+from .exceptions import ConfigurationError, NotSerializable, TaskTimeout
+
+if TYPE_CHECKING:
+    from ._errands import Errands
+
+logger = logging.getLogger("errands")
+
+
+@dataclass(slots=True)
+class LocalJob:
+    """A plain callable's job: it cannot be stored, so it runs in this process."""
+
+    record: JobRecord
+    func: Callable[..., Any]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    is_async: bool
+
+
+def new_local_job(
+    func: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any]
+) -> LocalJob:
+    if not callable(func):
+        raise ConfigurationError(f"add_task needs a callable, got {func!r}")
+    record = JobRecord(id=new_job_id(), name=callable_name(func), durable=False)
+    return LocalJob(record, func, tuple(args), kwargs, is_async_callable(func))
+
+
+def describe(exc: BaseException) -> tuple[str, str]:
+    """``("Type: message", "full traceback")`` for recording on a job."""
+    message = str(exc)
+    error = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    return error, "".join(tb.format_exception(exc))
+
+
+class Runner:
+    """Calls tasks: ``async def`` on the event loop, ``def`` in a bounded pool of its
+    own threads, so sync tasks never take the threads that serve sync endpoints."""
+
+    def __init__(self, threads: int, thread_name: str = "errands") -> None:
+        self.threads = threads
+        self._thread_name = thread_name
+        self._executor: ThreadPoolExecutor | None = None
+
+    @property
+    def executor(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(self.threads, self._thread_name)
+        return self._executor
+
+    def close(self) -> None:
+        # Threads still running a timed-out task cannot be stopped; do not wait for them.
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+    async def call(
+        self,
+        func: Callable[..., Any],
+        args: tuple[Any, ...] | list[Any],
+        kwargs: dict[str, Any],
+        *,
+        is_async: bool,
+        timeout: float | None = None,
+        name: str = "",
+    ) -> Any:
+        if timeout is None:
+            if is_async:
+                return await func(*args, **kwargs)
+            return await self._in_thread(func, args, kwargs)
+        with anyio.move_on_after(timeout):
+            if is_async:
+                return await func(*args, **kwargs)
+            return await self._in_thread(func, args, kwargs)
+        if not is_async:
+            logger.warning(
+                "errands: %s timed out after %s s; its thread cannot be stopped and keeps "
+                "its slot in the pool until the function returns",
+                name,
+                _seconds(timeout),
+            )
+        raise TaskTimeout(f"task {name!r} timed out after {_seconds(timeout)} s")
+
+    async def _in_thread(
+        self, func: Callable[..., Any], args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any]
+    ) -> Any:
+        context = contextvars.copy_context()
+        call = functools.partial(context.run, func, *args, **kwargs)
+        return await asyncio.wrap_future(self.executor.submit(call))
+
+    # -- plain callables --------------------------------------------------------
+
+    async def run_local(self, job: LocalJob, finished: Callable[[JobRecord], None]) -> None:
+        record = job.record
+        if record.status is not JobStatus.QUEUED:
+            return  # cancelled while it waited
+        record.attempts += 1
+        record.started_at = utcnow()
+        record.status = JobStatus.RUNNING
+        try:
+            result = await self.call(
+                job.func, job.args, job.kwargs, is_async=job.is_async, name=record.name
+            )
+        except anyio.get_cancelled_exc_class():
+            record.error = "cancelled: the worker stopped while the job ran"
+            _finish(record, JobStatus.CANCELLED)
+            finished(record)
+            raise
+        except Exception as exc:
+            record.error, record.traceback = describe(exc)
+            logger.error("errands: job %s (%s) failed", record.id, record.name, exc_info=exc)
+            _finish(record, JobStatus.FAILED)
+        else:
+            record.result = result
+            _finish(record, JobStatus.SUCCEEDED)
+        finished(record)
+
+    # -- registered tasks -------------------------------------------------------
+
+    async def run_stored(
+        self, errands: Errands, job: JobRecord, *, hold_retries: bool = False
+    ) -> datetime | None:
+        """Run one claimed attempt and record it; the time of the retry, if any.
+
+        With ``hold_retries`` the retried job is held rather than made due, for a
+        caller that waits out the backoff itself (the eager path).
+        """
+        store = errands.store
+        task = errands.registered(job.name)
+        if task is None:
+            error = (
+                f"task {job.name!r} is not registered in this process; register it with "
+                f"@errands.task in a module the worker imports"
+            )
+            logger.error("errands: job %s failed: %s", job.id, error)
+            if store.fail(job, f"ConfigurationError: {error}", None):
+                errands.job_finished(job)
+            return None
+        keep_lease = _LeaseKeeper(errands, job)
+        try:
+            result = await self.call(
+                task.func,
+                job.args,
+                job.kwargs,
+                is_async=task.is_async,
+                timeout=task.policy.timeout,
+                name=task.name,
+            )
+            result = encode_result(task.name, result)
+        except anyio.get_cancelled_exc_class():
+            store.requeue(job)
+            raise
+        except NotSerializable as exc:
+            error, trace = describe(exc)
+            logger.error("errands: job %s (%s) failed: %s", job.id, job.name, error)
+            if store.fail(job, error, trace):
+                errands.job_finished(job)
+            return None
+        except Exception as exc:
+            return self._record_failure(
+                errands, job, task.policy.delay_before_retry(job.attempts), exc, hold_retries
+            )
+        finally:
+            keep_lease.stop()
+        if store.complete(job, result):
+            errands.job_finished(job)
+        return None
+
+    def _record_failure(
+        self,
+        errands: Errands,
+        job: JobRecord,
+        delay: float | None,
+        exc: Exception,
+        hold: bool,
+    ) -> datetime | None:
+        error, trace = describe(exc)
+        if delay is None:
+            logger.error(
+                "errands: job %s (%s) failed after %d attempt(s)",
+                job.id,
+                job.name,
+                job.attempts,
+                exc_info=exc,
+            )
+            if errands.store.fail(job, error, trace):
+                errands.job_finished(job)
+            return None
+        run_at = utcnow() + timedelta(seconds=delay)
+        logger.warning(
+            "errands: job %s (%s) attempt %d of %d failed (%s); retrying in %.2f s",
+            job.id,
+            job.name,
+            job.attempts,
+            job.max_attempts,
+            error,
+            delay,
+        )
+        errands.store.retry(job, error, trace, None if hold else run_at)
+        return run_at
+
+
+class _LeaseKeeper:
+    """Renews a running job's lease every third of it, without a task of its own."""
+
+    def __init__(self, errands: Errands, job: JobRecord) -> None:
+        self._errands = errands
+        self._job = job
+        self._interval = errands.lease / 3
+        self._loop = asyncio.get_running_loop()
+        self._handle = self._loop.call_later(self._interval, self._renew)
+
+    def _renew(self) -> None:
+        try:
+            lost = self._errands.store.heartbeat([self._job], self._errands.lease)
+        except Exception:
+            logger.exception("errands: could not renew the lease of job %s", self._job.id)
+            lost = []
+        if lost:
+            logger.warning("errands: job %s lost its lease to another worker", self._job.id)
+        self._handle = self._loop.call_later(self._interval, self._renew)
+
+    def stop(self) -> None:
+        self._handle.cancel()
+
+
+def _finish(record: JobRecord, status: JobStatus) -> None:
+    record.finished_at = utcnow()
+    record.status = status
+
+
+def _seconds(value: float) -> str:
+    return f"{value:g}"

@@ -1,0 +1,61 @@
+"""Registered tasks: functions an Errands instance can store, retry and run by name."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+
+from ._policy import Policy
+
+if TYPE_CHECKING:
+    from ._errands import Errands
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def is_async_callable(func: Any) -> bool:
+    while isinstance(func, functools.partial):
+        func = func.func
+    if isinstance(func, Task):
+        return func.is_async
+    return inspect.iscoroutinefunction(func) or (
+        callable(func) and inspect.iscoroutinefunction(getattr(func, "__call__", None))  # noqa: B004
+    )
+
+
+def callable_name(func: Any) -> str:
+    """A readable name for any callable: ``module.qualname`` where it has one."""
+    while isinstance(func, functools.partial):
+        func = func.func
+    qualname = getattr(func, "__qualname__", None) or type(func).__qualname__
+    module = getattr(func, "__module__", None)
+    return f"{module}.{qualname}" if module else qualname
+
+
+class Task(Generic[P, R]):
+    """A function registered with ``@errands.task``.
+
+    Calling it calls the function, unchanged. Passing it to ``add_task`` makes a job
+    that is stored under ``name``, retried and timed out by ``policy``, and run by
+    the workers of ``errands``.
+    """
+
+    def __init__(
+        self, func: Callable[P, R], *, name: str, policy: Policy, errands: Errands
+    ) -> None:
+        self.func = func
+        self.name = name
+        self.policy = policy
+        self.errands = errands
+        self.is_async = is_async_callable(func)
+        self.signature = inspect.signature(func)
+        functools.update_wrapper(self, func)
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.func(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<errands task {self.name!r}>"

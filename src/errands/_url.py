@@ -1,0 +1,34 @@
+"""From the URL given to ``Errands(...)`` to a store."""
+
+from __future__ import annotations
+
+import os
+from urllib.parse import urlsplit
+
+from ._store import Store
+from .exceptions import ConfigurationError
+from .stores.memory import MemoryStore
+
+DEFAULT_URL = "memory://"
+ENV_VAR = "ERRANDS_URL"
+ACCEPTED = "memory://"
+
+
+def resolve_url(url: str | None) -> str:
+    """The explicit URL, else ``$ERRANDS_URL``, else the default."""
+    return url or os.environ.get(ENV_VAR) or DEFAULT_URL
+
+
+def open_store(url: str) -> Store:
+    scheme = urlsplit(url).scheme if "://" in url else ""
+    if scheme == "memory":
+        if url.rstrip("/") != "memory:":
+            raise ConfigurationError(
+                f"invalid errands URL {url!r}: the memory store takes no path or options; "
+                f"use 'memory://'"
+            )
+        return MemoryStore()
+    raise ConfigurationError(
+        f"invalid errands URL {url!r}: unknown store {scheme or '(no scheme)'!r}. "
+        f"Accepted forms: {ACCEPTED}"
+    )

@@ -1,0 +1,60 @@
+"""Every error errands raises, under one root.
+
+```
+ErrandsError
+ ├── ConfigurationError      bad URL or option, a task name registered twice, a
+ │                           registered task used with another Errands instance
+ ├── InvalidArguments        add_task() arguments that do not fit the task's signature
+ │    └── NotSerializable    an argument (or a result) that JSON cannot carry
+ ├── BacklogFull             the in-memory backlog stayed full for backlog_timeout
+ ├── TaskTimeout             recorded on a job whose attempt ran past its timeout
+ └── WaitTimeout             Job.wait() / Errands.join() gave up (also a TimeoutError)
+```
+
+Errors raised *by tasks* are never re-raised to the code that added them: they are
+logged on the ``errands`` logger and recorded on the job (``error``, ``traceback``).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BacklogFull",
+    "ConfigurationError",
+    "ErrandsError",
+    "InvalidArguments",
+    "NotSerializable",
+    "TaskTimeout",
+    "WaitTimeout",
+]
+
+
+class ErrandsError(Exception):
+    """The root of every error errands raises."""
+
+
+class ConfigurationError(ErrandsError):
+    """An Errands instance or a task was set up in a way that cannot work."""
+
+
+class InvalidArguments(ErrandsError, TypeError):
+    """The arguments given to ``add_task`` do not fit the task's signature."""
+
+
+class NotSerializable(InvalidArguments):
+    """An argument or a result of a registered task cannot travel as JSON."""
+
+
+class BacklogFull(ErrandsError):
+    """The in-memory backlog stayed at ``max_backlog`` for ``backlog_timeout`` seconds.
+
+    Nothing was queued: the request (or the ``add_task`` call) failed as a whole.
+    Map it to ``503 Service Unavailable`` with an exception handler.
+    """
+
+
+class TaskTimeout(ErrandsError):
+    """An attempt of a registered task ran longer than the task's ``timeout``."""
+
+
+class WaitTimeout(ErrandsError, TimeoutError):
+    """``Job.wait()`` or ``Errands.join()`` reached its timeout first."""

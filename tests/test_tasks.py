@@ -1,0 +1,291 @@
+"""Registered tasks: retries, backoff, timeouts, JSON arguments and results."""
+
+import asyncio
+import datetime
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from errands import (
+    ConfigurationError,
+    Errands,
+    InvalidArguments,
+    JobStatus,
+    NotSerializable,
+    TaskTimeout,
+)
+from errands._policy import Policy
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_a_first_time_success_has_one_attempt_and_a_json_result() -> None:
+    errands = Errands("memory://")
+
+    @errands.task
+    async def answer() -> int:
+        return 42
+
+    job = errands.add_task(answer)
+    await errands.join(timeout=5)
+    record = await job.wait(timeout=5)
+    assert record.status is JobStatus.SUCCEEDED
+    assert record.attempts == 1 and record.result == 42
+    assert record.started_at is not None and record.finished_at is not None
+    assert record.created_at <= record.started_at <= record.finished_at
+
+
+async def test_retries_n_allows_n_plus_one_attempts_then_fails() -> None:
+    errands = Errands("memory://")
+    calls: list[int] = []
+
+    @errands.task(retries=2, backoff=0.01)
+    def always_fails() -> None:
+        calls.append(1)
+        raise ValueError(f"attempt {len(calls)}")
+
+    job = errands.add_task(always_fails)
+    await errands.join(timeout=5)
+    record = await job.wait(timeout=1)
+    assert len(calls) == 3
+    assert record.status is JobStatus.FAILED and record.attempts == 3
+    assert record.max_attempts == 3
+    assert record.error == "ValueError: attempt 3"
+
+
+async def test_a_task_that_succeeds_on_retry_records_the_attempts() -> None:
+    errands = Errands("memory://")
+    calls: list[int] = []
+
+    @errands.task(retries=3, backoff=0.01)
+    async def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise ConnectionError("try again")
+        return "ok"
+
+    job = errands.add_task(flaky)
+    await errands.join(timeout=5)
+    record = await job.wait(timeout=1)
+    assert record.status is JobStatus.SUCCEEDED
+    assert record.attempts == 3 and record.result == "ok"
+
+
+def test_backoff_is_exponential_with_full_jitter() -> None:
+    policy = Policy(retries=5, backoff=0.5)
+    for attempt, ceiling in [(1, 0.5), (2, 1.0), (3, 2.0), (4, 4.0), (5, 8.0)]:
+        delays = [policy.delay_before_retry(attempt) for _ in range(300)]
+        assert all(d is not None and 0 <= d <= ceiling for d in delays)
+        assert max(d for d in delays if d is not None) > ceiling * 0.8  # spread out
+        assert min(d for d in delays if d is not None) < ceiling * 0.2
+    assert policy.delay_before_retry(6) is None  # no attempt left
+
+
+async def test_backoff_spaces_the_attempts() -> None:
+    errands = Errands("memory://")
+    times: list[float] = []
+
+    @errands.task(retries=1, backoff=0.3)
+    async def fails_once() -> None:
+        times.append(time.monotonic())
+        if len(times) == 1:
+            raise ValueError
+
+    errands.add_task(fails_once)
+    await errands.join(timeout=5)
+    assert len(times) == 2
+    assert times[1] - times[0] <= 0.3 + 0.25  # jitter draws in [0, backoff]
+
+
+async def test_an_async_task_past_its_timeout_is_cancelled_and_says_so() -> None:
+    errands = Errands("memory://")
+    cancelled = asyncio.Event()
+
+    @errands.task(timeout=0.1)
+    async def hangs() -> None:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    job = errands.add_task(hangs)
+    await errands.join(timeout=5)
+    record = await job.wait(timeout=1)
+    assert cancelled.is_set()
+    assert record.status is JobStatus.FAILED
+    assert record.error == "TaskTimeout: task '{}' timed out after 0.1 s".format(hangs.name)
+
+
+async def test_a_sync_task_past_its_timeout_is_abandoned_and_reported() -> None:
+    errands = Errands("memory://", threads=2)
+    gate = threading.Event()
+
+    @errands.task(timeout=0.1, retries=1, backoff=0)
+    def blocks() -> None:
+        gate.wait(10)
+
+    job = errands.add_task(blocks)
+    await errands.join(timeout=5)
+    record = await job.wait(timeout=1)
+    assert record.status is JobStatus.FAILED and record.attempts == 2
+    assert record.error is not None and "timed out after 0.1 s" in record.error
+    gate.set()
+
+
+def test_timeout_error_type_is_an_errands_error() -> None:
+    assert issubclass(TaskTimeout, Exception)
+
+
+async def test_a_task_raising_its_own_timeout_error_is_not_mistaken_for_a_timeout() -> None:
+    errands = Errands("memory://")
+
+    @errands.task(timeout=5)
+    async def raises_timeout() -> None:
+        raise TimeoutError("upstream")
+
+    job = errands.add_task(raises_timeout)
+    await errands.join(timeout=5)
+    assert (await job.wait(1)).error == "TimeoutError: upstream"
+
+
+def test_arguments_that_are_not_json_are_refused_naming_task_argument_and_type() -> None:
+    errands = Errands("memory://")
+
+    @errands.task(name="emails.send")
+    def send(to: str, when: Any = None, meta: Any = None) -> None: ...
+
+    with pytest.raises(NotSerializable) as caught:
+        errands.add_task(send, "a@b.c", when=datetime.date(2026, 1, 1))
+    message = str(caught.value)
+    assert "'emails.send'" in message and "'when'" in message
+    assert "datetime.date" in message and "isoformat" in message
+
+    with pytest.raises(NotSerializable, match=r"'meta'\['ids'\]\[1\] is a builtins.object"):
+        errands.add_task(send, "a@b.c", meta={"ids": [1, object()]})
+    with pytest.raises(NotSerializable, match="key 1 of type int"):
+        errands.add_task(send, "a@b.c", meta={1: "x"})
+    with pytest.raises(NotSerializable, match="nan"):
+        errands.add_task(send, "a@b.c", meta=float("nan"))
+    assert errands.jobs() == []  # nothing half-added
+
+
+def test_arguments_that_do_not_fit_the_signature_are_refused() -> None:
+    errands = Errands("memory://")
+
+    @errands.task
+    def send(to: str) -> None: ...
+
+    with pytest.raises(InvalidArguments, match="send.*missing a required argument: 'to'"):
+        errands.add_task(send)  # type: ignore[call-arg]
+    assert isinstance(InvalidArguments("x"), TypeError)
+
+
+async def test_arguments_arrive_as_json_gives_them() -> None:
+    errands = Errands("memory://")
+    got: list[Any] = []
+
+    @errands.task
+    def keep(items: Any, mapping: Any) -> None:
+        got.append((items, mapping))
+
+    payload = {"nested": [1, 2]}
+    errands.add_task(keep, (1, "a"), payload)
+    payload["nested"].append(3)  # the job does not see later changes
+    await errands.join(timeout=5)
+    assert got == [([1, "a"], {"nested": [1, 2]})]
+
+
+async def test_a_result_that_is_not_json_fails_the_job_with_a_clear_error() -> None:
+    errands = Errands("memory://")
+
+    @errands.task(retries=3)
+    def gives_object() -> object:
+        return object()
+
+    job = errands.add_task(gives_object)
+    await errands.join(timeout=5)
+    record = await job.wait(1)
+    assert record.status is JobStatus.FAILED and record.attempts == 1  # not retried
+    assert record.error is not None and "the result is a builtins.object" in record.error
+
+
+def test_a_registered_task_called_directly_is_the_plain_function() -> None:
+    errands = Errands("memory://")
+
+    @errands.task(retries=3)
+    def double(x: int) -> int:
+        """Doubles."""
+        return 2 * x
+
+    assert double(21) == 42
+    assert double.__name__ == "double" and double.__doc__ == "Doubles."
+    assert errands.jobs() == []
+
+
+async def test_an_async_registered_task_called_directly_returns_its_coroutine() -> None:
+    errands = Errands("memory://")
+
+    @errands.task
+    async def double(x: int) -> int:
+        return 2 * x
+
+    assert await double(21) == 42
+
+
+def test_task_names_default_to_module_and_qualname_and_must_be_unique() -> None:
+    errands = Errands("memory://")
+
+    @errands.task
+    def one() -> None: ...
+
+    assert one.name == f"{__name__}.test_task_names_default_to_module_and_qualname_and_must_be_unique.<locals>.one"
+    assert errands.registered(one.name) is one
+
+    @errands.task(name="custom")
+    def two() -> None: ...
+
+    with pytest.raises(ConfigurationError, match="'custom' is already registered"):
+
+        @errands.task(name="custom")
+        def three() -> None: ...
+
+
+def test_bad_policies_are_refused() -> None:
+    errands = Errands("memory://")
+    with pytest.raises(ConfigurationError, match="retries"):
+        errands.task(retries=-1)
+    with pytest.raises(ConfigurationError, match="timeout"):
+        errands.task(timeout=0)
+    with pytest.raises(ConfigurationError, match="backoff"):
+        errands.task(backoff=-1)
+
+
+def test_a_task_of_another_instance_is_refused_by_add_task() -> None:
+    first, second = Errands("memory://"), Errands("memory://")
+
+    @first.task
+    def job() -> None: ...
+
+    with pytest.raises(ConfigurationError, match="another Errands instance"):
+        second.add_task(job)
+
+
+async def test_an_unregistered_name_in_the_store_fails_the_job_clearly() -> None:
+    from errands import JobRecord
+
+    errands = Errands("memory://")
+    errands.store.enqueue(
+        [JobRecord(id="x1", name="nobody.knows", run_at=datetime.datetime.now(datetime.UTC))]
+    )
+    async with errands.lifespan():
+        for _ in range(200):
+            record = errands.get("x1")
+            if record is not None and record.finished:
+                break
+            await asyncio.sleep(0.01)
+    record = errands.get("x1")
+    assert record is not None and record.status is JobStatus.FAILED
+    assert record.error is not None and "'nobody.knows' is not registered" in record.error
