@@ -52,18 +52,18 @@ class Server:
         raise RuntimeError("server did not start")
 
     def output(self) -> str:
-        assert self.process.stdout is not None
-        return self.process.stdout.read().decode(errors="replace")
+        return self.stop()
 
     def stop(self) -> str:
+        """Stop the server (SIGTERM, then SIGKILL after 10 s); all it printed."""
         if self.process.poll() is None:
             self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.output()
+        try:
+            out, _ = self.process.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            out, _ = self.process.communicate()
+        return out.decode(errors="replace")
 
 
 @pytest.fixture

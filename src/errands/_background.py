@@ -99,10 +99,11 @@ class Tasks:
             self._last_stored[id(errands)] = record.id
             self._entries.append(_Entry(record, None, errands))
             return Job(record.id, record.name, errands)
+        # Sync endpoints and dependencies call this from a thread: the running
+        # instance is looked up in _commit, on the event loop.
         local = new_local_job(func, args, kwargs)
-        instance = running_instance()
-        self._entries.append(_Entry(local.record, local, instance))
-        return Job(local.record.id, local.record.name, instance, local.record)
+        self._entries.append(_Entry(local.record, local, None))
+        return Job(local.record.id, local.record.name, None, local.record)
 
     def _add_now(self, func: Callable[..., Any], args: Any, kwargs: Any) -> Job[Any]:
         # Added after the response was sent (e.g. in a dependency's teardown).
@@ -150,7 +151,10 @@ class Tasks:
             return
         self._phase = _COMMITTED
         by_instance: dict[int, tuple[Errands, list[_Entry]]] = {}
+        running = running_instance()
         for entry in pending:
+            if entry.local is not None:
+                entry.errands = running
             if entry.errands is None:
                 entry.committed = True  # nothing to store, no backlog to count against
             else:

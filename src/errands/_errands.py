@@ -211,7 +211,7 @@ class Errands:
         return self._serving()
 
     @asynccontextmanager
-    async def _serving(self) -> AsyncIterator[None]:
+    async def _serving(self, drain_timeout: float | None = None) -> AsyncIterator[None]:
         if self._worker is not None:
             raise ConfigurationError(
                 "this Errands instance's worker is already running; enter its lifespan once"
@@ -223,13 +223,14 @@ class Errands:
                 try:
                     yield
                 finally:
+                    drain = self.drain_timeout if drain_timeout is None else drain_timeout
                     with anyio.CancelScope(shield=True):
-                        drained = await worker.stop(self.drain_timeout)
+                        drained = await worker.stop(drain)
                     if not drained:
                         logger.warning(
                             "errands: jobs still running after drain_timeout=%g s were "
                             "cancelled; registered ones go back to the queue",
-                            self.drain_timeout,
+                            drain,
                         )
                     tg.cancel_scope.cancel()
         finally:
@@ -256,13 +257,14 @@ class Errands:
         deadline = None if timeout is None else time.monotonic() + timeout
         if self._worker is not None:
             emptied = await self._backlog.wait_empty(deadline)
+            left = self._backlog.size
         else:
-            async with self._serving():
+            # The temporary worker stops at once: join's timeout bounds the whole call.
+            async with self._serving(drain_timeout=0):
                 emptied = await self._backlog.wait_empty(deadline)
+                left = self._backlog.size
         if not emptied:
-            raise WaitTimeout(
-                f"{self._backlog.size} jobs were still waiting or running after {timeout:g} s"
-            )
+            raise WaitTimeout(f"{left} jobs were still waiting or running after {timeout:g} s")
 
     # -- what requests and workers call -----------------------------------------
 
