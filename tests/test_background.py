@@ -1,6 +1,5 @@
 """The per-request collector: order, sharing, dropping on errors, failure isolation."""
 
-
 import logging
 import threading
 import time

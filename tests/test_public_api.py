@@ -46,15 +46,31 @@ def test_the_package_ships_py_typed() -> None:
 
 def test_job_status_is_a_str_enum_with_the_five_states() -> None:
     assert [s.value for s in errands.JobStatus] == [
-        "queued", "running", "succeeded", "failed", "cancelled"
+        "queued",
+        "running",
+        "succeeded",
+        "failed",
+        "cancelled",
     ]
     assert errands.JobStatus.QUEUED == "queued"
     assert {s for s in errands.JobStatus if s.finished} == {
-        errands.JobStatus.SUCCEEDED, errands.JobStatus.FAILED, errands.JobStatus.CANCELLED
+        errands.JobStatus.SUCCEEDED,
+        errands.JobStatus.FAILED,
+        errands.JobStatus.CANCELLED,
     }
 
 
 def test_the_job_record_has_the_documented_fields() -> None:
     fields = set(errands.JobRecord.__dataclass_fields__)
-    assert {"id", "name", "status", "attempts", "result", "error", "created_at",
-            "started_at", "finished_at", "durable"} <= fields
+    assert {
+        "id",
+        "name",
+        "status",
+        "attempts",
+        "result",
+        "error",
+        "created_at",
+        "started_at",
+        "finished_at",
+        "durable",
+    } <= fields

@@ -65,9 +65,7 @@ def test_websocket_tasks_run_after_the_endpoint_returns(server: Server) -> None:
 def test_a_client_that_disconnects_does_not_cancel_the_task(server: Server) -> None:
     token = uuid.uuid4().hex
     with socket.create_connection(("127.0.0.1", server.port)) as sock:
-        sock.sendall(
-            f"GET /task/async/{token}?seconds=0.5 HTTP/1.1\r\nHost: x\r\n\r\n".encode()
-        )
+        sock.sendall(f"GET /task/async/{token}?seconds=0.5 HTTP/1.1\r\nHost: x\r\n\r\n".encode())
         assert sock.recv(4096).startswith(b"HTTP/1.1 200")
         sock.shutdown(socket.SHUT_RDWR)  # gone, while the task runs
     found = marks_of(server, token, wanting="task_finished")

@@ -116,7 +116,7 @@ async def test_an_async_task_past_its_timeout_is_cancelled_and_says_so() -> None
     record = await job.wait(timeout=1)
     assert cancelled.is_set()
     assert record.status is JobStatus.FAILED
-    assert record.error == "TaskTimeout: task '{}' timed out after 0.1 s".format(hangs.name)
+    assert record.error == f"TaskTimeout: task '{hangs.name}' timed out after 0.1 s"
 
 
 async def test_a_sync_task_past_its_timeout_is_abandoned_and_reported() -> None:
@@ -178,7 +178,7 @@ def test_arguments_that_do_not_fit_the_signature_are_refused() -> None:
     @errands.task
     def send(to: str) -> None: ...
 
-    with pytest.raises(InvalidArguments, match="send.*missing a required argument: 'to'"):
+    with pytest.raises(InvalidArguments, match=r"send.*missing a required argument: 'to'"):
         errands.add_task(send)  # type: ignore[call-arg]
     assert isinstance(InvalidArguments("x"), TypeError)
 
@@ -241,7 +241,8 @@ def test_task_names_default_to_module_and_qualname_and_must_be_unique() -> None:
     @errands.task
     def one() -> None: ...
 
-    assert one.name == f"{__name__}.test_task_names_default_to_module_and_qualname_and_must_be_unique.<locals>.one"
+    test_name = "test_task_names_default_to_module_and_qualname_and_must_be_unique"
+    assert one.name == f"{__name__}.{test_name}.<locals>.one"
     assert errands.registered(one.name) is one
 
     @errands.task(name="custom")

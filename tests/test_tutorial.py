@@ -1,7 +1,6 @@
 """FastAPI's background-tasks tutorial runs with only the import changed, and gives
 the same results as FastAPI's own BackgroundTasks, with no Errands instance at all."""
 
-
 import os
 from collections.abc import Iterator
 from pathlib import Path

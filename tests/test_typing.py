@@ -5,7 +5,7 @@ from pathlib import Path
 
 from mypy import api
 
-SNIPPET = '''
+SNIPPET = """
 from errands import BackgroundTasks, Errands, Job
 
 errands = Errands("memory://")
@@ -23,7 +23,7 @@ def endpoint(tasks: BackgroundTasks) -> None:
     tasks.add_task(plain)                    # line 16: missing argument
     errands.add_task(send, "x", nope=1)      # line 17: unknown keyword
     reveal_type(errands.add_task(plain, 1))  # line 18
-'''
+"""
 
 
 def test_mypy_checks_add_task_arguments_against_the_function(tmp_path: Path) -> None:

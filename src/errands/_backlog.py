@@ -18,7 +18,7 @@ class Backlog:
         self.limit = limit
         self.timeout = timeout
         self._size = 0
-        self._changed = threading.Condition()
+        self._changed = threading.Condition(threading.Lock())
 
     @property
     def size(self) -> int:

@@ -57,7 +57,7 @@ class Errands:
         *,
         concurrency: int = 100,
         threads: int = 16,
-        max_backlog: int = 10_000,
+        max_backlog: int = 100_000,
         backlog_timeout: float = 1.0,
         lease: float = 30.0,
         drain_timeout: float = 10.0,
@@ -169,7 +169,7 @@ class Errands:
                 if not record.durable:
                     self._backlog.release(1)
                 raise
-            self.wake()
+            self.offer(stored=True)
             return Job(record.id, record.name, self)
         local = new_local_job(func, args, kwargs)
         self._backlog.reserve_blocking(1)
@@ -217,23 +217,20 @@ class Errands:
                 "this Errands instance's worker is already running; enter its lifespan once"
             )
         worker = self._worker = Worker(self, concurrency=self.concurrency)
+        worker.start()
         try:
-            async with anyio.create_task_group() as tg:
-                await tg.start(worker.run)
-                try:
-                    yield
-                finally:
-                    drain = self.drain_timeout if drain_timeout is None else drain_timeout
-                    with anyio.CancelScope(shield=True):
-                        drained = await worker.stop(drain)
-                    if not drained:
-                        logger.warning(
-                            "errands: jobs still running after drain_timeout=%g s were "
-                            "cancelled; registered ones go back to the queue",
-                            drain,
-                        )
-                    tg.cancel_scope.cancel()
+            yield
         finally:
+            drain = self.drain_timeout if drain_timeout is None else drain_timeout
+            with anyio.CancelScope(shield=True):
+                drained = await worker.stop(drain)
+                if not drained:
+                    logger.warning(
+                        "errands: jobs still running after drain_timeout=%g s were cancelled; "
+                        "registered ones go back to the queue",
+                        drain,
+                    )
+                await worker.close()
             self._worker = None
             self.runner.close()
             left = self._backlog.size
@@ -325,7 +322,7 @@ class Errands:
 
     def release(self, ids: Sequence[str]) -> None:
         self.store.release(ids)
-        self.wake()
+        self.offer(stored=True)
 
     def cancel(self, records: Sequence[JobRecord], reason: str) -> None:
         cancelled = set(self.store.cancel([r.id for r in records], reason))
@@ -335,11 +332,12 @@ class Errands:
 
     def submit_lane(self, lane: list[LocalJob]) -> None:
         self.lanes.append(lane)
-        self.wake()
+        self.offer()
 
-    def wake(self) -> None:
+    def offer(self, *, stored: bool = False) -> None:
+        """Tell this process's worker, if any, that there is new work."""
         if self._worker is not None:
-            self._worker.wake()
+            self._worker.offer(stored=stored)
 
     async def run_inline(self, record: JobRecord) -> None:
         """Run a stored job here and now, retries included (the eager path)."""

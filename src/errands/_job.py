@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
-import uuid
+import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import Enum
@@ -39,7 +38,7 @@ def utcnow() -> datetime:
 
 
 def new_job_id() -> str:
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()  # 128 random bits, as uuid4 has, at a fifth of the cost
 
 
 @dataclass(slots=True)
@@ -80,4 +79,24 @@ class JobRecord:
         return self.status.finished
 
     def copy(self) -> JobRecord:
-        return dataclasses.replace(self)
+        # Spelled out: dataclasses.replace costs several times more, on every claim.
+        return JobRecord(
+            self.id,
+            self.name,
+            self.status,
+            self.args,
+            self.kwargs,
+            self.attempts,
+            self.max_attempts,
+            self.result,
+            self.error,
+            self.traceback,
+            self.created_at,
+            self.started_at,
+            self.finished_at,
+            self.run_at,
+            self.durable,
+            self.after,
+            self.owner,
+            self.lease_until,
+        )

@@ -3,7 +3,8 @@
 A store keeps job records and hands them to workers. It knows nothing about
 functions: a worker finds the function by the job's registered name. Every method
 is synchronous and must be safe to call from any thread; each is one short step
-(one transaction in a database store). Records going in and out are copies.
+(one transaction in a database store). Records handed out are copies; records
+handed to ``enqueue`` belong to the store from then on.
 
 The life of a job, as the store sees it::
 

@@ -2,7 +2,12 @@
 
 It takes work from two places: the store (registered tasks, claimed with a lease)
 and the in-process lanes (a request's plain callables, run one after another).
-It sleeps until woken by new work, a finished job, or the next retry falling due.
+Work handed over on the worker's own event loop starts at once; from elsewhere it
+wakes the loop. Otherwise the loop sleeps until the next retry falls due or the
+poll interval passes (other processes may add jobs to a shared store).
+
+The worker is asyncio-native on its hot path: one request's hand-over costs one
+task, and no cancel scope.
 """
 
 from __future__ import annotations
@@ -12,10 +17,8 @@ import heapq
 import logging
 import time
 import uuid
-from typing import TYPE_CHECKING
-
-import anyio
-from anyio.abc import TaskGroup, TaskStatus
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
 
 from ._job import JobRecord, utcnow
 from ._runner import LocalJob
@@ -45,57 +48,90 @@ class Worker:
         self.concurrency = concurrency
         self.poll_interval = poll_interval
         self.id = f"worker-{uuid.uuid4().hex[:12]}"
-        self._busy = 0
+        self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
         self._due: list[float] = []  # when retries of this worker's jobs fall due
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
+        self._main: asyncio.Task[None] | None = None
+        # Whether the store may have claimable jobs: set when jobs are released or
+        # finish here, and at every poll (other processes may add to a shared store).
+        self._store_dirty = True
 
     @property
-    def running(self) -> bool:
-        return self._loop is not None and not self._stopping
+    def busy(self) -> int:
+        return len(self._tasks)
+
+    def on_own_loop(self) -> bool:
+        try:
+            return asyncio.get_running_loop() is self._loop
+        except RuntimeError:
+            return False
 
     def wake(self) -> None:
         """Look for work now. Safe from any thread."""
         loop, wake = self._loop, self._wake
         if loop is None or wake is None:
             return
-        try:
-            current = asyncio.get_running_loop()
-        except RuntimeError:
-            current = None
-        if current is loop:
+        if self.on_own_loop():
             wake.set()
         elif not loop.is_closed():
             loop.call_soon_threadsafe(wake.set)
 
-    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        self._loop = asyncio.get_running_loop()
+    def offer(self, *, stored: bool = False) -> None:
+        """New work was handed over: start it now if we are on the worker's loop."""
+        if stored:
+            self._store_dirty = True
+        if self._stopping or self._loop is None:
+            return
+        if self.on_own_loop():
+            self._fill()
+        else:
+            self.wake()
+
+    def start(self) -> None:
+        """Start on the running event loop; returns at once."""
+        loop = self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
-        _RUNNING.setdefault(self._loop, []).append(self.errands)
-        try:
-            async with anyio.create_task_group() as tg:
-                task_status.started()
-                while not self._stopping:
-                    self._wake.clear()
-                    self._fill(tg)
-                    with anyio.move_on_after(self._sleep_for()):
-                        await self._wake.wait()
-                # Stopping: no new claims; the task group waits for the running jobs.
-        finally:
-            _RUNNING[self._loop].remove(self.errands)
-            if not _RUNNING[self._loop]:
-                del _RUNNING[self._loop]
-            self._loop = None
+        _RUNNING.setdefault(loop, []).append(self.errands)
+        self._main = loop.create_task(self._run())
+
+    async def _run(self) -> None:
+        loop, wake = self._loop, self._wake
+        assert loop is not None and wake is not None
+        while not self._stopping:
+            wake.clear()
+            self._store_dirty = True
+            self._fill()
+            timer = loop.call_later(self._sleep_for(), wake.set)
+            try:
+                await wake.wait()
+            finally:
+                timer.cancel()
 
     async def stop(self, drain_timeout: float) -> bool:
         """Stop claiming; wait up to ``drain_timeout`` for running jobs. True if drained."""
         self._stopping = True
         self.wake()
-        deadline = time.monotonic() + drain_timeout
-        while self._busy and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
-        return self._busy == 0
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=drain_timeout)
+        return not self._tasks
+
+    async def close(self) -> None:
+        """Cancel whatever still runs (registered jobs go back to the queue)."""
+        self._stopping = True
+        if self._main is not None:
+            self._main.cancel()
+        for task in self._tasks:
+            task.cancel()
+        pending = {t for t in (*self._tasks, self._main) if t is not None}
+        if pending:
+            await asyncio.wait(pending)
+        if self._loop is not None:
+            _RUNNING[self._loop].remove(self.errands)
+            if not _RUNNING[self._loop]:
+                del _RUNNING[self._loop]
+        self._loop = None
 
     def _sleep_for(self) -> float:
         now = time.monotonic()
@@ -105,45 +141,57 @@ class Worker:
             return min(self.poll_interval, self._due[0] - now)
         return self.poll_interval
 
-    def _fill(self, tg: TaskGroup) -> None:
-        lanes = self.errands.lanes
-        while self._busy < self.concurrency and lanes:
-            self._busy += 1
-            tg.start_soon(self._run_lane, lanes.popleft())
-        free = self.concurrency - self._busy
-        if free <= 0:
+    def _start(self, coro: Coroutine[Any, Any, None]) -> None:
+        assert self._loop is not None
+        task = self._loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            logger.error("errands: worker task crashed", exc_info=exc)
+        if not self._stopping:
+            self._fill()  # a slot is free, and a finished job may unblock the next
+
+    def _fill(self) -> None:
+        if self._stopping:
             return
+        lanes = self.errands.lanes
+        while len(self._tasks) < self.concurrency and lanes:
+            self._start(self._run_lane(lanes.popleft()))
+        free = self.concurrency - len(self._tasks)
+        if free <= 0 or not self._store_dirty:
+            return
+        self._store_dirty = False
         try:
             claimed = self.errands.store.claim(self.id, free, self.errands.lease)
         except Exception:
-            logger.exception("errands: claiming jobs failed; retrying")
+            logger.exception("errands: claiming jobs failed; trying again")
             return
+        if len(claimed) == free:
+            self._store_dirty = True  # there may be more
         for job in claimed:
-            self._busy += 1
-            tg.start_soon(self._run_stored, job)
+            self._start(self._run_stored(job))
 
     async def _run_lane(self, lane: list[LocalJob]) -> None:
         finished = self.errands.job_finished
-        try:
-            for index, job in enumerate(lane):
-                try:
-                    await self.errands.runner.run_local(job, finished)
-                except anyio.get_cancelled_exc_class():
-                    # Put back what had not started, for the next worker of this process.
-                    if index + 1 < len(lane):
-                        self.errands.lanes.appendleft(lane[index + 1 :])
-                    raise
-        finally:
-            self._busy -= 1
-            self.wake()
+        run_local = self.errands.runner.run_local
+        for index, job in enumerate(lane):
+            try:
+                await run_local(job, finished)
+            except asyncio.CancelledError:
+                # Put back what had not started, for the next worker of this process.
+                if index + 1 < len(lane):
+                    self.errands.lanes.appendleft(lane[index + 1 :])
+                raise
 
     async def _run_stored(self, job: JobRecord) -> None:
-        try:
-            retry_at = await self.errands.runner.run_stored(self.errands, job)
-            if retry_at is not None:
-                # Wake when the retry falls due, rather than at the next poll.
-                delay = (retry_at - utcnow()).total_seconds()
-                heapq.heappush(self._due, time.monotonic() + max(0.0, delay))
-        finally:
-            self._busy -= 1
-            self.wake()
+        retry_at = await self.errands.runner.run_stored(self.errands, job)
+        self._store_dirty = True  # the next job of its request may be claimable now
+        if retry_at is not None:
+            # Wake when the retry falls due, rather than at the next poll.
+            delay = (retry_at - utcnow()).total_seconds()
+            heapq.heappush(self._due, time.monotonic() + max(0.0, delay))
+            if self._wake is not None:
+                self._wake.set()

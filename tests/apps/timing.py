@@ -25,7 +25,9 @@ def mark(token: str, what: str) -> None:
 
 
 @app.middleware("http")
-async def passthrough(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+async def passthrough(
+    request: Request, call_next: Callable[[Request], Awaitable[Response]]
+) -> Response:
     return await call_next(request)
 
 

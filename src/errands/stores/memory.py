@@ -32,15 +32,15 @@ class MemoryStore:
         # Jobs waiting for the job added before them in their request.
         self._dependents: dict[str, list[str]] = {}
         self._blocked: set[str] = set()
-        self._running: set[str] = set()
         self._finished: OrderedDict[str, None] = OrderedDict()
+        # Leases of running jobs, soonest first; stale entries skipped as in _due.
+        self._leases: list[tuple[datetime, int, str]] = []
 
     # -- writing ----------------------------------------------------------------
 
     def enqueue(self, jobs: Sequence[JobRecord]) -> None:
         with self._lock:
-            for job in jobs:
-                job = job.copy()
+            for job in jobs:  # the store owns the records from here (see Store.enqueue)
                 self._jobs[job.id] = job
                 before = self._jobs.get(job.after) if job.after else None
                 if before is not None and not before.finished:
@@ -103,7 +103,7 @@ class MemoryStore:
                 if current is None:
                     lost.append(job.id)
                 else:
-                    current.lease_until = until
+                    self._hold_lease(current, until)
         return lost
 
     def complete(self, job: JobRecord, result: Any) -> bool:
@@ -172,7 +172,7 @@ class MemoryStore:
             self._due.clear()
             self._dependents.clear()
             self._blocked.clear()
-            self._running.clear()
+            self._leases.clear()
             self._finished.clear()
 
     # -- internals (called with the lock held) ----------------------------------
@@ -188,9 +188,8 @@ class MemoryStore:
         job.status = JobStatus.RUNNING
         job.attempts += 1
         job.owner = owner
-        job.lease_until = now + timedelta(seconds=lease)
+        self._hold_lease(job, now + timedelta(seconds=lease))
         job.started_at = now
-        self._running.add(job.id)
         return job.copy()
 
     def _current_claim(self, job: JobRecord) -> JobRecord | None:
@@ -205,16 +204,17 @@ class MemoryStore:
         return current
 
     def _expire_leases(self, now: datetime) -> None:
-        expired = [
-            self._jobs[id]
-            for id in self._running
-            if (lease := self._jobs[id].lease_until) is not None and lease < now
-        ]
-        for job in expired:
-            self._back_to_queue(job, now)
+        while self._leases and self._leases[0][0] < now:
+            until, _, id = heapq.heappop(self._leases)
+            job = self._jobs.get(id)
+            if job is not None and job.status is JobStatus.RUNNING and job.lease_until == until:
+                self._back_to_queue(job, now)
+
+    def _hold_lease(self, job: JobRecord, until: datetime) -> None:
+        job.lease_until = until
+        heapq.heappush(self._leases, (until, next(self._tiebreak), job.id))
 
     def _back_to_queue(self, job: JobRecord, run_at: datetime | None) -> None:
-        self._running.discard(job.id)
         job.status = JobStatus.QUEUED
         job.owner = None
         job.lease_until = None
@@ -226,7 +226,6 @@ class MemoryStore:
         job.finished_at = utcnow()
         job.owner = None
         job.lease_until = None
-        self._running.discard(job.id)
         for dependent in self._dependents.pop(job.id, ()):
             self._blocked.discard(dependent)
             waiting = self._jobs.get(dependent)

@@ -1,0 +1,156 @@
+"""HTTP cost of background tasks: FastAPI's own vs errands, side by side, one run.
+
+Each scenario is served by its own uvicorn process (1 worker) on 127.0.0.1 and
+loaded with wrk (Debian: apt-get install wrk) for --duration seconds at
+--connections connections, after a short warm-up. Prints req/s, p50 and p99 and,
+for the 100 ms sync task, how many accepted tasks were still waiting when the load
+stopped. Ratios are what to read: this machine is shared and noisy.
+
+    .venv/bin/python benchmarks/http_overhead.py [--duration 10] [--connections 32]
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+SCENARIOS = [
+    ("none", "no task (async endpoint)"),
+    ("depends-only", "no task, one plain Depends() (reference)"),
+    ("fastapi-noop", "FastAPI BackgroundTasks, async no-op"),
+    ("errands-plain", "errands, async no-op plain task"),
+    ("errands-registered", "errands, async no-op registered task (memory)"),
+    ("fastapi-noop-def", "FastAPI BackgroundTasks, def no-op"),
+    ("errands-plain-def", "errands, def no-op plain task"),
+    ("none-sync", "no task (sync endpoint)"),
+    ("fastapi-sleep", "FastAPI, sync endpoint + def task sleeping 100 ms"),
+    ("errands-sleep", "errands, sync endpoint + def task sleeping 100 ms"),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def to_ms(text: str) -> float:
+    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
+    return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def wrk(url: str, duration: int, connections: int) -> dict[str, float]:
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    result = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))}  # type: ignore[union-attr]
+    for pct in ("50", "99"):
+        match = re.search(rf"^\s+{pct}%\s+(\S+)", out, re.M)
+        result[f"p{pct}_ms"] = to_ms(match.group(1)) if match else float("nan")
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    result["non_2xx"] = float(errors.group(1)) if errors else 0.0
+    return result
+
+
+def run_scenario(name: str, duration: int, connections: int) -> dict[str, float]:
+    port = free_port()
+    env = {**os.environ, "BENCH_SCENARIO": name, "PYTHONPATH": str(ROOT)}
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "benchmarks.apps:app",
+            "--port",
+            str(port),
+            "--log-level",
+            "error",
+            "--no-access-log",
+        ],
+        cwd=ROOT,
+        env=env,
+    )
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        for _ in range(200):
+            try:
+                httpx.get(url + "pending", timeout=0.5)
+                break
+            except httpx.TransportError:
+                time.sleep(0.05)
+        wrk(url, 1, connections)  # warm-up
+        time.sleep(0.5 if "sleep" not in name else 0)
+        result = wrk(url, duration, connections)
+        result["waiting_at_stop"] = float(httpx.get(url + "pending", timeout=30).json())
+        return result
+    finally:
+        server.terminate()
+        try:
+            server.wait(5)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--only", nargs="*", help="scenario names to run")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is needed: apt-get install wrk")
+
+    results: dict[str, dict[str, float]] = {}
+    for name, label in SCENARIOS:
+        if args.only and name not in args.only:
+            continue
+        results[name] = run_scenario(name, args.duration, args.connections)
+        r = results[name]
+        print(
+            f"{label:<52} {r['rps']:>9.0f} req/s  p50 {r['p50_ms']:>7.2f} ms  "
+            f"p99 {r['p99_ms']:>8.2f} ms  waiting at stop {r['waiting_at_stop']:>6.0f}"
+            + (f"  non-2xx {r['non_2xx']:.0f}" if r["non_2xx"] else ""),
+            flush=True,
+        )
+
+    def ratio(a: str, b: str, key: str = "rps") -> str:
+        if a in results and b in results:
+            return f"{results[a][key] / results[b][key]:.1%}"
+        return "n/a"
+
+    print()
+    print("no-op task, share of the no-task req/s:")
+    print(f"  FastAPI async no-op   {ratio('fastapi-noop', 'none')}")
+    print(f"  errands plain         {ratio('errands-plain', 'none')}")
+    print(f"  errands registered    {ratio('errands-registered', 'none')}")
+    print(f"  FastAPI def no-op     {ratio('fastapi-noop-def', 'none')}")
+    print(f"  errands def no-op     {ratio('errands-plain-def', 'none')}")
+    print(f"  any Depends() alone   {ratio('depends-only', 'none')}")
+    if "none-sync" in results:
+        base = results["none-sync"]["p99_ms"]
+        for name in ("fastapi-sleep", "errands-sleep"):
+            if name in results:
+                print(
+                    f"100 ms sync task, p99 vs no-task p99: {name:<14} "
+                    f"{results[name]['p99_ms'] / base:.1f}x"
+                )
+    out = ROOT / "benchmarks" / "results"
+    out.mkdir(exist_ok=True)
+    (out / "http_overhead.json").write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
