@@ -273,3 +273,79 @@ def test_eager_mode_runs_everything_in_the_order_added() -> None:
     with TestClient(app) as client:
         client.get("/")
         assert events == ["registered1", "plain", "registered2"]
+
+
+def test_jobs_of_a_successful_endpoint_run_even_if_a_teardown_fails_afterwards() -> None:
+    errands = Errands("memory://")
+    ran: list[str] = []
+
+    @errands.task
+    def registered() -> None:
+        ran.append("registered")
+
+    async def fragile():  # type: ignore[no-untyped-def]
+        yield
+        raise RuntimeError("teardown broke after the response")
+
+    app = FastAPI(lifespan=errands.lifespan)
+
+    @app.get("/")
+    async def endpoint(tasks: BackgroundTasks, _: Annotated[None, Depends(fragile)]) -> str:
+        return tasks.add_task(registered).id
+
+    with TestClient(app, raise_server_exceptions=False) as client:
+        job_id = client.get("/").json()  # the client holds the id: the job must run
+        deadline = time.monotonic() + 5
+        while not ran and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert ran == ["registered"]
+    record = errands.get(job_id)
+    assert record is not None and record.status is JobStatus.SUCCEEDED
+
+
+def test_a_task_added_in_teardown_that_does_not_fit_is_dropped_alone() -> None:
+    errands = Errands("memory://", max_backlog=1, backlog_timeout=0)
+    ran: list[str] = []
+
+    @errands.task
+    def registered() -> None:
+        ran.append("registered")
+
+    async def adds_late(tasks: BackgroundTasks):  # type: ignore[no-untyped-def]
+        yield
+        tasks.add_task(ran.append, "late")  # the backlog is full by now
+
+    app = FastAPI(lifespan=errands.lifespan)
+
+    @app.get("/", dependencies=[Depends(adds_late)])
+    async def endpoint(tasks: BackgroundTasks) -> None:
+        tasks.add_task(registered)
+
+    with TestClient(app) as client:
+        assert client.get("/").status_code == 200
+        deadline = time.monotonic() + 5
+        while (not ran or errands.backlog) and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert ran == ["registered"]
+    assert errands.backlog == 0
+
+
+def test_tasks_run_in_a_context_of_their_own_not_the_requests() -> None:
+    import contextvars
+
+    request_id: contextvars.ContextVar[str] = contextvars.ContextVar("rid", default="none")
+    seen: list[str] = []
+    errands = Errands("memory://")
+    app = FastAPI(lifespan=errands.lifespan)
+
+    @app.get("/{rid}")
+    async def endpoint(rid: str, tasks: BackgroundTasks) -> None:
+        request_id.set(rid)
+        tasks.add_task(lambda: seen.append(request_id.get()))
+
+    with TestClient(app) as client:
+        client.get("/abc")
+        deadline = time.monotonic() + 5
+        while not seen and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert seen == ["none"]

@@ -290,3 +290,21 @@ async def test_an_unregistered_name_in_the_store_fails_the_job_clearly() -> None
     record = errands.get("x1")
     assert record is not None and record.status is JobStatus.FAILED
     assert record.error is not None and "'nobody.knows' is not registered" in record.error
+
+
+async def test_a_task_that_changes_its_arguments_does_not_change_the_next_attempts() -> None:
+    errands = Errands("memory://")
+    seen: list[list[int]] = []
+
+    @errands.task(retries=1, backoff=0)
+    def consume(batch: list[int]) -> None:
+        seen.append(list(batch))
+        batch.clear()
+        if len(seen) == 1:
+            raise ValueError("first attempt fails")
+
+    job = errands.add_task(consume, [1, 2, 3])
+    await errands.join(timeout=5)
+    assert seen == [[1, 2, 3], [1, 2, 3]]
+    record = job.info()
+    assert record is not None and record.args == [[1, 2, 3]]

@@ -244,3 +244,25 @@ def test_a_client_going_away_does_not_cancel_inline_tasks() -> None:
 
     asyncio.run(main())
     assert done == ["finished"]
+
+
+def test_a_stream_of_plain_callables_does_not_starve_registered_jobs() -> None:
+    errands = Errands("memory://", concurrency=2)
+    order: list[str] = []
+
+    @errands.task
+    async def registered() -> None:
+        order.append("registered")
+
+    async def plain(i: int) -> None:
+        await asyncio.sleep(0.01)
+        order.append(f"plain{i}")
+
+    async def main() -> None:
+        for i in range(20):
+            errands.add_task(plain, i)
+        errands.add_task(registered)
+        await errands.join(timeout=10)
+
+    asyncio.run(main())
+    assert order.index("registered") < 5

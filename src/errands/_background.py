@@ -19,6 +19,7 @@ used by request-scoped ``yield`` dependencies too.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
@@ -40,13 +41,15 @@ from .exceptions import ConfigurationError, ErrandsError
 if TYPE_CHECKING:
     from ._errands import Errands
 
+logger = logging.getLogger("errands")
+
 P = ParamSpec("P")
 R = TypeVar("R")
 
 #: Runs a request's plain callables when no Errands instance is around at all.
 _DEFAULT_RUNNER = Runner(threads=16, thread_name="errands-inline")
 
-_OPEN, _COMMITTED, _RELEASED, _DROPPED = range(4)
+_OPEN, _ACCEPTED, _RELEASED, _DROPPED = range(4)
 
 
 @dataclass(slots=True)
@@ -126,10 +129,16 @@ class Tasks:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool:
-        if exc is None:
+        if exc is not None:
+            self._drop(self._entries, f"dropped: the endpoint raised {exc!r}")
+            return False
+        try:
             await self._commit()
-        else:
-            self._drop(f"dropped: the endpoint raised {exc!r}")
+        except BaseException as error:
+            # The response will be an error: nothing of this request is kept.
+            self._drop(self._entries, f"dropped: storing the request's jobs failed: {error!r}")
+            raise
+        self._phase = _ACCEPTED
         return False
 
     async def request_exit(
@@ -138,18 +147,30 @@ class Tasks:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool:
-        if exc is None:
-            await self._commit()  # tasks added by dependencies' teardown code
-            await self._release()
-        else:
-            self._drop(f"dropped: the request failed with {exc!r}")
+        if self._phase == _DROPPED:
+            return False
+        if exc is not None and self._phase != _ACCEPTED:
+            self._drop(self._entries, f"dropped: the request failed with {exc!r}")
+            return False
+        # The endpoint returned and its jobs were stored: a client may hold their ids,
+        # so they run even if something fails after the response (a dependency's
+        # teardown, a broken stream). Tasks added since (by teardown code) are stored
+        # now, or dropped alone if that fails.
+        try:
+            await self._commit()
+        except Exception as error:
+            late = [e for e in self._entries if not e.committed]
+            self._drop(late, f"dropped: storing tasks added after the endpoint failed: {error!r}")
+            logger.error(
+                "errands: %d task(s) added after the endpoint were dropped: %s", len(late), error
+            )
+        await self._release()
         return False
 
     async def _commit(self) -> None:
         pending = [e for e in self._entries if not e.committed]
         if not pending:
             return
-        self._phase = _COMMITTED
         by_instance: dict[int, tuple[Errands, list[_Entry]]] = {}
         running = running_instance()
         for entry in pending:
@@ -180,6 +201,8 @@ class Tasks:
         to_release: dict[int, tuple[Errands, list[str]]] = {}
         lanes: dict[int, tuple[Errands, list[LocalJob]]] = {}
         for entry in self._entries:
+            if not entry.committed:
+                continue  # dropped
             errands = entry.errands
             if errands is None or errands.runs_inline:
                 inline.append(entry)
@@ -197,11 +220,12 @@ class Tasks:
             with anyio.CancelScope(shield=True):
                 await _run_inline(inline)
 
-    def _drop(self, reason: str) -> None:
-        self._phase = _DROPPED
-        for errands, records in _committed_stored(self._entries).values():
+    def _drop(self, entries: list[_Entry], reason: str) -> None:
+        if entries is self._entries:
+            self._phase = _DROPPED
+        for errands, records in _committed_stored(entries).values():
             errands.cancel(records, reason)
-        for entry in self._entries:
+        for entry in entries:
             record = entry.record
             if entry.local is not None and record.status is JobStatus.QUEUED:
                 record.status = JobStatus.CANCELLED
@@ -211,6 +235,7 @@ class Tasks:
                     entry.errands.job_finished(record)
                 else:
                     WAITERS.notify(record.id)
+            entry.committed = False  # never released
 
 
 def _committed_stored(entries: list[_Entry]) -> dict[int, tuple[Errands, list[JobRecord]]]:

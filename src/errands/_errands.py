@@ -221,18 +221,22 @@ class Errands:
         try:
             yield
         finally:
-            drain = self.drain_timeout if drain_timeout is None else drain_timeout
-            with anyio.CancelScope(shield=True):
-                drained = await worker.stop(drain)
-                if not drained:
-                    logger.warning(
-                        "errands: jobs still running after drain_timeout=%g s were cancelled; "
-                        "registered ones go back to the queue",
-                        drain,
-                    )
-                await worker.close()
-            self._worker = None
-            self.runner.close()
+            try:
+                drain = self.drain_timeout if drain_timeout is None else drain_timeout
+                with anyio.CancelScope(shield=True):
+                    drained = await worker.stop(drain)
+                    if not drained:
+                        logger.warning(
+                            "errands: jobs still running after drain_timeout=%g s were "
+                            "cancelled; registered ones go back to the queue",
+                            drain,
+                        )
+                    await worker.close()
+            finally:
+                # Even if this task is cancelled natively while draining.
+                worker.unregister()
+                self._worker = None
+                self.runner.close()
             left = self._backlog.size
             if left and not self.store.durable:
                 logger.warning(
@@ -336,8 +340,9 @@ class Errands:
 
     def offer(self, *, stored: bool = False) -> None:
         """Tell this process's worker, if any, that there is new work."""
-        if self._worker is not None:
-            self._worker.offer(stored=stored)
+        worker = self._worker  # read once: the lifespan may end in another thread
+        if worker is not None:
+            worker.offer(stored=stored)
 
     async def run_inline(self, record: JobRecord) -> None:
         """Run a stored job here and now, retries included (the eager path)."""
@@ -345,7 +350,12 @@ class Errands:
         while True:
             claimed = self.store.claim(owner, 1, self.lease, ids=[record.id])
             if not claimed:
-                return  # cancelled meanwhile, or a worker has it
+                # Cancelled meanwhile, or a worker has it; if it is still waiting (its
+                # predecessor went to a worker), let the workers have it rather than
+                # leave it held.
+                self.store.release([record.id])
+                self.offer(stored=True)
+                return
             retry_at = await self.runner.run_stored(self, claimed[0], hold_retries=True)
             if retry_at is None:
                 return

@@ -67,7 +67,10 @@ class Job(Generic[R]):
             try:
                 record = self.info()
                 if record is None:
-                    raise ErrandsError(f"job {self.id} is not known (never stored, or purged)")
+                    raise ErrandsError(
+                        f"job {self.id} is not known: not stored (yet: a request's jobs are "
+                        f"stored when its endpoint returns), or purged"
+                    )
                 if record.finished:
                     return record
                 pause = _POLL

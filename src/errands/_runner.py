@@ -75,9 +75,10 @@ class Runner:
         return self._executor
 
     def close(self) -> None:
-        # Threads still running a timed-out task cannot be stopped; do not wait for them.
+        # Threads still running a timed-out task cannot be stopped; do not wait for
+        # them. Calls already submitted (an eager request's) still run.
         if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor.shutdown(wait=False)
             self._executor = None
 
     async def call(

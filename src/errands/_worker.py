@@ -13,6 +13,7 @@ task, and no cancel scope.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import heapq
 import logging
 import time
@@ -54,6 +55,7 @@ class Worker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._main: asyncio.Task[None] | None = None
+        self._context = contextvars.Context()
         # Whether the store may have claimable jobs: set when jobs are released or
         # finish here, and at every poll (other processes may add to a shared store).
         self._store_dirty = True
@@ -92,9 +94,12 @@ class Worker:
     def start(self) -> None:
         """Start on the running event loop; returns at once."""
         loop = self._loop = asyncio.get_running_loop()
+        # Jobs run in a context of their own, not that of whichever request
+        # happened to hand work over (its request ids, spans, sessions).
+        self._context = contextvars.copy_context()
         self._wake = asyncio.Event()
         _RUNNING.setdefault(loop, []).append(self.errands)
-        self._main = loop.create_task(self._run())
+        self._main = loop.create_task(self._run(), context=self._context.copy())
 
     async def _run(self) -> None:
         loop, wake = self._loop, self._wake
@@ -117,7 +122,7 @@ class Worker:
             await asyncio.wait(set(self._tasks), timeout=drain_timeout)
         return not self._tasks
 
-    async def close(self) -> None:
+    async def close(self, timeout: float = 5.0) -> None:
         """Cancel whatever still runs (registered jobs go back to the queue)."""
         self._stopping = True
         if self._main is not None:
@@ -126,8 +131,18 @@ class Worker:
             task.cancel()
         pending = {t for t in (*self._tasks, self._main) if t is not None}
         if pending:
-            await asyncio.wait(pending)
-        if self._loop is not None:
+            _, stuck = await asyncio.wait(pending, timeout=timeout)
+            if stuck:
+                logger.error(
+                    "errands: %d job(s) did not stop within %g s of being cancelled; "
+                    "leaving them behind",
+                    len(stuck),
+                    timeout,
+                )
+        self.unregister()
+
+    def unregister(self) -> None:
+        if self._loop is not None and self.errands in _RUNNING.get(self._loop, ()):
             _RUNNING[self._loop].remove(self.errands)
             if not _RUNNING[self._loop]:
                 del _RUNNING[self._loop]
@@ -143,7 +158,7 @@ class Worker:
 
     def _start(self, coro: Coroutine[Any, Any, None]) -> None:
         assert self._loop is not None
-        task = self._loop.create_task(coro)
+        task = self._loop.create_task(coro, context=self._context.copy())
         self._tasks.add(task)
         task.add_done_callback(self._done)
 
@@ -157,10 +172,15 @@ class Worker:
     def _fill(self) -> None:
         if self._stopping:
             return
+        # Half the free slots go to the store first, so a steady stream of plain
+        # callables cannot starve registered jobs (nor the reverse).
+        self._claim((self.concurrency - len(self._tasks) + 1) // 2)
         lanes = self.errands.lanes
         while len(self._tasks) < self.concurrency and lanes:
             self._start(self._run_lane(lanes.popleft()))
-        free = self.concurrency - len(self._tasks)
+        self._claim(self.concurrency - len(self._tasks))
+
+    def _claim(self, free: int) -> None:
         if free <= 0 or not self._store_dirty:
             return
         self._store_dirty = False
@@ -178,6 +198,9 @@ class Worker:
         finished = self.errands.job_finished
         run_local = self.errands.runner.run_local
         for index, job in enumerate(lane):
+            if self._stopping:
+                self.errands.lanes.appendleft(lane[index:])  # draining: start nothing new
+                return
             try:
                 await run_local(job, finished)
             except asyncio.CancelledError:

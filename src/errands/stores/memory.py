@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import json
 import threading
 from collections import Counter, OrderedDict
 from collections.abc import Collection, Sequence
@@ -190,7 +191,14 @@ class MemoryStore:
         job.owner = owner
         self._hold_lease(job, now + timedelta(seconds=lease))
         job.started_at = now
-        return job.copy()
+        claimed = job.copy()
+        # Each attempt gets arguments of its own: a task that changes them in place
+        # must not change what the next attempt (or a reader) sees.
+        if job.args:
+            claimed.args = json.loads(json.dumps(job.args))
+        if job.kwargs:
+            claimed.kwargs = json.loads(json.dumps(job.kwargs))
+        return claimed
 
     def _current_claim(self, job: JobRecord) -> JobRecord | None:
         current = self._jobs.get(job.id)
