@@ -64,7 +64,9 @@ def wrk(url: str, duration: int, connections: int) -> dict[str, float]:
     return result
 
 
-def run_scenario(name: str, duration: int, connections: int) -> dict[str, float]:
+def run_scenario(
+    name: str, duration: int, connections: int, server_args: list[str]
+) -> dict[str, float]:
     port = free_port()
     env = {**os.environ, "BENCH_SCENARIO": name, "PYTHONPATH": str(ROOT)}
     server = subprocess.Popen(
@@ -78,6 +80,7 @@ def run_scenario(name: str, duration: int, connections: int) -> dict[str, float]
             "--log-level",
             "error",
             "--no-access-log",
+            *server_args,
         ],
         cwd=ROOT,
         env=env,
@@ -109,6 +112,11 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--only", nargs="*", help="scenario names to run")
+    parser.add_argument(
+        "--pure-python",
+        action="store_true",
+        help="serve with uvicorn's asyncio loop and h11 instead of uvloop and httptools",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is needed: apt-get install wrk")
@@ -117,7 +125,8 @@ def main() -> None:
     for name, label in SCENARIOS:
         if args.only and name not in args.only:
             continue
-        results[name] = run_scenario(name, args.duration, args.connections)
+        server_args = ["--loop", "asyncio", "--http", "h11"] if args.pure_python else []
+        results[name] = run_scenario(name, args.duration, args.connections, server_args)
         r = results[name]
         print(
             f"{label:<52} {r['rps']:>9.0f} req/s  p50 {r['p50_ms']:>7.2f} ms  "
@@ -149,7 +158,8 @@ def main() -> None:
                 )
     out = ROOT / "benchmarks" / "results"
     out.mkdir(exist_ok=True)
-    (out / "http_overhead.json").write_text(json.dumps(results, indent=2))
+    suffix = "-pure-python" if args.pure_python else ""
+    (out / f"http_overhead{suffix}.json").write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

@@ -89,3 +89,9 @@ def wait_until(predicate: object, timeout: float = 5.0, interval: float = 0.01) 
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         time.sleep(interval)
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A store URL: the core behaviour tests run against every store."""
+    return "memory://" if request.param == "memory" else f"sqlite:///{tmp_path}/jobs.db"

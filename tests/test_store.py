@@ -3,18 +3,19 @@
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
 from errands import JobRecord, JobStatus, Store
-from errands.stores import MemoryStore
+from errands.stores import MemoryStore, SQLiteStore
 
-STORES = ["memory"]
+STORES = ["memory", "sqlite"]
 
 
 @pytest.fixture(params=STORES)
-def store(request: pytest.FixtureRequest) -> Iterator[Store]:
-    made: Store = MemoryStore()
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    made: Store = MemoryStore() if request.param == "memory" else SQLiteStore(tmp_path / "j.db")
     yield made
     made.close()
 

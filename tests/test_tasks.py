@@ -21,8 +21,8 @@ from errands._policy import Policy
 pytestmark = pytest.mark.anyio
 
 
-async def test_a_first_time_success_has_one_attempt_and_a_json_result() -> None:
-    errands = Errands("memory://")
+async def test_a_first_time_success_has_one_attempt_and_a_json_result(url: str) -> None:
+    errands = Errands(url)
 
     @errands.task
     async def answer() -> int:
@@ -37,8 +37,8 @@ async def test_a_first_time_success_has_one_attempt_and_a_json_result() -> None:
     assert record.created_at <= record.started_at <= record.finished_at
 
 
-async def test_retries_n_allows_n_plus_one_attempts_then_fails() -> None:
-    errands = Errands("memory://")
+async def test_retries_n_allows_n_plus_one_attempts_then_fails(url: str) -> None:
+    errands = Errands(url)
     calls: list[int] = []
 
     @errands.task(retries=2, backoff=0.01)
@@ -55,8 +55,8 @@ async def test_retries_n_allows_n_plus_one_attempts_then_fails() -> None:
     assert record.error == "ValueError: attempt 3"
 
 
-async def test_a_task_that_succeeds_on_retry_records_the_attempts() -> None:
-    errands = Errands("memory://")
+async def test_a_task_that_succeeds_on_retry_records_the_attempts(url: str) -> None:
+    errands = Errands(url)
     calls: list[int] = []
 
     @errands.task(retries=3, backoff=0.01)
@@ -83,8 +83,8 @@ def test_backoff_is_exponential_with_full_jitter() -> None:
     assert policy.delay_before_retry(6) is None  # no attempt left
 
 
-async def test_backoff_spaces_the_attempts() -> None:
-    errands = Errands("memory://")
+async def test_backoff_spaces_the_attempts(url: str) -> None:
+    errands = Errands(url)
     times: list[float] = []
 
     @errands.task(retries=1, backoff=0.3)
@@ -99,8 +99,8 @@ async def test_backoff_spaces_the_attempts() -> None:
     assert times[1] - times[0] <= 0.3 + 0.25  # jitter draws in [0, backoff]
 
 
-async def test_an_async_task_past_its_timeout_is_cancelled_and_says_so() -> None:
-    errands = Errands("memory://")
+async def test_an_async_task_past_its_timeout_is_cancelled_and_says_so(url: str) -> None:
+    errands = Errands(url)
     cancelled = asyncio.Event()
 
     @errands.task(timeout=0.1)
@@ -119,8 +119,8 @@ async def test_an_async_task_past_its_timeout_is_cancelled_and_says_so() -> None
     assert record.error == f"TaskTimeout: task '{hangs.name}' timed out after 0.1 s"
 
 
-async def test_a_sync_task_past_its_timeout_is_abandoned_and_reported() -> None:
-    errands = Errands("memory://", threads=2)
+async def test_a_sync_task_past_its_timeout_is_abandoned_and_reported(url: str) -> None:
+    errands = Errands(url, threads=2)
     gate = threading.Event()
 
     @errands.task(timeout=0.1, retries=1, backoff=0)
@@ -139,8 +139,8 @@ def test_timeout_error_type_is_an_errands_error() -> None:
     assert issubclass(TaskTimeout, Exception)
 
 
-async def test_a_task_raising_its_own_timeout_error_is_not_mistaken_for_a_timeout() -> None:
-    errands = Errands("memory://")
+async def test_a_task_raising_its_own_timeout_error_is_not_mistaken_for_a_timeout(url: str) -> None:
+    errands = Errands(url)
 
     @errands.task(timeout=5)
     async def raises_timeout() -> None:
@@ -151,8 +151,8 @@ async def test_a_task_raising_its_own_timeout_error_is_not_mistaken_for_a_timeou
     assert (await job.wait(1)).error == "TimeoutError: upstream"
 
 
-def test_arguments_that_are_not_json_are_refused_naming_task_argument_and_type() -> None:
-    errands = Errands("memory://")
+def test_arguments_that_are_not_json_are_refused_naming_task_argument_and_type(url: str) -> None:
+    errands = Errands(url)
 
     @errands.task(name="emails.send")
     def send(to: str, when: Any = None, meta: Any = None) -> None: ...
@@ -172,8 +172,8 @@ def test_arguments_that_are_not_json_are_refused_naming_task_argument_and_type()
     assert errands.jobs() == []  # nothing half-added
 
 
-def test_arguments_that_do_not_fit_the_signature_are_refused() -> None:
-    errands = Errands("memory://")
+def test_arguments_that_do_not_fit_the_signature_are_refused(url: str) -> None:
+    errands = Errands(url)
 
     @errands.task
     def send(to: str) -> None: ...
@@ -183,8 +183,8 @@ def test_arguments_that_do_not_fit_the_signature_are_refused() -> None:
     assert isinstance(InvalidArguments("x"), TypeError)
 
 
-async def test_arguments_arrive_as_json_gives_them() -> None:
-    errands = Errands("memory://")
+async def test_arguments_arrive_as_json_gives_them(url: str) -> None:
+    errands = Errands(url)
     got: list[Any] = []
 
     @errands.task
@@ -198,8 +198,8 @@ async def test_arguments_arrive_as_json_gives_them() -> None:
     assert got == [([1, "a"], {"nested": [1, 2]})]
 
 
-async def test_a_result_that_is_not_json_fails_the_job_with_a_clear_error() -> None:
-    errands = Errands("memory://")
+async def test_a_result_that_is_not_json_fails_the_job_with_a_clear_error(url: str) -> None:
+    errands = Errands(url)
 
     @errands.task(retries=3)
     def gives_object() -> object:
@@ -212,8 +212,8 @@ async def test_a_result_that_is_not_json_fails_the_job_with_a_clear_error() -> N
     assert record.error is not None and "the result is a builtins.object" in record.error
 
 
-def test_a_registered_task_called_directly_is_the_plain_function() -> None:
-    errands = Errands("memory://")
+def test_a_registered_task_called_directly_is_the_plain_function(url: str) -> None:
+    errands = Errands(url)
 
     @errands.task(retries=3)
     def double(x: int) -> int:
@@ -225,8 +225,8 @@ def test_a_registered_task_called_directly_is_the_plain_function() -> None:
     assert errands.jobs() == []
 
 
-async def test_an_async_registered_task_called_directly_returns_its_coroutine() -> None:
-    errands = Errands("memory://")
+async def test_an_async_registered_task_called_directly_returns_its_coroutine(url: str) -> None:
+    errands = Errands(url)
 
     @errands.task
     async def double(x: int) -> int:
@@ -235,8 +235,8 @@ async def test_an_async_registered_task_called_directly_returns_its_coroutine() 
     assert await double(21) == 42
 
 
-def test_task_names_default_to_module_and_qualname_and_must_be_unique() -> None:
-    errands = Errands("memory://")
+def test_task_names_default_to_module_and_qualname_and_must_be_unique(url: str) -> None:
+    errands = Errands(url)
 
     @errands.task
     def one() -> None: ...
@@ -254,8 +254,8 @@ def test_task_names_default_to_module_and_qualname_and_must_be_unique() -> None:
         def three() -> None: ...
 
 
-def test_bad_policies_are_refused() -> None:
-    errands = Errands("memory://")
+def test_bad_policies_are_refused(url: str) -> None:
+    errands = Errands(url)
     with pytest.raises(ConfigurationError, match="retries"):
         errands.task(retries=-1)
     with pytest.raises(ConfigurationError, match="timeout"):
@@ -274,10 +274,10 @@ def test_a_task_of_another_instance_is_refused_by_add_task() -> None:
         second.add_task(job)
 
 
-async def test_an_unregistered_name_in_the_store_fails_the_job_clearly() -> None:
+async def test_an_unregistered_name_in_the_store_fails_the_job_clearly(url: str) -> None:
     from errands import JobRecord
 
-    errands = Errands("memory://")
+    errands = Errands(url)
     errands.store.enqueue(
         [JobRecord(id="x1", name="nobody.knows", run_at=datetime.datetime.now(datetime.UTC))]
     )
@@ -292,8 +292,8 @@ async def test_an_unregistered_name_in_the_store_fails_the_job_clearly() -> None
     assert record.error is not None and "'nobody.knows' is not registered" in record.error
 
 
-async def test_a_task_that_changes_its_arguments_does_not_change_the_next_attempts() -> None:
-    errands = Errands("memory://")
+async def test_a_task_that_changes_its_arguments_does_not_change_later_ones(url: str) -> None:
+    errands = Errands(url)
     seen: list[list[int]] = []
 
     @errands.task(retries=1, backoff=0)

@@ -8,6 +8,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from datetime import timedelta
 from typing import Any, ParamSpec, Protocol, TypeVar, overload
 
 import anyio
@@ -29,6 +30,9 @@ logger = logging.getLogger("errands")
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+#: Seconds a durable store keeps a request's jobs held if the request never finishes.
+HOLD = 60.0
 
 #: Finished plain-callable jobs kept for ``errands.get()``, oldest dropped first.
 KEEP_LOCAL_FINISHED = 10_000
@@ -249,23 +253,34 @@ class Errands:
         return self._worker is not None
 
     async def join(self, timeout: float | None = None) -> None:
-        """Wait until every in-memory job has finished.
+        """Wait until every job has finished: in memory, and queued or running in the store.
 
         With no worker running in this process, runs one on the current event loop
-        until the backlog is empty: ``errands.add_task(...); await errands.join()``
-        runs the jobs of a script or a test.
+        until then: ``errands.add_task(...); await errands.join()`` runs the jobs of a
+        script or a test.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         if self._worker is not None:
-            emptied = await self._backlog.wait_empty(deadline)
-            left = self._backlog.size
+            left = await self._wait_idle(deadline)
         else:
             # The temporary worker stops at once: join's timeout bounds the whole call.
             async with self._serving(drain_timeout=0):
-                emptied = await self._backlog.wait_empty(deadline)
-                left = self._backlog.size
-        if not emptied:
+                left = await self._wait_idle(deadline)
+        if left:
             raise WaitTimeout(f"{left} jobs were still waiting or running after {timeout:g} s")
+
+    def _unfinished(self) -> int:
+        if not self.store.durable:
+            return self._backlog.size
+        counts = self.store.counts()
+        return self._backlog.size + counts[JobStatus.QUEUED] + counts[JobStatus.RUNNING]
+
+    async def _wait_idle(self, deadline: float | None) -> int:
+        while left := self._unfinished():
+            if deadline is not None and time.monotonic() >= deadline:
+                return left
+            await anyio.sleep(0.005 if not self.store.durable else 0.02)
+        return 0
 
     # -- what requests and workers call -----------------------------------------
 
@@ -305,7 +320,16 @@ class Errands:
         )
 
     async def commit(self, records: Sequence[JobRecord]) -> None:
-        """Store a request's registered jobs, held until ``release``."""
+        """Store a request's registered jobs, held until ``release``.
+
+        In a durable store the hold expires after ``HOLD`` seconds, so that the jobs
+        of a request whose server died before sending the response in full still run.
+        """
+        if self.store.durable:
+            until = utcnow() + timedelta(seconds=HOLD)
+            for record in records:
+                if record.run_at is None:
+                    record.run_at = until
         in_memory = 0 if self.store.durable else len(records)
         if in_memory:
             await self._backlog.reserve(in_memory)

@@ -8,10 +8,11 @@ from urllib.parse import urlsplit
 from ._store import Store
 from .exceptions import ConfigurationError
 from .stores.memory import MemoryStore
+from .stores.sqlite import SQLiteStore
 
 DEFAULT_URL = "memory://"
 ENV_VAR = "ERRANDS_URL"
-ACCEPTED = "memory://"
+ACCEPTED = "memory://, sqlite:///relative/path.db, sqlite:////absolute/path.db"
 
 
 def resolve_url(url: str | None) -> str:
@@ -28,6 +29,14 @@ def open_store(url: str) -> Store:
                 f"use 'memory://'"
             )
         return MemoryStore()
+    if scheme == "sqlite":
+        path = url[len("sqlite:///") :] if url.startswith("sqlite:///") else ""
+        if not path or "?" in path:
+            raise ConfigurationError(
+                f"invalid errands URL {url!r}: give the database file as sqlite:///jobs.db "
+                f"(relative) or sqlite:////var/lib/app/jobs.db (absolute)"
+            )
+        return SQLiteStore(path)
     raise ConfigurationError(
         f"invalid errands URL {url!r}: unknown store {scheme or '(no scheme)'!r}. "
         f"Accepted forms: {ACCEPTED}"

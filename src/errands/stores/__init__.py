@@ -1,5 +1,6 @@
 """Store implementations, one module each. See ``errands._store.Store`` for the protocol."""
 
 from .memory import MemoryStore
+from .sqlite import SQLiteStore
 
-__all__ = ["MemoryStore"]
+__all__ = ["MemoryStore", "SQLiteStore"]

@@ -1,0 +1,91 @@
+"""The SQLite store through the whole stack: requests, worker, other instances."""
+
+import time
+from pathlib import Path
+
+import pytest
+from fastapi import FastAPI, HTTPException
+from fastapi.testclient import TestClient
+
+from errands import BackgroundTasks, ConfigurationError, Errands, JobStatus
+from errands.stores import SQLiteStore
+
+
+def make_app(errands: Errands, ran: list[str]) -> FastAPI:
+    @errands.task(name="greet", retries=1, backoff=0)
+    def greet(name: str) -> str:
+        ran.append(name)
+        if len(ran) == 1:
+            raise ConnectionError("first attempt fails")
+        return f"hello {name}"
+
+    app = FastAPI(lifespan=errands.lifespan)
+
+    @app.post("/greet/{name}")
+    async def endpoint(name: str, tasks: BackgroundTasks) -> str:
+        job = tasks.add_task(greet, name)
+        if name == "boom":
+            raise HTTPException(500)
+        return job.id
+
+    return app
+
+
+def test_a_request_stores_a_durable_job_that_other_processes_can_read(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/jobs.db"
+    errands, ran = Errands(url), []
+    app = make_app(errands, ran)
+    with TestClient(app) as client:
+        job_id = client.post("/greet/ada").json()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            record = errands.get(job_id)
+            if record is not None and record.finished:
+                break
+            time.sleep(0.02)
+    other = Errands(url)  # another instance on the same file: no lifespan, no worker
+    record = other.get(job_id)
+    assert record is not None and record.durable
+    assert record.status is JobStatus.SUCCEEDED and record.attempts == 2
+    assert record.result == "hello ada" and record.error == "ConnectionError: first attempt fails"
+    assert ran == ["ada", "ada"]
+
+
+def test_jobs_of_an_endpoint_that_raises_never_reach_the_file(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/jobs.db"
+    errands = Errands(url)
+    with TestClient(make_app(errands, [])) as client:
+        assert client.post("/greet/boom").status_code == 500
+    assert Errands(url).jobs() == []
+
+
+def test_without_a_worker_here_jobs_wait_in_the_file_for_one(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/jobs.db"
+    errands, ran = Errands(url), []
+    app = make_app(errands, ran)
+    job_id = TestClient(app).post("/greet/grace").json()  # no lifespan: no worker here
+    record = errands.get(job_id)
+    assert record is not None and record.status is JobStatus.QUEUED and ran == []
+
+    import asyncio
+
+    asyncio.run(errands.join(timeout=10))  # a worker comes along
+    record = errands.get(job_id)
+    assert record is not None and record.status is JobStatus.SUCCEEDED
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///", "sqlite:///jobs.db?mode=ro"])
+def test_bad_sqlite_urls_say_how_to_write_them(url: str) -> None:
+    with pytest.raises(ConfigurationError, match=r"sqlite:///jobs\.db"):
+        Errands(url)
+
+
+def test_relative_and_absolute_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    relative = Errands("sqlite:///rel.db").store
+    assert isinstance(relative, SQLiteStore) and relative.path == "rel.db"
+    assert (tmp_path / "rel.db").exists()
+    absolute = Errands(f"sqlite:///{tmp_path}/abs.db").store
+    assert isinstance(absolute, SQLiteStore) and absolute.path == f"{tmp_path}/abs.db"
+    relative.close()
+    absolute.close()
