@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import signal
 import threading
 import time
 from collections import deque
@@ -33,6 +35,11 @@ R = TypeVar("R")
 
 #: Seconds a durable store keeps a request's jobs held if the request never finishes.
 HOLD = 60.0
+
+#: How often an idle worker looks in the store: a shared store gets jobs from other
+#: processes; the memory store only from this one, which wakes the worker itself.
+POLL_SHARED = 0.05
+POLL_LOCAL = 1.0
 
 #: Finished plain-callable jobs kept for ``errands.get()``, oldest dropped first.
 KEEP_LOCAL_FINISHED = 10_000
@@ -65,12 +72,18 @@ class Errands:
         backlog_timeout: float = 1.0,
         lease: float = 30.0,
         drain_timeout: float = 10.0,
+        hold: float = HOLD,
         eager: bool = False,
     ) -> None:
         _check_positive(
-            concurrency=concurrency, threads=threads, max_backlog=max_backlog, lease=lease
+            concurrency=concurrency,
+            threads=threads,
+            max_backlog=max_backlog,
+            lease=lease,
+            hold=hold,
         )
         _check_not_negative(backlog_timeout=backlog_timeout, drain_timeout=drain_timeout)
+        self.hold = hold
         self.url = resolve_url(url)
         self.store: Store = open_store(self.url)
         self.concurrency = concurrency
@@ -220,7 +233,9 @@ class Errands:
             raise ConfigurationError(
                 "this Errands instance's worker is already running; enter its lifespan once"
             )
-        worker = self._worker = Worker(self, concurrency=self.concurrency)
+        # A shared store gets jobs from other processes too: look for them often.
+        poll = POLL_SHARED if self.store.durable else POLL_LOCAL
+        worker = self._worker = Worker(self, concurrency=self.concurrency, poll_interval=poll)
         worker.start()
         try:
             yield
@@ -246,6 +261,36 @@ class Errands:
                 logger.warning(
                     "errands: %d in-memory jobs had not run when the worker stopped", left
                 )
+
+    def run_worker(self, *, concurrency: int | None = None) -> None:
+        """Run this instance's worker in this process until SIGINT or SIGTERM.
+
+        What ``errands worker module:attribute`` runs. On the signal it stops claiming,
+        lets running jobs finish for up to ``drain_timeout`` seconds, then gives the
+        rest back to the queue, and returns.
+        """
+        if concurrency is not None:
+            _check_positive(concurrency=concurrency)
+            self.concurrency = concurrency
+        asyncio.run(self._run_until_signalled())
+
+    async def _run_until_signalled(self) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        try:
+            async with self._serving():
+                logger.info(
+                    "errands: worker running on %s with %d task(s) registered",
+                    self.url,
+                    len(self._tasks),
+                )
+                await stop.wait()
+                logger.info("errands: stopping; draining for up to %g s", self.drain_timeout)
+        finally:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(signum)
 
     @property
     def worker_running(self) -> bool:
@@ -322,11 +367,11 @@ class Errands:
     async def commit(self, records: Sequence[JobRecord]) -> None:
         """Store a request's registered jobs, held until ``release``.
 
-        In a durable store the hold expires after ``HOLD`` seconds, so that the jobs
+        In a durable store the hold expires after ``hold`` seconds, so that the jobs
         of a request whose server died before sending the response in full still run.
         """
         if self.store.durable:
-            until = utcnow() + timedelta(seconds=HOLD)
+            until = utcnow() + timedelta(seconds=self.hold)
             for record in records:
                 if record.run_at is None:
                     record.run_at = until

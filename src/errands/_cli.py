@@ -1,0 +1,48 @@
+"""``errands worker module:attribute``: a thin shell over ``Errands.run_worker``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from ._errands import Errands
+
+
+def load(target: str) -> Errands:
+    """The Errands instance named by ``module:attribute``, imported as uvicorn does."""
+    module_name, _, attribute = target.partition(":")
+    if not module_name or not attribute:
+        raise SystemExit(
+            f"errands: expected module:attribute (e.g. app.main:errands), got {target!r}"
+        )
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise SystemExit(f"errands: could not import {module_name!r}: {exc}") from None
+    instance = getattr(module, attribute, None)
+    if not isinstance(instance, Errands):
+        raise SystemExit(
+            f"errands: {target!r} is {type(instance).__name__}, not an Errands instance"
+        )
+    return instance
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="errands", description="Run errands workers.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    worker = commands.add_parser("worker", help="run the worker of an Errands instance")
+    worker.add_argument("target", help="module:attribute of the Errands instance")
+    worker.add_argument("--concurrency", type=int, help="jobs running at once")
+    worker.add_argument("--log-level", default="info", help="logging level (default: info)")
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    load(args.target).run_worker(concurrency=args.concurrency)

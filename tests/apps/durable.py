@@ -1,0 +1,55 @@
+"""An app on the SQLite store ($ERRANDS_URL) for tests that kill real processes.
+
+Every task appends a line to $DURABLE_LOG, so a test can see what ran, and how often,
+whichever process ran it.
+"""
+
+import asyncio
+import os
+import time
+
+from fastapi import FastAPI, HTTPException
+
+from errands import BackgroundTasks, Errands
+
+errands = Errands(lease=1.0, hold=1.0, drain_timeout=float(os.environ.get("DRAIN", "10")))
+app = FastAPI(lifespan=errands.lifespan if os.environ.get("SERVER_WORKER") == "1" else None)
+
+
+def log(line: str) -> None:
+    with open(os.environ["DURABLE_LOG"], "a") as f:
+        f.write(line + "\n")
+
+
+@errands.task(name="note")
+def note(token: str) -> None:
+    log(f"note {token}")
+
+
+@errands.task(name="slow")
+async def slow(token: str, seconds: float) -> str:
+    log(f"start {token} pid={os.getpid()}")
+    await asyncio.sleep(seconds)
+    log(f"done {token}")
+    return token
+
+
+@errands.task(name="slow_sync")
+def slow_sync(token: str, seconds: float) -> str:
+    log(f"start {token} pid={os.getpid()}")
+    time.sleep(seconds)
+    log(f"done {token}")
+    return token
+
+
+@app.get("/health")
+async def health() -> str:
+    return "ok"
+
+
+@app.post("/note/{token}")
+async def add_note(token: str, tasks: BackgroundTasks) -> str:
+    job = tasks.add_task(note, token)
+    if token.startswith("fail"):
+        raise HTTPException(400, "refused")
+    return job.id

@@ -1,0 +1,195 @@
+"""Worker processes and the SQLite store, with real processes and real signals."""
+
+import importlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import httpx
+import pytest
+
+from errands import Errands, JobStatus
+from tests.conftest import ROOT, Server
+
+pytestmark = pytest.mark.server
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    values = {"ERRANDS_URL": f"sqlite:///{tmp_path}/jobs.db", "DURABLE_LOG": str(tmp_path / "log")}
+    for key, value in values.items():
+        monkeypatch.setenv(key, value)
+    (tmp_path / "log").touch()
+    return values
+
+
+def lines(env: dict[str, str]) -> list[str]:
+    return Path(env["DURABLE_LOG"]).read_text().splitlines()
+
+
+def wait_for(predicate: object, timeout: float = 15) -> None:
+    assert callable(predicate)
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+class Worker:
+    def __init__(self, env: dict[str, str], **extra: str) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "errands", "worker", "tests.apps.durable:errands"],
+            cwd=ROOT,
+            env={**os.environ, **env, **extra},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+
+    def signal(self, signum: int) -> str:
+        self.process.send_signal(signum)
+        out, _ = self.process.communicate(timeout=30)
+        return out.decode(errors="replace")
+
+
+@pytest.fixture
+def workers() -> Iterator[list[Worker]]:
+    started: list[Worker] = []
+    yield started
+    for worker in started:
+        if worker.process.poll() is None:
+            worker.signal(signal.SIGKILL)
+
+
+def app_module() -> ModuleType:
+    """The test app as this test's environment makes it (a fresh import)."""
+    from tests.apps import durable
+
+    return importlib.reload(durable)
+
+
+def fresh() -> Errands:
+    """An instance on the test's file, as another process would make it."""
+    return Errands()
+
+
+def test_a_worker_process_runs_jobs_added_by_another_process(
+    env: dict[str, str], workers: list[Worker]
+) -> None:
+    app = app_module()
+    errands, note = app.errands, app.note
+
+    jobs = [errands.add_task(note, f"t{i}") for i in range(20)]
+    workers.append(Worker(env))
+    wait_for(lambda: len(lines(env)) == 20)
+    reader = fresh()
+    wait_for(lambda: all(reader.get(j.id).status is JobStatus.SUCCEEDED for j in jobs))  # type: ignore[union-attr]
+    assert sorted(lines(env)) == sorted(f"note t{i}" for i in range(20))
+
+
+def test_a_job_whose_worker_is_killed_runs_again_on_another(
+    env: dict[str, str], workers: list[Worker]
+) -> None:
+    app = app_module()
+    errands, slow = app.errands, app.slow
+
+    job = errands.add_task(slow, "k", 1.5)
+    workers.append(Worker(env))
+    wait_for(lambda: any(line.startswith("start k") for line in lines(env)))
+    workers[0].signal(signal.SIGKILL)  # mid-job, no chance to clean up
+    workers.append(Worker(env))
+    wait_for(lambda: "done k" in lines(env), timeout=20)
+    record = fresh().get(job.id)
+    assert record is not None and record.status is JobStatus.SUCCEEDED
+    assert record.attempts == 2  # the lost attempt counts
+    assert len([line for line in lines(env) if line.startswith("start k")]) == 2
+
+
+def test_sigterm_drains_running_jobs_and_leaves_the_rest_queued(
+    env: dict[str, str], workers: list[Worker]
+) -> None:
+    app = app_module()
+    errands, slow = app.errands, app.slow
+
+    running = errands.add_task(slow, "first", 1.0)
+    worker = Worker(env, DRAIN="10")
+    workers.append(worker)
+    wait_for(lambda: any(line.startswith("start first") for line in lines(env)))
+    later = errands.add_task(slow, "later", 0)
+    output = worker.signal(signal.SIGTERM)  # returns once the worker has exited
+    assert worker.process.returncode == 0, output
+    reader = fresh()
+    assert reader.get(running.id).status is JobStatus.SUCCEEDED  # type: ignore[union-attr]
+    # Not lost: either it ran before the signal, or it is still queued for the next worker.
+    status = reader.get(later.id).status  # type: ignore[union-attr]
+    if status is JobStatus.QUEUED:
+        workers.append(Worker(env))
+        wait_for(lambda: reader.get(later.id).status is JobStatus.SUCCEEDED)  # type: ignore[union-attr]
+    else:
+        assert status is JobStatus.SUCCEEDED
+
+
+def test_sigterm_past_the_drain_timeout_gives_the_job_back(
+    env: dict[str, str], workers: list[Worker]
+) -> None:
+    app = app_module()
+    errands, slow = app.errands, app.slow
+
+    job = errands.add_task(slow, "long", 30)
+    worker = Worker(env, DRAIN="0.2")
+    workers.append(worker)
+    wait_for(lambda: any(line.startswith("start long") for line in lines(env)))
+    worker.signal(signal.SIGTERM)
+    record = fresh().get(job.id)
+    assert record is not None and record.status is JobStatus.QUEUED and record.attempts == 0
+
+
+def test_every_acknowledged_request_runs_after_the_server_is_killed(
+    env: dict[str, str], workers: list[Worker]
+) -> None:
+    server = Server("tests.apps.durable:app", env=env)  # no worker in the server
+    acknowledged: list[str] = []
+    stop = threading.Event()
+
+    def burst() -> None:
+        with httpx.Client(base_url=server.url, timeout=5) as client:
+            i = 0
+            while not stop.is_set():
+                i += 1
+                try:
+                    response = client.post(f"/note/b{i}")
+                except httpx.TransportError:
+                    return
+                if response.status_code == 200:
+                    acknowledged.append(f"note b{i}")
+
+    senders = [threading.Thread(target=burst) for _ in range(4)]
+    for sender in senders:
+        sender.start()
+    time.sleep(1.0)
+    server.process.send_signal(signal.SIGKILL)  # mid-burst
+    stop.set()
+    for sender in senders:
+        sender.join()
+    server.stop()
+    assert len(acknowledged) > 20
+    workers.append(Worker(env))
+    wait_for(lambda: set(acknowledged) <= set(lines(env)), timeout=30)
+
+
+def test_jobs_of_requests_that_failed_never_run(env: dict[str, str], workers: list[Worker]) -> None:
+    server = Server("tests.apps.durable:app", env=env)
+    try:
+        assert httpx.post(f"{server.url}/note/fail1").status_code == 400
+        assert httpx.post(f"{server.url}/note/ok1").status_code == 200
+    finally:
+        server.stop()
+    workers.append(Worker(env))
+    wait_for(lambda: "note ok1" in lines(env))
+    time.sleep(0.3)
+    assert "note fail1" not in lines(env)
