@@ -171,3 +171,17 @@ def test_the_memory_store_keeps_a_bounded_number_of_finished_jobs() -> None:
         store.complete(claimed, i)
     assert [j.id for j in store.jobs()] == ["j9", "j8", "j7"]
     assert store.get("j0") is None
+
+
+def test_a_lost_attempt_does_not_count_against_retries_but_poison_jobs_fail(store: Store) -> None:
+    store.enqueue([job("a", max_attempts=1)])
+    for lost in range(1, 6):
+        [claimed] = store.claim(f"dies-{lost}", 1, lease=0.01)
+        assert claimed.attempts == lost and claimed.lost == lost - 1
+        assert claimed.failures == 1  # the running attempt; the dead ones do not count
+        time.sleep(0.03)
+    assert store.claim("w", 1, lease=30) == []
+    record = store.get("a")
+    assert record is not None and record.status is JobStatus.FAILED
+    assert record.lost == 5 and record.error is not None and "PoisonJob" in record.error
+    assert record.finished_at is not None

@@ -73,10 +73,18 @@ class JobRecord:
     #: The worker holding the job while it runs, and until when its lease holds.
     owner: str | None = None
     lease_until: datetime | None = None
+    #: Attempts whose worker died (its lease ran out): counted in ``attempts``, not
+    #: against the task's retries.
+    lost: int = 0
 
     @property
     def finished(self) -> bool:
         return self.status.finished
+
+    @property
+    def failures(self) -> int:
+        """Attempts that ran to a failure (not counting those whose worker died)."""
+        return self.attempts - self.lost
 
     def copy(self) -> JobRecord:
         # Spelled out: dataclasses.replace costs several times more, on every claim.
@@ -99,4 +107,5 @@ class JobRecord:
             self.after,
             self.owner,
             self.lease_until,
+            self.lost,
         )

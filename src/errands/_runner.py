@@ -185,7 +185,7 @@ class Runner:
             return None
         except Exception as exc:
             return self._record_failure(
-                errands, job, task.policy.delay_before_retry(job.attempts), exc, hold_retries
+                errands, job, task.policy.delay_before_retry(job.failures), exc, hold_retries
             )
         finally:
             keep_lease.stop()

@@ -15,7 +15,9 @@ The life of a job, as the store sees it::
 
 A job is claimable when it is queued, its ``run_at`` has come, and the job named by
 its ``after`` (the one added before it in the same request) has finished. A running
-job whose lease has expired (its worker died) is claimable again.
+job whose lease has expired (its worker died) is claimable again, as a new attempt
+that does not count against the task's retries (``lost`` counts them); after
+``MAX_LOST_LEASES`` such losses the job is failed as a poison job instead.
 """
 
 from __future__ import annotations
@@ -25,6 +27,13 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from ._job import JobRecord, JobStatus
+
+#: A job whose worker died this many times is failed, not offered to another worker.
+MAX_LOST_LEASES = 5
+
+
+def poison_error(lost: int) -> str:
+    return f"PoisonJob: its worker died (lease lost) {lost} times while running it; not run again"
 
 
 class Store(Protocol):

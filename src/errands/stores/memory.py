@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from .._job import JobRecord, JobStatus, utcnow
+from .._store import MAX_LOST_LEASES, poison_error
 
 
 class MemoryStore:
@@ -216,7 +217,13 @@ class MemoryStore:
             until, _, id = heapq.heappop(self._leases)
             job = self._jobs.get(id)
             if job is not None and job.status is JobStatus.RUNNING and job.lease_until == until:
-                self._back_to_queue(job, now)
+                job.lost += 1
+                if job.lost >= MAX_LOST_LEASES:
+                    job.status = JobStatus.FAILED
+                    job.error, job.traceback = poison_error(job.lost), None
+                    self._finish(job)
+                else:
+                    self._back_to_queue(job, now)
 
     def _hold_lease(self, job: JobRecord, until: datetime) -> None:
         job.lease_until = until

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .._job import JobRecord, JobStatus, utcnow
+from .._store import MAX_LOST_LEASES, poison_error
 from ..exceptions import ConfigurationError
 
 _SCHEMA = """
@@ -42,7 +43,8 @@ CREATE TABLE IF NOT EXISTS errands_jobs (
     run_at REAL,
     after TEXT,
     owner TEXT,
-    lease_until REAL
+    lease_until REAL,
+    lost INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS errands_jobs_due ON errands_jobs (status, run_at, seq);
 CREATE INDEX IF NOT EXISTS errands_jobs_lease ON errands_jobs (status, lease_until);
@@ -50,7 +52,7 @@ CREATE INDEX IF NOT EXISTS errands_jobs_lease ON errands_jobs (status, lease_unt
 
 _COLUMNS = (
     "id, name, status, args, kwargs, attempts, max_attempts, result, error, traceback, "
-    "created_at, started_at, finished_at, run_at, after, owner, lease_until"
+    "created_at, started_at, finished_at, run_at, after, owner, lease_until, lost"
 )
 _UNFINISHED = "('queued', 'running')"
 
@@ -64,8 +66,8 @@ def _dt(value: float | None) -> datetime | None:
 
 
 def _record(row: sqlite3.Row | tuple[Any, ...]) -> JobRecord:
-    (id, name, status, args, kwargs, attempts, max_attempts, result, error, trace,
-     created_at, started_at, finished_at, run_at, after, owner, lease_until) = row  # fmt: skip
+    (id, name, status, args, kwargs, attempts, max_attempts, result, error, trace, created_at,
+     started_at, finished_at, run_at, after, owner, lease_until, lost) = row  # fmt: skip
     return JobRecord(
         id=id,
         name=name,
@@ -85,6 +87,7 @@ def _record(row: sqlite3.Row | tuple[Any, ...]) -> JobRecord:
         after=after,
         owner=owner,
         lease_until=_dt(lease_until),
+        lost=lost,
     )
 
 
@@ -140,14 +143,14 @@ class SQLiteStore:
                 job.id, job.name, job.status.value, json.dumps(job.args), json.dumps(job.kwargs),
                 job.attempts, job.max_attempts, None, job.error, job.traceback,
                 job.created_at.timestamp(), _ts(job.started_at), _ts(job.finished_at),
-                _ts(job.run_at), job.after, None, None,
+                _ts(job.run_at), job.after, None, None, job.lost,
             )
             for job in jobs
         ]  # fmt: skip
         with self._write() as db:
             db.executemany(
                 f"INSERT INTO errands_jobs ({_COLUMNS}) VALUES "
-                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
 
@@ -184,10 +187,17 @@ class SQLiteStore:
             f"WHERE p.id = j.after AND p.status IN {_UNFINISHED}))"
         )
         with self._write() as db:
-            # Jobs whose worker stopped renewing its lease are claimable again.
+            # Jobs whose worker stopped renewing its lease are claimable again, up to
+            # MAX_LOST_LEASES times; then they are failed as poison.
             db.execute(
-                "UPDATE errands_jobs SET status = 'queued', owner = NULL, lease_until = NULL, "
-                "run_at = ? WHERE status = 'running' AND lease_until < ?",
+                "UPDATE errands_jobs SET status = 'failed', lost = lost + 1, error = ?, "
+                "traceback = NULL, finished_at = ?, owner = NULL, lease_until = NULL "
+                "WHERE status = 'running' AND lease_until < ? AND lost + 1 >= ?",
+                (poison_error(MAX_LOST_LEASES), now, now, MAX_LOST_LEASES),
+            )
+            db.execute(
+                "UPDATE errands_jobs SET status = 'queued', lost = lost + 1, owner = NULL, "
+                "lease_until = NULL, run_at = ? WHERE status = 'running' AND lease_until < ?",
                 (now, now),
             )
             if ids is None:
