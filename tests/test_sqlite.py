@@ -89,3 +89,67 @@ def test_relative_and_absolute_paths(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert isinstance(absolute, SQLiteStore) and absolute.path == f"{tmp_path}/abs.db"
     relative.close()
     absolute.close()
+
+
+def test_arguments_over_max_payload_are_refused_in_add_task(tmp_path: Path) -> None:
+    from errands import PayloadTooLarge
+
+    errands = Errands(f"sqlite:///{tmp_path}/jobs.db", max_payload=1000)
+
+    @errands.task(name="upload")
+    def upload(blob: str) -> None: ...
+
+    errands.add_task(upload, "x" * 900)
+    with pytest.raises(PayloadTooLarge, match=r"'upload'.*1,1\d\d bytes.*max_payload=1,000"):
+        errands.add_task(upload, "x" * 1100)
+    assert len(errands.jobs()) == 1
+
+
+def test_a_full_disk_fails_add_task_clearly_and_keeps_nothing_half_written(
+    tmp_path: Path,
+) -> None:
+    from errands import StoreError
+
+    errands = Errands(f"sqlite:///{tmp_path}/jobs.db")
+
+    @errands.task(name="fill")
+    def fill(blob: str) -> None: ...
+
+    store = errands.store
+    assert isinstance(store, SQLiteStore)
+    # SQLite's own "database or disk is full", from a page budget on this connection.
+    pages = store._db().execute("PRAGMA page_count").fetchone()[0]
+    store._db().execute(f"PRAGMA max_page_count = {pages + 8}")
+    added = 0
+    with pytest.raises(StoreError, match=r"disk is full.*Nothing of this call was stored"):
+        for _ in range(1000):
+            errands.add_task(fill, "y" * 4000)
+            added += 1
+    assert len(errands.jobs(limit=10_000)) == added  # the failing one left no trace
+
+
+def test_a_request_whose_jobs_cannot_be_stored_fails(tmp_path: Path) -> None:
+    errands = Errands(f"sqlite:///{tmp_path}/jobs.db")
+    app = make_app(errands, [])
+    store = errands.store
+    assert isinstance(store, SQLiteStore)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        # From here on the file cannot be opened: every write fails.
+        store.path = str(tmp_path / "missing-dir" / "jobs.db")
+        store.close()
+        response = client.post("/greet/ada")
+    assert response.status_code == 500
+
+
+def test_a_row_that_cannot_be_read_is_failed_with_the_reason(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "jobs.db")
+    store._db().execute(
+        "INSERT INTO errands_jobs (id, name, status, args, kwargs, attempts, max_attempts, "
+        "created_at, run_at) VALUES ('bad', 't', 'queued', '{not json', '{}', 0, 1, 0, 0)"
+    )
+    assert store.claim("w", 10, lease=30) == []
+    record = store.get("bad")
+    assert record is not None and record.status is JobStatus.FAILED
+    assert record.error is not None
+    assert record.error.startswith("CorruptJob: the stored job cannot be read")
+    store.close()

@@ -17,6 +17,8 @@ from .exceptions import (
     ErrandsError,
     InvalidArguments,
     NotSerializable,
+    PayloadTooLarge,
+    StoreError,
     TaskTimeout,
     WaitTimeout,
 )
@@ -35,7 +37,9 @@ __all__ = [
     "JobRecord",
     "JobStatus",
     "NotSerializable",
+    "PayloadTooLarge",
     "Store",
+    "StoreError",
     "Task",
     "TaskTimeout",
     "Tasks",

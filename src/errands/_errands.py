@@ -26,7 +26,7 @@ from ._task import Task, callable_name
 from ._url import open_store, resolve_url
 from ._waiters import WAITERS
 from ._worker import Worker
-from .exceptions import ConfigurationError, WaitTimeout
+from .exceptions import ConfigurationError, PayloadTooLarge, WaitTimeout
 
 logger = logging.getLogger("errands")
 
@@ -73,6 +73,7 @@ class Errands:
         lease: float = 30.0,
         drain_timeout: float = 10.0,
         hold: float = HOLD,
+        max_payload: int = 1024 * 1024,
         eager: bool = False,
     ) -> None:
         _check_positive(
@@ -81,9 +82,11 @@ class Errands:
             max_backlog=max_backlog,
             lease=lease,
             hold=hold,
+            max_payload=max_payload,
         )
         _check_not_negative(backlog_timeout=backlog_timeout, drain_timeout=drain_timeout)
         self.hold = hold
+        self.max_payload = max_payload
         self.url = resolve_url(url)
         self.store: Store = open_store(self.url)
         self.concurrency = concurrency
@@ -352,6 +355,12 @@ class Errands:
     ) -> JobRecord:
         """A record for a registered task's job; checks the arguments first."""
         payload = encode_arguments(task.name, task.signature, tuple(args), kwargs)
+        if len(payload) > self.max_payload and len(payload.encode()) > self.max_payload:
+            raise PayloadTooLarge(
+                f"task {task.name!r}: its arguments are {len(payload.encode()):,} bytes as "
+                f"JSON, over max_payload={self.max_payload:,}; store large data elsewhere "
+                f"(a file, a table) and pass a reference to it"
+            )
         json_args, json_kwargs = decode_arguments(payload)
         return JobRecord(
             id=new_job_id(),

@@ -5,7 +5,9 @@ ErrandsError
  ├── ConfigurationError      bad URL or option, a task name registered twice, a
  │                           registered task used with another Errands instance
  ├── InvalidArguments        add_task() arguments that do not fit the task's signature
- │    └── NotSerializable    an argument (or a result) that JSON cannot carry
+ │    ├── NotSerializable    an argument (or a result) that JSON cannot carry
+ │    └── PayloadTooLarge    arguments larger than max_payload
+ ├── StoreError              the store could not take a write (disk full, read-only)
  ├── BacklogFull             the in-memory backlog stayed full for backlog_timeout
  ├── TaskTimeout             recorded on a job whose attempt ran past its timeout
  └── WaitTimeout             Job.wait() / Errands.join() gave up (also a TimeoutError)
@@ -23,6 +25,8 @@ __all__ = [
     "ErrandsError",
     "InvalidArguments",
     "NotSerializable",
+    "PayloadTooLarge",
+    "StoreError",
     "TaskTimeout",
     "WaitTimeout",
 ]
@@ -42,6 +46,14 @@ class InvalidArguments(ErrandsError, TypeError):
 
 class NotSerializable(InvalidArguments):
     """An argument or a result of a registered task cannot travel as JSON."""
+
+
+class PayloadTooLarge(InvalidArguments):
+    """A registered task's arguments, as JSON, are larger than ``max_payload`` bytes."""
+
+
+class StoreError(ErrandsError):
+    """The store could not take a write; nothing of that call was stored."""
 
 
 class BacklogFull(ErrandsError):

@@ -22,7 +22,7 @@ from typing import Any
 
 from .._job import JobRecord, JobStatus, utcnow
 from .._store import MAX_LOST_LEASES, poison_error
-from ..exceptions import ConfigurationError
+from ..exceptions import ConfigurationError, StoreError
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS errands_jobs (
@@ -65,18 +65,31 @@ def _dt(value: float | None) -> datetime | None:
     return datetime.fromtimestamp(value, UTC) if value is not None else None
 
 
-def _record(row: sqlite3.Row | tuple[Any, ...]) -> JobRecord:
+def _loads(text: str | None, default: Any, strict: bool) -> Any:
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        if strict:
+            raise
+        return default
+
+
+def _record(row: sqlite3.Row | tuple[Any, ...], *, strict: bool = False) -> JobRecord:
+    """A row as a record. Undecodable JSON raises when ``strict`` (a worker is about to
+    run the job); for reading, it shows as empty arguments and no result."""
     (id, name, status, args, kwargs, attempts, max_attempts, result, error, trace, created_at,
      started_at, finished_at, run_at, after, owner, lease_until, lost) = row  # fmt: skip
     return JobRecord(
         id=id,
         name=name,
         status=JobStatus(status),
-        args=json.loads(args),
-        kwargs=json.loads(kwargs),
+        args=_loads(args, [], strict),
+        kwargs=_loads(kwargs, {}, strict),
         attempts=attempts,
         max_attempts=max_attempts,
-        result=json.loads(result) if result is not None else None,
+        result=_loads(result, None, strict),
         error=error,
         traceback=trace,
         created_at=_dt(created_at) or utcnow(),
@@ -126,14 +139,28 @@ class SQLiteStore:
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        db = self._db()
-        db.execute("BEGIN IMMEDIATE")
+        """One write transaction; nothing of it is kept if any statement fails."""
+        try:
+            db = self._db()
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise self._error(exc) from exc
         try:
             yield db
-        except BaseException:
-            db.execute("ROLLBACK")
+            db.execute("COMMIT")
+        except BaseException as exc:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                raise self._error(exc) from exc
             raise
-        db.execute("COMMIT")
+
+    def _error(self, exc: sqlite3.Error) -> StoreError:
+        return StoreError(
+            f"the SQLite store {self.path!r} could not be written: {exc}. Nothing of this "
+            f"call was stored. Check that the disk has room and the file and its directory "
+            f"are writable."
+        )
 
     # -- writing ----------------------------------------------------------------
 
@@ -214,17 +241,23 @@ class SQLiteStore:
                     f"AND j.id IN ({marks}) AND NOT {blocked} ORDER BY j.seq LIMIT ?",
                     (*wanted, limit),
                 ).fetchall()
-            claimed = [
-                _record(
+            claimed = []
+            for (seq,) in chosen:
+                row = db.execute(
+                    "UPDATE errands_jobs SET status = 'running', attempts = attempts + 1, "
+                    "owner = ?, lease_until = ?, started_at = ? WHERE seq = ? "
+                    f"RETURNING {_COLUMNS}",
+                    (owner, until, now, seq),
+                ).fetchone()
+                try:
+                    claimed.append(_record(row, strict=True))
+                except (ValueError, TypeError) as exc:
+                    # A row nobody can run: fail it with the reason, do not crash on it.
                     db.execute(
-                        "UPDATE errands_jobs SET status = 'running', attempts = attempts + 1, "
-                        "owner = ?, lease_until = ?, started_at = ? WHERE seq = ? "
-                        f"RETURNING {_COLUMNS}",
-                        (owner, until, now, seq),
-                    ).fetchone()
-                )
-                for (seq,) in chosen
-            ]
+                        "UPDATE errands_jobs SET status = 'failed', error = ?, finished_at = ?, "
+                        "owner = NULL, lease_until = NULL WHERE seq = ?",
+                        (f"CorruptJob: the stored job cannot be read: {exc!r}", now, seq),
+                    )
         return claimed
 
     def _update_claimed(self, job: JobRecord, assignments: str, values: tuple[Any, ...]) -> bool:
