@@ -153,3 +153,52 @@ def test_a_row_that_cannot_be_read_is_failed_with_the_reason(tmp_path: Path) -> 
     assert record.error is not None
     assert record.error.startswith("CorruptJob: the stored job cannot be read")
     store.close()
+
+
+def test_the_worker_purges_jobs_past_the_retention_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    from errands import _worker
+
+    monkeypatch.setattr(_worker, "PURGE_EVERY", 0.05)
+    errands = Errands(f"sqlite:///{tmp_path}/jobs.db", retention=0.2)
+
+    @errands.task(name="quick")
+    def quick() -> None: ...
+
+    async def main() -> None:
+        job = errands.add_task(quick)
+        async with errands.lifespan():
+            await job.wait(timeout=5)
+            assert errands.get(job.id) is not None
+            for _ in range(200):
+                if errands.get(job.id) is None:
+                    break
+                await asyncio.sleep(0.02)
+        assert errands.get(job.id) is None
+
+    asyncio.run(main())
+
+
+def test_worker_false_starts_no_worker_jobs_wait_for_one_elsewhere(tmp_path: Path) -> None:
+    errands, ran = Errands(f"sqlite:///{tmp_path}/jobs.db", worker=False), []
+    app = make_app(errands, ran)
+    with TestClient(app) as client:
+        job_id = client.post("/greet/ada").json()
+        time.sleep(0.2)
+        assert not errands.worker_running
+        assert errands.get(job_id).status is JobStatus.QUEUED  # type: ignore[union-attr]
+    assert ran == []
+
+
+def test_the_default_store_is_a_sqlite_file_in_the_current_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("ERRANDS_URL", raising=False)
+    errands = Errands()
+    assert errands.url == "sqlite:///errands.db" and errands.store.durable
+    assert (tmp_path / "errands.db").exists()
+    errands.store.close()

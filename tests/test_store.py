@@ -185,3 +185,13 @@ def test_a_lost_attempt_does_not_count_against_retries_but_poison_jobs_fail(stor
     assert record is not None and record.status is JobStatus.FAILED
     assert record.lost == 5 and record.error is not None and "PoisonJob" in record.error
     assert record.finished_at is not None
+
+
+def test_purge_deletes_only_jobs_finished_before_the_cutoff(store: Store) -> None:
+    store.enqueue([job("old"), job("new"), job("waiting", held=True)])
+    for claimed in store.claim("w", 2, lease=30):
+        store.complete(claimed, None)
+    assert store.purge(now() - timedelta(seconds=60)) == 0
+    assert store.purge(now() + timedelta(seconds=1)) == 2
+    assert store.get("old") is None and store.get("new") is None
+    assert store.get("waiting") is not None

@@ -16,10 +16,15 @@ def test_the_url_can_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) 
     assert errands.url == "memory://" and isinstance(errands.store, MemoryStore)
 
 
-@pytest.mark.parametrize("url", ["redis://localhost", "nonsense", "memory://x?y=1"])
+@pytest.mark.parametrize("url", ["redis://localhost", "nonsense"])
 def test_an_invalid_url_fails_at_construction_listing_the_accepted_forms(url: str) -> None:
-    with pytest.raises(ConfigurationError, match=r"invalid errands URL.*memory://"):
+    with pytest.raises(ConfigurationError, match=r"invalid errands URL.*memory://.*sqlite:///"):
         Errands(url)
+
+
+def test_the_memory_store_takes_no_options() -> None:
+    with pytest.raises(ConfigurationError, match="use 'memory://'"):
+        Errands("memory://x?y=1")
 
 
 @pytest.mark.parametrize(

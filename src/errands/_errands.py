@@ -38,7 +38,7 @@ HOLD = 60.0
 
 #: How often an idle worker looks in the store: a shared store gets jobs from other
 #: processes; the memory store only from this one, which wakes the worker itself.
-POLL_SHARED = 0.05
+POLL_SHARED = 0.01  # idle polls of the SQLite store are one indexed read
 POLL_LOCAL = 1.0
 
 #: Finished plain-callable jobs kept for ``errands.get()``, oldest dropped first.
@@ -52,14 +52,19 @@ class TaskDecorator(Protocol):
 class Errands:
     """Background tasks for one application: a store, registered tasks, a worker.
 
-    ``url`` picks the store (``"memory://"``; ``$ERRANDS_URL`` when not given).
-    ``concurrency`` bounds the jobs running at once in this process's worker,
-    ``threads`` the pool that runs ``def`` tasks (its own, not the one serving sync
-    endpoints). ``max_backlog`` bounds jobs held in memory; an ``add_task`` that finds
-    it full waits up to ``backlog_timeout`` seconds, then raises ``BacklogFull``.
-    ``lease`` is how long a claimed job is reserved to its worker without a
-    heartbeat; ``drain_timeout`` how long shutdown waits for running jobs. With
-    ``eager=True`` a request's tasks run before its ASGI call returns (for tests).
+    ``url`` picks the store: ``"sqlite:///errands.db"`` (the default; a file in the
+    current directory), ``"sqlite:////abs/path.db"`` or ``"memory://"``; when not given,
+    ``$ERRANDS_URL``, then the default. ``concurrency`` bounds the jobs running at once
+    in this process's worker, ``threads`` the pool that runs ``def`` tasks (its own, not
+    the one serving sync endpoints). ``max_backlog`` bounds jobs held in memory; an
+    ``add_task`` that finds it full waits up to ``backlog_timeout`` seconds, then raises
+    ``BacklogFull``. ``lease`` is how long a claimed job stays its worker's without a
+    heartbeat; ``drain_timeout`` how long shutdown waits for running jobs; ``hold`` how
+    long a durable store keeps a request's jobs back if its response is never finished;
+    ``max_payload`` the largest arguments (bytes of JSON); ``retention`` how long
+    finished jobs are kept (seconds). ``worker=False`` makes the lifespan start no
+    worker (this process only adds jobs). ``eager=True`` runs a request's tasks before
+    its ASGI call returns (for tests).
     """
 
     def __init__(
@@ -74,6 +79,8 @@ class Errands:
         drain_timeout: float = 10.0,
         hold: float = HOLD,
         max_payload: int = 1024 * 1024,
+        retention: float = 7 * 24 * 3600,
+        worker: bool = True,
         eager: bool = False,
     ) -> None:
         _check_positive(
@@ -83,10 +90,14 @@ class Errands:
             lease=lease,
             hold=hold,
             max_payload=max_payload,
+            retention=retention,
         )
         _check_not_negative(backlog_timeout=backlog_timeout, drain_timeout=drain_timeout)
         self.hold = hold
         self.max_payload = max_payload
+        self.retention = retention
+        #: False: this process only adds jobs; ``errands worker`` processes run them.
+        self.runs_worker = worker
         self.url = resolve_url(url)
         self.store: Store = open_store(self.url)
         self.concurrency = concurrency
@@ -228,6 +239,8 @@ class Errands:
         jobs, then cancels the rest (registered ones go back to the queue).
         Inside your own lifespan: ``async with errands.lifespan(app): yield``.
         """
+        if not self.runs_worker:
+            return _nothing()
         return self._serving()
 
     @asynccontextmanager
@@ -449,6 +462,11 @@ class Errands:
                 while len(self._local_finished) > KEEP_LOCAL_FINISHED:
                     self._local.pop(self._local_finished.popleft(), None)
         WAITERS.notify(record.id)
+
+
+@asynccontextmanager
+async def _nothing() -> AsyncIterator[None]:
+    yield
 
 
 def _check_positive(**values: float) -> None:

@@ -75,6 +75,9 @@ class Store(Protocol):
     def requeue(self, job: JobRecord) -> bool:
         """Give a claimed job back (its worker is shutting down), runnable at once."""
 
+    def purge(self, before: datetime) -> int:
+        """Delete jobs that finished before ``before``; how many were deleted."""
+
     def get(self, id: str) -> JobRecord | None:
         """The job with this id, or None."""
 

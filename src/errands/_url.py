@@ -10,7 +10,7 @@ from .exceptions import ConfigurationError
 from .stores.memory import MemoryStore
 from .stores.sqlite import SQLiteStore
 
-DEFAULT_URL = "memory://"
+DEFAULT_URL = "sqlite:///errands.db"
 ENV_VAR = "ERRANDS_URL"
 ACCEPTED = "memory://, sqlite:///relative/path.db, sqlite:////absolute/path.db"
 

@@ -19,6 +19,7 @@ import logging
 import time
 import uuid
 from collections.abc import Coroutine
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from ._job import JobRecord, utcnow
@@ -28,6 +29,9 @@ if TYPE_CHECKING:
     from ._errands import Errands
 
 logger = logging.getLogger("errands")
+
+#: How often a worker purges jobs past the retention time.
+PURGE_EVERY = 60.0
 
 #: Errands instances whose worker runs on each event loop: where a request's plain
 #: callables go when nothing else names an instance.
@@ -104,10 +108,14 @@ class Worker:
     async def _run(self) -> None:
         loop, wake = self._loop, self._wake
         assert loop is not None and wake is not None
+        next_purge = 0.0
         while not self._stopping:
             wake.clear()
             self._store_dirty = True
             self._fill()
+            if time.monotonic() >= next_purge:
+                next_purge = time.monotonic() + PURGE_EVERY
+                loop.run_in_executor(None, self._purge)
             timer = loop.call_later(self._sleep_for(), wake.set)
             try:
                 await wake.wait()
@@ -147,6 +155,17 @@ class Worker:
             if not _RUNNING[self._loop]:
                 del _RUNNING[self._loop]
         self._loop = None
+
+    def _purge(self) -> None:
+        """Delete jobs finished longer than ``retention`` ago (in a thread: may be slow)."""
+        before = utcnow() - timedelta(seconds=self.errands.retention)
+        try:
+            purged = self.errands.store.purge(before)
+        except Exception:
+            logger.exception("errands: purging finished jobs failed; trying again later")
+            return
+        if purged:
+            logger.info("errands: purged %d job(s) finished before %s", purged, before)
 
     def _sleep_for(self) -> float:
         now = time.monotonic()

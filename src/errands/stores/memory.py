@@ -146,6 +146,18 @@ class MemoryStore:
             self._back_to_queue(current, utcnow())
             return True
 
+    def purge(self, before: datetime) -> int:
+        with self._lock:
+            old = [
+                id
+                for id in self._finished
+                if (finished := self._jobs[id].finished_at) is not None and finished < before
+            ]
+            for id in old:
+                del self._finished[id]
+                self._jobs.pop(id, None)
+        return len(old)
+
     # -- reading ----------------------------------------------------------------
 
     def get(self, id: str) -> JobRecord | None:

@@ -48,6 +48,8 @@ CREATE TABLE IF NOT EXISTS errands_jobs (
 );
 CREATE INDEX IF NOT EXISTS errands_jobs_due ON errands_jobs (status, run_at, seq);
 CREATE INDEX IF NOT EXISTS errands_jobs_lease ON errands_jobs (status, lease_until);
+CREATE INDEX IF NOT EXISTS errands_jobs_finished ON errands_jobs (finished_at);
+CREATE INDEX IF NOT EXISTS errands_jobs_after ON errands_jobs (after);
 """
 
 _COLUMNS = (
@@ -213,6 +215,8 @@ class SQLiteStore:
             f"(j.after IS NOT NULL AND EXISTS (SELECT 1 FROM errands_jobs p "
             f"WHERE p.id = j.after AND p.status IN {_UNFINISHED}))"
         )
+        if ids is None and not self._anything_to_claim(now):
+            return []  # idle polls read only, and never take the write lock
         with self._write() as db:
             # Jobs whose worker stopped renewing its lease are claimable again, up to
             # MAX_LOST_LEASES times; then they are failed as poison.
@@ -259,6 +263,30 @@ class SQLiteStore:
                         (f"CorruptJob: the stored job cannot be read: {exc!r}", now, seq),
                     )
         return claimed
+
+    def _anything_to_claim(self, now: float) -> bool:
+        try:
+            row = (
+                self._db()
+                .execute(
+                    "SELECT 1 FROM errands_jobs WHERE (status = 'queued' AND run_at <= ?) "
+                    "OR (status = 'running' AND lease_until < ?) LIMIT 1",
+                    (now, now),
+                )
+                .fetchone()
+            )
+        except sqlite3.Error as exc:
+            raise self._error(exc) from exc
+        return row is not None
+
+    def purge(self, before: datetime) -> int:
+        with self._write() as db:
+            cursor = db.execute(
+                "DELETE FROM errands_jobs WHERE status IN ('succeeded', 'failed', 'cancelled') "
+                "AND finished_at < ?",
+                (before.timestamp(),),
+            )
+        return cursor.rowcount
 
     def _update_claimed(self, job: JobRecord, assignments: str, values: tuple[Any, ...]) -> bool:
         with self._write() as db:
