@@ -48,14 +48,14 @@ def test_the_testing_example_passes_under_pytest() -> None:
     assert "1 passed" in result.stdout
 
 
-def test_the_demo_serves_and_shows_jobs_reaching_a_final_state() -> None:
+def test_the_demo_serves_and_shows_jobs_reaching_a_final_state(tmp_path: Path) -> None:
     import time
 
     import httpx
 
     from tests.conftest import Server
 
-    server = Server("docs.examples.demo:app")
+    server = Server("docs.examples.demo:app", env={"ERRANDS_URL": f"sqlite:///{tmp_path}/d.db"})
     try:
         response = httpx.post(f"{server.url}/signup/ada@example.com")
         assert response.status_code == 200
@@ -69,6 +69,7 @@ def test_the_demo_serves_and_shows_jobs_reaching_a_final_state() -> None:
         assert status in ("succeeded", "failed")
         overview = httpx.get(server.url + "/").json()
         assert len(overview["jobs"]) >= 4  # three from startup and ours
+        assert any(job["durable"] for job in overview["jobs"])
         assert {job["task"] for job in overview["jobs"]} == {
             "docs.examples.demo.send_welcome",
             "docs.examples.demo.write_log",

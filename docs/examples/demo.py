@@ -4,6 +4,11 @@ Run it with ``scripts/demo`` and open http://127.0.0.1:8000/ in a browser, or:
 
     curl -X POST http://127.0.0.1:8000/signup/ada@example.com
     curl http://127.0.0.1:8000/jobs/<id>
+
+Jobs are kept in ``errands.db`` (the default store; ``$ERRANDS_URL`` picks another).
+Stop the server in the middle of a job: the next start runs it. To run the jobs in
+a process of their own: ``DEMO_WORKER=0 scripts/demo`` in one terminal and
+``.venv/bin/errands worker docs.examples.demo:errands`` in another.
 """
 
 import asyncio
@@ -18,7 +23,7 @@ from fastapi import FastAPI, HTTPException
 
 from errands import BackgroundTasks, Errands, JobRecord
 
-errands = Errands("memory://")
+errands = Errands(worker=os.environ.get("DEMO_WORKER", "1") == "1")
 PORT = int(os.environ.get("PORT", "8000"))
 log = logging.getLogger("demo")
 
@@ -78,6 +83,7 @@ async def overview() -> dict[str, Any]:
                 "task": r.name,
                 "status": r.status,
                 "attempts": f"{r.attempts}/{r.max_attempts}",
+                "durable": r.durable,
                 "result": r.result,
                 "error": r.error,
             }
