@@ -28,7 +28,9 @@ def free_port() -> int:
 class Server:
     """A real uvicorn server in a subprocess, serving ``module:app``."""
 
-    def __init__(self, target: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, target: str, env: dict[str, str] | None = None, args: tuple[str, ...] = ()
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process = subprocess.Popen(
@@ -41,6 +43,7 @@ class Server:
                 str(self.port),
                 "--log-level",
                 "warning",
+                *args,
             ],
             cwd=ROOT,
             env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},

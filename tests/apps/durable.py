@@ -23,7 +23,7 @@ def log(line: str) -> None:
 
 @errands.task(name="note")
 def note(token: str) -> None:
-    log(f"note {token}")
+    log(f"note {token} pid={os.getpid()}")
 
 
 @errands.task(name="slow")
