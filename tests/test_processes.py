@@ -235,3 +235,14 @@ def test_many_processes_on_one_file_run_each_job_once_and_all_make_progress(
     logs = server.stop() + "".join(w.signal(signal.SIGTERM) for w in workers)
     assert "database is locked" not in logs
     assert "Traceback" not in logs, logs
+
+
+def test_sigterm_to_a_server_drains_its_worker(env: dict[str, str]) -> None:
+    server = Server("tests.apps.durable:app", env={**env, "SERVER_WORKER": "1"})
+    job_id = httpx.post(f"{server.url}/slow/srv", params={"seconds": 1.0}).json()
+    wait_for(lambda: any(line.startswith("start srv") for line in lines(env)))
+    server.process.send_signal(signal.SIGTERM)
+    output = server.stop()
+    assert "done srv" in lines(env), output
+    record = fresh().get(job_id)
+    assert record is not None and record.status is JobStatus.SUCCEEDED

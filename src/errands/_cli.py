@@ -39,10 +39,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     worker = commands.add_parser("worker", help="run the worker of an Errands instance")
     worker.add_argument("target", help="module:attribute of the Errands instance")
     worker.add_argument("--concurrency", type=int, help="jobs running at once")
+    worker.add_argument(
+        "--processes", type=int, help="process=True tasks running at once (default: CPUs)"
+    )
     worker.add_argument("--log-level", default="info", help="logging level (default: info)")
     args = parser.parse_args(argv)
 
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    load(args.target).run_worker(concurrency=args.concurrency)
+    load(args.target).run_worker(concurrency=args.concurrency, processes=args.processes)

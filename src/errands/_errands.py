@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import threading
 import time
@@ -20,9 +21,10 @@ from ._handle import Job
 from ._job import JobRecord, JobStatus, new_job_id, utcnow
 from ._payload import decode_arguments, encode_arguments
 from ._policy import Policy
+from ._process import ProcessRunner
 from ._runner import LocalJob, Runner, new_local_job
 from ._store import Store
-from ._task import Task, callable_name
+from ._task import Task, callable_name, is_async_callable
 from ._url import open_store, resolve_url
 from ._waiters import WAITERS
 from ._worker import Worker
@@ -62,7 +64,8 @@ class Errands:
     heartbeat; ``drain_timeout`` how long shutdown waits for running jobs; ``hold`` how
     long a durable store keeps a request's jobs back if its response is never finished;
     ``max_payload`` the largest arguments (bytes of JSON); ``retention`` how long
-    finished jobs are kept (seconds). ``worker=False`` makes the lifespan start no
+    finished jobs are kept (seconds); ``processes`` how many ``process=True`` tasks
+    run at once (default: the number of CPUs). ``worker=False`` makes the lifespan start no
     worker (this process only adds jobs). ``eager=True`` runs a request's tasks before
     its ASGI call returns (for tests).
     """
@@ -80,6 +83,7 @@ class Errands:
         hold: float = HOLD,
         max_payload: int = 1024 * 1024,
         retention: float = 7 * 24 * 3600,
+        processes: int | None = None,
         worker: bool = True,
         eager: bool = False,
     ) -> None:
@@ -105,6 +109,7 @@ class Errands:
         self.drain_timeout = drain_timeout
         self.eager = eager
         self.runner = Runner(threads)
+        self.process_runner = ProcessRunner(processes or os.cpu_count() or 1)
         #: Plain-callable jobs waiting for this instance's worker, one list a request.
         self.lanes: deque[list[LocalJob]] = deque()
         self._backlog = Backlog(max_backlog, backlog_timeout)
@@ -131,6 +136,7 @@ class Errands:
         retries: int = 0,
         backoff: float = 1.0,
         timeout: float | None = None,
+        process: bool = False,
     ) -> TaskDecorator: ...
 
     def task(
@@ -142,6 +148,7 @@ class Errands:
         retries: int = 0,
         backoff: float = 1.0,
         timeout: float | None = None,
+        process: bool = False,
     ) -> Task[Any, Any] | TaskDecorator:
         """Register a function (``def`` or ``async def``) as a task of this instance.
 
@@ -149,6 +156,8 @@ class Errands:
         ``retries`` times with exponential backoff and full jitter from ``backoff``
         seconds, and each attempt is bounded by ``timeout`` seconds. Arguments and
         results must be JSON data. Calling the task still calls the function.
+        With ``process=True`` (``def`` functions defined at module level) each attempt
+        runs in a process of its own, and a timeout kills it.
         """
         policy = Policy(retries=retries, backoff=backoff, timeout=timeout)
 
@@ -163,11 +172,28 @@ class Errands:
                     f"a task named {task_name!r} is already registered on this Errands "
                     f"instance; give one of them another name with @errands.task(name=...)"
                 )
-            task = Task(fn, name=task_name, policy=policy, errands=self)
+            if process:
+                self._check_process_task(fn, task_name)
+                self.process_runner.preload(fn.__module__)
+            task = Task(fn, name=task_name, policy=policy, errands=self, process=process)
             self._tasks[task_name] = task
             return task
 
         return register(func) if func is not None else register
+
+    @staticmethod
+    def _check_process_task(fn: Callable[..., Any], name: str) -> None:
+        if is_async_callable(fn):
+            raise ConfigurationError(
+                f"task {name!r}: process=True runs def functions; an async def one already "
+                f"leaves the event loop free while it awaits"
+            )
+        qualname = getattr(fn, "__qualname__", "")
+        if "<locals>" in qualname or not getattr(fn, "__module__", None):
+            raise ConfigurationError(
+                f"task {name!r}: process=True needs a function defined at module level, so "
+                f"that its process can import it"
+            )
 
     def registered(self, name: str) -> Task[Any, Any] | None:
         """The task registered under ``name``, or None."""
@@ -278,7 +304,7 @@ class Errands:
                     "errands: %d in-memory jobs had not run when the worker stopped", left
                 )
 
-    def run_worker(self, *, concurrency: int | None = None) -> None:
+    def run_worker(self, *, concurrency: int | None = None, processes: int | None = None) -> None:
         """Run this instance's worker in this process until SIGINT or SIGTERM.
 
         What ``errands worker module:attribute`` runs. On the signal it stops claiming,
@@ -288,6 +314,9 @@ class Errands:
         if concurrency is not None:
             _check_positive(concurrency=concurrency)
             self.concurrency = concurrency
+        if processes is not None:
+            _check_positive(processes=processes)
+            self.process_runner.processes = processes
         asyncio.run(self._run_until_signalled())
 
     async def _run_until_signalled(self) -> None:

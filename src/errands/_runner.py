@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import json
 import logging
 import traceback as tb
 from collections.abc import Callable, Sequence
@@ -23,6 +24,7 @@ import anyio
 
 from ._job import JobRecord, JobStatus, new_job_id, utcnow
 from ._payload import encode_result
+from ._process import TaskProcessError
 from ._task import callable_name, is_async_callable
 from .exceptions import ConfigurationError, NotSerializable, TaskTimeout
 
@@ -54,6 +56,8 @@ def new_local_job(
 
 def describe(exc: BaseException) -> tuple[str, str]:
     """``("Type: message", "full traceback")`` for recording on a job."""
+    if isinstance(exc, TaskProcessError):  # raised in the task's own process: its words
+        return exc.error, exc.trace or ""
     message = str(exc)
     error = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
     return error, "".join(tb.format_exception(exc))
@@ -165,14 +169,24 @@ class Runner:
             return None
         keep_lease = _LeaseKeeper(errands, job)
         try:
-            result = await self.call(
-                task.func,
-                job.args,
-                job.kwargs,
-                is_async=task.is_async,
-                timeout=task.policy.timeout,
-                name=task.name,
-            )
+            if task.process:
+                func = task.func
+                result = await errands.process_runner.call(
+                    func.__module__,
+                    func.__qualname__,
+                    json.dumps([job.args, job.kwargs]),
+                    timeout=task.policy.timeout,
+                    name=task.name,
+                )
+            else:
+                result = await self.call(
+                    task.func,
+                    job.args,
+                    job.kwargs,
+                    is_async=task.is_async,
+                    timeout=task.policy.timeout,
+                    name=task.name,
+                )
             result = encode_result(task.name, result)
         except anyio.get_cancelled_exc_class():
             store.requeue(job)

@@ -44,12 +44,20 @@ class Task(Generic[P, R]):
     """
 
     def __init__(
-        self, func: Callable[P, R], *, name: str, policy: Policy, errands: Errands
+        self,
+        func: Callable[P, R],
+        *,
+        name: str,
+        policy: Policy,
+        errands: Errands,
+        process: bool = False,
     ) -> None:
         self.func = func
         self.name = name
         self.policy = policy
         self.errands = errands
+        #: Each attempt runs in a process of its own.
+        self.process = process
         self.is_async = is_async_callable(func)
         self.signature = inspect.signature(func)
         functools.update_wrapper(self, func)

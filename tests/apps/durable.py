@@ -53,3 +53,8 @@ async def add_note(token: str, tasks: BackgroundTasks) -> str:
     if token.startswith("fail"):
         raise HTTPException(400, "refused")
     return job.id
+
+
+@app.post("/slow/{token}")
+async def add_slow(token: str, seconds: float, tasks: BackgroundTasks) -> str:
+    return tasks.add_task(slow, token, seconds).id
