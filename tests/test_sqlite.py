@@ -2,6 +2,7 @@
 
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi import FastAPI, HTTPException
@@ -202,3 +203,44 @@ def test_the_default_store_is_a_sqlite_file_in_the_current_directory(
     assert errands.url == "sqlite:///errands.db" and errands.store.durable
     assert (tmp_path / "errands.db").exists()
     errands.store.close()
+
+
+def test_concurrent_requests_share_transactions_and_one_bad_one_fails_alone(
+    tmp_path: Path,
+) -> None:
+    import asyncio
+    import dataclasses
+
+    from errands import StoreError
+
+    errands = Errands(f"sqlite:///{tmp_path}/jobs.db")
+
+    @errands.task(name="t")
+    def t(i: int) -> None: ...
+
+    store = errands.store
+    assert isinstance(store, SQLiteStore)
+    transactions: list[int] = []
+    enqueue = store.enqueue
+
+    def counting(rows: list[Any]) -> None:
+        transactions.append(len(rows))
+        enqueue(rows)
+
+    store.enqueue = counting  # type: ignore[method-assign]
+    records = [errands.new_stored(t, (i,), {}, run_at=None, after=None) for i in range(200)]
+
+    async def main() -> list[BaseException | None]:
+        await errands.commit([records[0]])
+        clash = dataclasses.replace(records[1], id=records[0].id)  # the same id again
+        results = await asyncio.gather(
+            *(errands.commit([r]) for r in [*records[1:100], clash, *records[100:]]),
+            return_exceptions=True,
+        )
+        return list(results)
+
+    results = asyncio.run(main())
+    failures = [r for r in results if r is not None]
+    assert len(failures) == 1 and isinstance(failures[0], StoreError)
+    assert len(store.jobs(limit=1000)) == 200
+    assert max(transactions) > 1  # requests were written together

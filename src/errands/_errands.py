@@ -8,6 +8,7 @@ import os
 import signal
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -17,6 +18,7 @@ from typing import Any, ParamSpec, Protocol, TypeVar, overload
 import anyio
 
 from ._backlog import Backlog
+from ._group import GroupCommit
 from ._handle import Job
 from ._job import JobRecord, JobStatus, new_job_id, utcnow
 from ._payload import decode_arguments, encode_arguments
@@ -118,6 +120,9 @@ class Errands:
         self._local_finished: deque[str] = deque()
         self._local_lock = threading.Lock()
         self._worker: Worker | None = None
+        self._groups: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, GroupCommit] = (
+            weakref.WeakKeyDictionary()
+        )
 
     def __repr__(self) -> str:
         return f"<Errands {self.url} tasks={len(self._tasks)}>"
@@ -426,6 +431,12 @@ class Errands:
             for record in records:
                 if record.run_at is None:
                     record.run_at = until
+            loop = asyncio.get_running_loop()
+            group = self._groups.get(loop)
+            if group is None:
+                group = self._groups[loop] = GroupCommit(self.store)
+            await group.commit(records)
+            return
         in_memory = 0 if self.store.durable else len(records)
         if in_memory:
             await self._backlog.reserve(in_memory)
