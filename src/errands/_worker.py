@@ -63,6 +63,9 @@ class Worker:
         # Whether the store may have claimable jobs: set when jobs are released or
         # finish here, and at every poll (other processes may add to a shared store).
         self._store_dirty = True
+        #: Claim from a shared store only once this many slots are free (except on
+        #: polls and new work): one transaction then claims several jobs.
+        self.claim_batch = max(1, concurrency // 4) if errands.store.durable else 1
 
     @property
     def busy(self) -> int:
@@ -186,10 +189,12 @@ class Worker:
         if not task.cancelled() and (exc := task.exception()) is not None:
             logger.error("errands: worker task crashed", exc_info=exc)
         if not self._stopping:
-            self._fill()  # a slot is free, and a finished job may unblock the next
+            # A slot is free, and a finished job may unblock the next. A shared store
+            # is claimed from in batches: the poll picks up any single free slot.
+            self._fill(min_free=self.claim_batch)
 
-    def _fill(self) -> None:
-        if self._stopping:
+    def _fill(self, min_free: int = 1) -> None:
+        if self._stopping or self.concurrency - len(self._tasks) < min_free:
             return
         # Half the free slots go to the store first, so a steady stream of plain
         # callables cannot starve registered jobs (nor the reverse).

@@ -215,22 +215,12 @@ class SQLiteStore:
             f"(j.after IS NOT NULL AND EXISTS (SELECT 1 FROM errands_jobs p "
             f"WHERE p.id = j.after AND p.status IN {_UNFINISHED}))"
         )
-        if ids is None and not self._anything_to_claim(now):
+        due, expired = self._look(now)
+        if ids is None and not (due or expired):
             return []  # idle polls read only, and never take the write lock
         with self._write() as db:
-            # Jobs whose worker stopped renewing its lease are claimable again, up to
-            # MAX_LOST_LEASES times; then they are failed as poison.
-            db.execute(
-                "UPDATE errands_jobs SET status = 'failed', lost = lost + 1, error = ?, "
-                "traceback = NULL, finished_at = ?, owner = NULL, lease_until = NULL "
-                "WHERE status = 'running' AND lease_until < ? AND lost + 1 >= ?",
-                (poison_error(MAX_LOST_LEASES), now, now, MAX_LOST_LEASES),
-            )
-            db.execute(
-                "UPDATE errands_jobs SET status = 'queued', lost = lost + 1, owner = NULL, "
-                "lease_until = NULL, run_at = ? WHERE status = 'running' AND lease_until < ?",
-                (now, now),
-            )
+            if expired:
+                self._expire_leases(db, now)
             if ids is None:
                 chosen = db.execute(
                     f"SELECT j.seq FROM errands_jobs j WHERE j.status = 'queued' "
@@ -264,20 +254,37 @@ class SQLiteStore:
                     )
         return claimed
 
-    def _anything_to_claim(self, now: float) -> bool:
+    def _expire_leases(self, db: sqlite3.Connection, now: float) -> None:
+        """Jobs whose worker stopped renewing its lease are claimable again, up to
+        MAX_LOST_LEASES times; then they are failed as poison."""
+        db.execute(
+            "UPDATE errands_jobs SET status = 'failed', lost = lost + 1, error = ?, "
+            "traceback = NULL, finished_at = ?, owner = NULL, lease_until = NULL "
+            "WHERE status = 'running' AND lease_until < ? AND lost + 1 >= ?",
+            (poison_error(MAX_LOST_LEASES), now, now, MAX_LOST_LEASES),
+        )
+        db.execute(
+            "UPDATE errands_jobs SET status = 'queued', lost = lost + 1, owner = NULL, "
+            "lease_until = NULL, run_at = ? WHERE status = 'running' AND lease_until < ?",
+            (now, now),
+        )
+
+    def _look(self, now: float) -> tuple[bool, bool]:
+        """Whether any job is due, and whether any lease has run out: one read."""
         try:
-            row = (
+            due, expired = (
                 self._db()
                 .execute(
-                    "SELECT 1 FROM errands_jobs WHERE (status = 'queued' AND run_at <= ?) "
-                    "OR (status = 'running' AND lease_until < ?) LIMIT 1",
+                    "SELECT EXISTS (SELECT 1 FROM errands_jobs WHERE status = 'queued' "
+                    "AND run_at <= ?), EXISTS (SELECT 1 FROM errands_jobs "
+                    "WHERE status = 'running' AND lease_until < ?)",
                     (now, now),
                 )
                 .fetchone()
             )
         except sqlite3.Error as exc:
             raise self._error(exc) from exc
-        return row is not None
+        return bool(due), bool(expired)
 
     def purge(self, before: datetime) -> int:
         with self._write() as db:
