@@ -10,7 +10,11 @@ from fastapi import Depends, FastAPI
 import errands as errands_lib
 
 SCENARIO = os.environ.get("BENCH_SCENARIO", "none")
-errands = errands_lib.Errands("memory://")
+errands = errands_lib.Errands(
+    os.environ.get("BENCH_SQLITE", "sqlite:////tmp/errands-bench-http.db")
+    if SCENARIO == "errands-sqlite"
+    else "memory://"
+)
 uses_errands = SCENARIO.startswith("errands")
 app = FastAPI(lifespan=errands.lifespan if uses_errands else None)
 pending = [0]  # FastAPI's tasks accepted and not yet run
@@ -101,6 +105,13 @@ elif SCENARIO == "errands-registered":
 
     @app.get("/")
     async def errands_registered(tasks: ErrandsTasks) -> dict[str, int]:
+        tasks.add_task(registered_noop)
+        return {"ok": 1}
+
+elif SCENARIO == "errands-sqlite":
+
+    @app.get("/")
+    async def errands_sqlite(tasks: ErrandsTasks) -> dict[str, int]:
         tasks.add_task(registered_noop)
         return {"ok": 1}
 

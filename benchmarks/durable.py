@@ -65,9 +65,19 @@ def enqueue_concurrent(n: int, concurrency: int = 32) -> float:
 
 def start_worker(concurrency: int) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "errands", "worker", "benchmarks.durable_app:errands",
-         "--concurrency", str(concurrency), "--log-level", "warning"],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        [
+            sys.executable,
+            "-m",
+            "errands",
+            "worker",
+            "benchmarks.durable_app:errands",
+            "--concurrency",
+            str(concurrency),
+            "--log-level",
+            "warning",
+        ],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
 
 
@@ -104,9 +114,19 @@ def huey_end_to_end(n: int) -> float:
     huey = durable_app.huey
     huey.flush()
     consumer = subprocess.Popen(
-        [sys.executable, "-m", "huey.bin.huey_consumer", "benchmarks.durable_app.huey",
-         "-w", "4", "-k", "thread", "-q"],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        [
+            sys.executable,
+            "-m",
+            "huey.bin.huey_consumer",
+            "benchmarks.durable_app.huey",
+            "-w",
+            "4",
+            "-k",
+            "thread",
+            "-q",
+        ],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     time.sleep(1.5)
     started = time.perf_counter()
@@ -160,15 +180,30 @@ def main() -> None:
     results: dict[str, object] = {}
 
     results["enqueue_sequential_per_s"] = enqueue_sequential(args.jobs)
-    print(f"durable enqueue, one add_task at a time:   {results['enqueue_sequential_per_s']:>8.0f} jobs/s", flush=True)
+    print(
+        f"durable enqueue, one add_task at a time:   {results['enqueue_sequential_per_s']:>8.0f} jobs/s",
+        flush=True,
+    )
     results["enqueue_32_concurrent_per_s"] = enqueue_concurrent(args.jobs)
-    print(f"durable enqueue, 32 concurrent requests:   {results['enqueue_32_concurrent_per_s']:>8.0f} jobs/s", flush=True)
+    print(
+        f"durable enqueue, 32 concurrent requests:   {results['enqueue_32_concurrent_per_s']:>8.0f} jobs/s",
+        flush=True,
+    )
     e2e = end_to_end(args.jobs)
     results["end_to_end"] = e2e
-    print(f"end to end via `errands worker` (N={args.jobs}): {e2e['jobs_per_s']:>8.0f} jobs/s", flush=True)
+    print(
+        f"end to end via `errands worker` (N={args.jobs}): {e2e['jobs_per_s']:>8.0f} jobs/s",
+        flush=True,
+    )
     results["huey_sqlite_end_to_end_per_s"] = huey_end_to_end(args.jobs)
-    print(f"end to end via Huey SqliteHuey (4 threads):  {results['huey_sqlite_end_to_end_per_s']:>8.0f} jobs/s", flush=True)
-    print(f"worker RSS: idle {e2e['rss_idle_mb']:.1f} MB, after {args.jobs} jobs {e2e['rss_after_mb']:.1f} MB", flush=True)
+    print(
+        f"end to end via Huey SqliteHuey (4 threads):  {results['huey_sqlite_end_to_end_per_s']:>8.0f} jobs/s",
+        flush=True,
+    )
+    print(
+        f"worker RSS: idle {e2e['rss_idle_mb']:.1f} MB, after {args.jobs} jobs {e2e['rss_after_mb']:.1f} MB",
+        flush=True,
+    )
     p50, p99 = latency_in_process(args.samples)
     results["latency_in_process_ms"] = {"p50": p50, "p99": p99}
     print(f"enqueue -> start, in process:      p50 {p50:6.2f} ms  p99 {p99:6.2f} ms", flush=True)
