@@ -26,6 +26,7 @@ os.environ["HUEY_DB"] = str(WORK / "huey.db")
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import durable_app  # noqa: E402
+
 from errands import JobStatus  # noqa: E402
 
 errands = durable_app.errands
@@ -172,44 +173,37 @@ def latency_across_processes(samples: int) -> tuple[float, float]:
     return statistics.median(delays), statistics.quantiles(delays, n=100)[98]
 
 
+def show(label: str, value: str) -> None:
+    print(f"{label:<46} {value}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=20_000)
     parser.add_argument("--samples", type=int, default=500)
     args = parser.parse_args()
+    n = args.jobs
     results: dict[str, object] = {}
 
-    results["enqueue_sequential_per_s"] = enqueue_sequential(args.jobs)
-    print(
-        f"durable enqueue, one add_task at a time:   {results['enqueue_sequential_per_s']:>8.0f} jobs/s",
-        flush=True,
-    )
-    results["enqueue_32_concurrent_per_s"] = enqueue_concurrent(args.jobs)
-    print(
-        f"durable enqueue, 32 concurrent requests:   {results['enqueue_32_concurrent_per_s']:>8.0f} jobs/s",
-        flush=True,
-    )
-    e2e = end_to_end(args.jobs)
+    rate = results["enqueue_sequential_per_s"] = enqueue_sequential(n)
+    show("durable enqueue, one add_task at a time", f"{rate:8.0f} jobs/s")
+    rate = results["enqueue_32_concurrent_per_s"] = enqueue_concurrent(n)
+    show("durable enqueue, 32 concurrent requests", f"{rate:8.0f} jobs/s")
+    e2e = end_to_end(n)
     results["end_to_end"] = e2e
-    print(
-        f"end to end via `errands worker` (N={args.jobs}): {e2e['jobs_per_s']:>8.0f} jobs/s",
-        flush=True,
-    )
-    results["huey_sqlite_end_to_end_per_s"] = huey_end_to_end(args.jobs)
-    print(
-        f"end to end via Huey SqliteHuey (4 threads):  {results['huey_sqlite_end_to_end_per_s']:>8.0f} jobs/s",
-        flush=True,
-    )
-    print(
-        f"worker RSS: idle {e2e['rss_idle_mb']:.1f} MB, after {args.jobs} jobs {e2e['rss_after_mb']:.1f} MB",
-        flush=True,
+    show(f"end to end via `errands worker` (N={n})", f"{e2e['jobs_per_s']:8.0f} jobs/s")
+    rate = results["huey_sqlite_end_to_end_per_s"] = huey_end_to_end(n)
+    show(f"end to end via Huey SqliteHuey (N={n})", f"{rate:8.0f} jobs/s")
+    show(
+        "worker RSS idle / after the jobs",
+        f"{e2e['rss_idle_mb']:.1f} / {e2e['rss_after_mb']:.1f} MB",
     )
     p50, p99 = latency_in_process(args.samples)
     results["latency_in_process_ms"] = {"p50": p50, "p99": p99}
-    print(f"enqueue -> start, in process:      p50 {p50:6.2f} ms  p99 {p99:6.2f} ms", flush=True)
+    show("enqueue -> start, in process", f"p50 {p50:6.2f} ms  p99 {p99:6.2f} ms")
     p50, p99 = latency_across_processes(args.samples)
     results["latency_across_processes_ms"] = {"p50": p50, "p99": p99}
-    print(f"enqueue -> start, across processes: p50 {p50:6.2f} ms  p99 {p99:6.2f} ms", flush=True)
+    show("enqueue -> start, across processes", f"p50 {p50:6.2f} ms  p99 {p99:6.2f} ms")
 
     out = ROOT / "benchmarks" / "results"
     out.mkdir(exist_ok=True)

@@ -112,9 +112,10 @@ def test_a_job_whose_worker_is_killed_runs_again_on_another(
     wait_for(lambda: any(line.startswith("start k") for line in lines(env)))
     workers[0].signal(signal.SIGKILL)  # mid-job, no chance to clean up
     workers.append(Worker(env))
-    wait_for(lambda: "done k" in lines(env), timeout=20)
-    record = fresh().get(job.id)
-    assert record is not None and record.status is JobStatus.SUCCEEDED
+    reader = fresh()
+    wait_for(lambda: reader.get(job.id).status is JobStatus.SUCCEEDED, timeout=20)  # type: ignore[union-attr]
+    record = reader.get(job.id)
+    assert record is not None
     assert record.attempts == 2 and record.lost == 1  # shown, not counted as a failure
     assert len([line for line in lines(env) if line.startswith("start k")]) == 2
 
@@ -244,5 +245,5 @@ def test_sigterm_to_a_server_drains_its_worker(env: dict[str, str]) -> None:
     server.process.send_signal(signal.SIGTERM)
     output = server.stop()
     assert "done srv" in lines(env), output
-    record = fresh().get(job_id)
+    record = fresh().get(job_id)  # the server wrote the result before it exited
     assert record is not None and record.status is JobStatus.SUCCEEDED

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
@@ -36,6 +37,7 @@ logger = logging.getLogger("errands")
 
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
 
 #: Seconds a durable store keeps a request's jobs held if the request never finishes.
 HOLD = 60.0
@@ -431,11 +433,23 @@ class Errands:
             for record in records:
                 if record.run_at is None:
                     record.run_at = until
-            loop = asyncio.get_running_loop()
-            group = self._groups.get(loop)
-            if group is None:
-                group = self._groups[loop] = GroupCommit(self.store)
-            await group.commit(records)
+            stored = self._group().submit(functools.partial(self.store.enqueue, records))
+            try:
+                await asyncio.shield(stored)
+            except asyncio.CancelledError:
+                # The request went away while its jobs were written: once written,
+                # take them back, so that a failed request leaves nothing to run.
+                ids = [r.id for r in records]
+                stored.add_done_callback(
+                    lambda f: (
+                        None
+                        if f.cancelled() or f.exception()
+                        else self._group().submit(
+                            functools.partial(self.store.cancel, ids, "dropped: request cancelled")
+                        )
+                    )
+                )
+                raise
             return
         in_memory = 0 if self.store.durable else len(records)
         if in_memory:
@@ -456,8 +470,36 @@ class Errands:
                 self._local[record.id] = record
 
     def release(self, ids: Sequence[str]) -> None:
-        self.store.release(ids)
+        """Make a request's held jobs runnable (after its response has been sent)."""
+        if not self.store.durable:
+            self.store.release(ids)
+            self.offer(stored=True)
+            return
+        # Written with the next group of writes; nobody waits for it. Were this process
+        # to die first, the jobs' hold runs out and they run all the same.
+        released = self._group().submit(functools.partial(self.store.release, ids))
+        released.add_done_callback(self._released)
+
+    def _released(self, released: asyncio.Future[Any]) -> None:
+        if released.cancelled():
+            return
+        if (exc := released.exception()) is not None:
+            logger.error("errands: releasing jobs failed; they run when their hold ends: %s", exc)
+            return
         self.offer(stored=True)
+
+    def _group(self) -> GroupCommit:
+        loop = asyncio.get_running_loop()
+        group = self._groups.get(loop)
+        if group is None:
+            group = self._groups[loop] = GroupCommit(self.store)
+        return group
+
+    async def write(self, operation: Callable[..., T], *args: Any) -> T:
+        """A store write: at once for the memory store, grouped for a durable one."""
+        if not self.store.durable:
+            return operation(*args)
+        return await self._group().write(functools.partial(operation, *args))
 
     def cancel(self, records: Sequence[JobRecord], reason: str) -> None:
         cancelled = set(self.store.cancel([r.id for r in records], reason))

@@ -1,77 +1,77 @@
-"""Group commit: one transaction for the jobs of every request that arrives while the
-previous transaction is being written.
+"""Group commit: the writes of one event loop share transactions, off the loop.
 
-A durable store's commit is a disk write; taking one per request serialises the
-server on it. Here requests hand their jobs over and wait; a single flusher writes
-whatever has gathered in one transaction, in a thread (so the event loop serves
-other requests meanwhile), and wakes them all. Under load the batches grow by
-themselves; alone, a request pays one transaction as before.
+A durable store's write is a disk transaction; taking one per request (to store its
+jobs, to release them, to record each result) on the event loop serialises the
+server on the disk. Here writers hand their operation over and (if they care) wait;
+a single flusher runs whatever has gathered in one transaction, in a thread, so the
+loop serves requests meanwhile, and wakes them all. Under load the batches grow by
+themselves; alone, a write pays one transaction as before. Each operation keeps its
+own outcome: the store runs it in a savepoint, so one failing write does not undo
+the others of its batch.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import anyio
 
-from ._job import JobRecord
 from ._store import Store
+
+logger = logging.getLogger("errands")
+
+T = TypeVar("T")
+
+_Outcome = tuple[bool, Any]
 
 
 class GroupCommit:
     def __init__(self, store: Store) -> None:
         self._store = store
-        self._pending: list[tuple[Sequence[JobRecord], asyncio.Future[None]]] = []
-        self._flushing = False
+        self._pending: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
         self._flusher: asyncio.Task[None] | None = None
 
-    async def commit(self, records: Sequence[JobRecord]) -> None:
+    async def write(self, operation: Callable[[], T]) -> T:
+        """Run ``operation`` (a store write) in the next shared transaction; its result."""
+        done = self.submit(operation)
+        result: T = await asyncio.shield(done)
+        return result
+
+    def submit(self, operation: Callable[[], Any]) -> asyncio.Future[Any]:
+        """Queue ``operation`` without waiting; the future says how it went."""
         loop = asyncio.get_running_loop()
-        done: asyncio.Future[None] = loop.create_future()
-        self._pending.append((records, done))
-        if not self._flushing:
-            self._flushing = True
+        done: asyncio.Future[Any] = loop.create_future()
+        self._pending.append((operation, done))
+        if self._flusher is None or self._flusher.done():
             self._flusher = loop.create_task(self._flush())
-        try:
-            await asyncio.shield(done)
-        except asyncio.CancelledError:
-            # The request went away while its jobs were being written: once written,
-            # take them back, so that a failed request leaves nothing to run.
-            ids = [r.id for r in records]
-            done.add_done_callback(
-                lambda f: (
-                    None
-                    if f.cancelled() or f.exception()
-                    else self._store.cancel(
-                        ids, "dropped: the request was cancelled while its jobs were stored"
-                    )
-                )
-            )
-            raise
+        return done
 
     async def _flush(self) -> None:
-        try:
-            while self._pending:
-                batch, self._pending = self._pending, []
-                rows = [record for records, _ in batch for record in records]
-                try:
-                    await anyio.to_thread.run_sync(self._store.enqueue, rows)
-                except Exception:
-                    # Write each request's jobs alone: one bad request must not fail
-                    # the others that shared its transaction.
-                    for records, done in batch:
-                        try:
-                            await anyio.to_thread.run_sync(self._store.enqueue, records)
-                        except Exception as exc:
-                            if not done.done():
-                                done.set_exception(exc)
-                        else:
-                            if not done.done():
-                                done.set_result(None)
+        while self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                outcomes = await anyio.to_thread.run_sync(self._run, [op for op, _ in batch])
+            except Exception as exc:  # the shared COMMIT itself failed: nothing was kept
+                outcomes = [(False, exc)] * len(batch)
+            for (_, done), (ok, value) in zip(batch, outcomes, strict=True):
+                if done.done():
+                    continue
+                if ok:
+                    done.set_result(value)
                 else:
-                    for _, done in batch:
-                        if not done.done():
-                            done.set_result(None)
-        finally:
-            self._flushing = False
+                    done.set_exception(value)
+
+    def _run(self, operations: list[Callable[[], Any]]) -> list[_Outcome]:
+        batch = getattr(self._store, "batch", None)
+        outcomes: list[_Outcome] = []
+        with batch() if batch is not None else contextlib.nullcontext():
+            for operation in operations:
+                try:
+                    outcomes.append((True, operation()))
+                except Exception as exc:
+                    outcomes.append((False, exc))
+        return outcomes

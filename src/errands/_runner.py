@@ -164,7 +164,7 @@ class Runner:
                 f"@errands.task in a module the worker imports"
             )
             logger.error("errands: job %s failed: %s", job.id, error)
-            if store.fail(job, f"ConfigurationError: {error}", None):
+            if await errands.write(store.fail, job, f"ConfigurationError: {error}", None):
                 errands.job_finished(job)
             return None
         keep_lease = _LeaseKeeper(errands, job)
@@ -194,20 +194,20 @@ class Runner:
         except NotSerializable as exc:
             error, trace = describe(exc)
             logger.error("errands: job %s (%s) failed: %s", job.id, job.name, error)
-            if store.fail(job, error, trace):
+            if await errands.write(store.fail, job, error, trace):
                 errands.job_finished(job)
             return None
         except Exception as exc:
-            return self._record_failure(
+            return await self._record_failure(
                 errands, job, task.policy.delay_before_retry(job.failures), exc, hold_retries
             )
         finally:
             keep_lease.stop()
-        if store.complete(job, result):
+        if await errands.write(store.complete, job, result):
             errands.job_finished(job)
         return None
 
-    def _record_failure(
+    async def _record_failure(
         self,
         errands: Errands,
         job: JobRecord,
@@ -224,7 +224,7 @@ class Runner:
                 job.attempts,
                 exc_info=exc,
             )
-            if errands.store.fail(job, error, trace):
+            if await errands.write(errands.store.fail, job, error, trace):
                 errands.job_finished(job)
             return None
         run_at = utcnow() + timedelta(seconds=delay)
@@ -237,7 +237,7 @@ class Runner:
             error,
             delay,
         )
-        errands.store.retry(job, error, trace, None if hold else run_at)
+        await errands.write(errands.store.retry, job, error, trace, None if hold else run_at)
         return run_at
 
 

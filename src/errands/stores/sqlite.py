@@ -140,8 +140,26 @@ class SQLiteStore:
         return db
 
     @contextmanager
+    def batch(self) -> Iterator[None]:
+        """One transaction around several writes of this thread (group commit).
+
+        Inside it each write runs in a savepoint: a write that fails is undone alone.
+        """
+        with self._write() as db:
+            self._local.batch = db
+            try:
+                yield
+            finally:
+                self._local.batch = None
+
+    @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One write transaction; nothing of it is kept if any statement fails."""
+        batch: sqlite3.Connection | None = getattr(self._local, "batch", None)
+        if batch is not None:
+            with self._savepoint(batch):
+                yield batch
+            return
         try:
             db = self._db()
             db.execute("BEGIN IMMEDIATE")
@@ -156,6 +174,19 @@ class SQLiteStore:
             if isinstance(exc, sqlite3.Error):
                 raise self._error(exc) from exc
             raise
+
+    @contextmanager
+    def _savepoint(self, db: sqlite3.Connection) -> Iterator[None]:
+        db.execute("SAVEPOINT errands_write")
+        try:
+            yield
+        except BaseException as exc:
+            db.execute("ROLLBACK TO errands_write")
+            db.execute("RELEASE errands_write")
+            if isinstance(exc, sqlite3.Error):
+                raise self._error(exc) from exc
+            raise
+        db.execute("RELEASE errands_write")
 
     def _error(self, exc: sqlite3.Error) -> StoreError:
         return StoreError(
