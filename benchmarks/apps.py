@@ -12,8 +12,10 @@ import errands as errands_lib
 SCENARIO = os.environ.get("BENCH_SCENARIO", "none")
 errands = errands_lib.Errands(
     os.environ.get("BENCH_SQLITE", "sqlite:////tmp/errands-bench-http.db")
-    if SCENARIO == "errands-sqlite"
-    else "memory://"
+    if SCENARIO.startswith("errands-sqlite")
+    else "memory://",
+    # errands-sqlite-web: this process only adds jobs (a worker process would run them).
+    worker=SCENARIO != "errands-sqlite-web",
 )
 uses_errands = SCENARIO.startswith("errands")
 app = FastAPI(lifespan=errands.lifespan if uses_errands else None)
@@ -108,7 +110,7 @@ elif SCENARIO == "errands-registered":
         tasks.add_task(registered_noop)
         return {"ok": 1}
 
-elif SCENARIO == "errands-sqlite":
+elif SCENARIO in ("errands-sqlite", "errands-sqlite-web"):
 
     @app.get("/")
     async def errands_sqlite(tasks: ErrandsTasks) -> dict[str, int]:

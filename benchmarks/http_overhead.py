@@ -30,6 +30,7 @@ SCENARIOS = [
     ("errands-plain", "errands, async no-op plain task"),
     ("errands-registered", "errands, async no-op registered task (memory)"),
     ("errands-sqlite", "errands, async no-op registered task (SQLite)"),
+    ("errands-sqlite-web", "  the same, web process only adds (worker=False)"),
     ("fastapi-noop-def", "FastAPI BackgroundTasks, def no-op"),
     ("errands-plain-def", "errands, def no-op plain task"),
     ("none-sync", "no task (sync endpoint)"),
