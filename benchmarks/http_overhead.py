@@ -151,6 +151,10 @@ def main() -> None:
         f"  errands SQLite        {ratio('errands-sqlite', 'none')}"
         f"  ({ratio('errands-sqlite', 'fastapi-noop')} of FastAPI's own)"
     )
+    print(
+        f"  errands SQLite, web   {ratio('errands-sqlite-web', 'none')}"
+        f"  ({ratio('errands-sqlite-web', 'fastapi-noop')} of FastAPI's own)"
+    )
     print(f"  FastAPI def no-op     {ratio('fastapi-noop-def', 'none')}")
     print(f"  errands def no-op     {ratio('errands-plain-def', 'none')}")
     print(f"  any Depends() alone   {ratio('depends-only', 'none')}")
