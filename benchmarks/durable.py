@@ -181,7 +181,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=20_000)
     parser.add_argument("--samples", type=int, default=500)
+    parser.add_argument(
+        "--memory-jobs",
+        type=int,
+        help="only measure worker RSS, idle and after this many jobs (e.g. 1000000)",
+    )
     args = parser.parse_args()
+    if args.memory_jobs:
+        e2e = end_to_end(args.memory_jobs)
+        show(
+            f"end to end via `errands worker` (N={args.memory_jobs})",
+            f"{e2e['jobs_per_s']:8.0f} jobs/s",
+        )
+        show(
+            "worker RSS idle / after the jobs",
+            f"{e2e['rss_idle_mb']:.1f} / {e2e['rss_after_mb']:.1f} MB",
+        )
+        return
     n = args.jobs
     results: dict[str, object] = {}
 
