@@ -64,3 +64,13 @@ def test_process_tasks_must_be_module_level_def_functions() -> None:
 
         @errands.task(process=True)
         async def coroutine() -> None: ...
+
+
+def test_process_tasks_work_from_one_event_loop_after_another() -> None:
+    async def batch() -> list[int]:
+        jobs = [cpu.errands.add_task(cpu.whoami, n) for n in range(4)]  # more than 2 slots
+        await cpu.errands.join(timeout=60)
+        return [(await job.wait(1)).result["square"] for job in jobs]
+
+    assert asyncio.run(batch()) == [0, 1, 4, 9]
+    assert asyncio.run(batch()) == [0, 1, 4, 9]  # a new loop: slots of its own

@@ -244,3 +244,46 @@ def test_concurrent_requests_share_transactions_and_one_bad_one_fails_alone(
     assert len(failures) == 1 and isinstance(failures[0], StoreError)
     assert len(store.jobs(limit=1000)) == 200
     assert 1 < len(transactions) < 100  # requests were written together
+
+
+def test_a_write_that_fills_the_disk_aborts_its_group_and_nothing_after_it_commits(
+    tmp_path: Path,
+) -> None:
+    import functools
+
+    from errands import JobRecord, StoreError
+    from errands._group import GroupCommit
+
+    store = SQLiteStore(tmp_path / "jobs.db")
+    pages = store._db().execute("PRAGMA page_count").fetchone()[0]
+    store._db().execute(f"PRAGMA max_page_count = {pages + 4}")
+
+    def record(id: str, size: int) -> JobRecord:
+        return JobRecord(id=id, name="t", args=["x" * size])
+
+    writes = [
+        functools.partial(store.enqueue, [record("first", 10)]),
+        functools.partial(store.enqueue, [record("too-big", 200_000)]),
+        functools.partial(store.enqueue, [record("third", 10)]),
+    ]
+    with pytest.raises(StoreError):
+        GroupCommit(store)._run(writes)
+    store._db().execute("PRAGMA max_page_count = 1000000")
+    # What the callers were told (failed) is what happened: nothing was kept.
+    assert [store.get(id) for id in ("first", "too-big", "third")] == [None, None, None]
+    store.close()
+
+
+def test_connections_of_threads_that_ended_are_closed(tmp_path: Path) -> None:
+    import threading
+
+    store = SQLiteStore(tmp_path / "jobs.db")
+    threads = [threading.Thread(target=store.get, args=("x",)) for _ in range(10)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    threading.Thread(target=store.get, args=("x",)).start()  # opening one prunes the rest
+    time.sleep(0.2)
+    assert len(store._connections) <= 2
+    store.close()

@@ -29,7 +29,9 @@ def endpoint(tasks: BackgroundTasks) -> None:
 def test_mypy_checks_add_task_arguments_against_the_function(tmp_path: Path) -> None:
     path = tmp_path / "snippet.py"
     path.write_text(textwrap.dedent(SNIPPET))
-    out, _, status = api.run(["--strict", "--no-incremental", str(path)])
+    out, _, status = api.run(
+        ["--strict", "--no-incremental", "--cache-dir", str(tmp_path / "cache"), str(path)]
+    )
     errors = [line for line in out.splitlines() if ": error:" in line]
     lines = sorted(int(line.split(":")[1]) for line in errors)
     assert lines == [15, 16, 17], out

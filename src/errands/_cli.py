@@ -49,3 +49,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     load(args.target).run_worker(concurrency=args.concurrency, processes=args.processes)
+    # Drained. A def task abandoned at its timeout may still hold a thread, which
+    # Python would wait for at exit; its job is already back in the queue.
+    logging.shutdown()
+    os._exit(0)

@@ -300,6 +300,9 @@ class Errands:
                             drain,
                         )
                     await worker.close()
+                    group = self._groups.pop(asyncio.get_running_loop(), None)
+                    if group is not None:
+                        await group.aclose()
             finally:
                 # Even if this task is cancelled natively while draining.
                 worker.unregister()
@@ -329,8 +332,16 @@ class Errands:
     async def _run_until_signalled(self) -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+
+        def on_signal() -> None:
+            if stop.is_set():  # a second signal: do not wait for the drain
+                logger.warning("errands: second signal; exiting without draining")
+                logging.shutdown()
+                os._exit(1)
+            stop.set()
+
         for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
+            loop.add_signal_handler(signum, on_signal)
         try:
             async with self._serving():
                 logger.info(

@@ -16,9 +16,8 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
-
-import anyio
 
 from ._store import Store
 
@@ -32,6 +31,9 @@ _Outcome = tuple[bool, Any]
 class GroupCommit:
     def __init__(self, store: Store) -> None:
         self._store = store
+        # One thread of its own: one connection, and never queued behind the thread
+        # pool that serves sync endpoints.
+        self._thread = ThreadPoolExecutor(1, "errands-commit")
         self._pending: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
         self._flusher: asyncio.Task[None] | None = None
 
@@ -54,7 +56,9 @@ class GroupCommit:
         while self._pending:
             batch, self._pending = self._pending, []
             try:
-                outcomes = await anyio.to_thread.run_sync(self._run, [op for op, _ in batch])
+                outcomes = await asyncio.get_running_loop().run_in_executor(
+                    self._thread, self._run, [op for op, _ in batch]
+                )
             except Exception as exc:  # the shared COMMIT itself failed: nothing was kept
                 outcomes = [(False, exc)] * len(batch)
             for (_, done), (ok, value) in zip(batch, outcomes, strict=True):
@@ -64,6 +68,12 @@ class GroupCommit:
                     done.set_result(value)
                 else:
                     done.set_exception(value)
+
+    async def aclose(self) -> None:
+        """Finish the writes already handed over (at shutdown)."""
+        while self._flusher is not None and not self._flusher.done():
+            await asyncio.shield(self._flusher)
+        self._thread.shutdown(wait=False)
 
     def _run(self, operations: list[Callable[[], Any]]) -> list[_Outcome]:
         batch = getattr(self._store, "batch", None)

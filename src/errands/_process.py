@@ -15,8 +15,10 @@ import asyncio
 import importlib
 import json
 import multiprocessing
+import signal
 import sys
 import traceback
+import weakref
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -41,6 +43,9 @@ def _context() -> multiprocessing.context.BaseContext:
 
 
 def _child(module: str, qualname: str, payload: str, conn: Connection) -> None:
+    # Ctrl-C reaches the whole process group: the worker decides what stops, and a
+    # drain lets this attempt finish (or gives the job back), not a KeyboardInterrupt.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         target: Any = importlib.import_module(module)
         for part in qualname.split("."):
@@ -62,7 +67,9 @@ class ProcessRunner:
 
     def __init__(self, processes: int) -> None:
         self.processes = processes
-        self._slots: asyncio.Semaphore | None = None
+        self._slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+            weakref.WeakKeyDictionary()
+        )
         self._preloaded: set[str] = set()
 
     def preload(self, module: str) -> None:
@@ -72,9 +79,11 @@ class ProcessRunner:
     async def call(
         self, module: str, qualname: str, payload: str, *, timeout: float | None, name: str
     ) -> Any:
-        if self._slots is None:
-            self._slots = asyncio.Semaphore(self.processes)
-        async with self._slots:
+        loop = asyncio.get_running_loop()
+        slots = self._slots.get(loop)
+        if slots is None:
+            slots = self._slots[loop] = asyncio.Semaphore(self.processes)
+        async with slots:
             return await self._run_one(module, qualname, payload, timeout, name)
 
     async def _run_one(

@@ -237,7 +237,12 @@ class Runner:
             error,
             delay,
         )
-        await errands.write(errands.store.retry, job, error, trace, None if hold else run_at)
+        when: datetime | None = run_at
+        if hold:
+            # The eager caller waits out the backoff itself; a durable store still gets
+            # a time, after which any worker may retry it should this process die.
+            when = run_at + timedelta(seconds=errands.hold) if errands.store.durable else None
+        await errands.write(errands.store.retry, job, error, trace, when)
         return run_at
 
 

@@ -57,6 +57,11 @@ _COLUMNS = (
     "created_at, started_at, finished_at, run_at, after, owner, lease_until, lost"
 )
 _UNFINISHED = "('queued', 'running')"
+#: A job waiting for the job added before it in its request.
+_BLOCKED = (
+    f"(j.after IS NOT NULL AND EXISTS (SELECT 1 FROM errands_jobs p "
+    f"WHERE p.id = j.after AND p.status IN {_UNFINISHED}))"
+)
 
 
 def _ts(value: datetime | None) -> float | None:
@@ -117,7 +122,7 @@ class SQLiteStore:
         self.path = str(path)
         self._busy_timeout = busy_timeout
         self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
+        self._connections: list[tuple[threading.Thread, sqlite3.Connection]] = []
         self._lock = threading.Lock()
         self._db().executescript(_SCHEMA)
 
@@ -136,7 +141,15 @@ class SQLiteStore:
             db.execute("PRAGMA synchronous=NORMAL")
             self._local.db = db
             with self._lock:
-                self._connections.append(db)
+                # Threads come and go (thread pools shrink): close what dead ones left.
+                alive = []
+                for thread, conn in self._connections:
+                    if thread.is_alive():
+                        alive.append((thread, conn))
+                    else:
+                        conn.close()
+                alive.append((threading.current_thread(), db))
+                self._connections = alive
         return db
 
     @contextmanager
@@ -177,12 +190,20 @@ class SQLiteStore:
 
     @contextmanager
     def _savepoint(self, db: sqlite3.Connection) -> Iterator[None]:
+        if not db.in_transaction:
+            # An earlier write's error (a full disk, an I/O error) made SQLite roll the
+            # whole batch back: nothing more may run, or it would commit on its own.
+            raise StoreError(
+                f"the SQLite store {self.path!r} rolled back a group of writes after an "
+                f"error; nothing of it was stored"
+            )
         db.execute("SAVEPOINT errands_write")
         try:
             yield
         except BaseException as exc:
-            db.execute("ROLLBACK TO errands_write")
-            db.execute("RELEASE errands_write")
+            if db.in_transaction:
+                db.execute("ROLLBACK TO errands_write")
+                db.execute("RELEASE errands_write")
             if isinstance(exc, sqlite3.Error):
                 raise self._error(exc) from exc
             raise
@@ -242,10 +263,7 @@ class SQLiteStore:
     ) -> list[JobRecord]:
         now = utcnow().timestamp()
         until = now + lease
-        blocked = (
-            f"(j.after IS NOT NULL AND EXISTS (SELECT 1 FROM errands_jobs p "
-            f"WHERE p.id = j.after AND p.status IN {_UNFINISHED}))"
-        )
+        blocked = _BLOCKED
         due, expired = self._look(now)
         if ids is None and not (due or expired):
             return []  # idle polls read only, and never take the write lock
@@ -306,9 +324,9 @@ class SQLiteStore:
             due, expired = (
                 self._db()
                 .execute(
-                    "SELECT EXISTS (SELECT 1 FROM errands_jobs WHERE status = 'queued' "
-                    "AND run_at <= ?), EXISTS (SELECT 1 FROM errands_jobs "
-                    "WHERE status = 'running' AND lease_until < ?)",
+                    "SELECT EXISTS (SELECT 1 FROM errands_jobs j WHERE j.status = 'queued' "
+                    f"AND j.run_at <= ? AND NOT {_BLOCKED}), EXISTS (SELECT 1 FROM "
+                    "errands_jobs WHERE status = 'running' AND lease_until < ?)",
                     (now, now),
                 )
                 .fetchone()
@@ -401,7 +419,7 @@ class SQLiteStore:
 
     def close(self) -> None:
         with self._lock:
-            for db in self._connections:
+            for _, db in self._connections:
                 db.close()
             self._connections.clear()
         self._local = threading.local()
