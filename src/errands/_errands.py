@@ -6,13 +6,12 @@ import asyncio
 import functools
 import logging
 import os
-import signal
 import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from datetime import timedelta
 from typing import Any, ParamSpec, Protocol, TypeVar, overload
 
@@ -22,6 +21,7 @@ from ._backlog import Backlog
 from ._group import GroupCommit
 from ._handle import Job
 from ._job import JobRecord, JobStatus, new_job_id, utcnow
+from ._lifecycle import nothing, run_until_signalled, serving
 from ._payload import decode_arguments, encode_arguments
 from ._policy import Policy
 from ._process import ProcessRunner
@@ -42,10 +42,6 @@ T = TypeVar("T")
 #: Seconds a durable store keeps a request's jobs held if the request never finishes.
 HOLD = 60.0
 
-#: How often an idle worker looks in the store: a shared store gets jobs from other
-#: processes; the memory store only from this one, which wakes the worker itself.
-POLL_SHARED = 0.01  # idle polls of the SQLite store are one indexed read
-POLL_LOCAL = 1.0
 
 #: Finished plain-callable jobs kept for ``errands.get()``, oldest dropped first.
 KEEP_LOCAL_FINISHED = 10_000
@@ -273,46 +269,11 @@ class Errands:
         Inside your own lifespan: ``async with errands.lifespan(app): yield``.
         """
         if not self.runs_worker:
-            return _nothing()
+            return nothing()
         return self._serving()
 
-    @asynccontextmanager
-    async def _serving(self, drain_timeout: float | None = None) -> AsyncIterator[None]:
-        if self._worker is not None:
-            raise ConfigurationError(
-                "this Errands instance's worker is already running; enter its lifespan once"
-            )
-        # A shared store gets jobs from other processes too: look for them often.
-        poll = POLL_SHARED if self.store.durable else POLL_LOCAL
-        worker = self._worker = Worker(self, concurrency=self.concurrency, poll_interval=poll)
-        worker.start()
-        try:
-            yield
-        finally:
-            try:
-                drain = self.drain_timeout if drain_timeout is None else drain_timeout
-                with anyio.CancelScope(shield=True):
-                    drained = await worker.stop(drain)
-                    if not drained:
-                        logger.warning(
-                            "errands: jobs still running after drain_timeout=%g s were "
-                            "cancelled; registered ones go back to the queue",
-                            drain,
-                        )
-                    await worker.close()
-                    group = self._groups.pop(asyncio.get_running_loop(), None)
-                    if group is not None:
-                        await group.aclose()
-            finally:
-                # Even if this task is cancelled natively while draining.
-                worker.unregister()
-                self._worker = None
-                self.runner.close()
-            left = self._backlog.size
-            if left and not self.store.durable:
-                logger.warning(
-                    "errands: %d in-memory jobs had not run when the worker stopped", left
-                )
+    def _serving(self, drain_timeout: float | None = None) -> AbstractAsyncContextManager[None]:
+        return serving(self, drain_timeout)
 
     def run_worker(self, *, concurrency: int | None = None, processes: int | None = None) -> None:
         """Run this instance's worker in this process until SIGINT or SIGTERM.
@@ -327,33 +288,7 @@ class Errands:
         if processes is not None:
             _check_positive(processes=processes)
             self.process_runner.processes = processes
-        asyncio.run(self._run_until_signalled())
-
-    async def _run_until_signalled(self) -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-
-        def on_signal() -> None:
-            if stop.is_set():  # a second signal: do not wait for the drain
-                logger.warning("errands: second signal; exiting without draining")
-                logging.shutdown()
-                os._exit(1)
-            stop.set()
-
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, on_signal)
-        try:
-            async with self._serving():
-                logger.info(
-                    "errands: worker running on %s with %d task(s) registered",
-                    self.url,
-                    len(self._tasks),
-                )
-                await stop.wait()
-                logger.info("errands: stopping; draining for up to %g s", self.drain_timeout)
-        finally:
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(signum)
+        asyncio.run(run_until_signalled(self))
 
     @property
     def worker_running(self) -> bool:
@@ -555,11 +490,6 @@ class Errands:
                 while len(self._local_finished) > KEEP_LOCAL_FINISHED:
                     self._local.pop(self._local_finished.popleft(), None)
         WAITERS.notify(record.id)
-
-
-@asynccontextmanager
-async def _nothing() -> AsyncIterator[None]:
-    yield
 
 
 def _check_positive(**values: float) -> None:
