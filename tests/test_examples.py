@@ -71,7 +71,7 @@ def test_the_demo_serves_and_shows_jobs_reaching_a_final_state(tmp_path: Path) -
         assert len(overview["jobs"]) >= 4  # three from startup and ours
         assert any(job["durable"] for job in overview["jobs"])
         assert {job["task"] for job in overview["jobs"]} == {
-            "docs.examples.demo.send_welcome",
+            "send_welcome",
             "docs.examples.demo.write_log",
         }
     finally:

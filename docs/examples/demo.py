@@ -49,7 +49,9 @@ def write_log(message: str) -> None:
     log.warning(message)
 
 
-@errands.task(retries=3, backoff=0.5, timeout=10)
+# An explicit name: the same whether this module runs as __main__ (scripts/demo) or is
+# imported by `errands worker docs.examples.demo:errands`.
+@errands.task(name="send_welcome", retries=3, backoff=0.5, timeout=10)
 async def send_welcome(email: str) -> str:
     await asyncio.sleep(1.0)  # talking to a slow mail server
     if random.random() < 0.3:
