@@ -96,11 +96,14 @@ class ProcessRunner:
         process = context.Process(  # type: ignore[attr-defined]
             target=_child, args=(module, qualname, payload, sender), daemon=True
         )
-        await anyio.to_thread.run_sync(process.start)
-        sender.close()
-        loop = asyncio.get_running_loop()
-        reply = loop.run_in_executor(None, _receive, receiver)
         try:
+            # Shielded: a child started while we are cancelled must still be known to us,
+            # so that the finally below kills and reaps it.
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(process.start)
+            sender.close()
+            loop = asyncio.get_running_loop()
+            reply = loop.run_in_executor(None, _receive, receiver)
             with anyio.move_on_after(timeout) as scope:
                 message = await reply
             if scope.cancelled_caught:
@@ -109,9 +112,12 @@ class ProcessRunner:
                     f"task {name!r} timed out after {timeout:g} s; its process was killed"
                 )
         finally:
-            if process.is_alive():
-                process.kill()
-            await anyio.to_thread.run_sync(process.join)
+            sender.close()
+            if process.pid is not None:
+                if process.is_alive():
+                    process.kill()
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(process.join)
             receiver.close()
         if message is None:
             raise TaskProcessError(
