@@ -211,7 +211,7 @@ class Tasks:
             else:
                 lanes.setdefault(id(errands), (errands, []))[1].append(entry.local)
         for errands, ids in to_release.values():
-            errands.release(ids)
+            await errands.release(ids)
         for errands, lane in lanes.values():
             errands.submit_lane(lane)
         if inline:

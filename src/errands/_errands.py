@@ -415,21 +415,14 @@ class Errands:
             for record in records:
                 self._local[record.id] = record
 
-    def release(self, ids: Sequence[str]) -> None:
+    async def release(self, ids: Sequence[str]) -> None:
         """Make a request's held jobs runnable (after its response has been sent)."""
-        if not self.store.durable:
-            self.store.release(ids)
-            self.offer(stored=True)
-            return
-        # Written with the next group of writes; nobody waits for it. Were this process
-        # to die first, the jobs' hold runs out and they run all the same.
-        released = self._group().submit(functools.partial(self.store.release, ids))
-        released.add_done_callback(self._released)
-
-    def _released(self, released: asyncio.Future[Any]) -> None:
-        if released.cancelled():
-            return
-        if (exc := released.exception()) is not None:
+        try:
+            # Awaited, though the response is out: a short-lived event loop (TestClient
+            # without its lifespan) must not close with the release still unwritten.
+            await self.write(self.store.release, ids)
+        except Exception as exc:
+            # Were it lost, the jobs' hold runs out and they run all the same.
             logger.error("errands: releasing jobs failed; they run when their hold ends: %s", exc)
             return
         self.offer(stored=True)
