@@ -209,31 +209,36 @@ def test_many_processes_on_one_file_run_each_job_once_and_all_make_progress(
     env: dict[str, str], workers: list[Worker]
 ) -> None:
     server = Server("tests.apps.durable:app", env=env, args=("--workers", "2"))
-    for _ in range(3):
-        workers.append(Worker(env))
-    acknowledged: list[str] = []
-    lock = threading.Lock()
+    logs = ""
+    try:
+        for _ in range(3):
+            # Two jobs at a time each, 5 ms a job: no worker can take everything.
+            workers.append(Worker(env, CONCURRENCY="2", NOTE_SECONDS="0.005"))
+        acknowledged: list[str] = []
+        lock = threading.Lock()
 
-    def burst(sender: int) -> None:
-        with httpx.Client(base_url=server.url, timeout=10) as client:
-            for i in range(100):
-                response = client.post(f"/note/s{sender}-{i}")
-                assert response.status_code == 200, response.text
-                with lock:
-                    acknowledged.append(f"s{sender}-{i}")
-                time.sleep(0.002)
+        def burst(sender: int) -> None:
+            with httpx.Client(base_url=server.url, timeout=10) as client:
+                for i in range(100):
+                    response = client.post(f"/note/s{sender}-{i}")
+                    assert response.status_code == 200, response.text
+                    with lock:
+                        acknowledged.append(f"s{sender}-{i}")
+                    time.sleep(0.002)
 
-    senders = [threading.Thread(target=burst, args=(n,)) for n in range(4)]
-    for sender in senders:
-        sender.start()
-    for sender in senders:
-        sender.join()
-    wait_for(lambda: set(acknowledged) <= set(notes(env)), timeout=30)
-    time.sleep(0.5)
-    ran = notes(env)
-    assert len(ran) == len(set(ran)) == 400  # each job ran once
-    assert len(note_pids(env)) == 3  # every worker process took a share
-    logs = server.stop() + "".join(w.signal(signal.SIGTERM) for w in workers)
+        senders = [threading.Thread(target=burst, args=(n,)) for n in range(4)]
+        for sender in senders:
+            sender.start()
+        for sender in senders:
+            sender.join()
+        wait_for(lambda: set(acknowledged) <= set(notes(env)), timeout=30)
+        time.sleep(0.5)
+        ran = notes(env)
+        assert len(ran) == len(set(ran)) == 400  # each job ran once
+        assert len(note_pids(env)) == 3  # every worker process took a share
+        logs += "".join(w.signal(signal.SIGTERM) for w in workers)
+    finally:
+        logs += server.stop()
     assert "database is locked" not in logs
     assert "Traceback" not in logs, logs
 

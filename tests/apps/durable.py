@@ -12,7 +12,12 @@ from fastapi import FastAPI, HTTPException
 
 from errands import BackgroundTasks, Errands
 
-errands = Errands(lease=1.0, hold=1.0, drain_timeout=float(os.environ.get("DRAIN", "10")))
+errands = Errands(
+    lease=1.0,
+    hold=1.0,
+    drain_timeout=float(os.environ.get("DRAIN", "10")),
+    concurrency=int(os.environ.get("CONCURRENCY", "100")),
+)
 app = FastAPI(lifespan=errands.lifespan if os.environ.get("SERVER_WORKER") == "1" else None)
 
 
@@ -23,6 +28,7 @@ def log(line: str) -> None:
 
 @errands.task(name="note")
 def note(token: str) -> None:
+    time.sleep(float(os.environ.get("NOTE_SECONDS", "0")))
     log(f"note {token} pid={os.getpid()}")
 
 
