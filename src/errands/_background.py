@@ -20,7 +20,7 @@ used by request-scoped ``yield`` dependencies too.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar, overload
@@ -45,6 +45,7 @@ logger = logging.getLogger("errands")
 
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
 
 #: Runs a request's plain callables when no Errands instance is around at all.
 _DEFAULT_RUNNER = Runner(threads=16, thread_name="errands-inline")
@@ -171,16 +172,15 @@ class Tasks:
         pending = [e for e in self._entries if not e.committed]
         if not pending:
             return
-        by_instance: dict[int, tuple[Errands, list[_Entry]]] = {}
         running = running_instance()
         for entry in pending:
             if entry.local is not None:
                 entry.errands = running
             if entry.errands is None:
                 entry.committed = True  # nothing to store, no backlog to count against
-            else:
-                by_instance.setdefault(id(entry.errands), (entry.errands, []))[1].append(entry)
-        for errands, entries in by_instance.values():
+        for errands, entries in _by_instance(
+            (e.errands, e) for e in pending if e.errands is not None
+        ):
             stored = [e for e in entries if e.local is None]
             local = [e for e in entries if e.local is not None]
             if stored:
@@ -198,8 +198,8 @@ class Tasks:
             return
         self._phase = _RELEASED
         inline: list[_Entry] = []
-        to_release: dict[int, tuple[Errands, list[str]]] = {}
-        lanes: dict[int, tuple[Errands, list[LocalJob]]] = {}
+        to_release: list[tuple[Errands, str]] = []
+        to_worker: list[tuple[Errands, LocalJob]] = []
         for entry in self._entries:
             if not entry.committed:
                 continue  # dropped
@@ -207,12 +207,12 @@ class Tasks:
             if errands is None or errands.runs_inline:
                 inline.append(entry)
             elif entry.local is None:
-                to_release.setdefault(id(errands), (errands, []))[1].append(entry.record.id)
+                to_release.append((errands, entry.record.id))
             else:
-                lanes.setdefault(id(errands), (errands, []))[1].append(entry.local)
-        for errands, ids in to_release.values():
+                to_worker.append((errands, entry.local))
+        for errands, ids in _by_instance(to_release):
             await errands.release(ids)
-        for errands, lane in lanes.values():
+        for errands, lane in _by_instance(to_worker):
             errands.submit_lane(lane)
         if inline:
             # Like FastAPI, in the request itself; unlike it, a client that goes away
@@ -223,7 +223,12 @@ class Tasks:
     def _drop(self, entries: list[_Entry], reason: str) -> None:
         if entries is self._entries:
             self._phase = _DROPPED
-        for errands, records in _committed_stored(entries).values():
+        committed_stored = (
+            (e.errands, e.record)
+            for e in entries
+            if e.local is None and e.committed and e.errands is not None
+        )
+        for errands, records in _by_instance(committed_stored):
             errands.cancel(records, reason)
         for entry in entries:
             record = entry.record
@@ -238,12 +243,12 @@ class Tasks:
             entry.committed = False  # never released
 
 
-def _committed_stored(entries: list[_Entry]) -> dict[int, tuple[Errands, list[JobRecord]]]:
-    groups: dict[int, tuple[Errands, list[JobRecord]]] = {}
-    for entry in entries:
-        if entry.local is None and entry.committed and entry.errands is not None:
-            groups.setdefault(id(entry.errands), (entry.errands, []))[1].append(entry.record)
-    return groups
+def _by_instance(pairs: Iterable[tuple[Errands, T]]) -> list[tuple[Errands, list[T]]]:
+    """The items of each Errands instance, in the order given (instances by identity)."""
+    groups: dict[int, tuple[Errands, list[T]]] = {}
+    for errands, item in pairs:
+        groups.setdefault(id(errands), (errands, []))[1].append(item)
+    return list(groups.values())
 
 
 async def _run_inline(entries: list[_Entry]) -> None:

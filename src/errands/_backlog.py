@@ -75,10 +75,3 @@ class Backlog:
         with self._changed:
             self._size = max(0, self._size - n)
             self._changed.notify_all()
-
-    async def wait_empty(self, deadline: float | None) -> bool:
-        while self._size > 0:
-            if deadline is not None and time.monotonic() >= deadline:
-                return False
-            await asyncio.sleep(_POLL)
-        return True

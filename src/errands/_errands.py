@@ -350,9 +350,10 @@ class Errands:
     ) -> JobRecord:
         """A record for a registered task's job; checks the arguments first."""
         payload = encode_arguments(task.name, task.signature, tuple(args), kwargs)
-        if len(payload) > self.max_payload and len(payload.encode()) > self.max_payload:
+        # len(str) <= bytes: only text that may be too large is encoded to measure it.
+        if len(payload) > self.max_payload and (size := len(payload.encode())) > self.max_payload:
             raise PayloadTooLarge(
-                f"task {task.name!r}: its arguments are {len(payload.encode()):,} bytes as "
+                f"task {task.name!r}: its arguments are {size:,} bytes as "
                 f"JSON, over max_payload={self.max_payload:,}; store large data elsewhere "
                 f"(a file, a table) and pass a reference to it"
             )
@@ -397,13 +398,11 @@ class Errands:
                 )
                 raise
             return
-        in_memory = 0 if self.store.durable else len(records)
-        if in_memory:
-            await self._backlog.reserve(in_memory)
+        await self._backlog.reserve(len(records))
         try:
             self.store.enqueue(records)
         except BaseException:
-            self._backlog.release(in_memory)
+            self._backlog.release(len(records))
             raise
 
     async def reserve(self, n: int) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import traceback
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import Enum
@@ -35,6 +36,13 @@ _FINISHED = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLE
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def describe_error(exc: BaseException) -> tuple[str, str]:
+    """``("Type: message", "full traceback")``, as a job records a failed attempt."""
+    message = str(exc)
+    error = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    return error, "".join(traceback.format_exception(exc))
 
 
 def new_job_id() -> str:

@@ -17,13 +17,13 @@ import json
 import multiprocessing
 import signal
 import sys
-import traceback
 import weakref
 from multiprocessing.connection import Connection
 from typing import Any
 
 import anyio
 
+from ._job import describe_error
 from .exceptions import ErrandsError, TaskTimeout
 
 
@@ -55,9 +55,7 @@ def _child(module: str, qualname: str, payload: str, conn: Connection) -> None:
         result = func(*args, **kwargs)
         conn.send(("ok", json.dumps(result, allow_nan=False)))
     except BaseException as exc:
-        message = str(exc)
-        error = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
-        conn.send(("error", error, "".join(traceback.format_exception(exc))))
+        conn.send(("error", *describe_error(exc)))
     finally:
         conn.close()
 

@@ -13,7 +13,6 @@ import contextvars
 import functools
 import json
 import logging
-import traceback as tb
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from ._job import JobRecord, JobStatus, new_job_id, utcnow
+from ._job import JobRecord, JobStatus, describe_error, new_job_id, utcnow
 from ._payload import encode_result
 from ._process import TaskProcessError
 from ._task import callable_name, is_async_callable
@@ -58,9 +57,7 @@ def describe(exc: BaseException) -> tuple[str, str]:
     """``("Type: message", "full traceback")`` for recording on a job."""
     if isinstance(exc, TaskProcessError):  # raised in the task's own process: its words
         return exc.error, exc.trace or ""
-    message = str(exc)
-    error = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
-    return error, "".join(tb.format_exception(exc))
+    return describe_error(exc)
 
 
 class Runner:
@@ -164,8 +161,7 @@ class Runner:
                 f"@errands.task in a module the worker imports"
             )
             logger.error("errands: job %s failed: %s", job.id, error)
-            if await errands.write(store.fail, job, f"ConfigurationError: {error}", None):
-                errands.job_finished(job)
+            await _record_final(errands, store.fail, job, f"ConfigurationError: {error}", None)
             return None
         keep_lease = _LeaseKeeper(errands, job)
         try:
@@ -194,8 +190,7 @@ class Runner:
         except NotSerializable as exc:
             error, trace = describe(exc)
             logger.error("errands: job %s (%s) failed: %s", job.id, job.name, error)
-            if await errands.write(store.fail, job, error, trace):
-                errands.job_finished(job)
+            await _record_final(errands, store.fail, job, error, trace)
             return None
         except Exception as exc:
             return await self._record_failure(
@@ -203,8 +198,7 @@ class Runner:
             )
         finally:
             keep_lease.stop()
-        if await errands.write(store.complete, job, result):
-            errands.job_finished(job)
+        await _record_final(errands, store.complete, job, result)
         return None
 
     async def _record_failure(
@@ -224,8 +218,7 @@ class Runner:
                 job.attempts,
                 exc_info=exc,
             )
-            if await errands.write(errands.store.fail, job, error, trace):
-                errands.job_finished(job)
+            await _record_final(errands, errands.store.fail, job, error, trace)
             return None
         run_at = utcnow() + timedelta(seconds=delay)
         logger.warning(
@@ -244,6 +237,15 @@ class Runner:
             when = run_at + timedelta(seconds=errands.hold) if errands.store.durable else None
         await errands.write(errands.store.retry, job, error, trace, when)
         return run_at
+
+
+async def _record_final(
+    errands: Errands, operation: Callable[..., bool], job: JobRecord, *args: Any
+) -> None:
+    """Record a final state (``store.complete`` or ``store.fail``); if this attempt's
+    claim still held, do this process's bookkeeping for a finished job."""
+    if await errands.write(operation, job, *args):
+        errands.job_finished(job)
 
 
 class _LeaseKeeper:

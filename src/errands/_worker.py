@@ -67,10 +67,6 @@ class Worker:
         #: polls and new work): one transaction then claims several jobs.
         self.claim_batch = max(1, concurrency // 4) if errands.store.durable else 1
 
-    @property
-    def busy(self) -> int:
-        return len(self._tasks)
-
     def on_own_loop(self) -> bool:
         try:
             return asyncio.get_running_loop() is self._loop
