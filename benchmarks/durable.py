@@ -26,6 +26,7 @@ os.environ["HUEY_DB"] = str(WORK / "huey.db")
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import durable_app  # noqa: E402
+from benchmarks.common import stop  # noqa: E402
 
 from errands import JobStatus  # noqa: E402
 
@@ -80,15 +81,6 @@ def start_worker(concurrency: int) -> subprocess.Popen[bytes]:
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 def rss_mb(pid: int) -> float:

@@ -23,6 +23,10 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import stop  # noqa: E402
+
 SCENARIOS = [
     ("none", "no task (async endpoint)"),
     ("depends-only", "no task, one plain Depends() (reference)"),
@@ -101,12 +105,7 @@ def run_scenario(
         result["waiting_at_stop"] = float(httpx.get(url + "pending", timeout=30).json())
         return result
     finally:
-        server.terminate()
-        try:
-            server.wait(5)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop(server, grace=5)
 
 
 def main() -> None:

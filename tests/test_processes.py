@@ -38,6 +38,15 @@ def notes(env: dict[str, str]) -> list[str]:
     return [line.split()[1] for line in lines(env) if line.startswith("note ")]
 
 
+def starts(env: dict[str, str], token: str) -> int:
+    """How many attempts of the slow job ``token`` have started."""
+    return sum(line.startswith(f"start {token} ") for line in lines(env))
+
+
+def started(env: dict[str, str], token: str) -> bool:
+    return starts(env, token) > 0
+
+
 def note_pids(env: dict[str, str]) -> set[str]:
     return {line.split()[2] for line in lines(env) if line.startswith("note ")}
 
@@ -109,7 +118,7 @@ def test_a_job_whose_worker_is_killed_runs_again_on_another(
 
     job = errands.add_task(slow, "k", 1.5)
     workers.append(Worker(env))
-    wait_for(lambda: any(line.startswith("start k") for line in lines(env)))
+    wait_for(lambda: started(env, "k"))
     workers[0].signal(signal.SIGKILL)  # mid-job, no chance to clean up
     workers.append(Worker(env))
     reader = fresh()
@@ -117,7 +126,7 @@ def test_a_job_whose_worker_is_killed_runs_again_on_another(
     record = reader.get(job.id)
     assert record is not None
     assert record.attempts == 2 and record.lost == 1  # shown, not counted as a failure
-    assert len([line for line in lines(env) if line.startswith("start k")]) == 2
+    assert starts(env, "k") == 2
 
 
 def test_sigterm_drains_running_jobs_and_leaves_the_rest_queued(
@@ -129,7 +138,7 @@ def test_sigterm_drains_running_jobs_and_leaves_the_rest_queued(
     running = errands.add_task(slow, "first", 1.0)
     worker = Worker(env, DRAIN="10")
     workers.append(worker)
-    wait_for(lambda: any(line.startswith("start first") for line in lines(env)))
+    wait_for(lambda: started(env, "first"))
     later = errands.add_task(slow, "later", 0)
     output = worker.signal(signal.SIGTERM)  # returns once the worker has exited
     assert worker.process.returncode == 0, output
@@ -153,7 +162,7 @@ def test_sigterm_past_the_drain_timeout_gives_the_job_back(
     job = errands.add_task(slow, "long", 30)
     worker = Worker(env, DRAIN="0.2")
     workers.append(worker)
-    wait_for(lambda: any(line.startswith("start long") for line in lines(env)))
+    wait_for(lambda: started(env, "long"))
     worker.signal(signal.SIGTERM)
     record = fresh().get(job.id)
     assert record is not None and record.status is JobStatus.QUEUED and record.attempts == 0
@@ -246,7 +255,7 @@ def test_many_processes_on_one_file_run_each_job_once_and_all_make_progress(
 def test_sigterm_to_a_server_drains_its_worker(env: dict[str, str]) -> None:
     server = Server("tests.apps.durable:app", env={**env, "SERVER_WORKER": "1"})
     job_id = httpx.post(f"{server.url}/slow/srv", params={"seconds": 1.0}).json()
-    wait_for(lambda: any(line.startswith("start srv") for line in lines(env)))
+    wait_for(lambda: started(env, "srv"))
     server.process.send_signal(signal.SIGTERM)
     output = server.stop()
     assert "done srv" in lines(env), output
