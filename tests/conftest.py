@@ -1,12 +1,15 @@
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import httpx
 import pytest
@@ -98,3 +101,94 @@ def wait_until(predicate: object, timeout: float = 5.0, interval: float = 0.01) 
 def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A store URL: the core behaviour tests run against every store."""
     return "memory://" if request.param == "memory" else f"sqlite:///{tmp_path}/jobs.db"
+
+
+SERVICES = {"redis": ("127.0.0.1", 6379), "rabbitmq": ("127.0.0.1", 5672)}
+
+
+def require_service(name: str) -> None:
+    """Skip when the service does not answer; under CI=true, fail instead."""
+    host, port = SERVICES[name]
+    try:
+        socket.create_connection((host, port), timeout=2).close()
+    except OSError as exc:
+        message = f"{name} is not reachable at {host}:{port} ({exc}); start it (see .ci/run)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+class CeleryWorker:
+    """A real Celery worker process running ``tests.apps.modes``' Celery app."""
+
+    def __init__(
+        self,
+        mode: str,
+        queue: str,
+        log: Path,
+        *,
+        name: str = "w",
+        pool: str = "threads",
+        concurrency: int = 4,
+        env: dict[str, str] | None = None,
+        command: list[str] | None = None,
+    ) -> None:
+        self.output = log.with_name(f"{log.name}.{name}.out")
+        self.name = name
+        command = command or [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "tests.apps.modes:celery_app",
+            "worker",
+            "-l",
+            "info",
+        ]
+        options = ["-P", pool, "-c", str(concurrency), "-Q", f"{queue},{queue}-routed"]
+        quiet = ["--without-gossip", "--without-mingle", "--without-heartbeat"]
+        with self.output.open("w") as out:
+            self.process = self._start(
+                [*command, *options, "-n", f"{name}@%h", *quiet],
+                out,
+                {
+                    "MODES_MODE": mode,
+                    "MODES_QUEUE": queue,
+                    "MODES_LOG": str(log),
+                    **(env or {}),
+                },
+            )
+        deadline = time.monotonic() + 30
+        while "ready." not in self.text():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"celery worker did not start:\n{self.text()}")
+            time.sleep(0.1)
+
+    @staticmethod
+    def _start(argv: list[str], out: IO[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT), **env},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its pool's children are killed with it
+        )
+
+    def text(self) -> str:
+        return self.output.read_text(errors="replace")
+
+    def kill(self) -> None:
+        """SIGKILL the worker and its pool processes, as a machine that dies."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.kill()

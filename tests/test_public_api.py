@@ -10,6 +10,7 @@ PUBLIC = {
     "BackgroundTask",
     "BackgroundTasks",
     "BacklogFull",
+    "BrokerUnavailable",
     "ConfigurationError",
     "Errands",
     "ErrandsError",

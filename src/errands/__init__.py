@@ -13,6 +13,7 @@ from ._store import Store
 from ._task import Task
 from .exceptions import (
     BacklogFull,
+    BrokerUnavailable,
     ConfigurationError,
     ErrandsError,
     InvalidArguments,
@@ -29,6 +30,7 @@ __all__ = [
     "BackgroundTask",
     "BackgroundTasks",
     "BacklogFull",
+    "BrokerUnavailable",
     "ConfigurationError",
     "Errands",
     "ErrandsError",

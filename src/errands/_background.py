@@ -104,7 +104,10 @@ class Tasks:
             self._entries.append(_Entry(record, None, errands))
             return Job(record.id, record.name, errands)
         # Sync endpoints and dependencies call this from a thread: the running
-        # instance is looked up in _commit, on the event loop.
+        # instance is looked up in _commit, on the event loop (and checked there too).
+        running = running_instance()
+        if running is not None:
+            running.check_plain(func)
         local = new_local_job(func, args, kwargs)
         self._entries.append(_Entry(local.record, local, None))
         return Job(local.record.id, local.record.name, None, local.record)
@@ -175,6 +178,8 @@ class Tasks:
         running = running_instance()
         for entry in pending:
             if entry.local is not None:
+                if running is not None:
+                    running.check_plain(entry.local.func)
                 entry.errands = running
             if entry.errands is None:
                 entry.committed = True  # nothing to store, no backlog to count against

@@ -43,12 +43,23 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--processes", type=int, help="process=True tasks running at once (default: CPUs)"
     )
     worker.add_argument("--log-level", default="info", help="logging level (default: info)")
-    args = parser.parse_args(argv)
+    worker.epilog = "In Celery mode, options after -- go to the Celery worker (-Q, -P, -n...)."
+    args, extra = parser.parse_known_args(argv)
+    if extra and extra[0] == "--":
+        extra = extra[1:]
 
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    load(args.target).run_worker(concurrency=args.concurrency, processes=args.processes)
+    instance = load(args.target)
+    if extra and instance.celery is None:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    instance.run_worker(
+        concurrency=args.concurrency,
+        processes=args.processes,
+        celery_args=extra,
+        log_level=args.log_level,
+    )
     # Drained. A def task abandoned at its timeout may still hold a thread, which
     # Python would wait for at exit; its job is already back in the queue.
     logging.shutdown()

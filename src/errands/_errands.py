@@ -13,7 +13,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import timedelta
-from typing import Any, ParamSpec, Protocol, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar, overload
 
 import anyio
 
@@ -32,6 +32,11 @@ from ._url import open_store, resolve_url
 from ._waiters import WAITERS
 from ._worker import Worker
 from .exceptions import ConfigurationError, PayloadTooLarge, WaitTimeout
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+    from .stores.celery import CeleryStore
 
 logger = logging.getLogger("errands")
 
@@ -68,6 +73,12 @@ class Errands:
     run at once (default: the number of CPUs). ``worker=False`` makes the lifespan start no
     worker (this process only adds jobs). ``eager=True`` runs a request's tasks before
     its ASGI call returns (for tests).
+
+    ``celery=app`` (or the URL ``celery://module:attribute``) runs registered tasks on
+    that Celery app's workers: each becomes a Celery task of the same name, and a
+    request's jobs are published before its response, within ``publish_timeout``
+    seconds or ``BrokerUnavailable``. ``only_registered=True`` refuses plain callables
+    (which cannot leave this process) instead of running them here.
     """
 
     def __init__(
@@ -86,6 +97,9 @@ class Errands:
         processes: int | None = None,
         worker: bool = True,
         eager: bool = False,
+        celery: Celery | None = None,
+        publish_timeout: float = 5.0,
+        only_registered: bool = False,
     ) -> None:
         _check_positive(
             concurrency=concurrency,
@@ -95,15 +109,33 @@ class Errands:
             hold=hold,
             max_payload=max_payload,
             retention=retention,
+            publish_timeout=publish_timeout,
         )
         _check_not_negative(backlog_timeout=backlog_timeout, drain_timeout=drain_timeout)
+        if celery is not None and url is not None:
+            raise ConfigurationError(
+                f"give either a URL ({url!r}) or celery=, not both: celery= picks the store"
+            )
         self.hold = hold
         self.max_payload = max_payload
         self.retention = retention
         #: False: this process only adds jobs; ``errands worker`` processes run them.
         self.runs_worker = worker
-        self.url = resolve_url(url)
-        self.store: Store = open_store(self.url)
+        self.only_registered = only_registered
+        if celery is not None:
+            from .stores.celery import CeleryStore
+
+            self.store: Store = CeleryStore(celery, publish_timeout=publish_timeout)
+            self.url = f"celery://{celery.main or 'celery'}"
+        else:
+            self.url = resolve_url(url)
+            self.store = open_store(self.url, publish_timeout=publish_timeout)
+        if eager and not self.store.claims:
+            raise ConfigurationError(
+                "eager=True runs jobs in this process, and in Celery mode Celery's workers "
+                "run them; in tests, construct Errands('memory://', eager=True) instead "
+                "(ERRANDS_URL=memory:// with Errands() does it without a code change)"
+            )
         self.concurrency = concurrency
         self.lease = lease
         self.drain_timeout = drain_timeout
@@ -180,6 +212,10 @@ class Errands:
                 self.process_runner.preload(fn.__module__)
             task = Task(fn, name=task_name, policy=policy, errands=self, process=process)
             self._tasks[task_name] = task
+            if self.celery is not None:
+                from ._celery import bind
+
+                bind(self.celery_store, task)
             return task
 
         return register(func) if func is not None else register
@@ -231,6 +267,7 @@ class Errands:
                 raise
             self.offer(stored=True)
             return Job(record.id, record.name, self)
+        self.check_plain(func)
         local = new_local_job(func, args, kwargs)
         self._backlog.reserve_blocking(1)
         self.adopt_local([local.record])
@@ -275,16 +312,35 @@ class Errands:
     def _serving(self, drain_timeout: float | None = None) -> AbstractAsyncContextManager[None]:
         return serving(self, drain_timeout)
 
-    def run_worker(self, *, concurrency: int | None = None, processes: int | None = None) -> None:
+    def run_worker(
+        self,
+        *,
+        concurrency: int | None = None,
+        processes: int | None = None,
+        celery_args: Sequence[str] = (),
+        log_level: str = "info",
+    ) -> None:
         """Run this instance's worker in this process until SIGINT or SIGTERM.
 
         What ``errands worker module:attribute`` runs. On the signal it stops claiming,
         lets running jobs finish for up to ``drain_timeout`` seconds, then gives the
-        rest back to the queue, and returns.
+        rest back to the queue, and returns. In Celery mode it runs a Celery worker
+        instead (``celery_args`` are that worker's options, e.g. ``["-Q", "emails"]``).
         """
         if concurrency is not None:
             _check_positive(concurrency=concurrency)
             self.concurrency = concurrency
+        if self.celery is not None:
+            argv = ["worker", f"--loglevel={log_level}"]
+            if concurrency is not None:
+                argv.append(f"--concurrency={concurrency}")
+            self.celery.worker_main([*argv, *celery_args])
+            return
+        if celery_args:
+            raise ConfigurationError(
+                f"Celery worker options {list(celery_args)} given, but this instance does "
+                f"not run on Celery ({self.url})"
+            )
         if processes is not None:
             _check_positive(processes=processes)
             self.process_runner.processes = processes
@@ -332,6 +388,27 @@ class Errands:
         """Whether a request's jobs run in the request itself (no worker here, or eager)."""
         return self.eager or (self._worker is None and not self.store.durable)
 
+    @property
+    def celery(self) -> Celery | None:
+        """The Celery app whose workers run this instance's registered tasks, if any."""
+        store = self.store
+        return store.app if not store.claims and hasattr(store, "app") else None
+
+    @property
+    def celery_store(self) -> CeleryStore:
+        from .stores.celery import CeleryStore
+
+        assert isinstance(self.store, CeleryStore)
+        return self.store
+
+    def check_plain(self, func: Callable[..., Any]) -> None:
+        if self.only_registered:
+            raise ConfigurationError(
+                f"{callable_name(func)} is not a registered task, and this Errands instance "
+                f"runs only registered ones (only_registered=True): register it with "
+                f"@errands.task, or add it to another instance"
+            )
+
     def check_owner(self, task: Task[Any, Any]) -> None:
         if task.errands is not self:
             raise ConfigurationError(
@@ -375,6 +452,9 @@ class Errands:
         In a durable store the hold expires after ``hold`` seconds, so that the jobs
         of a request whose server died before sending the response in full still run.
         """
+        if not self.store.claims:
+            await self._publish(records)
+            return
         if self.store.durable:
             until = utcnow() + timedelta(seconds=self.hold)
             for record in records:
@@ -384,18 +464,7 @@ class Errands:
             try:
                 await asyncio.shield(stored)
             except asyncio.CancelledError:
-                # The request went away while its jobs were written: once written,
-                # take them back, so that a failed request leaves nothing to run.
-                ids = [r.id for r in records]
-                stored.add_done_callback(
-                    lambda f: (
-                        None
-                        if f.cancelled() or f.exception()
-                        else self._group().submit(
-                            functools.partial(self.store.cancel, ids, "dropped: request cancelled")
-                        )
-                    )
-                )
+                self._take_back(stored, records)
                 raise
             return
         await self._backlog.reserve(len(records))
@@ -404,6 +473,35 @@ class Errands:
         except BaseException:
             self._backlog.release(len(records))
             raise
+
+    async def _publish(self, records: Sequence[JobRecord]) -> None:
+        """Celery mode: publish a request's jobs, within ``publish_timeout``."""
+        store = self.celery_store
+        published = asyncio.wrap_future(store.submit(records))
+        try:
+            await asyncio.wait_for(asyncio.shield(published), store.publish_timeout)
+        except TimeoutError:
+            self._take_back(published, records)
+            raise store.timed_out(records) from None
+        except asyncio.CancelledError:
+            self._take_back(published, records)
+            raise
+
+    def _take_back(self, stored: asyncio.Future[Any], records: Sequence[JobRecord]) -> None:
+        """The request failed while its jobs were being stored: once they are, cancel
+        them, so that a failed request leaves nothing to run."""
+        ids = [r.id for r in records]
+
+        def cancel(done: asyncio.Future[Any]) -> None:
+            if done.cancelled() or done.exception():
+                return
+            operation = functools.partial(self.store.cancel, ids, "dropped: request failed")
+            if self.store.claims:
+                self._group().submit(operation)
+            else:
+                asyncio.get_running_loop().run_in_executor(None, operation)
+
+        stored.add_done_callback(cancel)
 
     async def reserve(self, n: int) -> None:
         await self._backlog.reserve(n)
@@ -416,6 +514,8 @@ class Errands:
 
     async def release(self, ids: Sequence[str]) -> None:
         """Make a request's held jobs runnable (after its response has been sent)."""
+        if not self.store.claims:
+            return  # published, not held
         try:
             # Awaited, though the response is out: a short-lived event loop (TestClient
             # without its lifespan) must not close with the release still unwritten.
@@ -457,7 +557,7 @@ class Errands:
 
     async def run_inline(self, record: JobRecord) -> None:
         """Run a stored job here and now, retries included (the eager path)."""
-        owner = f"inline-{new_job_id()[:12]}"
+        owner = f"inline-{new_job_id()[-12:]}"
         while True:
             claimed = self.store.claim(owner, 1, self.lease, ids=[record.id])
             if not claimed:

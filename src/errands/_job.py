@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 import traceback
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -46,7 +47,22 @@ def describe_error(exc: BaseException) -> tuple[str, str]:
 
 
 def new_job_id() -> str:
-    return os.urandom(16).hex()  # 128 random bits, as uuid4 has, at a fifth of the cost
+    """32 hex digits: the creation time in ms (12), then 80 random bits (20).
+
+    Ids sort by creation time, and a store that keeps no creation time of its own
+    (Celery's result backend) can tell it from the id.
+    """
+    return f"{time.time_ns() // 1_000_000:012x}{os.urandom(10).hex()}"
+
+
+def id_time(id: str) -> datetime | None:
+    """When the job with this id was created, or None for an id errands did not make."""
+    if len(id) != 32:
+        return None
+    try:
+        return datetime.fromtimestamp(int(id[:12], 16) / 1000, UTC)
+    except (ValueError, OverflowError, OSError):
+        return None
 
 
 @dataclass(slots=True)

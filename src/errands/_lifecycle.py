@@ -34,7 +34,7 @@ async def serving(errands: Errands, drain_timeout: float | None = None) -> Async
             "this Errands instance's worker is already running; enter its lifespan once"
         )
     # A shared store gets jobs from other processes too: look for them often.
-    poll = POLL_SHARED if errands.store.durable else POLL_LOCAL
+    poll = POLL_SHARED if errands.store.durable and errands.store.claims else POLL_LOCAL
     worker = errands._worker = Worker(errands, concurrency=errands.concurrency, poll_interval=poll)
     worker.start()
     try:

@@ -41,6 +41,10 @@ class Store(Protocol):
     #: against the in-memory backlog and its records are marked ``durable=False``.
     durable: bool
 
+    #: Whether this process's worker claims the store's jobs. False when another
+    #: system's workers run them (Celery): the store only publishes and reports.
+    claims: bool
+
     def enqueue(self, jobs: Sequence[JobRecord]) -> None:
         """Add new jobs. Jobs with ``run_at=None`` are held until ``release``."""
 

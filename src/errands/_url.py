@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 import os
+import sys
+from typing import Any
 from urllib.parse import urlsplit
 
 from ._store import Store
@@ -12,7 +15,10 @@ from .stores.sqlite import SQLiteStore
 
 DEFAULT_URL = "sqlite:///errands.db"
 ENV_VAR = "ERRANDS_URL"
-ACCEPTED = "memory://, sqlite:///relative/path.db, sqlite:////absolute/path.db"
+ACCEPTED = (
+    "memory://, sqlite:///relative/path.db, sqlite:////absolute/path.db, "
+    "celery://module:attribute (a Celery app)"
+)
 
 
 def resolve_url(url: str | None) -> str:
@@ -20,7 +26,7 @@ def resolve_url(url: str | None) -> str:
     return url or os.environ.get(ENV_VAR) or DEFAULT_URL
 
 
-def open_store(url: str) -> Store:
+def open_store(url: str, *, publish_timeout: float = 5.0) -> Store:
     scheme = urlsplit(url).scheme if "://" in url else ""
     if scheme == "memory":
         if url.rstrip("/") != "memory:":
@@ -37,7 +43,38 @@ def open_store(url: str) -> Store:
                 f"(relative) or sqlite:////var/lib/app/jobs.db (absolute)"
             )
         return SQLiteStore(path)
+    if scheme == "celery":
+        from .stores.celery import CeleryStore
+
+        return CeleryStore(load_celery_app(url), publish_timeout=publish_timeout)
     raise ConfigurationError(
         f"invalid errands URL {url!r}: unknown store {scheme or '(no scheme)'!r}. "
         f"Accepted forms: {ACCEPTED}"
     )
+
+
+def load_celery_app(url: str) -> Any:
+    """The Celery app named by ``celery://module:attribute``, imported as uvicorn does."""
+    from celery import Celery
+
+    target = url[len("celery://") :]
+    module_name, _, attribute = target.partition(":")
+    if not module_name or not attribute or "/" in target:
+        raise ConfigurationError(
+            f"invalid errands URL {url!r}: name the Celery app as celery://module:attribute, "
+            f"e.g. celery://app.worker:celery_app"
+        )
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"errands URL {url!r}: cannot import {module_name!r}: {exc}"
+        ) from exc
+    app = getattr(module, attribute, None)
+    if not isinstance(app, Celery):
+        raise ConfigurationError(
+            f"errands URL {url!r}: {target} is {type(app).__name__}, not a Celery app"
+        )
+    return app

@@ -201,7 +201,7 @@ class Worker:
         self._claim(self.concurrency - len(self._tasks))
 
     def _claim(self, free: int) -> None:
-        if free <= 0 or not self._store_dirty:
+        if free <= 0 or not self._store_dirty or not self.errands.store.claims:
             return
         self._store_dirty = False
         try:

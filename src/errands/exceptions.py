@@ -8,6 +8,7 @@ ErrandsError
  │    ├── NotSerializable    an argument (or a result) that JSON cannot carry
  │    └── PayloadTooLarge    arguments larger than max_payload
  ├── StoreError              the store could not take a write (disk full, read-only)
+ │    └── BrokerUnavailable  Celery mode: the broker did not take a job in publish_timeout
  ├── BacklogFull             the in-memory backlog stayed full for backlog_timeout
  ├── TaskTimeout             recorded on a job whose attempt ran past its timeout
  └── WaitTimeout             Job.wait() / Errands.join() gave up (also a TimeoutError)
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 __all__ = [
     "BacklogFull",
+    "BrokerUnavailable",
     "ConfigurationError",
     "ErrandsError",
     "InvalidArguments",
@@ -54,6 +56,15 @@ class PayloadTooLarge(InvalidArguments):
 
 class StoreError(ErrandsError):
     """The store could not take a write; nothing of that call was stored."""
+
+
+class BrokerUnavailable(StoreError):
+    """Celery mode: the broker did not take the jobs within ``publish_timeout`` seconds.
+
+    The request fails as a whole (map it to ``503`` with an exception handler). A
+    publish still in flight when the time ran out may yet reach the broker: its job
+    then runs, though the client was told it failed (at least once, never lost).
+    """
 
 
 class BacklogFull(ErrandsError):

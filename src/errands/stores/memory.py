@@ -22,6 +22,7 @@ from .._store import MAX_LOST_LEASES, poison_error
 
 class MemoryStore:
     durable = False
+    claims = True
 
     def __init__(self, keep_finished: int = 10_000) -> None:
         self._keep_finished = keep_finished

@@ -113,6 +113,7 @@ def _record(row: sqlite3.Row | tuple[Any, ...], *, strict: bool = False) -> JobR
 
 class SQLiteStore:
     durable = True
+    claims = True
 
     def __init__(self, path: str | Path, *, busy_timeout: float = 30.0) -> None:
         if sqlite3.sqlite_version_info < (3, 35):

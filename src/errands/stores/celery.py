@@ -1,0 +1,358 @@
+"""Celery mode: jobs go to a Celery broker; Celery's workers run them.
+
+The web side of it. ``enqueue`` publishes; ``get`` reads Celery's result backend.
+Nothing here claims jobs: ``claims`` is False, and the in-process worker runs only
+plain callables. The worker side (the Celery task each registered task becomes)
+is in ``errands._celery``.
+
+A request's registered jobs run one after another: only the first is published,
+and its message carries the rest (header ``errands_next``); whoever finishes a job
+(succeeded, or failed for good) publishes the next. So one publish per request, and
+the order holds on any number of workers.
+
+Celery's result backend cannot tell a queued task from one it never heard of
+(both are ``PENDING``), so before publishing, each job gets a small ``PENDING``
+record of errands' own in the backend: ``get(id)`` says ``queued`` for it, and
+``None`` for an id nobody published.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+from collections import deque
+from collections.abc import Collection, Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from celery import Celery, states
+from celery.backends.base import DisabledBackend, KeyValueStoreBackend
+from celery.backends.rpc import RPCBackend
+
+from .._job import JobRecord, JobStatus, id_time
+from ..exceptions import BrokerUnavailable, ConfigurationError, StoreError
+
+#: The message header that carries the jobs to run after this one, in order.
+NEXT = "errands_next"
+
+#: The stamp that keeps when the last attempt started, in a finished task's result.
+STARTED_AT = "errands_started_at"
+
+#: Publishes at once from the web side (each may wait on a slow broker).
+PUBLISHERS = 8
+
+#: kombu's retries of a publish whose connection failed (bounded by publish_timeout).
+RETRY_POLICY = {"max_retries": 3, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
+
+#: How many published-and-unfinished ids ``counts`` follows (for ``join``).
+TRACKED = 100_000
+
+#: How many of this process's latest jobs ``jobs()`` can list.
+RECENT = 1_000
+
+_STATUS = {
+    states.PENDING: JobStatus.QUEUED,
+    states.RECEIVED: JobStatus.QUEUED,
+    states.RETRY: JobStatus.QUEUED,
+    states.STARTED: JobStatus.RUNNING,
+    states.SUCCESS: JobStatus.SUCCEEDED,
+    states.FAILURE: JobStatus.FAILED,
+    states.REVOKED: JobStatus.CANCELLED,
+    states.REJECTED: JobStatus.FAILED,
+}
+
+_OURS = {states.PENDING, states.STARTED}
+
+_PICKLE = {"pickle", "application/x-python-serialize"}
+
+
+def check_app(app: Celery) -> None:
+    """Refuse a Celery app errands cannot keep its promises on, naming the setting."""
+    conf = app.conf
+    accepted = {str(c).lower() for c in conf.accept_content or ()}
+    if accepted & _PICKLE:
+        raise ConfigurationError(
+            "this Celery app accepts pickle (accept_content); errands' tasks carry JSON "
+            "only and its workers must refuse pickle: set accept_content=['json']"
+        )
+    backend = app.backend
+    if isinstance(backend, DisabledBackend):
+        raise ConfigurationError(
+            "this Celery app has no result backend, and errands.get() and Job.wait() read "
+            "job status from it: set result_backend, e.g. "
+            "Celery(..., backend='redis://127.0.0.1:6379/1')"
+        )
+    if isinstance(backend, RPCBackend):
+        raise ConfigurationError(
+            "the rpc:// result backend keeps results for the process that published the "
+            "task only; errands.get() must work from any process: set result_backend to "
+            "a store such as redis://"
+        )
+
+
+class CeleryStore:
+    durable = True
+    claims = False
+
+    def __init__(self, app: Celery, *, publish_timeout: float = 5.0) -> None:
+        check_app(app)
+        # errands reads a finished task's name and retries from its result.
+        app.conf.result_extended = True
+        self.app = app
+        self.publish_timeout = publish_timeout
+        self._publishers: concurrent.futures.ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+        self._unfinished: dict[str, None] = {}
+        self._recent: deque[str] = deque(maxlen=RECENT)
+
+    def __repr__(self) -> str:
+        return f"<CeleryStore {self.app.main or 'celery'}>"
+
+    # -- publishing -------------------------------------------------------------
+
+    def submit(self, jobs: Sequence[JobRecord]) -> concurrent.futures.Future[None]:
+        """Publish ``jobs`` in a thread of the store's own; the future says how it went."""
+        with self._lock:
+            if self._publishers is None:
+                self._publishers = concurrent.futures.ThreadPoolExecutor(
+                    PUBLISHERS, "errands-publish"
+                )
+            return self._publishers.submit(self._publish_all, list(jobs))
+
+    def enqueue(self, jobs: Sequence[JobRecord]) -> None:
+        """Publish now; BrokerUnavailable if it takes longer than ``publish_timeout``."""
+        future = self.submit(jobs)
+        try:
+            future.result(self.publish_timeout)
+        except concurrent.futures.TimeoutError:
+            raise self.timed_out(jobs) from None
+
+    def timed_out(self, jobs: Sequence[JobRecord]) -> BrokerUnavailable:
+        return BrokerUnavailable(
+            f"the Celery broker did not take {len(jobs)} job(s) within "
+            f"publish_timeout={self.publish_timeout:g} s; is it running at "
+            f"{self.app.conf.broker_url or 'the configured broker_url'}?"
+        )
+
+    def _publish_all(self, jobs: list[JobRecord]) -> None:
+        for chain in _chains(jobs):
+            self._mark_queued(chain)
+            head, rest = chain[0], chain[1:]
+            try:
+                self.send(head, [describe(job) for job in rest])
+            except Exception as exc:
+                raise BrokerUnavailable(
+                    f"publishing job {head.id} ({head.name}) to the Celery broker failed: "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
+        with self._lock:
+            for job in jobs:
+                self._unfinished[job.id] = None
+                self._recent.append(job.id)
+            while len(self._unfinished) > TRACKED:
+                del self._unfinished[next(iter(self._unfinished))]
+
+    def send(self, job: JobRecord | dict[str, Any], rest: list[dict[str, Any]]) -> None:
+        """Publish one job through the app's routing; ``rest`` runs after it, in order.
+
+        Unlike ``send_task`` this subscribes to no result: the web process reads
+        results when asked, and must not hold a subscription per job.
+        """
+        described = describe(job) if isinstance(job, JobRecord) else job
+        app, amqp = self.app, self.app.amqp
+        options: dict[str, Any] = {"serializer": "json"}
+        if rest:
+            options["headers"] = {NEXT: rest}
+        name, args, kwargs = described["name"], described["args"], described["kwargs"]
+        options = amqp.router.route(options, name, args, kwargs)
+        message = amqp.create_task_message(
+            described["id"],
+            name,
+            args,
+            kwargs,
+            reply_to=app.thread_oid,
+            create_sent_event=app.conf.task_send_sent_event,
+            **options,
+        )
+        with (
+            app.producer_or_acquire() as producer,
+            producer.connection._reraise_as_library_errors(),
+        ):
+            amqp.send_task_message(
+                producer, name, message, retry=True, retry_policy=RETRY_POLICY, **options
+            )
+
+    def _mark_queued(self, jobs: list[JobRecord]) -> None:
+        backend = self.app.backend
+        for job in jobs:
+            meta = {"errands": {"name": job.name, "args": job.args, "kwargs": job.kwargs}}
+            if isinstance(backend, KeyValueStoreBackend):
+                # One write, not store_result's read-then-write: nothing else knows
+                # this id yet.
+                encoded = backend.encode(
+                    {
+                        "status": states.PENDING,
+                        "result": meta,
+                        "traceback": None,
+                        "children": [],
+                        "date_done": None,
+                        "task_id": job.id,
+                    }
+                )
+                backend.set(backend.get_key_for_task(job.id), encoded)
+            else:
+                backend.store_result(job.id, meta, states.PENDING)
+
+    # -- what the other stores do, and Celery does here ---------------------------
+
+    def release(self, ids: Collection[str]) -> None:
+        """Nothing is held: jobs were published before the response."""
+
+    def cancel(self, ids: Collection[str], reason: str) -> list[str]:
+        """Revoke (Celery's cancel, best effort: live workers skip the jobs)."""
+        ids = list(ids)
+        if not ids:
+            return []
+        self.app.control.revoke(ids)
+        for id in ids:
+            self.app.backend.mark_as_revoked(id, reason)
+        return ids
+
+    def claim(
+        self, owner: str, limit: int, lease: float, ids: Collection[str] | None = None
+    ) -> list[JobRecord]:
+        return []  # Celery's workers take the jobs
+
+    def heartbeat(self, jobs: Sequence[JobRecord], lease: float) -> list[str]:
+        return []
+
+    def complete(self, job: JobRecord, result: Any) -> bool:
+        raise _not_here("complete")
+
+    def retry(self, job: JobRecord, error: str, traceback: str, run_at: datetime | None) -> bool:
+        raise _not_here("retry")
+
+    def fail(self, job: JobRecord, error: str, traceback: str | None) -> bool:
+        raise _not_here("fail")
+
+    def requeue(self, job: JobRecord) -> bool:
+        raise _not_here("requeue")
+
+    def purge(self, before: datetime) -> int:
+        return 0  # Celery's result_expires does it
+
+    # -- reading ----------------------------------------------------------------
+
+    def get(self, id: str) -> JobRecord | None:
+        try:
+            meta = self.app.backend.get_task_meta(id)
+        except Exception as exc:
+            raise StoreError(
+                f"reading job {id} from the Celery result backend failed: {exc}"
+            ) from exc
+        return to_record(id, meta)
+
+    def jobs(self, status: JobStatus | None = None, limit: int = 100) -> list[JobRecord]:
+        """This process's latest jobs (Celery's backend cannot list them all: use Flower)."""
+        with self._lock:
+            ids = list(self._recent)
+        found: list[JobRecord] = []
+        for id in reversed(ids):
+            record = self.get(id)
+            if record is not None and status in (None, record.status):
+                found.append(record)
+                if len(found) >= limit:
+                    break
+        return found
+
+    def counts(self) -> dict[JobStatus, int]:
+        """Of the jobs this process published, how many are in each status."""
+        with self._lock:
+            ids = list(self._unfinished)
+        counts = dict.fromkeys(JobStatus, 0)
+        finished = []
+        for id in ids:
+            record = self.get(id)
+            status = record.status if record is not None else JobStatus.CANCELLED
+            counts[status] += 1
+            if status.finished:
+                finished.append(id)
+        with self._lock:
+            for id in finished:
+                self._unfinished.pop(id, None)
+        return counts
+
+    def close(self) -> None:
+        with self._lock:
+            if self._publishers is not None:
+                self._publishers.shutdown(wait=False)
+                self._publishers = None
+
+
+def describe(job: JobRecord) -> dict[str, Any]:
+    return {"id": job.id, "name": job.name, "args": job.args, "kwargs": job.kwargs}
+
+
+def _chains(jobs: Iterable[JobRecord]) -> list[list[JobRecord]]:
+    """Jobs grouped by request order: each job joins the chain of the one it follows."""
+    chains: list[list[JobRecord]] = []
+    chain_of: dict[str, list[JobRecord]] = {}
+    for job in jobs:
+        chain = chain_of.get(job.after) if job.after else None
+        if chain is None:
+            chain = []
+            chains.append(chain)
+        chain.append(job)
+        chain_of[job.id] = chain
+    return chains
+
+
+def to_record(id: str, meta: dict[str, Any]) -> JobRecord | None:
+    """A job record from a Celery result, or None for a task nobody published."""
+    state = meta.get("status", states.PENDING)
+    result = meta.get("result")
+    # errands' own record, while the job waits or runs (not a task's result).
+    ours = result.get("errands") if state in _OURS and isinstance(result, dict) else None
+    if not isinstance(ours, dict):
+        ours = None
+        if state == states.PENDING:
+            return None
+    status = _STATUS.get(state, JobStatus.QUEUED)
+    record = JobRecord(id=id, name=meta.get("name") or "", status=status, durable=True)
+    record.created_at = id_time(id) or record.created_at
+    if ours is not None:
+        record.name = ours.get("name", record.name)
+        record.args = ours.get("args", [])
+        record.kwargs = ours.get("kwargs", {})
+        record.attempts = ours.get("attempts", 0)
+    else:
+        record.args = meta.get("args") or []
+        record.kwargs = meta.get("kwargs") or {}
+    started = (ours or {}).get("started_at") or meta.get(STARTED_AT)
+    if isinstance(started, str):
+        record.started_at = datetime.fromisoformat(started)
+    retries = meta.get("retries")
+    if isinstance(retries, int):
+        # RETRY is stored before the retry is sent: its count is of attempts made.
+        record.attempts = max(record.attempts, retries + 1)
+    if state == states.SUCCESS:
+        record.result = result
+    elif state in (states.FAILURE, states.RETRY, states.REVOKED, states.REJECTED):
+        if isinstance(result, BaseException):
+            message = str(result)
+            kind = type(result).__name__
+            record.error = f"{kind}: {message}" if message else kind
+        elif result is not None:
+            record.error = str(result)
+        record.traceback = meta.get("traceback")
+    done = meta.get("date_done")
+    if status.finished and done:
+        record.finished_at = datetime.fromisoformat(done) if isinstance(done, str) else done
+    return record
+
+
+def _not_here(operation: str) -> StoreError:
+    return StoreError(
+        f"{operation}: in Celery mode, Celery's workers record what came of a job; "
+        f"this process's worker runs only plain callables"
+    )

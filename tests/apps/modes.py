@@ -1,0 +1,160 @@
+"""One app, every mode: the core behaviour tests run it on memory, SQLite and Celery.
+
+``make(mode)`` builds the Errands instance, its tasks and a FastAPI app; only the
+``Errands(...)`` construction differs between modes. A Celery worker started by
+the tests imports this module with ``MODES_MODE`` set and finds ``celery_app``.
+
+The tasks write what they do to the file ``$MODES_LOG`` (one line each), which
+the tests read: the jobs may run in another process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from celery import Celery
+from fastapi import FastAPI
+
+from errands import BackgroundTasks, Errands, Task
+
+REDIS_BROKER = "redis://127.0.0.1:6379/10"
+REDIS_BACKEND = "redis://127.0.0.1:6379/11"
+RABBITMQ_BROKER = "amqp://guest:guest@127.0.0.1:5672//"
+
+
+def log(line: str) -> None:
+    with open(os.environ["MODES_LOG"], "a") as file:
+        file.write(line + "\n")
+
+
+def lines() -> list[str]:
+    try:
+        with open(os.environ["MODES_LOG"]) as file:
+            return file.read().splitlines()
+    except FileNotFoundError:
+        return []
+
+
+def record(tag: str) -> str:
+    log(tag)
+    return tag
+
+
+def slow(tag: str, seconds: float) -> str:
+    log(f"{tag} start")
+    time.sleep(seconds)
+    log(f"{tag} end")
+    return tag
+
+
+def boom(tag: str) -> None:
+    log(tag)
+    raise ValueError(f"boom {tag}")
+
+
+def flaky(tag: str, fails: int) -> str:
+    """Fails its first ``fails`` attempts: each attempt logs a line."""
+    log(tag)
+    if lines().count(tag) <= fails:
+        raise RuntimeError(f"attempt {lines().count(tag)} of {tag} failed")
+    return "ok"
+
+
+async def sleepy(seconds: float) -> str:
+    await asyncio.sleep(seconds)
+    return "woke"
+
+
+def sleepy_sync(seconds: float) -> str:
+    time.sleep(seconds)
+    return "woke"
+
+
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+@dataclass
+class Mode:
+    name: str
+    errands: Errands
+    app: FastAPI
+    celery: Celery | None
+    record: Task[[str], str]
+    slow: Task[[str, float], str]
+    boom: Task[[str], None]
+    flaky: Task[[str, int], str]
+    sleepy: Task[[float], Any]
+    sleepy_sync: Task[[float], str]
+    add: Task[[int, int], int]
+
+
+def make_celery(mode: str, queue: str) -> Celery:
+    broker = REDIS_BROKER if mode == "celery-redis" else RABBITMQ_BROKER
+    app = Celery(f"modes-{queue}", broker=broker, backend=REDIS_BACKEND)
+    app.conf.update(
+        task_default_queue=queue,
+        task_routes={"modes.routed": {"queue": f"{queue}-routed"}},
+        broker_transport_options={"visibility_timeout": float(os.environ.get("VISIBILITY", 3))},
+        worker_prefetch_multiplier=1,
+        broker_connection_retry_on_startup=True,
+    )
+    return app
+
+
+def make(mode: str, *, path: str = "", queue: str = "errands-modes") -> Mode:
+    celery_app = None
+    if mode == "memory":
+        errands = Errands("memory://")
+    elif mode == "sqlite":
+        errands = Errands(f"sqlite:///{path}")
+    else:
+        celery_app = make_celery(mode, queue)
+        errands = Errands(celery=celery_app, publish_timeout=5)  # the one line that differs
+
+    fast = {"retries": 0}
+    tasks = Mode(
+        mode,
+        errands,
+        FastAPI(lifespan=errands.lifespan),
+        celery_app,
+        errands.task(name="modes.record", **fast)(record),
+        errands.task(name="modes.slow")(slow),
+        errands.task(name="modes.boom")(boom),
+        errands.task(name="modes.flaky", retries=3, backoff=0.05)(flaky),
+        errands.task(name="modes.sleepy", timeout=0.5)(sleepy),
+        errands.task(name="modes.sleepy_sync", timeout=0.5)(sleepy_sync),
+        errands.task(name="modes.add")(add),
+    )
+    errands.task(name="modes.routed")(record)
+    app = tasks.app
+
+    @app.post("/sequence/{tag}")
+    async def sequence(tag: str, background: BackgroundTasks) -> dict[str, list[str]]:
+        jobs = [
+            background.add_task(tasks.slow, f"{tag}-1", 0.3),
+            background.add_task(tasks.boom, f"{tag}-2"),
+            background.add_task(tasks.record, f"{tag}-3"),
+        ]
+        return {"jobs": [job.id for job in jobs]}
+
+    @app.post("/slow/{tag}")
+    def slow_endpoint(tag: str, background: BackgroundTasks) -> dict[str, str]:
+        return {"job": background.add_task(tasks.slow, tag, 1.0).id}
+
+    @app.post("/raises/{tag}")
+    async def raises(tag: str, background: BackgroundTasks) -> None:
+        background.add_task(tasks.record, tag)
+        raise RuntimeError("the endpoint failed")
+
+    return tasks
+
+
+if "MODES_MODE" in os.environ:  # a worker process of the tests
+    _worker_mode = make(os.environ["MODES_MODE"], queue=os.environ.get("MODES_QUEUE", ""))
+    errands = _worker_mode.errands
+    celery_app = _worker_mode.celery

@@ -1,0 +1,161 @@
+"""The core behaviour, the same on every mode: memory, SQLite, Celery on Redis and
+Celery on RabbitMQ (with real Celery worker processes).
+
+One app (``tests/apps/modes.py``) runs on each; only its ``Errands(...)`` line
+differs. Jobs are looked at through ``errands.get(id)``, as a client would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+
+from errands import JobRecord, JobStatus
+from tests.apps import modes
+from tests.conftest import CeleryWorker, require_service
+
+MODES = ["memory", "sqlite", "celery-redis", "celery-rabbitmq"]
+
+
+class Running:
+    def __init__(self, mode: modes.Mode, client: TestClient) -> None:
+        self.mode = mode
+        self.errands = mode.errands
+        self.client = client
+
+    def finished(self, id: str, timeout: float = 20) -> JobRecord:
+        deadline = time.monotonic() + timeout
+        while True:
+            record = self.errands.get(id)
+            if record is not None and record.finished:
+                return record
+            if time.monotonic() > deadline:
+                raise AssertionError(f"job {id} not finished in {timeout} s: {record}")
+            time.sleep(0.02)
+
+
+def delete_queues(app: object, queue: str) -> None:
+    with app.connection_for_write() as connection:  # type: ignore[attr-defined]
+        channel = connection.default_channel
+        for name in (queue, f"{queue}-routed"):
+            with contextlib.suppress(Exception):
+                channel.queue_delete(name)
+
+
+@pytest.fixture(scope="module", params=MODES)
+def running(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Running]:
+    name = request.param
+    folder = tmp_path_factory.mktemp(name)
+    log = folder / "log"
+    previous = os.environ.get("MODES_LOG")
+    os.environ["MODES_LOG"] = str(log)
+    worker = None
+    queue = f"errands-test-{uuid.uuid4().hex[:8]}"
+    try:
+        if name.startswith("celery"):
+            require_service("redis")
+            if name == "celery-rabbitmq":
+                require_service("rabbitmq")
+        mode = modes.make(name, path=str(folder / "jobs.db"), queue=queue)
+        if mode.celery is not None:
+            worker = CeleryWorker(name, queue, log)
+        with TestClient(mode.app, raise_server_exceptions=False) as client:
+            yield Running(mode, client)
+    finally:
+        if worker is not None:
+            worker.stop()
+            delete_queues(mode.celery, queue)
+        if previous is None:
+            os.environ.pop("MODES_LOG", None)
+        else:
+            os.environ["MODES_LOG"] = previous
+
+
+def tag() -> str:
+    return uuid.uuid4().hex[:8]
+
+
+def test_result_status_and_times(running: Running) -> None:
+    job = running.errands.add_task(running.mode.add, 2, 3)
+    record = running.finished(job.id)
+    assert record.status is JobStatus.SUCCEEDED
+    assert record.result == 5
+    assert record.attempts == 1
+    assert record.name == "modes.add"
+    assert record.durable is (running.mode.name != "memory")
+    assert record.started_at is not None and record.finished_at is not None
+    assert record.created_at <= record.started_at <= record.finished_at
+
+
+def test_unknown_id_is_none(running: Running) -> None:
+    assert running.errands.get(uuid.uuid4().hex) is None
+
+
+def test_request_order_and_failure_isolation(running: Running) -> None:
+    t = tag()
+    response = running.client.post(f"/sequence/{t}")
+    assert response.status_code == 200
+    first, second, third = (running.finished(id) for id in response.json()["jobs"])
+    assert first.status is JobStatus.SUCCEEDED and first.result == f"{t}-1"
+    assert second.status is JobStatus.FAILED
+    assert second.error == f"ValueError: boom {t}-2"
+    assert second.traceback and "boom" in second.traceback
+    assert third.status is JobStatus.SUCCEEDED  # the failure did not stop it
+    ours = [line for line in modes.lines() if line.startswith(t)]
+    # Each started after the previous one finished (the first one sleeps 0.3 s).
+    assert ours == [f"{t}-1 start", f"{t}-1 end", f"{t}-2", f"{t}-3"]
+    assert first.finished_at and third.started_at and first.finished_at <= third.started_at
+
+
+def test_requests_run_side_by_side(running: Running) -> None:
+    a, b = tag(), tag()
+    jobs = [running.client.post(f"/slow/{t}").json()["job"] for t in (a, b)]
+    for id in jobs:
+        assert running.finished(id).status is JobStatus.SUCCEEDED
+    log = modes.lines()
+    # Both started before either ended: they ran at the same time.
+    assert max(log.index(f"{a} start"), log.index(f"{b} start")) < min(
+        log.index(f"{a} end"), log.index(f"{b} end")
+    )
+
+
+def test_jobs_of_an_endpoint_that_raised_never_run(running: Running) -> None:
+    dropped, after = tag(), tag()
+    assert running.client.post(f"/raises/{dropped}").status_code == 500
+    # A later job has run: had the dropped one been sent, it would have run too.
+    running.finished(running.errands.add_task(running.mode.record, after).id)
+    time.sleep(0.3)
+    assert after in modes.lines() and dropped not in modes.lines()
+
+
+def test_retries_until_success(running: Running) -> None:
+    t = tag()
+    record = running.finished(running.errands.add_task(running.mode.flaky, t, 2).id)
+    assert record.status is JobStatus.SUCCEEDED and record.result == "ok"
+    assert record.attempts == 3
+    assert modes.lines().count(t) == 3
+
+
+def test_retries_run_out(running: Running) -> None:
+    t = tag()
+    record = running.finished(running.errands.add_task(running.mode.flaky, t, 10).id)
+    assert record.status is JobStatus.FAILED
+    assert record.attempts == 4  # retries=3: four attempts in all
+    assert record.error == f"RuntimeError: attempt 4 of {t} failed"
+    assert modes.lines().count(t) == 4
+
+
+@pytest.mark.parametrize("task", ["sleepy", "sleepy_sync"])
+def test_timeouts(running: Running, task: str) -> None:
+    job = running.errands.add_task(getattr(running.mode, task), 5.0)
+    record = running.finished(job.id, timeout=4)  # well before the 5 s sleep ends
+    assert record.status is JobStatus.FAILED
+    assert record.error == f"TaskTimeout: task 'modes.{task}' timed out after 0.5 s"
