@@ -82,17 +82,20 @@ def _run(
         *(h for h in getattr(request, "stamped_headers", None) or () if h != STARTED_AT),
         STARTED_AT,
     ]
-    ctask.update_state(
-        state=states.STARTED,
-        meta={
-            "errands": {
-                "name": task.name,
-                "args": args,
-                "kwargs": kwargs,
-                "attempts": attempt,
-                "started_at": started_at,
-            }
-        },
+    store.write_states(
+        [
+            (
+                str(request.id),
+                states.STARTED,
+                {
+                    "name": task.name,
+                    "args": args,
+                    "kwargs": kwargs,
+                    "attempts": attempt,
+                    "started_at": started_at,
+                },
+            )
+        ]
     )
     try:
         result = encode_result(task.name, _call(task, args, kwargs))
@@ -102,7 +105,7 @@ def _run(
         if delay is not None:
             logger.warning(
                 "errands: job %s (%s) attempt %d of %d failed (%s: %s); retrying in %.2f s",
-                request.id,
+                str(request.id),
                 task.name,
                 attempt,
                 task.policy.max_attempts,

@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 
-from errands import BackgroundTasks, Errands, Task
+from errands import BackgroundTasks, Errands, StoreError, Task
 
 REDIS_BROKER = "redis://127.0.0.1:6379/10"
 REDIS_BACKEND = "redis://127.0.0.1:6379/11"
@@ -49,6 +50,15 @@ def slow(tag: str, seconds: float) -> str:
     time.sleep(seconds)
     log(f"{tag} end")
     return tag
+
+
+def long(tag: str, seconds: float) -> str:
+    """Like ``slow``, and says which worker (``$MODES_WORKER``) ran it."""
+    worker = os.environ.get("MODES_WORKER", "-")
+    log(f"{tag} start {worker}")
+    time.sleep(seconds)
+    log(f"{tag} end {worker}")
+    return worker
 
 
 def boom(tag: str) -> None:
@@ -95,11 +105,18 @@ class Mode:
 
 def make_celery(mode: str, queue: str) -> Celery:
     broker = REDIS_BROKER if mode == "celery-redis" else RABBITMQ_BROKER
+    broker = os.environ.get("MODES_BROKER", broker)
     app = Celery(f"modes-{queue}", broker=broker, backend=REDIS_BACKEND)
     app.conf.update(
         task_default_queue=queue,
         task_routes={"modes.routed": {"queue": f"{queue}-routed"}},
-        broker_transport_options={"visibility_timeout": float(os.environ.get("VISIBILITY", 3))},
+        # Redis: a job whose worker died is delivered again once its visibility
+        # timeout has passed, looked for every second (kombu's default: 100 s).
+        broker_transport_options={
+            "visibility_timeout": float(os.environ.get("VISIBILITY", 5)),
+            "unacked_restore_interval": 1,
+            "unacked_restore_throttle": 1,
+        },
         worker_prefetch_multiplier=1,
         broker_connection_retry_on_startup=True,
     )
@@ -116,13 +133,12 @@ def make(mode: str, *, path: str = "", queue: str = "errands-modes") -> Mode:
         celery_app = make_celery(mode, queue)
         errands = Errands(celery=celery_app, publish_timeout=5)  # the one line that differs
 
-    fast = {"retries": 0}
     tasks = Mode(
         mode,
         errands,
         FastAPI(lifespan=errands.lifespan),
         celery_app,
-        errands.task(name="modes.record", **fast)(record),
+        errands.task(name="modes.record")(record),
         errands.task(name="modes.slow")(slow),
         errands.task(name="modes.boom")(boom),
         errands.task(name="modes.flaky", retries=3, backoff=0.05)(flaky),
@@ -131,7 +147,16 @@ def make(mode: str, *, path: str = "", queue: str = "errands-modes") -> Mode:
         errands.task(name="modes.add")(add),
     )
     errands.task(name="modes.routed")(record)
+    errands.task(name="modes.long")(long)
     app = tasks.app
+
+    @app.exception_handler(StoreError)
+    async def unavailable(request: Request, exc: StoreError) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=503)
+
+    @app.post("/one/{tag}")
+    async def one(tag: str, background: BackgroundTasks) -> dict[str, str]:
+        return {"job": background.add_task(tasks.record, tag).id}
 
     @app.post("/sequence/{tag}")
     async def sequence(tag: str, background: BackgroundTasks) -> dict[str, list[str]]:

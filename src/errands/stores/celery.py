@@ -19,18 +19,22 @@ record of errands' own in the backend: ``get(id)`` says ``queued`` for it, and
 from __future__ import annotations
 
 import concurrent.futures
+import logging
 import threading
 from collections import deque
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
 from celery import Celery, states
-from celery.backends.base import DisabledBackend, KeyValueStoreBackend
+from celery.backends.base import BaseKeyValueStoreBackend, DisabledBackend
+from celery.backends.redis import RedisBackend
 from celery.backends.rpc import RPCBackend
 
 from .._job import JobRecord, JobStatus, id_time
 from ..exceptions import BrokerUnavailable, ConfigurationError, StoreError
+
+logger = logging.getLogger("errands")
 
 #: The message header that carries the jobs to run after this one, in order.
 NEXT = "errands_next"
@@ -98,6 +102,12 @@ class CeleryStore:
         check_app(app)
         # errands reads a finished task's name and retries from its result.
         app.conf.result_extended = True
+        if app.connection_for_write().transport.driver_type == "amqp":
+            # A publish counts once RabbitMQ has confirmed it, not once it is written
+            # to the socket: a broker that dies meanwhile fails the request instead.
+            options = dict(app.conf.broker_transport_options or {})
+            options.setdefault("confirm_publish", True)
+            app.conf.broker_transport_options = options
         self.app = app
         self.publish_timeout = publish_timeout
         self._publishers: concurrent.futures.ThreadPoolExecutor | None = None
@@ -130,27 +140,84 @@ class CeleryStore:
     def timed_out(self, jobs: Sequence[JobRecord]) -> BrokerUnavailable:
         return BrokerUnavailable(
             f"the Celery broker did not take {len(jobs)} job(s) within "
-            f"publish_timeout={self.publish_timeout:g} s; is it running at "
-            f"{self.app.conf.broker_url or 'the configured broker_url'}?"
+            f"publish_timeout={self.publish_timeout:g} s; is it running at {self.broker}?"
         )
 
     def _publish_all(self, jobs: list[JobRecord]) -> None:
         for chain in _chains(jobs):
-            self._mark_queued(chain)
             head, rest = chain[0], chain[1:]
+            marked = self._mark_queued(chain)
             try:
                 self.send(head, [describe(job) for job in rest])
             except Exception as exc:
+                marked(False)
                 raise BrokerUnavailable(
-                    f"publishing job {head.id} ({head.name}) to the Celery broker failed: "
-                    f"{type(exc).__name__}: {exc}"
+                    f"publishing job {head.id} ({head.name}) to the Celery broker at "
+                    f"{self.broker} failed: {type(exc).__name__}: {exc}"
                 ) from exc
+            marked(True)
         with self._lock:
             for job in jobs:
                 self._unfinished[job.id] = None
                 self._recent.append(job.id)
             while len(self._unfinished) > TRACKED:
                 del self._unfinished[next(iter(self._unfinished))]
+
+    @property
+    def broker(self) -> str:
+        """The broker's URL, without its password."""
+        return str(self.app.connection_for_write().as_uri())
+
+    def _mark_queued(self, jobs: list[JobRecord]) -> Callable[[bool], None]:
+        """Record ``jobs`` as queued; call what it returns with whether they were sent.
+
+        On Redis the writes go out now and their replies are read after the publish,
+        so the two round trips overlap. They are ``SET NX``: should a worker have
+        written a job's state first, the job's own state stands.
+        """
+        entries: list[tuple[str, str, dict[str, Any]]] = [
+            (job.id, states.PENDING, _ours(job.name, job.args, job.kwargs)) for job in jobs
+        ]
+        backend = self.app.backend
+        if not isinstance(backend, RedisBackend):
+            self.write_states(entries)
+
+            def settle(sent: bool) -> None:
+                if not sent:
+                    for job in jobs:
+                        backend.forget(job.id)
+
+            return settle
+        pool = backend.client.connection_pool
+        connection = pool.get_connection()
+        keys = [backend.get_key_for_task(job.id) for job in jobs]
+        expires = getattr(backend, "expires", None)
+        commands = [
+            ("SET", key, backend.encode(_meta(id, state, ours)), "NX", *_ex(expires))
+            for key, (id, state, ours) in zip(keys, entries, strict=True)
+        ]
+        try:
+            connection.send_packed_command(connection.pack_commands(commands))
+        except BaseException:
+            connection.disconnect()
+            pool.release(connection)
+            raise
+
+        def read(sent: bool) -> None:
+            try:
+                for _ in commands:
+                    connection.read_response()
+                if not sent:
+                    connection.send_command("DEL", *keys)
+                    connection.read_response()
+            except Exception as exc:
+                connection.disconnect()
+                # The jobs were sent and will run; only their "queued" is missing.
+                logger.error("errands: recording jobs as queued failed: %s", exc)
+            finally:
+                pool.release(connection)
+
+        return read
 
     def send(self, job: JobRecord | dict[str, Any], rest: list[dict[str, Any]]) -> None:
         """Publish one job through the app's routing; ``rest`` runs after it, in order.
@@ -182,26 +249,31 @@ class CeleryStore:
                 producer, name, message, retry=True, retry_policy=RETRY_POLICY, **options
             )
 
-    def _mark_queued(self, jobs: list[JobRecord]) -> None:
+    def write_states(self, entries: Sequence[tuple[str, str, dict[str, Any]]]) -> None:
+        """Write errands' own results (``PENDING`` when published, ``STARTED`` when an
+        attempt starts): ``(id, state, errands' fields)`` each.
+
+        One write a job, not ``store_result``'s read-then-write-then-publish: these
+        states are not final, so no stored success can be overwritten by mistake that
+        matters, and no result waiter needs waking. Redis: one round trip in all.
+        """
         backend = self.app.backend
-        for job in jobs:
-            meta = {"errands": {"name": job.name, "args": job.args, "kwargs": job.kwargs}}
-            if isinstance(backend, KeyValueStoreBackend):
-                # One write, not store_result's read-then-write: nothing else knows
-                # this id yet.
-                encoded = backend.encode(
-                    {
-                        "status": states.PENDING,
-                        "result": meta,
-                        "traceback": None,
-                        "children": [],
-                        "date_done": None,
-                        "task_id": job.id,
-                    }
-                )
-                backend.set(backend.get_key_for_task(job.id), encoded)
-            else:
-                backend.store_result(job.id, meta, states.PENDING)
+        if not isinstance(backend, BaseKeyValueStoreBackend):
+            for id, state, ours in entries:
+                backend.store_result(id, {"errands": ours}, state)
+            return
+        encoded = [
+            (backend.get_key_for_task(id), backend.encode(_meta(id, state, ours)))
+            for id, state, ours in entries
+        ]
+        if isinstance(backend, RedisBackend):
+            with backend.client.pipeline(transaction=False) as pipe:
+                for key, value in encoded:
+                    pipe.set(key, value, ex=getattr(backend, "expires", None) or None)
+                pipe.execute()
+        else:
+            for key, value in encoded:
+                backend.set(key, value)
 
     # -- what the other stores do, and Celery does here ---------------------------
 
@@ -287,6 +359,27 @@ class CeleryStore:
             if self._publishers is not None:
                 self._publishers.shutdown(wait=False)
                 self._publishers = None
+
+
+def _ex(expires: Any) -> tuple[str | int, ...]:
+    seconds = int(expires.total_seconds()) if hasattr(expires, "total_seconds") else expires
+    return ("EX", int(seconds)) if seconds else ()
+
+
+def _ours(name: str, args: list[Any], kwargs: dict[str, Any], **more: Any) -> dict[str, Any]:
+    return {"name": name, "args": args, "kwargs": kwargs, **more}
+
+
+def _meta(id: str, state: str, ours: dict[str, Any]) -> dict[str, Any]:
+    """A Celery result whose ``result`` is errands' own record of a job not finished."""
+    return {
+        "status": state,
+        "result": {"errands": ours},
+        "traceback": None,
+        "children": [],
+        "date_done": None,
+        "task_id": id,
+    }
 
 
 def describe(job: JobRecord) -> dict[str, Any]:
