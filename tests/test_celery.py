@@ -290,7 +290,7 @@ def test_broker_restart_during_a_burst_loses_nothing_acknowledged(
     worker started afterwards: kombu's Redis transport takes a message off the
     queue before recording it as unacknowledged, so a message on its way to a
     worker at the instant the server dies is lost with the connection (see the
-    Celery guide in docs/celery.md). What errands answers for, that an acknowledged
+    Celery section of the README). What errands answers for, that an acknowledged
     job is on the broker, is what this checks.
     """
     broker: OwnRedis | LocalRabbitMQ

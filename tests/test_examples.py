@@ -1,5 +1,6 @@
 """The examples under docs/examples run as shown."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -76,3 +77,62 @@ def test_the_demo_serves_and_shows_jobs_reaching_a_final_state(tmp_path: Path) -
         }
     finally:
         server.stop()
+
+
+SHOP_SCRIPT = """
+import time
+from fastapi.testclient import TestClient
+from docs.examples.shop import app
+
+with TestClient(app) as client:
+    jobs = client.post("/orders/o1", params={"cents": 250}).json()
+    for key in ("charge", "receipt"):
+        deadline = time.monotonic() + 30
+        while (job := client.get(f"/jobs/{jobs[key]}").json())["status"] not in (
+            "succeeded", "failed"
+        ) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        print(job["status"], job["result"], job["durable"])
+"""
+
+
+@pytest.mark.parametrize("backend", ["memory", "sqlite", "celery-redis", "celery-rabbitmq"])
+def test_the_shop_runs_unchanged_on_every_backend(backend: str, tmp_path: Path) -> None:
+    """docs/examples/shop.py: the same file on memory, SQLite and Celery, by ERRANDS_URL."""
+    import uuid
+
+    from tests.apps import modes
+    from tests.conftest import CeleryWorker, require_service
+
+    queue = f"errands-shop-{uuid.uuid4().hex[:8]}"
+    env = {"SHOP_QUEUE": queue, "PYTHONPATH": str(ROOT)}
+    env["ERRANDS_URL"] = {
+        "memory": "memory://",
+        "sqlite": f"sqlite:///{tmp_path}/shop.db",
+    }.get(backend, "celery://docs.examples.shop:celery_app")
+    worker = None
+    if backend.startswith("celery"):
+        require_service("redis")
+        require_service("rabbitmq")
+        broker = modes.REDIS_BROKER if backend == "celery-redis" else modes.RABBITMQ_BROKER
+        env.update(SHOP_BROKER=broker, SHOP_RESULTS=modes.REDIS_BACKEND)
+        command = [sys.executable, "-m", "errands", "worker", "docs.examples.shop:errands", "--"]
+        worker = CeleryWorker(backend, queue, tmp_path / "log", command=command, env=env)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", SHOP_SCRIPT],
+            capture_output=True,
+            text=True,
+            timeout=90,
+            cwd=ROOT,
+            env={**os.environ, **env},
+        )
+    finally:
+        if worker is not None:
+            worker.stop()
+    assert result.returncode == 0, result.stderr
+    durable = backend != "memory"
+    assert result.stdout.splitlines() == [
+        f"succeeded charged 250 cents for o1 {durable}",
+        f"succeeded receipt for o1 sent {durable}",
+    ]

@@ -82,7 +82,7 @@ def _run(
         *(h for h in getattr(request, "stamped_headers", None) or () if h != STARTED_AT),
         STARTED_AT,
     ]
-    store.write_states(
+    started = store.begin_states(
         [
             (
                 str(request.id),
@@ -97,8 +97,13 @@ def _run(
             )
         ]
     )
+    if not store.may_hold_connections:
+        started(True)
     try:
-        result = encode_result(task.name, _call(task, args, kwargs))
+        try:
+            result = encode_result(task.name, _call(task, args, kwargs))
+        finally:
+            started(True)  # before Celery records how the attempt ended
     except Exception as exc:
         retryable = not isinstance(exc, NotSerializable)
         delay = task.policy.delay_before_retry(attempt) if retryable else None

@@ -27,7 +27,7 @@ from datetime import datetime
 from typing import Any
 
 from celery import Celery, states
-from celery.backends.base import BaseKeyValueStoreBackend, DisabledBackend
+from celery.backends.base import DisabledBackend
 from celery.backends.redis import RedisBackend
 from celery.backends.rpc import RPCBackend
 
@@ -46,7 +46,7 @@ STARTED_AT = "errands_started_at"
 PUBLISHERS = 8
 
 #: kombu's retries of a publish whose connection failed (bounded by publish_timeout).
-RETRY_POLICY = {"max_retries": 3, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
+RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
 
 #: How many published-and-unfinished ids ``counts`` follows (for ``join``).
 TRACKED = 100_000
@@ -102,12 +102,16 @@ class CeleryStore:
         check_app(app)
         # errands reads a finished task's name and retries from its result.
         app.conf.result_extended = True
-        if app.connection_for_write().transport.driver_type == "amqp":
+        options = dict(app.conf.broker_transport_options or {})
+        driver = app.connection_for_write().transport.driver_type
+        if driver == "amqp":
             # A publish counts once RabbitMQ has confirmed it, not once it is written
             # to the socket: a broker that dies meanwhile fails the request instead.
-            options = dict(app.conf.broker_transport_options or {})
             options.setdefault("confirm_publish", True)
-            app.conf.broker_transport_options = options
+        elif driver == "redis":
+            # kombu waits forever on a Redis broker that stops answering: bound it.
+            options.setdefault("socket_timeout", publish_timeout)
+        app.conf.broker_transport_options = options
         self.app = app
         self.publish_timeout = publish_timeout
         self._publishers: concurrent.futures.ThreadPoolExecutor | None = None
@@ -130,12 +134,14 @@ class CeleryStore:
             return self._publishers.submit(self._publish_all, list(jobs))
 
     def enqueue(self, jobs: Sequence[JobRecord]) -> None:
-        """Publish now; BrokerUnavailable if it takes longer than ``publish_timeout``."""
-        future = self.submit(jobs)
-        try:
-            future.result(self.publish_timeout)
-        except concurrent.futures.TimeoutError:
-            raise self.timed_out(jobs) from None
+        """Publish now, in this thread (``errands.add_task`` from sync code).
+
+        A broker that refuses connections fails it within about a second; one that
+        stops answering, within the socket timeout (``publish_timeout``) of each of
+        kombu's attempts. Requests publish through ``submit`` instead, and wait at
+        most ``publish_timeout`` in all.
+        """
+        self._publish_all(list(jobs))
 
     def timed_out(self, jobs: Sequence[JobRecord]) -> BrokerUnavailable:
         return BrokerUnavailable(
@@ -146,7 +152,13 @@ class CeleryStore:
     def _publish_all(self, jobs: list[JobRecord]) -> None:
         for chain in _chains(jobs):
             head, rest = chain[0], chain[1:]
-            marked = self._mark_queued(chain)
+            try:
+                marked = self._mark_queued(chain)
+            except Exception as exc:
+                raise StoreError(
+                    f"recording job {head.id} ({head.name}) as queued in the Celery result "
+                    f"backend failed, so it was not published: {type(exc).__name__}: {exc}"
+                ) from exc
             try:
                 self.send(head, [describe(job) for job in rest])
             except Exception as exc:
@@ -171,29 +183,57 @@ class CeleryStore:
     def _mark_queued(self, jobs: list[JobRecord]) -> Callable[[bool], None]:
         """Record ``jobs`` as queued; call what it returns with whether they were sent.
 
-        On Redis the writes go out now and their replies are read after the publish,
-        so the two round trips overlap. They are ``SET NX``: should a worker have
-        written a job's state first, the job's own state stands.
+        The writes are ``SET NX``: should a worker have written a job's state first,
+        that state stands. A publish that failed takes them back.
         """
-        entries: list[tuple[str, str, dict[str, Any]]] = [
-            (job.id, states.PENDING, _ours(job.name, job.args, job.kwargs)) for job in jobs
-        ]
+        return self.begin_states(
+            [(job.id, states.PENDING, _ours(job.name, job.args, job.kwargs)) for job in jobs],
+            only_new=True,
+        )
+
+    @property
+    def may_hold_connections(self) -> bool:
+        """Whether a Redis result backend's connection may stay taken while a task runs
+        (its reply read afterwards): not when its pool is bounded (redis_max_connections),
+        where held connections could starve the pool."""
         backend = self.app.backend
         if not isinstance(backend, RedisBackend):
-            self.write_states(entries)
+            return True
+        limit = getattr(backend.client.connection_pool, "max_connections", None)
+        return limit is None or limit >= 2**20
 
-            def settle(sent: bool) -> None:
-                if not sent:
-                    for job in jobs:
-                        backend.forget(job.id)
+    def begin_states(
+        self, entries: Sequence[tuple[str, str, dict[str, Any]]], *, only_new: bool = False
+    ) -> Callable[[bool], None]:
+        """Write errands' own, unfinished states of jobs (``PENDING`` when published,
+        ``STARTED`` when an attempt starts): ``(id, state, errands' fields)`` each.
+
+        Returns what settles them: call it with True once the work they describe is
+        under way, or False to take them back (calls after the first do nothing). On
+        Redis the writes leave at once and their replies are read when settled, so
+        their round trip overlaps the work in between (the publish, the task);
+        elsewhere they are written before returning.
+        Unlike ``store_result`` this does not read the old state first nor wake
+        result waiters: no waiter wants an unfinished state.
+        """
+        backend = self.app.backend
+        ids = [id for id, _, _ in entries]
+        if not isinstance(backend, RedisBackend):
+            for id, state, ours in entries:
+                backend.store_result(id, {"errands": ours}, state)
+
+            def settle(keep: bool) -> None:
+                if not keep:
+                    for id in ids:
+                        backend.forget(id)
 
             return settle
         pool = backend.client.connection_pool
         connection = pool.get_connection()
-        keys = [backend.get_key_for_task(job.id) for job in jobs]
-        expires = getattr(backend, "expires", None)
+        keys = [backend.get_key_for_task(id) for id in ids]
+        tail = (*_ex(getattr(backend, "expires", None)), *(("NX",) if only_new else ()))
         commands = [
-            ("SET", key, backend.encode(_meta(id, state, ours)), "NX", *_ex(expires))
+            ("SET", key, backend.encode(_meta(id, state, ours)), *tail)
             for key, (id, state, ours) in zip(keys, entries, strict=True)
         ]
         try:
@@ -203,17 +243,25 @@ class CeleryStore:
             pool.release(connection)
             raise
 
-        def read(sent: bool) -> None:
+        settled = False
+
+        def read(keep: bool) -> None:
+            nonlocal settled
+            if settled:
+                return
+            settled = True
             try:
                 for _ in commands:
+                    if not connection.can_read(timeout=self.publish_timeout):
+                        raise TimeoutError(f"no answer in {self.publish_timeout:g} s")
                     connection.read_response()
-                if not sent:
+                if not keep:
                     connection.send_command("DEL", *keys)
                     connection.read_response()
             except Exception as exc:
                 connection.disconnect()
-                # The jobs were sent and will run; only their "queued" is missing.
-                logger.error("errands: recording jobs as queued failed: %s", exc)
+                # The work goes on; only the state that says so is missing.
+                logger.error("errands: recording the state of jobs %s failed: %s", ids, exc)
             finally:
                 pool.release(connection)
 
@@ -248,32 +296,6 @@ class CeleryStore:
             amqp.send_task_message(
                 producer, name, message, retry=True, retry_policy=RETRY_POLICY, **options
             )
-
-    def write_states(self, entries: Sequence[tuple[str, str, dict[str, Any]]]) -> None:
-        """Write errands' own results (``PENDING`` when published, ``STARTED`` when an
-        attempt starts): ``(id, state, errands' fields)`` each.
-
-        One write a job, not ``store_result``'s read-then-write-then-publish: these
-        states are not final, so no stored success can be overwritten by mistake that
-        matters, and no result waiter needs waking. Redis: one round trip in all.
-        """
-        backend = self.app.backend
-        if not isinstance(backend, BaseKeyValueStoreBackend):
-            for id, state, ours in entries:
-                backend.store_result(id, {"errands": ours}, state)
-            return
-        encoded = [
-            (backend.get_key_for_task(id), backend.encode(_meta(id, state, ours)))
-            for id, state, ours in entries
-        ]
-        if isinstance(backend, RedisBackend):
-            with backend.client.pipeline(transaction=False) as pipe:
-                for key, value in encoded:
-                    pipe.set(key, value, ex=getattr(backend, "expires", None) or None)
-                pipe.execute()
-        else:
-            for key, value in encoded:
-                backend.set(key, value)
 
     # -- what the other stores do, and Celery does here ---------------------------
 
