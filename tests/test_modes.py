@@ -7,6 +7,7 @@ differs. Jobs are looked at through ``errands.get(id)``, as a client would.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import time
@@ -159,3 +160,13 @@ def test_timeouts(running: Running, task: str) -> None:
     record = running.finished(job.id, timeout=4)  # well before the 5 s sleep ends
     assert record.status is JobStatus.FAILED
     assert record.error == f"TaskTimeout: task 'modes.{task}' timed out after 0.5 s"
+
+
+def test_join_waits_for_the_jobs_and_jobs_lists_them(running: Running) -> None:
+    t = tag()
+    ids = [running.errands.add_task(running.mode.slow, f"{t}-{i}", 0.2).id for i in range(3)]
+    asyncio.run(running.errands.join(timeout=30))
+    for id in ids:
+        record = running.errands.get(id)
+        assert record is not None and record.status is JobStatus.SUCCEEDED
+    assert set(ids) <= {record.id for record in running.errands.jobs(limit=100)}

@@ -338,26 +338,30 @@ class CeleryStore:
     # -- reading ----------------------------------------------------------------
 
     def get(self, id: str) -> JobRecord | None:
+        return self._records([id])[0]
+
+    def _records(self, ids: Sequence[str]) -> list[JobRecord | None]:
+        """The jobs with these ids, in order (None for an id nobody published)."""
+        backend = self.app.backend
         try:
-            meta = self.app.backend.get_task_meta(id)
+            if isinstance(backend, RedisBackend) and len(ids) > 1:
+                raw = backend.mget([backend.get_key_for_task(id) for id in ids])
+                pending = {"status": states.PENDING, "result": None}
+                metas = [backend.decode_result(v) if v else pending for v in raw]
+            else:
+                metas = [backend.get_task_meta(id) for id in ids]
         except Exception as exc:
             raise StoreError(
-                f"reading job {id} from the Celery result backend failed: {exc}"
+                f"reading jobs from the Celery result backend failed: {type(exc).__name__}: {exc}"
             ) from exc
-        return to_record(id, meta)
+        return [to_record(id, meta) for id, meta in zip(ids, metas, strict=True)]
 
     def jobs(self, status: JobStatus | None = None, limit: int = 100) -> list[JobRecord]:
         """This process's latest jobs (Celery's backend cannot list them all: use Flower)."""
         with self._lock:
-            ids = list(self._recent)
-        found: list[JobRecord] = []
-        for id in reversed(ids):
-            record = self.get(id)
-            if record is not None and status in (None, record.status):
-                found.append(record)
-                if len(found) >= limit:
-                    break
-        return found
+            ids = list(reversed(self._recent))
+        records = [r for r in self._records(ids) if r is not None]
+        return [r for r in records if status in (None, r.status)][:limit]
 
     def counts(self) -> dict[JobStatus, int]:
         """Of the jobs this process published, how many are in each status."""
@@ -365,12 +369,13 @@ class CeleryStore:
             ids = list(self._unfinished)
         counts = dict.fromkeys(JobStatus, 0)
         finished = []
-        for id in ids:
-            record = self.get(id)
-            status = record.status if record is not None else JobStatus.CANCELLED
-            counts[status] += 1
-            if status.finished:
-                finished.append(id)
+        for start in range(0, len(ids), 1000):
+            chunk = ids[start : start + 1000]
+            for id, record in zip(chunk, self._records(chunk), strict=True):
+                status = record.status if record is not None else JobStatus.CANCELLED
+                counts[status] += 1
+                if status.finished:
+                    finished.append(id)
         with self._lock:
             for id in finished:
                 self._unfinished.pop(id, None)
