@@ -86,7 +86,7 @@ def tag() -> str:
 
 def test_result_status_and_times(running: Running) -> None:
     job = running.errands.add_task(running.mode.add, 2, 3)
-    record = running.finished(job.id)
+    record = asyncio.run(job.wait(timeout=20))
     assert record.status is JobStatus.SUCCEEDED
     assert record.result == 5
     assert record.attempts == 1
@@ -170,3 +170,14 @@ def test_join_waits_for_the_jobs_and_jobs_lists_them(running: Running) -> None:
         record = running.errands.get(id)
         assert record is not None and record.status is JobStatus.SUCCEEDED
     assert set(ids) <= {record.id for record in running.errands.jobs(limit=100)}
+
+
+def test_plain_callables_run_in_this_process(running: Running) -> None:
+    t = tag()
+    jobs = running.client.post(f"/mixed/{t}").json()
+    plain = running.finished(jobs["plain"])
+    registered = running.finished(jobs["registered"])
+    assert plain.status is registered.status is JobStatus.SUCCEEDED
+    assert plain.durable is False
+    assert registered.durable is (running.mode.name != "memory")
+    assert {f"{t}-plain", f"{t}-registered"} <= set(modes.lines())

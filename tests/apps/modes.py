@@ -154,6 +154,12 @@ def make(mode: str, *, path: str = "", queue: str = "errands-modes") -> Mode:
     async def unavailable(request: Request, exc: StoreError) -> JSONResponse:
         return JSONResponse({"error": str(exc)}, status_code=503)
 
+    @app.post("/mixed/{tag}")
+    async def mixed(tag: str, background: BackgroundTasks) -> dict[str, str]:
+        plain = background.add_task(lambda: log(f"{tag}-plain"))  # cannot travel
+        registered = background.add_task(tasks.record, f"{tag}-registered")
+        return {"plain": plain.id, "registered": registered.id}
+
     @app.post("/one/{tag}")
     async def one(tag: str, background: BackgroundTasks) -> dict[str, str]:
         return {"job": background.add_task(tasks.record, tag).id}
