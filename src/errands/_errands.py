@@ -143,7 +143,8 @@ class Errands:
         self.runner = Runner(threads)
         self.process_runner = ProcessRunner(processes or os.cpu_count() or 1)
         #: Plain-callable jobs waiting for this instance's worker, one list a request.
-        self.lanes: deque[list[LocalJob]] = deque()
+        #: (A lane of one job is kept as the job itself: one object less a request.)
+        self.lanes: deque[LocalJob | list[LocalJob]] = deque()
         self._backlog = Backlog(max_backlog, backlog_timeout)
         self._tasks: dict[str, Task[Any, Any]] = {}
         self._local: dict[str, JobRecord] = {}
@@ -546,7 +547,7 @@ class Errands:
                 self.job_finished(record)
 
     def submit_lane(self, lane: list[LocalJob]) -> None:
-        self.lanes.append(lane)
+        self.lanes.append(lane[0] if len(lane) == 1 else lane)
         self.offer()
 
     def offer(self, *, stored: bool = False) -> None:

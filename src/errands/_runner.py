@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 
@@ -44,12 +44,17 @@ class LocalJob:
     is_async: bool
 
 
+_NO_ARGS: list[Any] = cast(list[Any], ())
+
+
 def new_local_job(
     func: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any]
 ) -> LocalJob:
     if not callable(func):
         raise ConfigurationError(f"add_task needs a callable, got {func!r}")
-    record = JobRecord(id=new_job_id(), name=callable_name(func), durable=False)
+    # args=_NO_ARGS: the call's arguments stay on the LocalJob; one shared empty
+    # sequence instead of a new list spares the collector an object per waiting job.
+    record = JobRecord(id=new_job_id(), name=callable_name(func), durable=False, args=_NO_ARGS)
     return LocalJob(record, func, tuple(args), kwargs, is_async_callable(func))
 
 

@@ -214,7 +214,9 @@ class Worker:
         for job in claimed:
             self._start(self._run_stored(job))
 
-    async def _run_lane(self, lane: list[LocalJob]) -> None:
+    async def _run_lane(self, lane: LocalJob | list[LocalJob]) -> None:
+        if isinstance(lane, LocalJob):
+            lane = [lane]
         finished = self.errands.job_finished
         run_local = self.errands.runner.run_local
         for index, job in enumerate(lane):
