@@ -105,10 +105,10 @@ class Tasks:
             return Job(record.id, record.name, errands)
         # Sync endpoints and dependencies call this from a thread: the running
         # instance is looked up in _commit, on the event loop (and checked there too).
+        local = new_local_job(func, args, kwargs)
         running = running_instance()
         if running is not None:
-            running.check_plain(func)
-        local = new_local_job(func, args, kwargs)
+            running.check_plain(local.name)
         self._entries.append(_Entry(local.record, local, None))
         return Job(local.record.id, local.record.name, None, local.record)
 
@@ -179,7 +179,7 @@ class Tasks:
         for entry in pending:
             if entry.local is not None:
                 if running is not None:
-                    running.check_plain(entry.local.func)
+                    running.check_plain(entry.local.name)
                 entry.errands = running
             if entry.errands is None:
                 entry.committed = True  # nothing to store, no backlog to count against
@@ -238,6 +238,7 @@ class Tasks:
         for entry in entries:
             record = entry.record
             if entry.local is not None and record.status is JobStatus.QUEUED:
+                entry.local.forget_call()
                 record.status = JobStatus.CANCELLED
                 record.error = reason
                 record.finished_at = utcnow()

@@ -268,8 +268,8 @@ class Errands:
                 raise
             self.offer(stored=True)
             return Job(record.id, record.name, self)
-        self.check_plain(func)
         local = new_local_job(func, args, kwargs)
+        self.check_plain(local.name)
         self._backlog.reserve_blocking(1)
         self.adopt_local([local.record])
         self.submit_lane([local])
@@ -402,12 +402,13 @@ class Errands:
         assert isinstance(self.store, CeleryStore)
         return self.store
 
-    def check_plain(self, func: Callable[..., Any]) -> None:
+    def check_plain(self, name: str) -> None:
+        """Refuse a plain callable (named ``name``) if ``only_registered``."""
         if self.only_registered:
             raise ConfigurationError(
-                f"{callable_name(func)} is not a registered task, and this Errands instance "
-                f"runs only registered ones (only_registered=True): register it with "
-                f"@errands.task, or add it to another instance"
+                f"{name} is not a registered task, and this Errands instance runs only "
+                f"registered ones (only_registered=True): register it with @errands.task, "
+                f"or add it to another instance"
             )
 
     def check_owner(self, task: Task[Any, Any]) -> None:

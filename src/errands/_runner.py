@@ -15,7 +15,7 @@ import json
 import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
 
@@ -33,18 +33,33 @@ if TYPE_CHECKING:
 logger = logging.getLogger("errands")
 
 
-@dataclass(slots=True)
-class LocalJob:
-    """A plain callable's job: it cannot be stored, so it runs in this process."""
-
-    record: JobRecord
-    func: Callable[..., Any]
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
-    is_async: bool
-
-
 _NO_ARGS: list[Any] = cast(list[Any], ())
+_NO_KWARGS: dict[str, Any] = {}  # shared, never written
+
+
+@dataclass(slots=True)
+class LocalJob(JobRecord):
+    """A plain callable's job: it cannot be stored, so it runs in this process.
+
+    It is its own record (one object a waiting job: a backlog of many thousands is
+    that many fewer objects for the garbage collector to walk), and snapshots of it
+    are plain ``JobRecord`` copies. Its call is forgotten once it has finished.
+    """
+
+    func: Callable[..., Any] | None = None
+    call_args: tuple[Any, ...] = ()
+    call_kwargs: dict[str, Any] = field(default_factory=lambda: _NO_KWARGS)
+    is_async: bool = False
+
+    @property
+    def record(self) -> JobRecord:
+        return self
+
+    def forget_call(self) -> None:
+        """Drop the function and its arguments (the record may be kept for ``get``)."""
+        self.func = None
+        self.call_args = ()
+        self.call_kwargs = _NO_KWARGS
 
 
 def new_local_job(
@@ -52,10 +67,18 @@ def new_local_job(
 ) -> LocalJob:
     if not callable(func):
         raise ConfigurationError(f"add_task needs a callable, got {func!r}")
-    # args=_NO_ARGS: the call's arguments stay on the LocalJob; one shared empty
-    # sequence instead of a new list spares the collector an object per waiting job.
-    record = JobRecord(id=new_job_id(), name=callable_name(func), durable=False, args=_NO_ARGS)
-    return LocalJob(record, func, tuple(args), kwargs, is_async_callable(func))
+    # args=_NO_ARGS: the record shows no arguments (they need not be JSON); the call
+    # keeps them.
+    return LocalJob(
+        id=new_job_id(),
+        name=callable_name(func),
+        durable=False,
+        args=_NO_ARGS,
+        func=func,
+        call_args=tuple(args),
+        call_kwargs=kwargs,
+        is_async=is_async_callable(func),
+    )
 
 
 def describe(exc: BaseException) -> tuple[str, str]:
@@ -125,15 +148,16 @@ class Runner:
 
     async def run_local(self, job: LocalJob, finished: Callable[[JobRecord], None]) -> None:
         record = job.record
-        if record.status is not JobStatus.QUEUED:
+        func = job.func
+        if record.status is not JobStatus.QUEUED or func is None:
             return  # cancelled while it waited
         record.attempts += 1
         record.started_at = utcnow()
         record.status = JobStatus.RUNNING
+        args, kwargs = job.call_args, job.call_kwargs
+        job.forget_call()
         try:
-            result = await self.call(
-                job.func, job.args, job.kwargs, is_async=job.is_async, name=record.name
-            )
+            result = await self.call(func, args, kwargs, is_async=job.is_async, name=record.name)
         except anyio.get_cancelled_exc_class():
             record.error = "cancelled: the worker stopped while the job ran"
             _finish(record, JobStatus.CANCELLED)
