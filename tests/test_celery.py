@@ -125,6 +125,41 @@ def test_an_app_that_accepts_pickle_is_refused() -> None:
         Errands(celery=app)
 
 
+def test_an_eager_celery_app_is_refused() -> None:
+    app = Celery(broker=modes.REDIS_BROKER, backend=modes.REDIS_BACKEND)
+    app.conf.task_always_eager = True
+    with pytest.raises(ConfigurationError, match="task_always_eager"):
+        Errands(celery=app)
+
+
+def test_celery_worker_options_go_after_a_double_dash() -> None:
+    from errands._cli import main
+
+    with pytest.raises(SystemExit) as exit:
+        main(["worker", "tests.apps.modes:errands", "-Q", "emails"])
+    assert exit.value.code == 2
+
+
+def test_a_finished_job_delivered_again_stays_finished(log: Path, queue: str) -> None:
+    """What a second copy of a job (a redelivery) does to its state and its successor."""
+    mode = modes.make("celery-redis", queue=queue)
+    assert mode.celery is not None
+    worker = CeleryWorker("celery-redis", queue, log)
+    try:
+        job = mode.errands.add_task(mode.add, 1, 1)
+        assert finished(mode.errands, job.id).result == 2
+    finally:
+        worker.stop()
+    store = mode.errands.celery_store
+    # The copy's "running" does not overwrite the success...
+    store.begin_states([(job.id, "STARTED", {"name": "modes.add"})], unless_final=True)(True)
+    record = mode.errands.get(job.id)
+    assert record is not None and record.status is JobStatus.SUCCEEDED and record.result == 2
+    # ...and only the first copy may start the next job of its request.
+    assert store.hand_off(job.id) is not None
+    assert store.hand_off(job.id) is None
+
+
 def test_a_missing_result_backend_names_the_setting() -> None:
     with pytest.raises(ConfigurationError, match="set result_backend"):
         Errands(celery=Celery(broker=modes.REDIS_BROKER))

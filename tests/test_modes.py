@@ -181,3 +181,11 @@ def test_plain_callables_run_in_this_process(running: Running) -> None:
     assert plain.durable is False
     assert registered.durable is (running.mode.name != "memory")
     assert {f"{t}-plain", f"{t}-registered"} <= set(modes.lines())
+
+
+def test_later_jobs_of_a_request_may_carry_any_json(running: Running) -> None:
+    t = tag()
+    first, big, odd = running.client.post(f"/awkward/{t}").json()["jobs"]
+    assert running.finished(first).result == t
+    assert running.finished(big).result == "x" * 300_000
+    assert running.finished(odd).result == {"k" * 300: 2**70}

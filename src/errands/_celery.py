@@ -25,7 +25,7 @@ import contextvars
 import logging
 import threading
 from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from celery import states
 from celery.exceptions import Reject
@@ -33,7 +33,7 @@ from celery.exceptions import Reject
 from ._job import utcnow
 from ._payload import encode_result
 from .exceptions import NotSerializable, TaskTimeout
-from .stores.celery import NEXT, STARTED_AT, CeleryStore
+from .stores.celery import CHAIN, STARTED_AT, CeleryStore
 
 if TYPE_CHECKING:
     import celery
@@ -43,6 +43,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger("errands")
 
 _loops = threading.local()
+
+#: The shortest wait before a retry (see ``_retry``).
+MIN_RETRY_DELAY = 0.1
 
 
 def bind(store: CeleryStore, task: Task[Any, Any]) -> None:
@@ -62,6 +65,7 @@ def bind(store: CeleryStore, task: Task[Any, Any]) -> None:
         serializer="json",
         acks_late=True,
         reject_on_worker_lost=True,
+        ignore_result=False,  # errands reads how a job ended from its result
     )(run)
 
 
@@ -82,22 +86,23 @@ def _run(
         *(h for h in getattr(request, "stamped_headers", None) or () if h != STARTED_AT),
         STARTED_AT,
     ]
-    started = store.begin_states(
-        [
-            (
-                str(request.id),
-                states.STARTED,
-                {
-                    "name": task.name,
-                    "args": args,
-                    "kwargs": kwargs,
-                    "attempts": attempt,
-                    "started_at": started_at,
-                },
-            )
-        ]
-    )
-    if not store.may_hold_connections:
+    running = {
+        "name": task.name,
+        "args": args,
+        "kwargs": kwargs,
+        "attempts": attempt,
+        "started_at": started_at,
+    }
+    try:
+        started = store.begin_states(
+            [(str(request.id), states.STARTED, running)], unless_final=True
+        )
+    except Exception as exc:  # the job runs all the same; only "running" is missing
+        logger.error("errands: recording job %s as running failed: %s", request.id, exc)
+        started = _nothing
+    if threading.current_thread() is not threading.main_thread():
+        # A pool of threads: one connection a running task could drain the backend's
+        # pool. (A process runs one task at a time: read the reply after the task.)
         started(True)
     try:
         try:
@@ -110,7 +115,7 @@ def _run(
         if delay is not None:
             logger.warning(
                 "errands: job %s (%s) attempt %d of %d failed (%s: %s); retrying in %.2f s",
-                str(request.id),
+                request.id,
                 task.name,
                 attempt,
                 task.policy.max_attempts,
@@ -118,7 +123,7 @@ def _run(
                 exc,
                 delay,
             )
-            raise ctask.retry(exc=exc, countdown=delay, max_retries=task.policy.retries) from exc
+            _retry(ctask, exc, delay, task.policy.retries)
         logger.error(
             "errands: job %s (%s) failed after %d attempt(s)", request.id, task.name, attempt
         )
@@ -128,17 +133,51 @@ def _run(
     return result
 
 
-def _publish_next(store: CeleryStore, request: Any) -> None:
-    rest = getattr(request, NEXT, None)
-    if not rest:
-        return
+def _nothing(keep: bool) -> None:
+    pass
+
+
+def _retry(ctask: celery.Task[Any, Any], exc: Exception, delay: float, retries: int) -> NoReturn:
+    # Celery records RETRY just after sending the retry: a retry that could start
+    # sooner than that might see its own final state overwritten by it.
+    countdown = max(delay, MIN_RETRY_DELAY)
     try:
-        store.send(rest[0], rest[1:])
+        raise ctask.retry(exc=exc, countdown=countdown, max_retries=retries) from exc
+    except Reject as rejected:
+        # The retry could not be sent: deliver this attempt again rather than fail
+        # the job without its retries (and without its request's next jobs).
+        raise Reject(getattr(rejected, "reason", exc), requeue=True) from exc
+
+
+def _publish_next(store: CeleryStore, request: Any) -> None:
+    ref = getattr(request, CHAIN, None)
+    if not ref:
+        return
+    chain_id, index = ref
+    hand_off = store.hand_off(str(request.id))
+    if hand_off is None:
+        return  # a copy of this job delivered twice already started the next one
+    published = False
+    try:
+        jobs = store.read_chain(chain_id)
+        if jobs is None:
+            logger.error(
+                "errands: the jobs to run after %s are gone from the result backend "
+                "(expired?); they do not run",
+                request.id,
+            )
+            published = True
+            return
+        following = (chain_id, index + 1) if index + 1 < len(jobs) else None
+        store.send(jobs[index], following)
+        published = True
     except Exception as exc:
         # Not acknowledged: the job is delivered again and runs again (at least
         # once), rather than its request's next jobs being lost.
-        logger.error("errands: publishing job %s failed; rejecting %s", rest[0]["id"], request.id)
+        logger.error("errands: publishing the job after %s failed; rejecting it", request.id)
         raise Reject(exc, requeue=True) from exc
+    finally:
+        hand_off(published)
 
 
 def _call(task: Task[Any, Any], args: list[Any], kwargs: dict[str, Any]) -> Any:

@@ -44,16 +44,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     worker.add_argument("--log-level", default="info", help="logging level (default: info)")
     worker.epilog = "In Celery mode, options after -- go to the Celery worker (-Q, -P, -n...)."
-    args, extra = parser.parse_known_args(argv)
-    if extra and extra[0] == "--":
-        extra = extra[1:]
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # In Celery mode, what follows -- is the Celery worker's.
+    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
+    args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
 
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     instance = load(args.target)
     if extra and instance.celery is None:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        parser.error(f"options after -- go to a Celery worker, and {args.target} is not on Celery")
     instance.run_worker(
         concurrency=args.concurrency,
         processes=args.processes,

@@ -210,7 +210,14 @@ class Errands:
                 )
             if process:
                 self._check_process_task(fn, task_name)
-                self.process_runner.preload(fn.__module__)
+                if self.celery is not None:
+                    logger.warning(
+                        "errands: task %r: process=True makes no difference in Celery mode; "
+                        "Celery's prefork pool runs tasks in processes of their own",
+                        task_name,
+                    )
+                else:
+                    self.process_runner.preload(fn.__module__)
             task = Task(fn, name=task_name, policy=policy, errands=self, process=process)
             self._tasks[task_name] = task
             if self.celery is not None:
@@ -335,7 +342,9 @@ class Errands:
             argv = ["worker", f"--loglevel={log_level}"]
             if concurrency is not None:
                 argv.append(f"--concurrency={concurrency}")
-            self.celery.worker_main([*argv, *celery_args])
+            code: int | None = self.celery.start([*argv, *celery_args])
+            if code:
+                raise SystemExit(code)  # a supervisor restarts a worker that failed
             return
         if celery_args:
             raise ConfigurationError(
@@ -376,7 +385,11 @@ class Errands:
         return self._backlog.size + counts[JobStatus.QUEUED] + counts[JobStatus.RUNNING]
 
     async def _wait_idle(self, deadline: float | None) -> int:
-        while left := self._unfinished():
+        # Celery mode reads a remote result backend: not on the event loop.
+        remote = not self.store.claims
+        while left := (
+            await anyio.to_thread.run_sync(self._unfinished) if remote else self._unfinished()
+        ):
             if deadline is not None and time.monotonic() >= deadline:
                 return left
             await anyio.sleep(0.005 if not self.store.durable else 0.02)
@@ -479,11 +492,14 @@ class Errands:
     async def _publish(self, records: Sequence[JobRecord]) -> None:
         """Celery mode: publish a request's jobs, within ``publish_timeout``."""
         store = self.celery_store
-        published = asyncio.wrap_future(store.submit(records))
+        submitted = store.submit(records)
+        published = asyncio.wrap_future(submitted)
         try:
             await asyncio.wait_for(asyncio.shield(published), store.publish_timeout)
         except TimeoutError:
-            self._take_back(published, records)
+            # Not started yet (the publishers are all stuck): it never will be. Else
+            # it may still reach the broker; its jobs then run (at least once).
+            submitted.cancel()
             raise store.timed_out(records) from None
         except asyncio.CancelledError:
             self._take_back(published, records)

@@ -88,6 +88,10 @@ def add(a: int, b: int) -> int:
     return a + b
 
 
+def echo(value: Any) -> Any:
+    return value
+
+
 @dataclass
 class Mode:
     name: str
@@ -148,6 +152,7 @@ def make(mode: str, *, path: str = "", queue: str = "errands-modes") -> Mode:
     )
     errands.task(name="modes.routed")(record)
     errands.task(name="modes.long")(long)
+    echo_task = errands.task(name="modes.echo")(echo)
     app = tasks.app
 
     @app.exception_handler(StoreError)
@@ -159,6 +164,16 @@ def make(mode: str, *, path: str = "", queue: str = "errands-modes") -> Mode:
         plain = background.add_task(lambda: log(f"{tag}-plain"))  # cannot travel
         registered = background.add_task(tasks.record, f"{tag}-registered")
         return {"plain": plain.id, "registered": registered.id}
+
+    @app.post("/awkward/{tag}")
+    async def awkward(tag: str, background: BackgroundTasks) -> dict[str, list[str]]:
+        """Later jobs of a request with what AMQP headers could not carry."""
+        jobs = [
+            background.add_task(tasks.record, tag),
+            background.add_task(echo_task, "x" * 300_000),  # over AMQP's 128 KiB frame
+            background.add_task(echo_task, {"k" * 300: 2**70}),  # long key, huge int
+        ]
+        return {"jobs": [job.id for job in jobs]}
 
     @app.post("/one/{tag}")
     async def one(tag: str, background: BackgroundTasks) -> dict[str, str]:

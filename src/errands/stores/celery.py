@@ -21,6 +21,7 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Collection, Iterable, Sequence
 from datetime import datetime
@@ -36,8 +37,11 @@ from ..exceptions import BrokerUnavailable, ConfigurationError, StoreError
 
 logger = logging.getLogger("errands")
 
-#: The message header that carries the jobs to run after this one, in order.
-NEXT = "errands_next"
+#: The message header that says where the jobs after this one are: ``[chain, index]``,
+#: the id under which the request's later jobs are kept in the result backend, and
+#: the position of the next one. (Kept there, not in the header: AMQP headers are
+#: small and typed, and a request's jobs may carry up to ``max_payload`` each.)
+CHAIN = "errands_chain"
 
 #: The stamp that keeps when the last attempt started, in a finished task's result.
 STARTED_AT = "errands_started_at"
@@ -67,6 +71,27 @@ _STATUS = {
 
 _OURS = {states.PENDING, states.STARTED}
 
+_FINAL = {states.SUCCESS, states.FAILURE, states.REVOKED}
+
+#: SET KEYS[1] to ARGV[1] (expiring in ARGV[2] s, if not 0), unless it holds a final
+#: Celery state.
+_SET_UNLESS_FINAL = """
+local current = redis.call('GET', KEYS[1])
+if current then
+  local ok, meta = pcall(cjson.decode, current)
+  if ok and type(meta) == 'table' and (meta.status == 'SUCCESS' or meta.status == 'FAILURE'
+      or meta.status == 'REVOKED') then
+    return 0
+  end
+end
+if tonumber(ARGV[2]) > 0 then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+else
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+return 1
+"""
+
 _PICKLE = {"pickle", "application/x-python-serialize"}
 
 
@@ -78,6 +103,12 @@ def check_app(app: Celery) -> None:
         raise ConfigurationError(
             "this Celery app accepts pickle (accept_content); errands' tasks carry JSON "
             "only and its workers must refuse pickle: set accept_content=['json']"
+        )
+    if conf.task_always_eager:
+        raise ConfigurationError(
+            "this Celery app has task_always_eager set, so Celery would run errands' tasks "
+            "in the caller; in tests, construct Errands('memory://', eager=True) instead "
+            "(or set ERRANDS_URL=memory://)"
         )
     backend = app.backend
     if isinstance(backend, DisabledBackend):
@@ -152,22 +183,25 @@ class CeleryStore:
     def _publish_all(self, jobs: list[JobRecord]) -> None:
         for chain in _chains(jobs):
             head, rest = chain[0], chain[1:]
+            chain_id = f"{head.id}.chain" if rest else None
             try:
-                marked = self._mark_queued(chain)
+                marked = self._mark_queued(chain, chain_id)
             except Exception as exc:
                 raise StoreError(
                     f"recording job {head.id} ({head.name}) as queued in the Celery result "
                     f"backend failed, so it was not published: {type(exc).__name__}: {exc}"
                 ) from exc
+            sent = False
             try:
-                self.send(head, [describe(job) for job in rest])
+                self.send(describe(head), (chain_id, 0) if chain_id else None)
+                sent = True
             except Exception as exc:
-                marked(False)
                 raise BrokerUnavailable(
                     f"publishing job {head.id} ({head.name}) to the Celery broker at "
                     f"{self.broker} failed: {type(exc).__name__}: {exc}"
                 ) from exc
-            marked(True)
+            finally:
+                marked(sent)
         with self._lock:
             for job in jobs:
                 self._unfinished[job.id] = None
@@ -180,33 +214,55 @@ class CeleryStore:
         """The broker's URL, without its password."""
         return str(self.app.connection_for_write().as_uri())
 
-    def _mark_queued(self, jobs: list[JobRecord]) -> Callable[[bool], None]:
-        """Record ``jobs`` as queued; call what it returns with whether they were sent.
+    def _mark_queued(self, jobs: list[JobRecord], chain_id: str | None) -> Callable[[bool], None]:
+        """Record ``jobs`` as queued, and the chain of the later ones under ``chain_id``;
+        call what it returns with whether the first was sent.
 
         The writes are ``SET NX``: should a worker have written a job's state first,
         that state stands. A publish that failed takes them back.
         """
-        return self.begin_states(
-            [(job.id, states.PENDING, _ours(job.name, job.args, job.kwargs)) for job in jobs],
-            only_new=True,
-        )
+        entries = [(job.id, states.PENDING, _ours(job.name, job.args, job.kwargs)) for job in jobs]
+        if chain_id is not None:
+            entries.append((chain_id, states.PENDING, {"chain": [describe(j) for j in jobs[1:]]}))
+        return self.begin_states(entries, only_new=True)
 
-    @property
-    def may_hold_connections(self) -> bool:
-        """Whether a Redis result backend's connection may stay taken while a task runs
-        (its reply read afterwards): not when its pool is bounded (redis_max_connections),
-        where held connections could starve the pool."""
+    def read_chain(self, chain_id: str) -> list[dict[str, Any]] | None:
+        """The later jobs of a request, as ``_publish_all`` kept them (None: gone)."""
+        result = self.app.backend.get_task_meta(chain_id).get("result")
+        ours = result.get("errands") if isinstance(result, dict) else None
+        chain = ours.get("chain") if isinstance(ours, dict) else None
+        return chain if isinstance(chain, list) else None
+
+    def hand_off(self, id: str) -> Callable[[bool], None] | None:
+        """Take the right to publish the job after ``id``: None if a copy of ``id``
+        already did (a job delivered twice must not start its successors twice).
+        Call what it returns with False to give the right back (the publish failed).
+        On result backends other than Redis every copy has the right."""
         backend = self.app.backend
         if not isinstance(backend, RedisBackend):
-            return True
-        limit = getattr(backend.client.connection_pool, "max_connections", None)
-        return limit is None or limit >= 2**20
+            return lambda published: None
+        key = f"errands-handed-off-{id}"
+        expires = _ex(getattr(backend, "expires", None))
+        if not backend.client.set(key, 1, nx=True, ex=expires[1] if expires else None):
+            return None
+
+        def settle(published: bool) -> None:
+            if not published:
+                backend.client.delete(key)
+
+        return settle
 
     def begin_states(
-        self, entries: Sequence[tuple[str, str, dict[str, Any]]], *, only_new: bool = False
+        self,
+        entries: Sequence[tuple[str, str, dict[str, Any]]],
+        *,
+        only_new: bool = False,
+        unless_final: bool = False,
     ) -> Callable[[bool], None]:
         """Write errands' own, unfinished states of jobs (``PENDING`` when published,
         ``STARTED`` when an attempt starts): ``(id, state, errands' fields)`` each.
+        ``only_new``: only where nothing is stored yet; ``unless_final``: not over a
+        final state (a job delivered again after it finished stays finished).
 
         Returns what settles them: call it with True once the work they describe is
         under way, or False to take them back (calls after the first do nothing). On
@@ -220,6 +276,8 @@ class CeleryStore:
         ids = [id for id, _, _ in entries]
         if not isinstance(backend, RedisBackend):
             for id, state, ours in entries:
+                if unless_final and backend.get_task_meta(id).get("status") in _FINAL:
+                    continue
                 backend.store_result(id, {"errands": ours}, state)
 
             def settle(keep: bool) -> None:
@@ -231,18 +289,23 @@ class CeleryStore:
         pool = backend.client.connection_pool
         connection = pool.get_connection()
         keys = [backend.get_key_for_task(id) for id in ids]
-        tail = (*_ex(getattr(backend, "expires", None)), *(("NX",) if only_new else ()))
-        commands = [
-            ("SET", key, backend.encode(_meta(id, state, ours)), *tail)
-            for key, (id, state, ours) in zip(keys, entries, strict=True)
-        ]
+        expires = _ex(getattr(backend, "expires", None))
+        values = [backend.encode(_meta(id, state, ours)) for id, state, ours in entries]
+        if unless_final:
+            ttl = expires[1] if expires else 0
+            commands = [
+                ("EVAL", _SET_UNLESS_FINAL, 1, key, value, ttl)
+                for key, value in zip(keys, values, strict=True)
+            ]
+        else:
+            tail = (*expires, *(("NX",) if only_new else ()))
+            commands = [("SET", key, value, *tail) for key, value in zip(keys, values, strict=True)]
         try:
             connection.send_packed_command(connection.pack_commands(commands))
         except BaseException:
             connection.disconnect()
             pool.release(connection)
             raise
-
         settled = False
 
         def read(keep: bool) -> None:
@@ -250,16 +313,19 @@ class CeleryStore:
             if settled:
                 return
             settled = True
+            deadline = time.monotonic() + self.publish_timeout
             try:
                 for _ in commands:
-                    if not connection.can_read(timeout=self.publish_timeout):
+                    if not connection.can_read(timeout=max(0.0, deadline - time.monotonic())):
                         raise TimeoutError(f"no answer in {self.publish_timeout:g} s")
                     connection.read_response()
                 if not keep:
                     connection.send_command("DEL", *keys)
                     connection.read_response()
-            except Exception as exc:
-                connection.disconnect()
+            except BaseException as exc:
+                connection.disconnect()  # replies may be left unread on it
+                if not isinstance(exc, Exception):
+                    raise
                 # The work goes on; only the state that says so is missing.
                 logger.error("errands: recording the state of jobs %s failed: %s", ids, exc)
             finally:
@@ -267,17 +333,17 @@ class CeleryStore:
 
         return read
 
-    def send(self, job: JobRecord | dict[str, Any], rest: list[dict[str, Any]]) -> None:
-        """Publish one job through the app's routing; ``rest`` runs after it, in order.
+    def send(self, described: dict[str, Any], chain: tuple[str, int] | None) -> None:
+        """Publish one job through the app's routing; ``chain`` says where the jobs to
+        run after it are kept.
 
         Unlike ``send_task`` this subscribes to no result: the web process reads
         results when asked, and must not hold a subscription per job.
         """
-        described = describe(job) if isinstance(job, JobRecord) else job
         app, amqp = self.app, self.app.amqp
         options: dict[str, Any] = {"serializer": "json"}
-        if rest:
-            options["headers"] = {NEXT: rest}
+        if chain is not None:
+            options["headers"] = {CHAIN: list(chain)}
         name, args, kwargs = described["name"], described["args"], described["kwargs"]
         options = amqp.router.route(options, name, args, kwargs)
         message = amqp.create_task_message(
@@ -294,7 +360,16 @@ class CeleryStore:
             producer.connection._reraise_as_library_errors(),
         ):
             amqp.send_task_message(
-                producer, name, message, retry=True, retry_policy=RETRY_POLICY, **options
+                producer,
+                name,
+                message,
+                retry=True,
+                retry_policy=RETRY_POLICY,
+                # RabbitMQ: the confirm, and a blocked connection (a memory or disk
+                # alarm), may not take longer than this.
+                timeout=self.publish_timeout,
+                confirm_timeout=self.publish_timeout,
+                **options,
             )
 
     # -- what the other stores do, and Celery does here ---------------------------
