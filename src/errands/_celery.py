@@ -100,10 +100,8 @@ def _run(
     except Exception as exc:  # the job runs all the same; only "running" is missing
         logger.error("errands: recording job %s as running failed: %s", request.id, exc)
         started = _nothing
-    if threading.current_thread() is not threading.main_thread():
-        # A pool of threads: one connection a running task could drain the backend's
-        # pool. (A process runs one task at a time: read the reply after the task.)
-        started(True)
+    if not store.may_hold_connection():
+        started(True)  # read the reply now: the backend's connections are few
     try:
         try:
             result = encode_result(task.name, _call(task, args, kwargs))

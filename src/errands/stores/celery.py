@@ -149,6 +149,7 @@ class CeleryStore:
         self._lock = threading.Lock()
         self._unfinished: dict[str, None] = {}
         self._recent: deque[str] = deque(maxlen=RECENT)
+        self._sha: str | None = None
 
     def __repr__(self) -> str:
         return f"<CeleryStore {self.app.main or 'celery'}>"
@@ -252,6 +253,27 @@ class CeleryStore:
 
         return settle
 
+    def may_hold_connection(self) -> bool:
+        """Whether a running task may keep a result-backend connection until it ends
+        (its ``STARTED`` reply read then): yes unless the pool could run short, each
+        thread of this process holding one (a pool of threads runs a task in each)."""
+        backend = self.app.backend
+        if not isinstance(backend, RedisBackend):
+            return True
+        limit = getattr(backend.client.connection_pool, "max_connections", None)
+        return limit is None or limit > 2 * threading.active_count() + 10
+
+    def _script(self, connection: Any) -> tuple[str, ...]:
+        """``EVALSHA`` of the unless-final script (loaded once a process), or ``EVAL``."""
+        if self._sha is None:
+            try:
+                connection.send_command("SCRIPT", "LOAD", _SET_UNLESS_FINAL)
+                sha = connection.read_response()
+                self._sha = sha.decode() if isinstance(sha, bytes) else str(sha)
+            except Exception:
+                return ("EVAL", _SET_UNLESS_FINAL)
+        return ("EVALSHA", self._sha)
+
     def begin_states(
         self,
         entries: Sequence[tuple[str, str, dict[str, Any]]],
@@ -293,9 +315,9 @@ class CeleryStore:
         values = [backend.encode(_meta(id, state, ours)) for id, state, ours in entries]
         if unless_final:
             ttl = expires[1] if expires else 0
+            script = self._script(connection)
             commands = [
-                ("EVAL", _SET_UNLESS_FINAL, 1, key, value, ttl)
-                for key, value in zip(keys, values, strict=True)
+                (*script, 1, key, value, ttl) for key, value in zip(keys, values, strict=True)
             ]
         else:
             tail = (*expires, *(("NX",) if only_new else ()))
@@ -326,6 +348,8 @@ class CeleryStore:
                 connection.disconnect()  # replies may be left unread on it
                 if not isinstance(exc, Exception):
                     raise
+                if "NOSCRIPT" in str(exc):
+                    self._sha = None  # the server restarted: load it again next time
                 # The work goes on; only the state that says so is missing.
                 logger.error("errands: recording the state of jobs %s failed: %s", ids, exc)
             finally:
