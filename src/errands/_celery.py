@@ -100,8 +100,6 @@ def _run(
     except Exception as exc:  # the job runs all the same; only "running" is missing
         logger.error("errands: recording job %s as running failed: %s", request.id, exc)
         started = _nothing
-    if not store.may_hold_connection():
-        started(True)  # read the reply now: the backend's connections are few
     try:
         try:
             result = encode_result(task.name, _call(task, args, kwargs))

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -150,6 +151,7 @@ class CeleryStore:
         self._unfinished: dict[str, None] = {}
         self._recent: deque[str] = deque(maxlen=RECENT)
         self._sha: str | None = None
+        self._local = threading.local()
 
     def __repr__(self) -> str:
         return f"<CeleryStore {self.app.main or 'celery'}>"
@@ -253,15 +255,29 @@ class CeleryStore:
 
         return settle
 
-    def may_hold_connection(self) -> bool:
-        """Whether a running task may keep a result-backend connection until it ends
-        (its ``STARTED`` reply read then): yes unless the pool could run short, each
-        thread of this process holding one (a pool of threads runs a task in each)."""
-        backend = self.app.backend
-        if not isinstance(backend, RedisBackend):
-            return True
-        limit = getattr(backend.client.connection_pool, "max_connections", None)
-        return limit is None or limit > 2 * threading.active_count() + 10
+    def _connection(self, backend: RedisBackend) -> tuple[Any, Callable[[], None]]:
+        """A connection to the Redis result backend, and what gives it back.
+
+        Each thread keeps one of its own (a running task holds it until the task ends,
+        its reply unread meanwhile, and the pool's checkout costs more than the write);
+        a thread whose own one is taken (a task adding jobs) borrows from the pool.
+        """
+        local = self._local
+        pid = os.getpid()
+        if getattr(local, "pid", None) != pid or local.connection is None:
+            pool = backend.client.connection_pool
+            local.pid, local.busy = pid, False
+            local.connection = pool.connection_class(**pool.connection_kwargs)
+        if local.busy:
+            pool = backend.client.connection_pool
+            borrowed = pool.get_connection()
+            return borrowed, lambda: pool.release(borrowed)
+        local.busy = True
+
+        def give_back() -> None:
+            local.busy = False
+
+        return local.connection, give_back
 
     def _script(self, connection: Any) -> tuple[str, ...]:
         """``EVALSHA`` of the unless-final script (loaded once a process), or ``EVAL``."""
@@ -308,8 +324,7 @@ class CeleryStore:
                         backend.forget(id)
 
             return settle
-        pool = backend.client.connection_pool
-        connection = pool.get_connection()
+        connection, give_back = self._connection(backend)
         keys = [backend.get_key_for_task(id) for id in ids]
         expires = _ex(getattr(backend, "expires", None))
         values = [backend.encode(_meta(id, state, ours)) for id, state, ours in entries]
@@ -326,7 +341,7 @@ class CeleryStore:
             connection.send_packed_command(connection.pack_commands(commands))
         except BaseException:
             connection.disconnect()
-            pool.release(connection)
+            give_back()
             raise
         settled = False
 
@@ -353,7 +368,7 @@ class CeleryStore:
                 # The work goes on; only the state that says so is missing.
                 logger.error("errands: recording the state of jobs %s failed: %s", ids, exc)
             finally:
-                pool.release(connection)
+                give_back()
 
         return read
 
