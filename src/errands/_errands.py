@@ -492,14 +492,20 @@ class Errands:
     async def _publish(self, records: Sequence[JobRecord]) -> None:
         """Celery mode: publish a request's jobs, within ``publish_timeout``."""
         store = self.celery_store
-        submitted = store.submit(records)
-        published = asyncio.wrap_future(submitted)
+        # Requests' publishes gather while one batch is being sent, like group commit:
+        # one hand-over to a thread for many requests.
+        deadline = time.monotonic() + store.publish_timeout
+
+        def publish() -> None:
+            if time.monotonic() > deadline:  # its request has failed already: skip it
+                raise store.timed_out(records)
+            store.enqueue(records)
+
+        published = self._group().submit(publish)
         try:
             await asyncio.wait_for(asyncio.shield(published), store.publish_timeout)
         except TimeoutError:
-            # Not started yet (the publishers are all stuck): it never will be. Else
-            # it may still reach the broker; its jobs then run (at least once).
-            submitted.cancel()
+            # It may still reach the broker; its jobs then run (at least once).
             raise store.timed_out(records) from None
         except asyncio.CancelledError:
             self._take_back(published, records)

@@ -18,7 +18,6 @@ record of errands' own in the backend: ``get(id)`` says ``queued`` for it, and
 
 from __future__ import annotations
 
-import concurrent.futures
 import logging
 import os
 import threading
@@ -46,9 +45,6 @@ CHAIN = "errands_chain"
 
 #: The stamp that keeps when the last attempt started, in a finished task's result.
 STARTED_AT = "errands_started_at"
-
-#: Publishes at once from the web side (each may wait on a slow broker).
-PUBLISHERS = 8
 
 #: kombu's retries of a publish whose connection failed (bounded by publish_timeout).
 RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
@@ -146,7 +142,6 @@ class CeleryStore:
         app.conf.broker_transport_options = options
         self.app = app
         self.publish_timeout = publish_timeout
-        self._publishers: concurrent.futures.ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
         self._unfinished: dict[str, None] = {}
         self._recent: deque[str] = deque(maxlen=RECENT)
@@ -158,22 +153,13 @@ class CeleryStore:
 
     # -- publishing -------------------------------------------------------------
 
-    def submit(self, jobs: Sequence[JobRecord]) -> concurrent.futures.Future[None]:
-        """Publish ``jobs`` in a thread of the store's own; the future says how it went."""
-        with self._lock:
-            if self._publishers is None:
-                self._publishers = concurrent.futures.ThreadPoolExecutor(
-                    PUBLISHERS, "errands-publish"
-                )
-            return self._publishers.submit(self._publish_all, list(jobs))
-
     def enqueue(self, jobs: Sequence[JobRecord]) -> None:
-        """Publish now, in this thread (``errands.add_task`` from sync code).
+        """Publish now, in this thread.
 
         A broker that refuses connections fails it within about a second; one that
         stops answering, within the socket timeout (``publish_timeout``) of each of
-        kombu's attempts. Requests publish through ``submit`` instead, and wait at
-        most ``publish_timeout`` in all.
+        kombu's attempts. (Requests publish in a thread of the event loop's group
+        commit and wait at most ``publish_timeout`` in all.)
         """
         self._publish_all(list(jobs))
 
@@ -496,10 +482,7 @@ class CeleryStore:
         return counts
 
     def close(self) -> None:
-        with self._lock:
-            if self._publishers is not None:
-                self._publishers.shutdown(wait=False)
-                self._publishers = None
+        """Nothing to release: Celery's app owns the connections."""
 
 
 def _ex(expires: Any) -> tuple[str | int, ...]:
