@@ -217,7 +217,7 @@ def http_rates(rounds: int, duration: int, work: Path) -> dict[str, list[float]]
             wrk(base + side, 1, script)
             purge()
         for number in range(rounds):
-            for side in SIDES:
+            for side in order(number):
                 rate, answered = wrk(base + side, duration, script)
                 queued = broker.llen(bench.QUEUE)
                 if queued < answered:
@@ -245,6 +245,11 @@ def environment() -> dict[str, str]:
     return info
 
 
+def order(number: int) -> tuple[str, ...]:
+    """Both sides, the first one swapped each round (neither always runs warmer)."""
+    return SIDES if number % 2 == 0 else SIDES[::-1]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=3000, help="jobs per enqueue/e2e run")
@@ -264,12 +269,14 @@ def main() -> None:
     n, rounds = args.jobs, args.rounds
     work = Path(tempfile.mkdtemp(prefix="errands-bench-celery-"))
     results: dict[str, object] = {"environment": environment(), "jobs": n, "rounds": rounds}
-    rows: list[tuple[str, str, float, float]] = []  # label, unit, raw median, errands median
+    # label, unit, raw median, errands median, median of the rounds' errands/raw
+    rows: list[tuple[str, str, float, float, float]] = []
 
     def report(key: str, label: str, unit: str, rates: dict[str, list[float]]) -> None:
         results[key] = rates
         medians = [statistics.median(rates[side]) for side in SIDES]
-        rows.append((label, unit, medians[0], medians[1]))
+        paired = statistics.median(e / r for r, e in zip(*(rates[s] for s in SIDES), strict=True))
+        rows.append((label, unit, medians[0], medians[1], paired))
 
     purge()
     try:
@@ -280,7 +287,7 @@ def main() -> None:
             purge()
             rates: dict[str, list[float]] = {side: [] for side in SIDES}
             for number in range(rounds):
-                for side in SIDES:
+                for side in order(number):
                     rates[side].append(enqueue_rate(side, n))
                     show(f"enqueue, round {number + 1}, {side}", f"{rates[side][-1]:9.0f} jobs/s")
             report("enqueue", f"enqueue from a loop (N={n})", "jobs/s", rates)
@@ -301,7 +308,7 @@ def main() -> None:
                         wait_succeeded([ADD[side](i) for i in range(min(100, n))], timeout=60)
                     rates = {side: [] for side in SIDES}
                     for number in range(rounds):
-                        for side in SIDES:
+                        for side in order(number):
                             rates[side].append(end_to_end_rate(side, n))
                             show(
                                 f"e2e {pool}, round {number + 1}, {side}",
@@ -315,15 +322,16 @@ def main() -> None:
     shutil.rmtree(work, ignore_errors=True)
 
     print()
-    print(f"medians of {rounds} round(s), raw and errands alternated")
+    print(f"medians of {rounds} round(s); in each round both sides ran, one after the other")
+    print("(the order swapped each round); 'paired' is the median of the rounds' own ratios")
     print()
-    header = f"| {'scenario':<46} | {'raw':>14} | {'errands':>14} | errands/raw |"
+    header = f"| {'scenario':<46} | {'raw':>14} | {'errands':>14} | errands/raw | paired |"
     print(header)
-    print(f"| {'-' * 46} | {'-' * 13}: | {'-' * 13}: | {'-' * 10}: |")
-    for label, unit, raw, errands in rows:
+    print(f"| {'-' * 46} | {'-' * 13}: | {'-' * 13}: | {'-' * 10}: | {'-' * 5}: |")
+    for label, unit, raw, errands, paired in rows:
         print(
             f"| {label:<46} | {raw:>7,.0f} {unit:<6} | {errands:>7,.0f} {unit:<6} "
-            f"| {errands / raw:>11.2f} |"
+            f"| {errands / raw:>11.2f} | {paired:>6.2f} |"
         )
     out = ROOT / "benchmarks" / "results"
     out.mkdir(exist_ok=True)

@@ -95,7 +95,7 @@ def _run(
     }
     try:
         started = store.begin_states(
-            [(str(request.id), states.STARTED, running)], unless_final=True
+            [(str(request.id), states.STARTED, running)], unless_final=True, read_later=True
         )
     except Exception as exc:  # the job runs all the same; only "running" is missing
         logger.error("errands: recording job %s as running failed: %s", request.id, exc)
@@ -104,7 +104,7 @@ def _run(
         try:
             result = encode_result(task.name, _call(task, args, kwargs))
         finally:
-            started(True)  # before Celery records how the attempt ended
+            started(True)
     except Exception as exc:
         retryable = not isinstance(exc, NotSerializable)
         delay = task.policy.delay_before_retry(attempt) if retryable else None

@@ -241,29 +241,47 @@ class CeleryStore:
 
         return settle
 
-    def _connection(self, backend: RedisBackend) -> tuple[Any, Callable[[], None]]:
-        """A connection to the Redis result backend, and what gives it back.
+    def _connection(self, backend: RedisBackend) -> tuple[Any, Callable[[int], None]]:
+        """A connection to the Redis result backend, and what gives it back, told how
+        many replies are left unread on it (0 for a borrowed one).
 
-        Each thread keeps one of its own (a running task holds it until the task ends,
-        its reply unread meanwhile, and the pool's checkout costs more than the write);
-        a thread whose own one is taken (a task adding jobs) borrows from the pool.
+        Each thread keeps one of its own: the pool's checkout costs more than the
+        write, and replies of writes that need no answer soon (a task's ``STARTED``)
+        can be read the next time the thread needs it. A thread whose own one is in
+        use (a task adding jobs) borrows one from the pool.
         """
         local = self._local
         pid = os.getpid()
-        if getattr(local, "pid", None) != pid or local.connection is None:
+        if getattr(local, "pid", None) != pid:
             pool = backend.client.connection_pool
-            local.pid, local.busy = pid, False
+            local.pid, local.busy, local.unread = pid, False, 0
             local.connection = pool.connection_class(**pool.connection_kwargs)
         if local.busy:
             pool = backend.client.connection_pool
             borrowed = pool.get_connection()
-            return borrowed, lambda: pool.release(borrowed)
+            return borrowed, lambda unread: pool.release(borrowed)
+        connection = local.connection
+        if local.unread:
+            unread, local.unread = local.unread, 0
+            try:
+                self._read(connection, unread)
+            except Exception as exc:
+                connection.disconnect()
+                logger.error("errands: recording the state of an earlier job failed: %s", exc)
         local.busy = True
 
-        def give_back() -> None:
-            local.busy = False
+        def give_back(unread: int) -> None:
+            local.busy, local.unread = False, unread
 
-        return local.connection, give_back
+        return connection, give_back
+
+    def _read(self, connection: Any, replies: int) -> None:
+        """Read ``replies`` replies, in ``publish_timeout`` at most."""
+        deadline = time.monotonic() + self.publish_timeout
+        for _ in range(replies):
+            if not connection.can_read(timeout=max(0.0, deadline - time.monotonic())):
+                raise TimeoutError(f"no answer in {self.publish_timeout:g} s")
+            connection.read_response()
 
     def _script(self, connection: Any) -> tuple[str, ...]:
         """``EVALSHA`` of the unless-final script (loaded once a process), or ``EVAL``."""
@@ -282,11 +300,14 @@ class CeleryStore:
         *,
         only_new: bool = False,
         unless_final: bool = False,
+        read_later: bool = False,
     ) -> Callable[[bool], None]:
         """Write errands' own, unfinished states of jobs (``PENDING`` when published,
         ``STARTED`` when an attempt starts): ``(id, state, errands' fields)`` each.
         ``only_new``: only where nothing is stored yet; ``unless_final``: not over a
-        final state (a job delivered again after it finished stays finished).
+        final state (a job delivered again after it finished stays finished);
+        ``read_later``: settling with True does not wait for the replies (safe for
+        ``unless_final`` writes, which cannot undo a state written after them).
 
         Returns what settles them: call it with True once the work they describe is
         under way, or False to take them back (calls after the first do nothing). On
@@ -311,6 +332,7 @@ class CeleryStore:
 
             return settle
         connection, give_back = self._connection(backend)
+        later = read_later and connection is getattr(self._local, "connection", None)
         keys = [backend.get_key_for_task(id) for id in ids]
         expires = _ex(getattr(backend, "expires", None))
         values = [backend.encode(_meta(id, state, ours)) for id, state, ours in entries]
@@ -327,7 +349,7 @@ class CeleryStore:
             connection.send_packed_command(connection.pack_commands(commands))
         except BaseException:
             connection.disconnect()
-            give_back()
+            give_back(0)
             raise
         settled = False
 
@@ -336,12 +358,11 @@ class CeleryStore:
             if settled:
                 return
             settled = True
-            deadline = time.monotonic() + self.publish_timeout
+            if keep and later:
+                give_back(len(commands))  # read when this thread next writes
+                return
             try:
-                for _ in commands:
-                    if not connection.can_read(timeout=max(0.0, deadline - time.monotonic())):
-                        raise TimeoutError(f"no answer in {self.publish_timeout:g} s")
-                    connection.read_response()
+                self._read(connection, len(commands))
                 if not keep:
                     connection.send_command("DEL", *keys)
                     connection.read_response()
@@ -354,7 +375,7 @@ class CeleryStore:
                 # The work goes on; only the state that says so is missing.
                 logger.error("errands: recording the state of jobs %s failed: %s", ids, exc)
             finally:
-                give_back()
+                give_back(0)
 
         return read
 
