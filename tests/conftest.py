@@ -7,9 +7,10 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import httpx
 import pytest
@@ -103,6 +104,18 @@ def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return "memory://" if request.param == "memory" else f"sqlite:///{tmp_path}/jobs.db"
 
 
+def wait_finished(errands: Any, id: str, timeout: float = 30) -> Any:
+    """The job's record once it has finished (looked up as a client would: ``get``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        record = errands.get(id)
+        if record is not None and record.finished:
+            return record
+        if time.monotonic() > deadline:
+            raise AssertionError(f"job {id} not finished in {timeout} s: {record}")
+        time.sleep(0.02)
+
+
 SERVICES = {"redis": ("127.0.0.1", 6379), "rabbitmq": ("127.0.0.1", 5672)}
 
 
@@ -149,7 +162,8 @@ class CeleryWorker:
         quiet = ["--without-gossip", "--without-mingle", "--without-heartbeat"]
         with self.output.open("w") as out:
             self.process = self._start(
-                [*command, *options, "-n", f"{name}@%h", *quiet],
+                # A node name of its own: another test run may use the same broker.
+                [*command, *options, "-n", f"{name}-{uuid.uuid4().hex[:8]}@%h", *quiet],
                 out,
                 {
                     "MODES_MODE": mode,

@@ -30,7 +30,14 @@ from errands import (
     JobStatus,
 )
 from tests.apps import modes
-from tests.conftest import ROOT, CeleryWorker, free_port, require_service, wait_until
+from tests.conftest import (
+    ROOT,
+    CeleryWorker,
+    free_port,
+    require_service,
+    wait_finished,
+    wait_until,
+)
 
 BROKERS = ["celery-redis", "celery-rabbitmq"]
 
@@ -62,14 +69,8 @@ def queue() -> Iterator[str]:
 
 
 def finished(errands: Errands, id: str, timeout: float = 30) -> JobRecord:
-    deadline = time.monotonic() + timeout
-    while True:
-        record = errands.get(id)
-        if record is not None and record.finished:
-            return record
-        if time.monotonic() > deadline:
-            raise AssertionError(f"job {id} not finished in {timeout} s: {record}")
-        time.sleep(0.05)
+    record: JobRecord = wait_finished(errands, id, timeout)
+    return record
 
 
 # -- Celery's view of errands' tasks -------------------------------------------------

@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 
 from errands import JobRecord, JobStatus
 from tests.apps import modes
-from tests.conftest import CeleryWorker, require_service
+from tests.conftest import CeleryWorker, require_service, wait_finished
 
 MODES = ["memory", "sqlite", "celery-redis", "celery-rabbitmq"]
 
@@ -31,14 +31,8 @@ class Running:
         self.client = client
 
     def finished(self, id: str, timeout: float = 20) -> JobRecord:
-        deadline = time.monotonic() + timeout
-        while True:
-            record = self.errands.get(id)
-            if record is not None and record.finished:
-                return record
-            if time.monotonic() > deadline:
-                raise AssertionError(f"job {id} not finished in {timeout} s: {record}")
-            time.sleep(0.02)
+        record: JobRecord = wait_finished(self.errands, id, timeout)
+        return record
 
 
 def delete_queues(app: object, queue: str) -> None:

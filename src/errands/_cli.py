@@ -3,29 +3,25 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import os
 import sys
 from collections.abc import Sequence
 
 from ._errands import Errands
+from ._url import import_attribute
 
 
 def load(target: str) -> Errands:
     """The Errands instance named by ``module:attribute``, imported as uvicorn does."""
-    module_name, _, attribute = target.partition(":")
-    if not module_name or not attribute:
+    try:
+        instance = import_attribute(target)
+    except ValueError:
         raise SystemExit(
             f"errands: expected module:attribute (e.g. app.main:errands), got {target!r}"
-        )
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
+        ) from None
     except ImportError as exc:
-        raise SystemExit(f"errands: could not import {module_name!r}: {exc}") from None
-    instance = getattr(module, attribute, None)
+        raise SystemExit(f"errands: could not import {target!r}: {exc}") from None
     if not isinstance(instance, Errands):
         raise SystemExit(
             f"errands: {target!r} is {type(instance).__name__}, not an Errands instance"

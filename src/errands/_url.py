@@ -5,13 +5,16 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from ._store import Store
 from .exceptions import ConfigurationError
 from .stores.memory import MemoryStore
 from .stores.sqlite import SQLiteStore
+
+if TYPE_CHECKING:
+    from celery import Celery
 
 DEFAULT_URL = "sqlite:///errands.db"
 ENV_VAR = "ERRANDS_URL"
@@ -53,26 +56,32 @@ def open_store(url: str, *, publish_timeout: float = 5.0) -> Store:
     )
 
 
-def load_celery_app(url: str) -> Any:
-    """The Celery app named by ``celery://module:attribute``, imported as uvicorn does."""
+def import_attribute(target: str) -> object:
+    """The object named by ``module:attribute``, imported as uvicorn imports an app
+    (the current directory first on ``sys.path``). ValueError for a malformed target;
+    ImportError if the module cannot be imported."""
+    module_name, _, attribute = target.partition(":")
+    if not module_name or not attribute or "/" in target:
+        raise ValueError(f"expected module:attribute, got {target!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    return getattr(importlib.import_module(module_name), attribute, None)
+
+
+def load_celery_app(url: str) -> Celery:
+    """The Celery app named by ``celery://module:attribute``."""
     from celery import Celery
 
     target = url[len("celery://") :]
-    module_name, _, attribute = target.partition(":")
-    if not module_name or not attribute or "/" in target:
+    try:
+        app = import_attribute(target)
+    except ValueError:
         raise ConfigurationError(
             f"invalid errands URL {url!r}: name the Celery app as celery://module:attribute, "
             f"e.g. celery://app.worker:celery_app"
-        )
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
+        ) from None
     except ImportError as exc:
-        raise ConfigurationError(
-            f"errands URL {url!r}: cannot import {module_name!r}: {exc}"
-        ) from exc
-    app = getattr(module, attribute, None)
+        raise ConfigurationError(f"errands URL {url!r}: cannot import it: {exc}") from exc
     if not isinstance(app, Celery):
         raise ConfigurationError(
             f"errands URL {url!r}: {target} is {type(app).__name__}, not a Celery app"
