@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 
 from errands import JobRecord, JobStatus
 from tests.apps import modes
-from tests.conftest import CeleryWorker, require_service, wait_finished
+from tests.conftest import CeleryWorker, require_service, wait_finished, wait_until
 
 MODES = ["memory", "sqlite", "celery-redis", "celery-rabbitmq"]
 
@@ -183,3 +183,19 @@ def test_later_jobs_of_a_request_may_carry_any_json(running: Running) -> None:
     assert running.finished(first).result == t
     assert running.finished(big).result == "x" * 300_000
     assert running.finished(odd).result == {"k" * 300: 2**70}
+
+
+def test_a_running_job_says_so(running: Running) -> None:
+    job = running.errands.add_task(running.mode.slow, tag(), 1.5)
+    seen: list[JobRecord] = []
+
+    def is_running() -> bool:
+        record = running.errands.get(job.id)
+        seen.append(record) if record is not None else None
+        return record is not None and record.status is JobStatus.RUNNING
+
+    wait_until(is_running, timeout=20)
+    record = seen[-1]
+    assert record.attempts == 1 and record.started_at is not None
+    assert record.name == "modes.slow" and not record.finished
+    assert running.finished(job.id).status is JobStatus.SUCCEEDED

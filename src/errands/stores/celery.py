@@ -242,39 +242,29 @@ class CeleryStore:
 
         return settle
 
-    def _connection(self, backend: RedisBackend) -> tuple[Any, Callable[[int], None]]:
-        """A connection to the Redis result backend, and what gives it back, told how
-        many replies are left unread on it (0 for a borrowed one).
+    def _connection(self, backend: RedisBackend) -> tuple[Any, Callable[[], None]]:
+        """A connection to the Redis result backend, and what gives it back.
 
-        Each thread keeps one of its own: the pool's checkout costs more than the
-        write, and replies of writes that need no answer soon (a task's ``STARTED``)
-        can be read the next time the thread needs it. A thread whose own one is in
-        use (a task adding jobs) borrows one from the pool.
+        Each thread keeps one of its own (the pool's checkout costs more than the
+        write); a thread whose own one is in use (a task adding jobs while its
+        request's chain is being written) borrows one from the pool.
         """
         local = self._local
         pid = os.getpid()
         if getattr(local, "pid", None) != pid:
             pool = backend.client.connection_pool
-            local.pid, local.busy, local.unread = pid, False, 0
+            local.pid, local.busy = pid, False
             local.connection = pool.connection_class(**pool.connection_kwargs)
         if local.busy:
             pool = backend.client.connection_pool
             borrowed = pool.get_connection()
-            return borrowed, lambda unread: pool.release(borrowed)
-        connection = local.connection
-        if local.unread:
-            unread, local.unread = local.unread, 0
-            try:
-                self._read(connection, unread)
-            except Exception as exc:
-                connection.disconnect()
-                logger.error("errands: recording the state of an earlier job failed: %s", exc)
+            return borrowed, lambda: pool.release(borrowed)
         local.busy = True
 
-        def give_back(unread: int) -> None:
-            local.busy, local.unread = False, unread
+        def give_back() -> None:
+            local.busy = False
 
-        return connection, give_back
+        return local.connection, give_back
 
     def _read(self, connection: Any, replies: int) -> None:
         """Read ``replies`` replies, in ``publish_timeout`` at most."""
@@ -301,14 +291,11 @@ class CeleryStore:
         *,
         only_new: bool = False,
         unless_final: bool = False,
-        read_later: bool = False,
     ) -> Callable[[bool], None]:
         """Write errands' own, unfinished states of jobs (``PENDING`` when published,
         ``STARTED`` when an attempt starts): ``(id, state, errands' fields)`` each.
         ``only_new``: only where nothing is stored yet; ``unless_final``: not over a
-        final state (a job delivered again after it finished stays finished);
-        ``read_later``: settling with True does not wait for the replies (safe for
-        ``unless_final`` writes, which cannot undo a state written after them).
+        final state (a job delivered again after it finished stays finished).
 
         Returns what settles them: call it with True once the work they describe is
         under way, or False to take them back (calls after the first do nothing). On
@@ -333,7 +320,6 @@ class CeleryStore:
 
             return settle
         connection, give_back = self._connection(backend)
-        later = read_later and connection is getattr(self._local, "connection", None)
         keys = [backend.get_key_for_task(id) for id in ids]
         expires = _ex(getattr(backend, "expires", None))
         # JSON results (the default) with the standard library: kombu's encoder costs
@@ -353,7 +339,7 @@ class CeleryStore:
             connection.send_packed_command(connection.pack_commands(commands))
         except BaseException:
             connection.disconnect()
-            give_back(0)
+            give_back()
             raise
         settled = False
 
@@ -362,9 +348,6 @@ class CeleryStore:
             if settled:
                 return
             settled = True
-            if keep and later:
-                give_back(len(commands))  # read when this thread next writes
-                return
             try:
                 self._read(connection, len(commands))
                 if not keep:
@@ -379,7 +362,7 @@ class CeleryStore:
                 # The work goes on; only the state that says so is missing.
                 logger.error("errands: recording the state of jobs %s failed: %s", ids, exc)
             finally:
-                give_back(0)
+                give_back()
 
         return read
 
