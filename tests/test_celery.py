@@ -116,6 +116,16 @@ def test_messages_are_json_with_errands_name_and_arguments(queue: str) -> None:
     assert record is not None and record.status is JobStatus.QUEUED
 
 
+def test_a_revoked_job_reads_cancelled(queue: str) -> None:
+    """What a request that failed while its jobs were published leaves: revoked jobs."""
+    mode = modes.make("celery-redis", queue=queue)  # no worker: the job waits
+    job = mode.errands.add_task(mode.add, 1, 2)
+    assert mode.errands.celery_store.cancel([job.id], "dropped: request failed") == [job.id]
+    record = mode.errands.get(job.id)
+    assert record is not None and record.status is JobStatus.CANCELLED
+    assert record.error is not None and "dropped: request failed" in record.error
+
+
 # -- configuration -------------------------------------------------------------------
 
 
