@@ -36,7 +36,8 @@ from celery.exceptions import Reject
 from ._job import utcnow
 from ._payload import encode_result
 from .exceptions import NotSerializable, TaskTimeout
-from .stores.celery import CHAIN, STARTED_AT, CeleryStore
+from .stores._celery_results import CHAIN, STARTED_AT
+from .stores.celery import CeleryStore
 
 if TYPE_CHECKING:
     import celery

@@ -120,6 +120,9 @@ def make_celery(mode: str, queue: str) -> Celery:
             "visibility_timeout": float(os.environ.get("VISIBILITY", 5)),
             "unacked_restore_interval": 1,
             "unacked_restore_throttle": 1,
+            # The lock of that sweep: a worker killed while holding it would otherwise
+            # block every other worker's sweep for kombu's default 300 s.
+            "unacked_mutex_expire": 5,
         },
         worker_prefetch_multiplier=1,
         broker_connection_retry_on_startup=True,

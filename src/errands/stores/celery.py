@@ -6,9 +6,9 @@ plain callables. The worker side (the Celery task each registered task becomes)
 is in ``errands._celery``.
 
 A request's registered jobs run one after another: only the first is published,
-and its message carries the rest (header ``errands_next``); whoever finishes a job
-(succeeded, or failed for good) publishes the next. So one publish per request, and
-the order holds on any number of workers.
+and the rest are kept in the result backend beside it (its header ``errands_chain``
+says where); whoever finishes a job (succeeded, or failed for good) publishes the
+next. So one publish per request, and the order holds on any number of workers.
 
 Celery's result backend cannot tell a queued task from one it never heard of
 (both are ``PENDING``), so before publishing, each job gets a small ``PENDING``
@@ -24,28 +24,29 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import datetime
 from typing import Any
 
 from celery import Celery, states
-from celery.backends.base import DisabledBackend
 from celery.backends.redis import RedisBackend
-from celery.backends.rpc import RPCBackend
 
-from .._job import JobRecord, JobStatus, id_time
-from ..exceptions import BrokerUnavailable, ConfigurationError, StoreError
+from .._job import JobRecord, JobStatus
+from ..exceptions import BrokerUnavailable, StoreError
+from ._celery_results import (
+    CHAIN,
+    FINAL,
+    SET_UNLESS_FINAL,
+    chains,
+    check_app,
+    describe,
+    expires_args,
+    meta,
+    ours,
+    to_record,
+)
 
 logger = logging.getLogger("errands")
-
-#: The message header that says where the jobs after this one are: ``[chain, index]``,
-#: the id under which the request's later jobs are kept in the result backend, and
-#: the position of the next one. (Kept there, not in the header: AMQP headers are
-#: small and typed, and a request's jobs may carry up to ``max_payload`` each.)
-CHAIN = "errands_chain"
-
-#: The stamp that keeps when the last attempt started, in a finished task's result.
-STARTED_AT = "errands_started_at"
 
 #: kombu's retries of a publish whose connection failed (bounded by publish_timeout).
 RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
@@ -55,72 +56,6 @@ TRACKED = 100_000
 
 #: How many of this process's latest jobs ``jobs()`` can list.
 RECENT = 1_000
-
-_STATUS = {
-    states.PENDING: JobStatus.QUEUED,
-    states.RECEIVED: JobStatus.QUEUED,
-    states.RETRY: JobStatus.QUEUED,
-    states.STARTED: JobStatus.RUNNING,
-    states.SUCCESS: JobStatus.SUCCEEDED,
-    states.FAILURE: JobStatus.FAILED,
-    states.REVOKED: JobStatus.CANCELLED,
-    states.REJECTED: JobStatus.FAILED,
-}
-
-_OURS = {states.PENDING, states.STARTED}
-
-_FINAL = {states.SUCCESS, states.FAILURE, states.REVOKED}
-
-#: SET KEYS[1] to ARGV[1] (expiring in ARGV[2] s, if not 0), unless it holds a final
-#: Celery state.
-_SET_UNLESS_FINAL = """
-local current = redis.call('GET', KEYS[1])
-if current then
-  local ok, meta = pcall(cjson.decode, current)
-  if ok and type(meta) == 'table' and (meta.status == 'SUCCESS' or meta.status == 'FAILURE'
-      or meta.status == 'REVOKED') then
-    return 0
-  end
-end
-if tonumber(ARGV[2]) > 0 then
-  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-else
-  redis.call('SET', KEYS[1], ARGV[1])
-end
-return 1
-"""
-
-_PICKLE = {"pickle", "application/x-python-serialize"}
-
-
-def check_app(app: Celery) -> None:
-    """Refuse a Celery app errands cannot keep its promises on, naming the setting."""
-    conf = app.conf
-    accepted = {str(c).lower() for c in conf.accept_content or ()}
-    if accepted & _PICKLE:
-        raise ConfigurationError(
-            "this Celery app accepts pickle (accept_content); errands' tasks carry JSON "
-            "only and its workers must refuse pickle: set accept_content=['json']"
-        )
-    if conf.task_always_eager:
-        raise ConfigurationError(
-            "this Celery app has task_always_eager set, so Celery would run errands' tasks "
-            "in the caller; in tests, construct Errands('memory://', eager=True) instead "
-            "(or set ERRANDS_URL=memory://)"
-        )
-    backend = app.backend
-    if isinstance(backend, DisabledBackend):
-        raise ConfigurationError(
-            "this Celery app has no result backend, and errands.get() and Job.wait() read "
-            "job status from it: set result_backend, e.g. "
-            "Celery(..., backend='redis://127.0.0.1:6379/1')"
-        )
-    if isinstance(backend, RPCBackend):
-        raise ConfigurationError(
-            "the rpc:// result backend keeps results for the process that published the "
-            "task only; errands.get() must work from any process: set result_backend to "
-            "a store such as redis://"
-        )
 
 
 class CeleryStore:
@@ -171,7 +106,7 @@ class CeleryStore:
         )
 
     def _publish_all(self, jobs: list[JobRecord]) -> None:
-        for chain in _chains(jobs):
+        for chain in chains(jobs):
             head, rest = chain[0], chain[1:]
             chain_id = f"{head.id}.chain" if rest else None
             try:
@@ -211,7 +146,7 @@ class CeleryStore:
         The writes are ``SET NX``: should a worker have written a job's state first,
         that state stands. A publish that failed takes them back.
         """
-        entries = [(job.id, states.PENDING, _ours(job.name, job.args, job.kwargs)) for job in jobs]
+        entries = [(job.id, states.PENDING, ours(job.name, job.args, job.kwargs)) for job in jobs]
         if chain_id is not None:
             entries.append((chain_id, states.PENDING, {"chain": [describe(j) for j in jobs[1:]]}))
         return self.begin_states(entries, only_new=True)
@@ -232,7 +167,7 @@ class CeleryStore:
         if not isinstance(backend, RedisBackend):
             return lambda published: None
         key = f"errands-handed-off-{id}"
-        expires = _ex(getattr(backend, "expires", None))
+        expires = expires_args(getattr(backend, "expires", None))
         if not backend.client.set(key, 1, nx=True, ex=expires[1] if expires else None):
             return None
 
@@ -278,11 +213,11 @@ class CeleryStore:
         """``EVALSHA`` of the unless-final script (loaded once a process), or ``EVAL``."""
         if self._sha is None:
             try:
-                connection.send_command("SCRIPT", "LOAD", _SET_UNLESS_FINAL)
+                connection.send_command("SCRIPT", "LOAD", SET_UNLESS_FINAL)
                 sha = connection.read_response()
                 self._sha = sha.decode() if isinstance(sha, bytes) else str(sha)
             except Exception:
-                return ("EVAL", _SET_UNLESS_FINAL)
+                return ("EVAL", SET_UNLESS_FINAL)
         return ("EVALSHA", self._sha)
 
     def begin_states(
@@ -309,7 +244,7 @@ class CeleryStore:
         ids = [id for id, _, _ in entries]
         if not isinstance(backend, RedisBackend):
             for id, state, ours in entries:
-                if unless_final and backend.get_task_meta(id).get("status") in _FINAL:
+                if unless_final and backend.get_task_meta(id).get("status") in FINAL:
                     continue
                 backend.store_result(id, {"errands": ours}, state)
 
@@ -321,11 +256,11 @@ class CeleryStore:
             return settle
         connection, give_back = self._connection(backend)
         keys = [backend.get_key_for_task(id) for id in ids]
-        expires = _ex(getattr(backend, "expires", None))
+        expires = expires_args(getattr(backend, "expires", None))
         # JSON results (the default) with the standard library: kombu's encoder costs
         # several times more, for the same text.
         encode = json.dumps if getattr(backend, "serializer", None) == "json" else backend.encode
-        values = [encode(_meta(id, state, ours)) for id, state, ours in entries]
+        values = [encode(meta(id, state, ours)) for id, state, ours in entries]
         if unless_final:
             ttl = expires[1] if expires else 0
             script = self._script(connection)
@@ -491,89 +426,6 @@ class CeleryStore:
 
     def close(self) -> None:
         """Nothing to release: Celery's app owns the connections."""
-
-
-def _ex(expires: Any) -> tuple[str | int, ...]:
-    seconds = int(expires.total_seconds()) if hasattr(expires, "total_seconds") else expires
-    return ("EX", int(seconds)) if seconds else ()
-
-
-def _ours(name: str, args: list[Any], kwargs: dict[str, Any], **more: Any) -> dict[str, Any]:
-    return {"name": name, "args": args, "kwargs": kwargs, **more}
-
-
-def _meta(id: str, state: str, ours: dict[str, Any]) -> dict[str, Any]:
-    """A Celery result whose ``result`` is errands' own record of a job not finished."""
-    return {
-        "status": state,
-        "result": {"errands": ours},
-        "traceback": None,
-        "children": [],
-        "date_done": None,
-        "task_id": id,
-    }
-
-
-def describe(job: JobRecord) -> dict[str, Any]:
-    return {"id": job.id, "name": job.name, "args": job.args, "kwargs": job.kwargs}
-
-
-def _chains(jobs: Iterable[JobRecord]) -> list[list[JobRecord]]:
-    """Jobs grouped by request order: each job joins the chain of the one it follows."""
-    chains: list[list[JobRecord]] = []
-    chain_of: dict[str, list[JobRecord]] = {}
-    for job in jobs:
-        chain = chain_of.get(job.after) if job.after else None
-        if chain is None:
-            chain = []
-            chains.append(chain)
-        chain.append(job)
-        chain_of[job.id] = chain
-    return chains
-
-
-def to_record(id: str, meta: dict[str, Any]) -> JobRecord | None:
-    """A job record from a Celery result, or None for a task nobody published."""
-    state = meta.get("status", states.PENDING)
-    result = meta.get("result")
-    # errands' own record, while the job waits or runs (not a task's result).
-    ours = result.get("errands") if state in _OURS and isinstance(result, dict) else None
-    if not isinstance(ours, dict):
-        ours = None
-        if state == states.PENDING:
-            return None
-    status = _STATUS.get(state, JobStatus.QUEUED)
-    record = JobRecord(id=id, name=meta.get("name") or "", status=status, durable=True)
-    record.created_at = id_time(id) or record.created_at
-    if ours is not None:
-        record.name = ours.get("name", record.name)
-        record.args = ours.get("args", [])
-        record.kwargs = ours.get("kwargs", {})
-        record.attempts = ours.get("attempts", 0)
-    else:
-        record.args = meta.get("args") or []
-        record.kwargs = meta.get("kwargs") or {}
-    started = (ours or {}).get("started_at") or meta.get(STARTED_AT)
-    if isinstance(started, str):
-        record.started_at = datetime.fromisoformat(started)
-    retries = meta.get("retries")
-    if isinstance(retries, int):
-        # RETRY is stored before the retry is sent: its count is of attempts made.
-        record.attempts = max(record.attempts, retries + 1)
-    if state == states.SUCCESS:
-        record.result = result
-    elif state in (states.FAILURE, states.RETRY, states.REVOKED, states.REJECTED):
-        if isinstance(result, BaseException):
-            message = str(result)
-            kind = type(result).__name__
-            record.error = f"{kind}: {message}" if message else kind
-        elif result is not None:
-            record.error = str(result)
-        record.traceback = meta.get("traceback")
-    done = meta.get("date_done")
-    if status.finished and done:
-        record.finished_at = datetime.fromisoformat(done) if isinstance(done, str) else done
-    return record
 
 
 def _not_here(operation: str) -> StoreError:
