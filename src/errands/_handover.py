@@ -113,11 +113,9 @@ class Handover:
         def cancel(done: asyncio.Future[Any]) -> None:
             if done.cancelled() or done.exception():
                 return
-            operation = functools.partial(self.store.cancel, ids, "dropped: request failed")
-            if self.store.claims:
-                self._group().submit(operation)
-            else:
-                asyncio.get_running_loop().run_in_executor(None, operation)
+            self._group().submit(
+                functools.partial(self.store.cancel, ids, "dropped: request failed")
+            )
 
         stored.add_done_callback(cancel)
 

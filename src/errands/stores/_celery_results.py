@@ -130,28 +130,36 @@ def chains(jobs: Iterable[JobRecord]) -> list[list[JobRecord]]:
     return chains
 
 
+def errands_fields(meta: dict[str, Any]) -> dict[str, Any] | None:
+    """errands' own fields in a Celery result (written by ``meta``), or None.
+
+    Only unfinished states carry them: a finished task's result is its own."""
+    result = meta.get("result")
+    if meta.get("status", states.PENDING) not in _OURS or not isinstance(result, dict):
+        return None
+    fields = result.get("errands")
+    return fields if isinstance(fields, dict) else None
+
+
 def to_record(id: str, meta: dict[str, Any]) -> JobRecord | None:
     """A job record from a Celery result, or None for a task nobody published."""
     state = meta.get("status", states.PENDING)
     result = meta.get("result")
-    # errands' own record, while the job waits or runs (not a task's result).
-    ours = result.get("errands") if state in _OURS and isinstance(result, dict) else None
-    if not isinstance(ours, dict):
-        ours = None
-        if state == states.PENDING:
-            return None
+    fields = errands_fields(meta)  # while the job waits or runs
+    if fields is None and state == states.PENDING:
+        return None
     status = _STATUS.get(state, JobStatus.QUEUED)
     record = JobRecord(id=id, name=meta.get("name") or "", status=status, durable=True)
     record.created_at = id_time(id) or record.created_at
-    if ours is not None:
-        record.name = ours.get("name", record.name)
-        record.args = ours.get("args", [])
-        record.kwargs = ours.get("kwargs", {})
-        record.attempts = ours.get("attempts", 0)
+    if fields is not None:
+        record.name = fields.get("name", record.name)
+        record.args = fields.get("args", [])
+        record.kwargs = fields.get("kwargs", {})
+        record.attempts = fields.get("attempts", 0)
     else:
         record.args = meta.get("args") or []
         record.kwargs = meta.get("kwargs") or {}
-    started = (ours or {}).get("started_at") or meta.get(STARTED_AT)
+    started = (fields or {}).get("started_at") or meta.get(STARTED_AT)
     if isinstance(started, str):
         record.started_at = datetime.fromisoformat(started)
     retries = meta.get("retries")

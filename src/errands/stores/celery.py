@@ -40,6 +40,7 @@ from ._celery_results import (
     chains,
     check_app,
     describe,
+    errands_fields,
     expires_args,
     meta,
     ours,
@@ -153,9 +154,8 @@ class CeleryStore:
 
     def read_chain(self, chain_id: str) -> list[dict[str, Any]] | None:
         """The later jobs of a request, as ``_publish_all`` kept them (None: gone)."""
-        result = self.app.backend.get_task_meta(chain_id).get("result")
-        ours = result.get("errands") if isinstance(result, dict) else None
-        chain = ours.get("chain") if isinstance(ours, dict) else None
+        fields = errands_fields(self.app.backend.get_task_meta(chain_id)) or {}
+        chain = fields.get("chain")
         return chain if isinstance(chain, list) else None
 
     def hand_off(self, id: str) -> Callable[[bool], None] | None:
@@ -177,29 +177,18 @@ class CeleryStore:
 
         return settle
 
-    def _connection(self, backend: RedisBackend) -> tuple[Any, Callable[[], None]]:
-        """A connection to the Redis result backend, and what gives it back.
-
-        Each thread keeps one of its own (the pool's checkout costs more than the
-        write); a thread whose own one is in use (a task adding jobs while its
-        request's chain is being written) borrows one from the pool.
-        """
+    def _connection(self, backend: RedisBackend) -> Any:
+        """This thread's own connection to the Redis result backend (the pool's
+        checkout costs more than the write). Each ``begin_states`` is settled before
+        the same thread writes again, so its replies never mix with the next ones'."""
         local = self._local
-        pid = os.getpid()
-        if getattr(local, "pid", None) != pid:
+        if getattr(local, "pid", None) != os.getpid():  # first use in this process
             pool = backend.client.connection_pool
-            local.pid, local.busy = pid, False
-            local.connection = pool.connection_class(**pool.connection_kwargs)
-        if local.busy:
-            pool = backend.client.connection_pool
-            borrowed = pool.get_connection()
-            return borrowed, lambda: pool.release(borrowed)
-        local.busy = True
-
-        def give_back() -> None:
-            local.busy = False
-
-        return local.connection, give_back
+            local.pid, local.connection = (
+                os.getpid(),
+                pool.connection_class(**pool.connection_kwargs),
+            )
+        return local.connection
 
     def _read(self, connection: Any, replies: int) -> None:
         """Read ``replies`` replies, in ``publish_timeout`` at most."""
@@ -254,7 +243,7 @@ class CeleryStore:
                         backend.forget(id)
 
             return settle
-        connection, give_back = self._connection(backend)
+        connection = self._connection(backend)
         keys = [backend.get_key_for_task(id) for id in ids]
         expires = expires_args(getattr(backend, "expires", None))
         # JSON results (the default) with the standard library: kombu's encoder costs
@@ -274,7 +263,6 @@ class CeleryStore:
             connection.send_packed_command(connection.pack_commands(commands))
         except BaseException:
             connection.disconnect()
-            give_back()
             raise
         settled = False
 
@@ -296,8 +284,6 @@ class CeleryStore:
                     self._sha = None  # the server restarted: load it again next time
                 # The work goes on; only the state that says so is missing.
                 logger.error("errands: recording the state of jobs %s failed: %s", ids, exc)
-            finally:
-                give_back()
 
         return read
 
