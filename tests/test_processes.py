@@ -129,6 +129,23 @@ def test_a_job_whose_worker_is_killed_runs_again_on_another(
     assert starts(env, "k") == 2
 
 
+def test_a_job_longer_than_its_lease_is_never_taken_from_a_live_worker(
+    env: dict[str, str], workers: list[Worker]
+) -> None:
+    app = app_module()
+    errands, slow = app.errands, app.slow
+
+    job = errands.add_task(slow, "long", 4.0)  # four leases (lease=1.0)
+    workers.append(Worker(env))
+    wait_for(lambda: started(env, "long"))
+    workers.append(Worker(env))  # idle, polling: it must not take the job
+    reader = fresh()
+    wait_for(lambda: reader.get(job.id).status is JobStatus.SUCCEEDED, timeout=20)  # type: ignore[union-attr]
+    record = reader.get(job.id)
+    assert record is not None and record.attempts == 1 and record.lost == 0
+    assert starts(env, "long") == 1
+
+
 def test_sigterm_drains_running_jobs_and_leaves_the_rest_queued(
     env: dict[str, str], workers: list[Worker]
 ) -> None:

@@ -134,10 +134,10 @@ def test_a_request_whose_jobs_cannot_be_stored_fails(tmp_path: Path) -> None:
     app = make_app(errands, [])
     store = errands.store
     assert isinstance(store, SQLiteStore)
+    # From here on the file cannot be opened: every write fails (the worker's too).
+    store.path = str(tmp_path / "missing-dir" / "jobs.db")
+    store.close()
     with TestClient(app, raise_server_exceptions=False) as client:
-        # From here on the file cannot be opened: every write fails.
-        store.path = str(tmp_path / "missing-dir" / "jobs.db")
-        store.close()
         response = client.post("/greet/ada")
     assert response.status_code == 500
 
@@ -252,7 +252,7 @@ def test_a_write_that_fills_the_disk_aborts_its_group_and_nothing_after_it_commi
     import functools
 
     from errands import JobRecord, StoreError
-    from errands._group import GroupCommit
+    from errands._group import GroupCommit, _Write
 
     store = SQLiteStore(tmp_path / "jobs.db")
     pages = store._db().execute("PRAGMA page_count").fetchone()[0]
@@ -261,16 +261,38 @@ def test_a_write_that_fills_the_disk_aborts_its_group_and_nothing_after_it_commi
     def record(id: str, size: int) -> JobRecord:
         return JobRecord(id=id, name="t", args=["x" * size])
 
+    for merged in (True, False):  # merged bulk writes, and writes of their own
+
+        def write(id: str, size: int, merged: bool = merged) -> _Write:
+            records = [record(f"{merged}-{id}", size)]
+            if merged:
+                return _Write(None, store.enqueue, records)
+            return _Write(functools.partial(store.enqueue, records), None, ())
+
+        writes = [write("first", 10), write("too-big", 200_000), write("third", 10)]
+        with pytest.raises(StoreError):
+            GroupCommit(store)._run(writes)
+        # What the callers were told (failed) is what happened: nothing was kept.
+        ids = (f"{merged}-first", f"{merged}-too-big", f"{merged}-third")
+        assert [store.get(id) for id in ids] == [None, None, None]
+    store.close()
+
+
+def test_a_bad_write_in_a_merged_group_fails_alone(tmp_path: Path) -> None:
+    from errands import JobRecord
+    from errands._group import GroupCommit, _Write
+
+    store = SQLiteStore(tmp_path / "jobs.db")
+    store.enqueue([JobRecord(id="taken", name="t")])
     writes = [
-        functools.partial(store.enqueue, [record("first", 10)]),
-        functools.partial(store.enqueue, [record("too-big", 200_000)]),
-        functools.partial(store.enqueue, [record("third", 10)]),
-    ]
-    with pytest.raises(StoreError):
-        GroupCommit(store)._run(writes)
-    store._db().execute("PRAGMA max_page_count = 1000000")
-    # What the callers were told (failed) is what happened: nothing was kept.
-    assert [store.get(id) for id in ("first", "too-big", "third")] == [None, None, None]
+        _Write(None, store.enqueue, [JobRecord(id=id, name="t")]) for id in ("a", "taken", "b")
+    ] + [_Write(None, store.release, ["a"]), _Write(None, store.release, ["b", "taken"])]
+    outcomes = GroupCommit(store)._run(writes)
+    assert [ok for ok, _ in outcomes] == [True, False, True, True, True]
+    assert "UNIQUE" in str(outcomes[1][1])
+    for id in ("a", "b"):
+        record = store.get(id)
+        assert record is not None and record.run_at is not None  # stored, then released
     store.close()
 
 
@@ -287,3 +309,93 @@ def test_connections_of_threads_that_ended_are_closed(tmp_path: Path) -> None:
     time.sleep(0.2)
     assert len(store._connections) <= 2
     store.close()
+
+
+def test_purge_deletes_in_chunks_and_counts_them_all(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from errands import JobRecord
+    from errands.stores import sqlite
+
+    monkeypatch.setattr(sqlite, "PURGE_CHUNK", 7)
+    store = SQLiteStore(tmp_path / "jobs.db")
+    store.enqueue([JobRecord(id=f"j{i}", name="t", run_at=datetime.now(UTC)) for i in range(30)])
+    for claimed in store.claim("w", 25, lease=30):
+        store.complete(claimed, None)
+    assert store.purge(datetime.now(UTC) + timedelta(seconds=1)) == 25
+    counts = store.counts()
+    assert counts[JobStatus.QUEUED] == 5 and counts[JobStatus.SUCCEEDED] == 0
+    store.close()
+
+
+def test_a_file_from_an_earlier_build_gets_the_new_indexes(tmp_path: Path) -> None:
+    import sqlite3
+    from datetime import UTC, datetime
+
+    from errands import JobRecord
+
+    path = tmp_path / "old.db"
+    old = sqlite3.connect(path)
+    old.executescript(
+        """
+        CREATE TABLE errands_jobs (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE,
+            name TEXT NOT NULL, status TEXT NOT NULL, args TEXT NOT NULL, kwargs TEXT NOT NULL,
+            attempts INTEGER NOT NULL, max_attempts INTEGER NOT NULL, result TEXT, error TEXT,
+            traceback TEXT, created_at REAL NOT NULL, started_at REAL, finished_at REAL,
+            run_at REAL, after TEXT, owner TEXT, lease_until REAL,
+            lost INTEGER NOT NULL DEFAULT 0);
+        CREATE INDEX errands_jobs_due ON errands_jobs (status, run_at, seq);
+        CREATE INDEX errands_jobs_lease ON errands_jobs (status, lease_until);
+        CREATE INDEX errands_jobs_finished ON errands_jobs (finished_at);
+        CREATE INDEX errands_jobs_after ON errands_jobs (after);
+        INSERT INTO errands_jobs (id, name, status, args, kwargs, attempts, max_attempts,
+            created_at, run_at) VALUES ('waiting', 't', 'queued', '[1]', '{}', 0, 1, 0, 0);
+        """
+    )
+    old.close()
+    store = SQLiteStore(path)
+    indexes = {
+        name
+        for (name,) in store._db().execute(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE 'errands_%'"
+        )
+    }
+    assert indexes == {"errands_queued", "errands_running", "errands_finished"}
+    store.enqueue([JobRecord(id="new", name="t", run_at=datetime.now(UTC))])
+    assert [job.id for job in store.claim("w", 10, lease=30)] == ["waiting", "new"]
+    store.close()
+
+
+def test_jobs_claimed_while_the_worker_stops_are_given_back(tmp_path: Path) -> None:
+    import asyncio
+    import threading
+
+    errands = Errands(f"sqlite:///{tmp_path}/jobs.db")
+
+    @errands.task(name="quick")
+    def quick() -> None: ...
+
+    store = errands.store
+    claim, writing, finish = store.claim, threading.Event(), threading.Event()
+
+    def slow_claim(*args: Any, **kwargs: Any) -> Any:
+        writing.set()
+        finish.wait(5)  # the claim is still being written when the worker stops
+        return claim(*args, **kwargs)
+
+    job = errands.add_task(quick)
+
+    async def main() -> None:
+        store.claim = slow_claim  # type: ignore[method-assign]
+        async with errands.lifespan():
+            await asyncio.to_thread(writing.wait, 5)
+            asyncio.get_running_loop().call_later(0.2, finish.set)
+        # The lifespan has ended: the claimed job went back, untouched.
+
+    asyncio.run(main())
+    record = errands.get(job.id)
+    assert record is not None and record.status is JobStatus.QUEUED
+    assert record.attempts == 0 and record.owner is None

@@ -183,6 +183,64 @@ def test_arguments_that_do_not_fit_the_signature_are_refused(url: str) -> None:
     assert isinstance(InvalidArguments("x"), TypeError)
 
 
+def test_the_quick_argument_check_never_accepts_what_the_signature_refuses() -> None:
+    import inspect
+    import itertools
+
+    errands = Errands("memory://")
+
+    def none() -> None: ...
+    def two(a: int, b: int) -> None: ...
+    def default(a: int, b: int = 1, c: int = 2) -> None: ...
+    def star(a: int, *rest: int) -> None: ...
+    def keyword(a: int, *, b: int) -> None: ...
+    def positional(a: int, /, b: int) -> None: ...
+    def anything(**kw: int) -> None: ...
+
+    calls_args = [(), (1,), (1, 2), (1, 2, 3), (1, 2, 3, 4)]
+    calls_kwargs: list[dict[str, Any]] = [{}, {"a": 1}, {"b": 2}, {"c": 3}, {"b": 2, "c": 3}]
+    calls_kwargs += [{"d": 4}, {"a": 1, "b": 2}]
+    for func in (none, two, default, star, keyword, positional, anything):
+        task = errands.task(name=func.__name__)(func)
+        quick = 0
+        for args, kwargs in itertools.product(calls_args, calls_kwargs):
+            try:
+                inspect.signature(func).bind(*args, **kwargs)
+                binds = True
+            except TypeError:
+                binds = False
+            if task.accepts(args, kwargs):
+                quick += 1
+                assert binds, (func.__name__, args, kwargs)
+            if not binds:
+                with pytest.raises(InvalidArguments):
+                    errands.add_task(task, *args, **kwargs)
+        # Plain signatures are checked quickly; the others always by the signature.
+        assert (quick > 0) == (func in (none, two, default))
+
+
+async def test_plain_arguments_are_kept_exactly_and_odd_ones_go_through_json(url: str) -> None:
+    errands = Errands(url)
+    got: list[Any] = []
+
+    @errands.task
+    def keep(*args: Any, **kwargs: Any) -> None:
+        got.append((args, kwargs))
+
+    @errands.task
+    def plain(a: Any, b: Any, c: Any = None, d: Any = None, e: Any = None) -> None:
+        got.append(((a, b, c, d, e), {}))
+
+    text = 'é\U0001f600\ud800"\n'  # escapes that grow in JSON
+    errands.add_task(plain, text, 2**63 - 1, c=-1.5e300, d=True, e=None)
+    await errands.join(timeout=5)
+    errands.add_task(keep, 2**64, x=[1])  # a huge int and a list take the JSON path
+    await errands.join(timeout=5)
+    assert got == [((text, 2**63 - 1, -1.5e300, True, None), {}), ((2**64,), {"x": [1]})]
+    with pytest.raises(NotSerializable, match="inf"):
+        errands.add_task(plain, float("inf"), 1)
+
+
 async def test_arguments_arrive_as_json_gives_them(url: str) -> None:
     errands = Errands(url)
     got: list[Any] = []

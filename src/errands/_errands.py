@@ -21,7 +21,7 @@ from ._handle import Job
 from ._handover import Handover
 from ._job import JobRecord, JobStatus, new_job_id, utcnow
 from ._lifecycle import nothing, run_until_signalled, serving
-from ._payload import decode_arguments, encode_arguments
+from ._payload import decode_arguments, encode_arguments, plain_size
 from ._policy import Policy
 from ._process import ProcessRunner
 from ._runner import LocalJob, Runner, new_local_job
@@ -427,15 +427,22 @@ class Errands(Handover):
         after: str | None,
     ) -> JobRecord:
         """A record for a registered task's job; checks the arguments first."""
-        payload = encode_arguments(task.name, task.signature, tuple(args), kwargs)
-        # len(str) <= bytes: only text that may be too large is encoded to measure it.
-        if len(payload) > self.max_payload and (size := len(payload.encode())) > self.max_payload:
-            raise PayloadTooLarge(
-                f"task {task.name!r}: its arguments are {size:,} bytes as "
-                f"JSON, over max_payload={self.max_payload:,}; store large data elsewhere "
-                f"(a file, a table) and pass a reference to it"
-            )
-        json_args, json_kwargs = decode_arguments(payload)
+        args = tuple(args)
+        size = plain_size(args, kwargs)
+        if size is not None and size <= self.max_payload and task.accepts(args, kwargs):
+            json_args, json_kwargs = list(args), dict(kwargs)  # as JSON would give them back
+        else:
+            payload = encode_arguments(task.name, task.signature, args, kwargs)
+            # len(str) <= bytes: only text that may be too large is encoded to measure it.
+            if len(payload) > self.max_payload and (
+                (size := len(payload.encode())) > self.max_payload
+            ):
+                raise PayloadTooLarge(
+                    f"task {task.name!r}: its arguments are {size:,} bytes as "
+                    f"JSON, over max_payload={self.max_payload:,}; store large data elsewhere "
+                    f"(a file, a table) and pass a reference to it"
+                )
+            json_args, json_kwargs = decode_arguments(payload)
         return JobRecord(
             id=new_job_id(),
             name=task.name,

@@ -8,6 +8,12 @@ loop serves requests meanwhile, and wakes them all. Under load the batches grow 
 themselves; alone, a write pays one transaction as before. Each operation keeps its
 own outcome: the store runs it in a savepoint, so one failing write does not undo
 the others of its batch.
+
+Bulk writes (storing a request's jobs, releasing them) are merged: all those of one
+method in a batch go to the store as one call, in one savepoint, which is what makes
+a batch cheap per job. Only writes that commute with the rest of the batch may be
+bulk: these name jobs stored by an earlier batch, or new ones. Should the merged call
+fail, each write is tried again alone, so that only the bad one fails.
 """
 
 from __future__ import annotations
@@ -15,8 +21,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from ._store import Store
@@ -28,13 +35,22 @@ T = TypeVar("T")
 _Outcome = tuple[bool, Any]
 
 
+@dataclass(slots=True)
+class _Write:
+    """One write: ``call()``, or ``bulk(items)`` that may be merged with others."""
+
+    call: Callable[[], Any] | None
+    bulk: Callable[[Sequence[Any]], None] | None
+    items: Sequence[Any]
+
+
 class GroupCommit:
     def __init__(self, store: Store) -> None:
         self._store = store
         # One thread of its own: one connection, and never queued behind the thread
         # pool that serves sync endpoints.
         self._thread = ThreadPoolExecutor(1, "errands-commit")
-        self._pending: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
+        self._pending: list[tuple[_Write, asyncio.Future[Any]]] = []
         self._flusher: asyncio.Task[None] | None = None
 
     async def write(self, operation: Callable[[], T]) -> T:
@@ -45,9 +61,19 @@ class GroupCommit:
 
     def submit(self, operation: Callable[[], Any]) -> asyncio.Future[Any]:
         """Queue ``operation`` without waiting; the future says how it went."""
+        return self._submit(_Write(operation, None, ()))
+
+    def submit_bulk(
+        self, method: Callable[[Sequence[T]], None], items: Sequence[T]
+    ) -> asyncio.Future[None]:
+        """Queue ``method(items)``, to be merged with the batch's other calls of
+        ``method`` (see the module's docstring for which writes may be)."""
+        return self._submit(_Write(None, method, items))
+
+    def _submit(self, write: _Write) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         done: asyncio.Future[Any] = loop.create_future()
-        self._pending.append((operation, done))
+        self._pending.append((write, done))
         if self._flusher is None or self._flusher.done():
             self._flusher = loop.create_task(self._flush())
         return done
@@ -57,7 +83,7 @@ class GroupCommit:
             batch, self._pending = self._pending, []
             try:
                 outcomes = await asyncio.get_running_loop().run_in_executor(
-                    self._thread, self._run, [op for op, _ in batch]
+                    self._thread, self._run, [write for write, _ in batch]
                 )
             except Exception as exc:  # the shared COMMIT itself failed: nothing was kept
                 outcomes = [(False, exc)] * len(batch)
@@ -75,13 +101,33 @@ class GroupCommit:
             await asyncio.shield(self._flusher)
         self._thread.shutdown(wait=False)
 
-    def _run(self, operations: list[Callable[[], Any]]) -> list[_Outcome]:
+    def _run(self, writes: list[_Write]) -> list[_Outcome]:
         batch = getattr(self._store, "batch", None)
-        outcomes: list[_Outcome] = []
+        outcomes: list[_Outcome | None] = [None] * len(writes)
+        bulks: dict[Callable[[Sequence[Any]], None], list[int]] = {}
+        for index, write in enumerate(writes):
+            if write.bulk is not None:
+                bulks.setdefault(write.bulk, []).append(index)
         with batch() if batch is not None else contextlib.nullcontext():
-            for operation in operations:
-                try:
-                    outcomes.append((True, operation()))
-                except Exception as exc:
-                    outcomes.append((False, exc))
-        return outcomes
+            # Bulk writes first: jobs released here can be claimed by this very batch.
+            for method, indexes in bulks.items():
+                if len(indexes) > 1:
+                    merged = [item for i in indexes for item in writes[i].items]
+                    if _outcome(method, merged)[0]:
+                        for i in indexes:
+                            outcomes[i] = (True, None)
+                        continue
+                for i in indexes:  # alone, or again one by one after the merged call failed
+                    outcomes[i] = _outcome(method, writes[i].items)
+            for index, write in enumerate(writes):
+                if write.call is not None:
+                    outcomes[index] = _outcome(write.call)
+        assert all(outcome is not None for outcome in outcomes)
+        return outcomes  # type: ignore[return-value]
+
+
+def _outcome(call: Callable[..., Any], *args: Any) -> _Outcome:
+    try:
+        return (True, call(*args))
+    except Exception as exc:
+        return (False, exc)

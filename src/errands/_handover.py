@@ -69,7 +69,7 @@ class Handover:
             for record in records:
                 if record.run_at is None:
                     record.run_at = until
-            stored = self._group().submit(functools.partial(self.store.enqueue, records))
+            stored = self.group().submit_bulk(self.store.enqueue, records)
             try:
                 await asyncio.shield(stored)
             except asyncio.CancelledError:
@@ -95,7 +95,7 @@ class Handover:
                 raise store.timed_out(records)
             store.enqueue(records)
 
-        published = self._group().submit(publish)
+        published = self.group().submit(publish)
         try:
             await asyncio.wait_for(asyncio.shield(published), store.publish_timeout)
         except TimeoutError:
@@ -113,7 +113,7 @@ class Handover:
         def cancel(done: asyncio.Future[Any]) -> None:
             if done.cancelled() or done.exception():
                 return
-            self._group().submit(
+            self.group().submit(
                 functools.partial(self.store.cancel, ids, "dropped: request failed")
             )
 
@@ -135,14 +135,14 @@ class Handover:
         try:
             # Awaited, though the response is out: a short-lived event loop (TestClient
             # without its lifespan) must not close with the release still unwritten.
-            await self.write(self.store.release, ids)
+            await self._write_bulk(self.store.release, ids)
         except Exception as exc:
             # Were it lost, the jobs' hold runs out and they run all the same.
             logger.error("errands: releasing jobs failed; they run when their hold ends: %s", exc)
             return
         self.offer(stored=True)
 
-    def _group(self) -> GroupCommit:
+    def group(self) -> GroupCommit:
         loop = asyncio.get_running_loop()
         group = self._groups.get(loop)
         if group is None:
@@ -153,7 +153,14 @@ class Handover:
         """A store write: at once for the memory store, grouped for a durable one."""
         if not self.store.durable:
             return operation(*args)
-        return await self._group().write(functools.partial(operation, *args))
+        return await self.group().write(functools.partial(operation, *args))
+
+    async def _write_bulk(self, method: Callable[[Sequence[T]], None], items: Sequence[T]) -> None:
+        """A store write that may share one call with others (see ``GroupCommit``)."""
+        if not self.store.durable:
+            method(items)
+            return
+        await asyncio.shield(self.group().submit_bulk(method, items))
 
     def cancel(self, records: Sequence[JobRecord], reason: str) -> None:
         cancelled = set(self.store.cancel([r.id for r in records], reason))

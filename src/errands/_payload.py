@@ -47,6 +47,34 @@ def _problem(value: Any, path: str) -> str | None:
     return f"{path} is a {kind}, which is not JSON-serialisable{hint}"
 
 
+#: Types whose JSON form is themselves (ints within 64 bits; finite floats checked).
+_PLAIN = (str, int, bool, type(None), float)
+_INT_RANGE = range(-(2**63), 2**63)
+
+
+def plain_size(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int | None:
+    """If every argument is a plain scalar (the common case), an upper bound of their
+    size as JSON; else None. Plain arguments need no JSON round trip to be checked."""
+    size = 16
+    for value in (*args, *kwargs.values()):
+        kind = type(value)
+        if kind is str:
+            size += 12 * len(value) + 3  # an astral character escapes to 12 bytes
+        elif kind is int:
+            if value not in _INT_RANGE:
+                return None
+            size += 21
+        elif kind is float:
+            if not math.isfinite(value):
+                return None
+            size += 25
+        elif kind is bool or value is None:
+            size += 6
+        else:
+            return None
+    return size + sum(len(key) * 12 + 4 for key in kwargs)
+
+
 def encode_arguments(
     task_name: str, signature: inspect.Signature, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> str:

@@ -278,7 +278,10 @@ async def _record_final(
 
 
 class _LeaseKeeper:
-    """Renews a running job's lease every third of it, without a task of its own."""
+    """Renews a running job's lease every third of it, without a task of its own.
+
+    A durable store's renewal is a write: it joins the group commit, off the loop.
+    """
 
     def __init__(self, errands: Errands, job: JobRecord) -> None:
         self._errands = errands
@@ -286,18 +289,32 @@ class _LeaseKeeper:
         self._interval = errands.lease / 3
         self._loop = asyncio.get_running_loop()
         self._handle = self._loop.call_later(self._interval, self._renew)
+        self._stopped = False
 
     def _renew(self) -> None:
+        self._handle = self._loop.call_later(self._interval, self._renew)
+        store = self._errands.store
+        renew = functools.partial(store.heartbeat, [self._job], self._errands.lease)
+        if store.durable:
+            self._errands.group().submit(renew).add_done_callback(
+                lambda done: self._renewed(done.result)
+            )
+        else:
+            self._renewed(renew)
+
+    def _renewed(self, result: Callable[[], list[str]]) -> None:
         try:
-            lost = self._errands.store.heartbeat([self._job], self._errands.lease)
+            lost = result()
+        except asyncio.CancelledError:
+            return
         except Exception:
             logger.exception("errands: could not renew the lease of job %s", self._job.id)
-            lost = []
-        if lost:
+            return
+        if lost and not self._stopped:
             logger.warning("errands: job %s lost its lease to another worker", self._job.id)
-        self._handle = self._loop.call_later(self._interval, self._renew)
 
     def stop(self) -> None:
+        self._stopped = True
         self._handle.cancel()
 
 

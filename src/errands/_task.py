@@ -60,7 +60,28 @@ class Task(Generic[P, R]):
         self.process = process
         self.is_async = is_async_callable(func)
         self.signature = inspect.signature(func)
+        params = self.signature.parameters.values()
+        #: For the quick check of a call's arguments, when every parameter is a plain
+        #: one (no *args, **kwargs, positional- or keyword-only): names, and how many
+        #: leading ones have no default (defaults can only trail).
+        self._names: tuple[str, ...] | None = None
+        if all(p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD for p in params):
+            self._names = tuple(p.name for p in params)
+        self._required = sum(p.default is inspect.Parameter.empty for p in params)
         functools.update_wrapper(self, func)
+
+    def accepts(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+        """Whether the function takes these arguments, where a quick check can tell;
+        False means "not known": ``signature.bind`` then decides, and explains."""
+        names = self._names
+        if names is None or len(args) > len(names):
+            return False
+        if not kwargs:
+            return len(args) >= self._required
+        rest = names[len(args) :]
+        if not all(key in rest for key in kwargs):
+            return False
+        return all(name in kwargs for name in names[len(args) : self._required])
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return self.func(*args, **kwargs)

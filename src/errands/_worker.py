@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import heapq
 import logging
 import time
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -66,6 +67,8 @@ class Worker:
         #: Claim from a shared store only once this many slots are free (except on
         #: polls and new work): one transaction then claims several jobs.
         self.claim_batch = max(1, concurrency // 4) if errands.store.durable else 1
+        #: Slots held for a claim in flight (a durable store claims in the group commit).
+        self._claiming = 0
 
     def on_own_loop(self) -> bool:
         try:
@@ -189,30 +192,61 @@ class Worker:
             # is claimed from in batches: the poll picks up any single free slot.
             self._fill(min_free=self.claim_batch)
 
+    def _free(self) -> int:
+        return self.concurrency - len(self._tasks) - self._claiming
+
     def _fill(self, min_free: int = 1) -> None:
-        if self._stopping or self.concurrency - len(self._tasks) < min_free:
+        if self._stopping or self._free() < min_free:
             return
         # Half the free slots go to the store first, so a steady stream of plain
         # callables cannot starve registered jobs (nor the reverse).
-        self._claim((self.concurrency - len(self._tasks) + 1) // 2)
+        self._claim((self._free() + 1) // 2)
         lanes = self.errands.lanes
-        while len(self._tasks) < self.concurrency and lanes:
+        while self._free() > 0 and lanes:
             self._start(self._run_lane(lanes.popleft()))
-        self._claim(self.concurrency - len(self._tasks))
+        self._claim(self._free())
 
     def _claim(self, free: int) -> None:
-        if free <= 0 or not self._store_dirty or not self.errands.store.claims:
+        store = self.errands.store
+        if free <= 0 or not self._store_dirty or not store.claims or self._claiming:
             return
         self._store_dirty = False
+        claim = functools.partial(store.claim, self.id, free, self.errands.lease)
+        if not store.durable:
+            self._claimed(free, claim, later=False)
+            return
+        # A durable store's claim is a write: it joins the group commit, off the loop,
+        # rather than wait here for the write lock.
+        self._claiming = free
+        self.errands.group().submit(claim).add_done_callback(
+            lambda done: self._claimed(free, done.result, later=True)
+        )
+
+    def _claimed(self, free: int, result: Callable[[], list[JobRecord]], *, later: bool) -> None:
+        self._claiming = 0
         try:
-            claimed = self.errands.store.claim(self.id, free, self.errands.lease)
+            claimed = result()
+        except asyncio.CancelledError:
+            return
         except Exception:
             logger.exception("errands: claiming jobs failed; trying again")
+            return
+        if self._stopping:
+            # Stopped while the claim was being written: give the jobs back untouched.
+            for job in claimed:
+                try:
+                    self.errands.store.requeue(job)
+                except Exception:
+                    logger.exception(
+                        "errands: giving back job %s failed; it runs when its lease ends", job.id
+                    )
             return
         if len(claimed) == free:
             self._store_dirty = True  # there may be more
         for job in claimed:
             self._start(self._run_stored(job))
+        if later and self._store_dirty:
+            self._fill()  # what was offered while the claim was being written
 
     async def _run_lane(self, lane: LocalJob | list[LocalJob]) -> None:
         if isinstance(lane, LocalJob):

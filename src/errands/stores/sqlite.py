@@ -26,7 +26,7 @@ from ..exceptions import ConfigurationError, StoreError
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS errands_jobs (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq INTEGER PRIMARY KEY,
     id TEXT NOT NULL UNIQUE,
     name TEXT NOT NULL,
     status TEXT NOT NULL,
@@ -46,11 +46,24 @@ CREATE TABLE IF NOT EXISTS errands_jobs (
     lease_until REAL,
     lost INTEGER NOT NULL DEFAULT 0
 );
-CREATE INDEX IF NOT EXISTS errands_jobs_due ON errands_jobs (status, run_at, seq);
-CREATE INDEX IF NOT EXISTS errands_jobs_lease ON errands_jobs (status, lease_until);
-CREATE INDEX IF NOT EXISTS errands_jobs_finished ON errands_jobs (finished_at);
-CREATE INDEX IF NOT EXISTS errands_jobs_after ON errands_jobs (after);
+DROP INDEX IF EXISTS errands_jobs_due;
+DROP INDEX IF EXISTS errands_jobs_lease;
+DROP INDEX IF EXISTS errands_jobs_finished;
+DROP INDEX IF EXISTS errands_jobs_after;
+CREATE INDEX IF NOT EXISTS errands_queued ON errands_jobs (run_at, seq) WHERE status = 'queued';
+CREATE INDEX IF NOT EXISTS errands_running ON errands_jobs (lease_until)
+    WHERE status = 'running';
+CREATE INDEX IF NOT EXISTS errands_finished ON errands_jobs (status, finished_at)
+    WHERE finished_at IS NOT NULL;
 """
+# Each index is partial: it holds only the rows its queries look for, so a job's
+# writes touch few index entries (a queued job is in one index, a running job in
+# another). The DROPs replace the full indexes of files made by earlier builds,
+# whose table keeps its AUTOINCREMENT: harmless, as a new rowid is above every
+# kept one either way, which is all the FIFO order needs.
+
+#: Jobs deleted per transaction by ``purge``.
+PURGE_CHUNK = 1000
 
 _COLUMNS = (
     "id, name, status, args, kwargs, attempts, max_attempts, result, error, traceback, "
@@ -70,6 +83,10 @@ def _ts(value: datetime | None) -> float | None:
 
 def _dt(value: float | None) -> datetime | None:
     return datetime.fromtimestamp(value, UTC) if value is not None else None
+
+
+def _dumps(value: Any, empty: str) -> str:
+    return json.dumps(value) if value else empty
 
 
 def _loads(text: str | None, default: Any, strict: bool) -> Any:
@@ -222,8 +239,9 @@ class SQLiteStore:
     def enqueue(self, jobs: Sequence[JobRecord]) -> None:
         rows = [
             (
-                job.id, job.name, job.status.value, json.dumps(job.args), json.dumps(job.kwargs),
-                job.attempts, job.max_attempts, None, job.error, job.traceback,
+                job.id, job.name, job.status.value, _dumps(job.args, "[]"),
+                _dumps(job.kwargs, "{}"), job.attempts, job.max_attempts, None, job.error,
+                job.traceback,
                 job.created_at.timestamp(), _ts(job.started_at), _ts(job.finished_at),
                 _ts(job.run_at), job.after, None, None, job.lost,
             )
@@ -337,13 +355,20 @@ class SQLiteStore:
         return bool(due), bool(expired)
 
     def purge(self, before: datetime) -> int:
-        with self._write() as db:
-            cursor = db.execute(
-                "DELETE FROM errands_jobs WHERE status IN ('succeeded', 'failed', 'cancelled') "
-                "AND finished_at < ?",
-                (before.timestamp(),),
-            )
-        return cursor.rowcount
+        # In short transactions, so that requests and workers never wait long for the
+        # write lock behind a purge of a million jobs.
+        purged = 0
+        while True:
+            with self._write() as db:
+                deleted = db.execute(
+                    "DELETE FROM errands_jobs WHERE seq IN (SELECT seq FROM errands_jobs "
+                    "WHERE status IN ('succeeded', 'failed', 'cancelled') AND finished_at < ? "
+                    "LIMIT ?)",
+                    (before.timestamp(), PURGE_CHUNK),
+                ).rowcount
+            purged += deleted
+            if deleted < PURGE_CHUNK:
+                return purged
 
     def _update_claimed(self, job: JobRecord, assignments: str, values: tuple[Any, ...]) -> bool:
         with self._write() as db:
@@ -414,7 +439,13 @@ class SQLiteStore:
         return [_record(row) for row in rows.fetchall()]
 
     def counts(self) -> dict[JobStatus, int]:
-        rows = self._db().execute("SELECT status, COUNT(*) FROM errands_jobs GROUP BY status")
+        # One count per index: each reads only its own (partial) index.
+        rows = self._db().execute(
+            "SELECT 'queued', COUNT(*) FROM errands_jobs WHERE status = 'queued' "
+            "UNION ALL SELECT 'running', COUNT(*) FROM errands_jobs WHERE status = 'running' "
+            "UNION ALL SELECT status, COUNT(*) FROM errands_jobs WHERE finished_at IS NOT NULL "
+            "GROUP BY status"
+        )
         found = dict(rows.fetchall())
         return {status: found.get(status.value, 0) for status in JobStatus}
 
