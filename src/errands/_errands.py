@@ -20,6 +20,7 @@ from ._group import GroupCommit
 from ._handle import Job
 from ._handover import Handover
 from ._job import JobRecord, JobStatus, new_job_id, utcnow
+from ._leases import Leases
 from ._lifecycle import nothing, run_until_signalled, serving
 from ._payload import decode_arguments, encode_arguments, plain_size
 from ._policy import Policy
@@ -145,6 +146,9 @@ class Errands(Handover):
         self._local_lock = threading.Lock()
         self._worker: Worker | None = None
         self._groups: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, GroupCommit] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._leases: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Leases] = (
             weakref.WeakKeyDictionary()
         )
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ._backlog import Backlog
 from ._group import GroupCommit
 from ._job import JobRecord, utcnow
+from ._leases import Leases
 from ._runner import LocalJob, Runner
 from ._store import Store
 from ._waiters import WAITERS
@@ -47,6 +48,7 @@ class Handover:
     _local_lock: threading.Lock
     _worker: Worker | None
     _groups: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, GroupCommit]
+    _leases: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Leases]
 
     @property
     def celery_store(self) -> CeleryStore:
@@ -141,6 +143,14 @@ class Handover:
             logger.error("errands: releasing jobs failed; they run when their hold ends: %s", exc)
             return
         self.offer(stored=True)
+
+    def leases(self) -> Leases:
+        """Who renews the leases of this instance's jobs running on this loop."""
+        loop = asyncio.get_running_loop()
+        leases = self._leases.get(loop)
+        if leases is None:
+            leases = self._leases[loop] = Leases(self)
+        return leases
 
     def group(self) -> GroupCommit:
         loop = asyncio.get_running_loop()

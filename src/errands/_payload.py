@@ -96,6 +96,8 @@ def decode_arguments(text: str) -> tuple[list[Any], dict[str, Any]]:
 
 def encode_result(task_name: str, result: Any) -> Any:
     """The result as JSON gives it back (what every store returns)."""
+    if plain_size((result,), {}) is not None:
+        return result  # a plain scalar: JSON gives it back as it is
     if found := _problem(result, "the result"):
         raise NotSerializable(f"task {task_name!r}: {found}; return JSON data instead")
     return json.loads(json.dumps(result, allow_nan=False))

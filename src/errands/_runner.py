@@ -192,7 +192,8 @@ class Runner:
             logger.error("errands: job %s failed: %s", job.id, error)
             await _record_final(errands, store.fail, job, f"ConfigurationError: {error}", None)
             return None
-        keep_lease = _LeaseKeeper(errands, job)
+        leases = errands.leases()
+        leases.hold(job)
         try:
             if task.process:
                 func = task.func
@@ -226,7 +227,7 @@ class Runner:
                 errands, job, task.policy.delay_before_retry(job.failures), exc, hold_retries
             )
         finally:
-            keep_lease.stop()
+            leases.drop(job)
         await _record_final(errands, store.complete, job, result)
         return None
 
@@ -275,47 +276,6 @@ async def _record_final(
     claim still held, do this process's bookkeeping for a finished job."""
     if await errands.write(operation, job, *args):
         errands.job_finished(job)
-
-
-class _LeaseKeeper:
-    """Renews a running job's lease every third of it, without a task of its own.
-
-    A durable store's renewal is a write: it joins the group commit, off the loop.
-    """
-
-    def __init__(self, errands: Errands, job: JobRecord) -> None:
-        self._errands = errands
-        self._job = job
-        self._interval = errands.lease / 3
-        self._loop = asyncio.get_running_loop()
-        self._handle = self._loop.call_later(self._interval, self._renew)
-        self._stopped = False
-
-    def _renew(self) -> None:
-        self._handle = self._loop.call_later(self._interval, self._renew)
-        store = self._errands.store
-        renew = functools.partial(store.heartbeat, [self._job], self._errands.lease)
-        if store.durable:
-            self._errands.group().submit(renew).add_done_callback(
-                lambda done: self._renewed(done.result)
-            )
-        else:
-            self._renewed(renew)
-
-    def _renewed(self, result: Callable[[], list[str]]) -> None:
-        try:
-            lost = result()
-        except asyncio.CancelledError:
-            return
-        except Exception:
-            logger.exception("errands: could not renew the lease of job %s", self._job.id)
-            return
-        if lost and not self._stopped:
-            logger.warning("errands: job %s lost its lease to another worker", self._job.id)
-
-    def stop(self) -> None:
-        self._stopped = True
-        self._handle.cancel()
 
 
 def _finish(record: JobRecord, status: JobStatus) -> None:

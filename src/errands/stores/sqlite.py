@@ -69,6 +69,8 @@ _COLUMNS = (
     "id, name, status, args, kwargs, attempts, max_attempts, result, error, traceback, "
     "created_at, started_at, finished_at, run_at, after, owner, lease_until, lost"
 )
+#: Where ``run_at`` is in a row of ``seq, {_COLUMNS}``.
+_RUN_AT = 1 + _COLUMNS.split(", ").index("run_at")
 _UNFINISHED = "('queued', 'running')"
 #: A job waiting for the job added before it in its request.
 _BLOCKED = (
@@ -184,12 +186,23 @@ class SQLiteStore:
                 self._local.batch = None
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction; nothing of it is kept if any statement fails."""
+    def _write(self, *, one_statement: bool = False) -> Iterator[sqlite3.Connection]:
+        """One write transaction; nothing of it is kept if any statement fails.
+
+        A write of ``one_statement`` needs no savepoint in a batch: SQLite undoes a
+        failed statement by itself.
+        """
         batch: sqlite3.Connection | None = getattr(self._local, "batch", None)
         if batch is not None:
-            with self._savepoint(batch):
+            if not one_statement:
+                with self._savepoint(batch):
+                    yield batch
+                return
+            self._check_batch(batch)
+            try:
                 yield batch
+            except sqlite3.Error as exc:
+                raise self._error(exc) from exc
             return
         try:
             db = self._db()
@@ -206,8 +219,7 @@ class SQLiteStore:
                 raise self._error(exc) from exc
             raise
 
-    @contextmanager
-    def _savepoint(self, db: sqlite3.Connection) -> Iterator[None]:
+    def _check_batch(self, db: sqlite3.Connection) -> None:
         if not db.in_transaction:
             # An earlier write's error (a full disk, an I/O error) made SQLite roll the
             # whole batch back: nothing more may run, or it would commit on its own.
@@ -215,6 +227,10 @@ class SQLiteStore:
                 f"the SQLite store {self.path!r} rolled back a group of writes after an "
                 f"error; nothing of it was stored"
             )
+
+    @contextmanager
+    def _savepoint(self, db: sqlite3.Connection) -> Iterator[None]:
+        self._check_batch(db)
         db.execute("SAVEPOINT errands_write")
         try:
             yield
@@ -286,38 +302,41 @@ class SQLiteStore:
         due, expired = self._look(now)
         if ids is None and not (due or expired):
             return []  # idle polls read only, and never take the write lock
+        if ids is None:
+            chosen = (
+                f"SELECT j.seq FROM errands_jobs j WHERE j.status = 'queued' "
+                f"AND j.run_at <= ? AND NOT {blocked} ORDER BY j.run_at, j.seq LIMIT ?"
+            )
+            values: tuple[Any, ...] = (now, limit)
+        else:
+            wanted = list(ids)
+            chosen = (
+                f"SELECT j.seq FROM errands_jobs j WHERE j.status = 'queued' "
+                f"AND j.id IN ({', '.join('?' for _ in wanted)}) AND NOT {blocked} "
+                f"ORDER BY j.seq LIMIT ?"
+            )
+            values = (*wanted, limit)
         with self._write() as db:
             if expired:
                 self._expire_leases(db, now)
-            if ids is None:
-                chosen = db.execute(
-                    f"SELECT j.seq FROM errands_jobs j WHERE j.status = 'queued' "
-                    f"AND j.run_at <= ? AND NOT {blocked} ORDER BY j.run_at, j.seq LIMIT ?",
-                    (now, limit),
-                ).fetchall()
-            else:
-                wanted = list(ids)
-                marks = ", ".join("?" for _ in wanted)
-                chosen = db.execute(
-                    f"SELECT j.seq FROM errands_jobs j WHERE j.status = 'queued' "
-                    f"AND j.id IN ({marks}) AND NOT {blocked} ORDER BY j.seq LIMIT ?",
-                    (*wanted, limit),
-                ).fetchall()
+            # One statement takes them all (the choice is made before any is marked).
+            rows = db.execute(
+                "UPDATE errands_jobs SET status = 'running', attempts = attempts + 1, "
+                f"owner = ?, lease_until = ?, started_at = ? WHERE seq IN ({chosen}) "
+                f"RETURNING seq, {_COLUMNS}",
+                (owner, until, now, *values),
+            ).fetchall()
+            # In the order chosen: due time, then FIFO.
+            rows.sort(key=(lambda r: r[0]) if ids is not None else (lambda r: (r[_RUN_AT], r[0])))
             claimed = []
-            for (seq,) in chosen:
-                row = db.execute(
-                    "UPDATE errands_jobs SET status = 'running', attempts = attempts + 1, "
-                    "owner = ?, lease_until = ?, started_at = ? WHERE seq = ? "
-                    f"RETURNING {_COLUMNS}",
-                    (owner, until, now, seq),
-                ).fetchone()
+            for seq, *row in rows:
                 try:
                     claimed.append(_record(row, strict=True))
                 except (ValueError, TypeError) as exc:
                     # A row nobody can run: fail it with the reason, do not crash on it.
                     db.execute(
-                        "UPDATE errands_jobs SET status = 'failed', error = ?, finished_at = ?, "
-                        "owner = NULL, lease_until = NULL WHERE seq = ?",
+                        "UPDATE errands_jobs SET status = 'failed', error = ?, finished_at = ? "
+                        ", owner = NULL, lease_until = NULL WHERE seq = ?",
                         (f"CorruptJob: the stored job cannot be read: {exc!r}", now, seq),
                     )
         return claimed
@@ -371,7 +390,7 @@ class SQLiteStore:
                 return purged
 
     def _update_claimed(self, job: JobRecord, assignments: str, values: tuple[Any, ...]) -> bool:
-        with self._write() as db:
+        with self._write(one_statement=True) as db:
             row = db.execute(
                 f"UPDATE errands_jobs SET {assignments} WHERE id = ? AND status = 'running' "
                 "AND owner = ? AND attempts = ? RETURNING id",
