@@ -6,7 +6,12 @@ loaded with wrk (Debian: apt-get install wrk) for --duration seconds at
 for the 100 ms sync task, how many accepted tasks were still waiting when the load
 stopped. Ratios are what to read: this machine is shared and noisy.
 
-    .venv/bin/python benchmarks/http_overhead.py [--duration 10] [--connections 32]
+    .venv/bin/pip install -e '.[bench]'     # psutil, for the CPU time
+    .venv/bin/python benchmarks/http_overhead.py [--duration 10] [--connections 32] [--rounds 1]
+
+With --rounds N every scenario runs N times, the scenarios taking turns, and each
+figure is the median of its runs. "cpu/req" is the server process's CPU time (all its
+threads) per request served: steadier than req/s on a shared machine.
 """
 
 import argparse
@@ -15,12 +20,14 @@ import os
 import re
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import httpx
+import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -74,7 +81,8 @@ def run_scenario(
     name: str, duration: int, connections: int, server_args: list[str]
 ) -> dict[str, float]:
     port = free_port()
-    env = {**os.environ, "BENCH_SCENARIO": name, "PYTHONPATH": str(ROOT)}
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "BENCH_SCENARIO": name, "PYTHONPATH": path}
     server = subprocess.Popen(
         [
             sys.executable,
@@ -101,7 +109,11 @@ def run_scenario(
                 time.sleep(0.05)
         wrk(url, 1, connections)  # warm-up
         time.sleep(0.5 if "sleep" not in name else 0)
+        process = psutil.Process(server.pid)
+        before = sum(process.cpu_times()[:2])
         result = wrk(url, duration, connections)
+        used = sum(process.cpu_times()[:2]) - before
+        result["cpu_us_per_req"] = used * 1e6 / (result["rps"] * duration)
         result["waiting_at_stop"] = float(httpx.get(url + "pending", timeout=30).json())
         return result
     finally:
@@ -113,6 +125,7 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--only", nargs="*", help="scenario names to run")
+    parser.add_argument("--rounds", type=int, default=1, help="runs of each scenario (medians)")
     parser.add_argument(
         "--pure-python",
         action="store_true",
@@ -122,23 +135,31 @@ def main() -> None:
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is needed: apt-get install wrk")
 
-    results: dict[str, dict[str, float]] = {}
-    for name, label in SCENARIOS:
-        if args.only and name not in args.only:
-            continue
-        server_args = ["--loop", "asyncio", "--http", "h11"] if args.pure_python else []
-        results[name] = run_scenario(name, args.duration, args.connections, server_args)
+    chosen = [(n, label) for n, label in SCENARIOS if not args.only or n in args.only]
+    server_args = ["--loop", "asyncio", "--http", "h11"] if args.pure_python else []
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name, _ in chosen}
+    for _ in range(args.rounds):
+        for name, _ in chosen:
+            runs[name].append(run_scenario(name, args.duration, args.connections, server_args))
+    results = {
+        name: {key: statistics.median(run[key] for run in done) for key in done[0]}
+        for name, done in runs.items()
+    }
+    for name, label in chosen:
         r = results[name]
         print(
-            f"{label:<52} {r['rps']:>9.0f} req/s  p50 {r['p50_ms']:>7.2f} ms  "
-            f"p99 {r['p99_ms']:>8.2f} ms  waiting at stop {r['waiting_at_stop']:>6.0f}"
+            f"{label:<52} {r['rps']:>7.0f} req/s  cpu/req {r['cpu_us_per_req']:>5.0f} us  "
+            f"p50 {r['p50_ms']:>6.2f} ms  p99 {r['p99_ms']:>7.2f} ms  "
+            f"waiting at stop {r['waiting_at_stop']:>6.0f}"
             + (f"  non-2xx {r['non_2xx']:.0f}" if r["non_2xx"] else ""),
             flush=True,
         )
 
-    def ratio(a: str, b: str, key: str = "rps") -> str:
+    def ratio(a: str, b: str) -> str:
         if a in results and b in results:
-            return f"{results[a][key] / results[b][key]:.1%}"
+            by_rps = results[a]["rps"] / results[b]["rps"]
+            by_cpu = results[b]["cpu_us_per_req"] / results[a]["cpu_us_per_req"]
+            return f"{by_rps:.1%} (by cpu/req {by_cpu:.1%})"
         return "n/a"
 
     print()

@@ -176,7 +176,8 @@ class SQLiteStore:
     def batch(self) -> Iterator[None]:
         """One transaction around several writes of this thread (group commit).
 
-        Inside it each write runs in a savepoint: a write that fails is undone alone.
+        Inside it each write runs in a savepoint (or, if it is a single statement, as
+        that statement): a write that fails is undone alone.
         """
         with self._write() as db:
             self._local.batch = db
@@ -335,8 +336,8 @@ class SQLiteStore:
                 except (ValueError, TypeError) as exc:
                     # A row nobody can run: fail it with the reason, do not crash on it.
                     db.execute(
-                        "UPDATE errands_jobs SET status = 'failed', error = ?, finished_at = ? "
-                        ", owner = NULL, lease_until = NULL WHERE seq = ?",
+                        "UPDATE errands_jobs SET status = 'failed', error = ?, finished_at = ?, "
+                        "owner = NULL, lease_until = NULL WHERE seq = ?",
                         (f"CorruptJob: the stored job cannot be read: {exc!r}", now, seq),
                     )
         return claimed
