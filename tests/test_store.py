@@ -161,6 +161,10 @@ def test_listing_is_newest_first_and_filters_by_status(store: Store) -> None:
     counts = store.counts()
     assert counts[JobStatus.QUEUED] == 2 and counts[JobStatus.SUCCEEDED] == 1
     assert counts[JobStatus.RUNNING] == 0
+    assert store.unfinished() == 2
+    store.claim("w", 1, lease=30)
+    store.cancel(["c", "b"], "no")  # one queued, one running: only the queued one goes
+    assert store.unfinished() == 1
 
 
 def test_the_memory_store_keeps_a_bounded_number_of_finished_jobs() -> None:

@@ -378,8 +378,7 @@ class Errands(Handover):
     def _unfinished(self) -> int:
         if not self.store.durable:
             return self._backlog.size
-        counts = self.store.counts()
-        return self._backlog.size + counts[JobStatus.QUEUED] + counts[JobStatus.RUNNING]
+        return self._backlog.size + self.store.unfinished()
 
     async def _wait_idle(self, deadline: float | None) -> int:
         # Celery mode reads a remote result backend: not on the event loop.

@@ -91,5 +91,8 @@ class Store(Protocol):
     def counts(self) -> dict[JobStatus, int]:
         """How many jobs are in each status."""
 
+    def unfinished(self) -> int:
+        """How many jobs are queued or running (cheap: ``join`` polls it)."""
+
     def close(self) -> None:
         """Release the store's resources. Further calls are not allowed."""

@@ -392,6 +392,10 @@ class CeleryStore:
         records = [r for r in self._records(ids) if r is not None]
         return [r for r in records if status in (None, r.status)][:limit]
 
+    def unfinished(self) -> int:
+        counts = self.counts()
+        return counts[JobStatus.QUEUED] + counts[JobStatus.RUNNING]
+
     def counts(self) -> dict[JobStatus, int]:
         """Of the jobs this process published, how many are in each status."""
         with self._lock:

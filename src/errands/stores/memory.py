@@ -181,6 +181,10 @@ class MemoryStore:
             counted = Counter(job.status for job in self._jobs.values())
         return {status: counted.get(status, 0) for status in JobStatus}
 
+    def unfinished(self) -> int:
+        with self._lock:
+            return sum(not job.status.finished for job in self._jobs.values())
+
     def close(self) -> None:
         with self._lock:
             self._jobs.clear()
