@@ -399,3 +399,44 @@ def test_jobs_claimed_while_the_worker_stops_are_given_back(tmp_path: Path) -> N
     record = errands.get(job.id)
     assert record is not None and record.status is JobStatus.QUEUED
     assert record.attempts == 0 and record.owner is None
+
+
+def test_a_group_of_idle_polls_never_takes_the_write_lock(tmp_path: Path) -> None:
+    import functools
+    import sqlite3
+
+    from errands._group import GroupCommit, _Write
+
+    store = SQLiteStore(tmp_path / "jobs.db", busy_timeout=0.5)
+    other = sqlite3.connect(tmp_path / "jobs.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process is writing, at length
+    started = time.monotonic()
+    polls = [_Write(functools.partial(store.claim, "w", 5, 30), None, ()) for _ in range(3)]
+    assert GroupCommit(store)._run(polls) == [(True, [])] * 3  # nothing due: no wait
+    assert time.monotonic() - started < 0.4
+    other.execute("ROLLBACK")
+    other.close()
+    store.close()
+
+
+def test_jobs_that_fail_are_never_reported_as_having_lost_their_lease(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import asyncio
+
+    errands = Errands(f"sqlite:///{tmp_path}/jobs.db", lease=0.15)  # renewed every 50 ms
+
+    @errands.task(name="fails", retries=1, backoff=0)
+    async def fails(i: int) -> None:
+        await asyncio.sleep(0.045 + i * 0.001)  # ends around a renewal
+        raise ValueError("no")
+
+    async def main() -> None:
+        async with errands.lifespan():
+            for i in range(30):
+                errands.add_task(fails, i)
+            await errands.join(timeout=20)
+
+    asyncio.run(main())
+    assert errands.store.counts()[JobStatus.FAILED] == 30
+    assert "lost its lease" not in caplog.text

@@ -40,6 +40,13 @@ class Leases:
         if self._running.get(job.id) is job:
             del self._running[job.id]
 
+    def close(self) -> None:
+        """Stop renewing (the loop's worker has stopped)."""
+        self._running.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
     def _renew(self) -> None:
         self._timer = None
         if not self._running:

@@ -51,6 +51,9 @@ async def serving(errands: Errands, drain_timeout: float | None = None) -> Async
                         drain,
                     )
                 await worker.close()
+                leases = errands._leases.pop(asyncio.get_running_loop(), None)
+                if leases is not None:
+                    leases.close()
                 group = errands._groups.pop(asyncio.get_running_loop(), None)
                 if group is not None:
                     await group.aclose()

@@ -47,8 +47,7 @@ def _problem(value: Any, path: str) -> str | None:
     return f"{path} is a {kind}, which is not JSON-serialisable{hint}"
 
 
-#: Types whose JSON form is themselves (ints within 64 bits; finite floats checked).
-_PLAIN = (str, int, bool, type(None), float)
+#: Ints that JSON carries as they are in every store.
 _INT_RANGE = range(-(2**63), 2**63)
 
 

@@ -195,24 +195,29 @@ class Runner:
         leases = errands.leases()
         leases.hold(job)
         try:
-            if task.process:
-                func = task.func
-                result = await errands.process_runner.call(
-                    func.__module__,
-                    func.__qualname__,
-                    json.dumps([job.args, job.kwargs]),
-                    timeout=task.policy.timeout,
-                    name=task.name,
-                )
-            else:
-                result = await self.call(
-                    task.func,
-                    job.args,
-                    job.kwargs,
-                    is_async=task.is_async,
-                    timeout=task.policy.timeout,
-                    name=task.name,
-                )
+            try:
+                if task.process:
+                    func = task.func
+                    result = await errands.process_runner.call(
+                        func.__module__,
+                        func.__qualname__,
+                        json.dumps([job.args, job.kwargs]),
+                        timeout=task.policy.timeout,
+                        name=task.name,
+                    )
+                else:
+                    result = await self.call(
+                        task.func,
+                        job.args,
+                        job.kwargs,
+                        is_async=task.is_async,
+                        timeout=task.policy.timeout,
+                        name=task.name,
+                    )
+            finally:
+                # The attempt is over: no renewal may race the write that records it
+                # (it would read the job as lost).
+                leases.drop(job)
             result = encode_result(task.name, result)
         except anyio.get_cancelled_exc_class():
             store.requeue(job)
@@ -226,8 +231,6 @@ class Runner:
             return await self._record_failure(
                 errands, job, task.policy.delay_before_retry(job.failures), exc, hold_retries
             )
-        finally:
-            leases.drop(job)
         await _record_final(errands, store.complete, job, result)
         return None
 

@@ -245,8 +245,8 @@ class Worker:
             self._store_dirty = True  # there may be more
         for job in claimed:
             self._start(self._run_stored(job))
-        if later and self._store_dirty:
-            self._fill()  # what was offered while the claim was being written
+        if later:
+            self._fill()  # slots the claim held and did not use; work offered meanwhile
 
     async def _run_lane(self, lane: LocalJob | list[LocalJob]) -> None:
         if isinstance(lane, LocalJob):

@@ -177,14 +177,36 @@ class SQLiteStore:
         """One transaction around several writes of this thread (group commit).
 
         Inside it each write runs in a savepoint (or, if it is a single statement, as
-        that statement): a write that fails is undone alone.
+        that statement): a write that fails is undone alone. The transaction begins
+        with the first write that needs it: a batch of idle polls (claims that find
+        nothing due) never takes the write lock.
         """
-        with self._write() as db:
-            self._local.batch = db
-            try:
-                yield
-            finally:
-                self._local.batch = None
+        self._local.batch = None
+        self._local.lazy = True
+        try:
+            yield
+            db: sqlite3.Connection | None = self._local.batch
+            if db is not None:
+                try:
+                    db.execute("COMMIT")
+                except sqlite3.Error as exc:
+                    raise self._error(exc) from exc
+        except BaseException:
+            db = self._local.batch
+            if db is not None and db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        finally:
+            self._local.lazy = False
+            self._local.batch = None
+
+    def _begin(self) -> sqlite3.Connection:
+        try:
+            db = self._db()
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise self._error(exc) from exc
+        return db
 
     @contextmanager
     def _write(self, *, one_statement: bool = False) -> Iterator[sqlite3.Connection]:
@@ -194,6 +216,8 @@ class SQLiteStore:
         failed statement by itself.
         """
         batch: sqlite3.Connection | None = getattr(self._local, "batch", None)
+        if batch is None and getattr(self._local, "lazy", False):
+            batch = self._local.batch = self._begin()
         if batch is not None:
             if not one_statement:
                 with self._savepoint(batch):
@@ -205,11 +229,7 @@ class SQLiteStore:
             except sqlite3.Error as exc:
                 raise self._error(exc) from exc
             return
-        try:
-            db = self._db()
-            db.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            raise self._error(exc) from exc
+        db = self._begin()
         try:
             yield db
             db.execute("COMMIT")
@@ -452,9 +472,17 @@ class SQLiteStore:
                 f"SELECT {_COLUMNS} FROM errands_jobs ORDER BY seq DESC LIMIT ?", (limit,)
             )
         else:
+            # The status as a literal, so that its partial index can serve the query
+            # rather than a scan of every job kept.
+            source = {
+                JobStatus.QUEUED: "errands_jobs INDEXED BY errands_queued",
+                JobStatus.RUNNING: "errands_jobs INDEXED BY errands_running",
+            }.get(status, "errands_jobs")
+            finished = " AND finished_at IS NOT NULL" if status.finished else ""
             rows = self._db().execute(
-                f"SELECT {_COLUMNS} FROM errands_jobs WHERE status = ? ORDER BY seq DESC LIMIT ?",
-                (status.value, limit),
+                f"SELECT {_COLUMNS} FROM {source} WHERE status = '{status.value}'"
+                f"{finished} ORDER BY seq DESC LIMIT ?",
+                (limit,),
             )
         return [_record(row) for row in rows.fetchall()]
 
