@@ -42,8 +42,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     worker.epilog = "In Celery mode, options after -- go to the Celery worker (-Q, -P, -n...)."
     argv = list(sys.argv[1:] if argv is None else argv)
     # In Celery mode, what follows -- is the Celery worker's.
-    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
-    args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
+    cut = argv.index("--") if "--" in argv else len(argv)
+    args, extra = parser.parse_args(argv[:cut]), argv[cut + 1 :]
 
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"

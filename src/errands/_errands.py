@@ -22,6 +22,7 @@ from ._handover import Handover
 from ._job import JobRecord, JobStatus, new_job_id, utcnow
 from ._leases import Leases
 from ._lifecycle import nothing, run_until_signalled, serving
+from ._loops import PerLoop
 from ._payload import decode_arguments, encode_arguments, plain_size
 from ._policy import Policy
 from ._process import ProcessRunner
@@ -145,12 +146,8 @@ class Errands(Handover):
         self._local_finished: deque[str] = deque()
         self._local_lock = threading.Lock()
         self._worker: Worker | None = None
-        self._groups: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, GroupCommit] = (
-            weakref.WeakKeyDictionary()
-        )
-        self._leases: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Leases] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._groups: PerLoop[GroupCommit] = weakref.WeakKeyDictionary()
+        self._leases: PerLoop[Leases] = weakref.WeakKeyDictionary()
 
     def __repr__(self) -> str:
         return f"<Errands {self.url} tasks={len(self._tasks)}>"
@@ -381,11 +378,7 @@ class Errands(Handover):
         return self._backlog.size + self.store.unfinished()
 
     async def _wait_idle(self, deadline: float | None) -> int:
-        # Celery mode reads a remote result backend: not on the event loop.
-        remote = not self.store.claims
-        while left := (
-            await anyio.to_thread.run_sync(self._unfinished) if remote else self._unfinished()
-        ):
+        while left := await self.read(self._unfinished):
             if deadline is not None and time.monotonic() >= deadline:
                 return left
             await anyio.sleep(0.005 if not self.store.durable else 0.02)

@@ -65,9 +65,8 @@ class Job(Generic[R]):
         while True:
             finished = WAITERS.subscribe(self.id)
             try:
-                remote = self._errands is not None and not self._errands.store.claims
-                # Celery mode reads a remote result backend: not on the event loop.
-                record = await anyio.to_thread.run_sync(self.info) if remote else self.info()
+                errands = self._errands
+                record = await errands.read(self.info) if errands is not None else self.info()
                 if record is None:
                     raise ErrandsError(
                         f"job {self.id} is not known: not stored (yet: a request's jobs are "

@@ -10,16 +10,18 @@ import functools
 import logging
 import threading
 import time
-import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import anyio
+
 from ._backlog import Backlog
 from ._group import GroupCommit
 from ._job import JobRecord, utcnow
 from ._leases import Leases
+from ._loops import PerLoop, for_loop
 from ._runner import LocalJob, Runner
 from ._store import Store
 from ._waiters import WAITERS
@@ -47,8 +49,8 @@ class Handover:
     _local_finished: deque[str]
     _local_lock: threading.Lock
     _worker: Worker | None
-    _groups: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, GroupCommit]
-    _leases: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Leases]
+    _groups: PerLoop[GroupCommit]
+    _leases: PerLoop[Leases]
 
     @property
     def celery_store(self) -> CeleryStore:
@@ -146,18 +148,17 @@ class Handover:
 
     def leases(self) -> Leases:
         """Who renews the leases of this instance's jobs running on this loop."""
-        loop = asyncio.get_running_loop()
-        leases = self._leases.get(loop)
-        if leases is None:
-            leases = self._leases[loop] = Leases(self)
-        return leases
+        return for_loop(self._leases, lambda: Leases(self))
 
     def group(self) -> GroupCommit:
-        loop = asyncio.get_running_loop()
-        group = self._groups.get(loop)
-        if group is None:
-            group = self._groups[loop] = GroupCommit(self.store)
-        return group
+        return for_loop(self._groups, lambda: GroupCommit(self.store))
+
+    async def read(self, call: Callable[[], T]) -> T:
+        """A read of the store: off the event loop when the store is remote (Celery
+        mode reads its result backend), at once otherwise."""
+        if self.store.claims:
+            return call()
+        return await anyio.to_thread.run_sync(call)
 
     async def write(self, operation: Callable[..., T], *args: Any) -> T:
         """A store write: at once for the memory store, grouped for a durable one."""

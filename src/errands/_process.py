@@ -24,6 +24,7 @@ from typing import Any
 import anyio
 
 from ._job import describe_error
+from ._loops import PerLoop, for_loop
 from .exceptions import ErrandsError, TaskTimeout
 
 
@@ -65,9 +66,7 @@ class ProcessRunner:
 
     def __init__(self, processes: int) -> None:
         self.processes = processes
-        self._slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._slots: PerLoop[asyncio.Semaphore] = weakref.WeakKeyDictionary()
         self._preloaded: set[str] = set()
 
     def preload(self, module: str) -> None:
@@ -77,11 +76,7 @@ class ProcessRunner:
     async def call(
         self, module: str, qualname: str, payload: str, *, timeout: float | None, name: str
     ) -> Any:
-        loop = asyncio.get_running_loop()
-        slots = self._slots.get(loop)
-        if slots is None:
-            slots = self._slots[loop] = asyncio.Semaphore(self.processes)
-        async with slots:
+        async with for_loop(self._slots, lambda: asyncio.Semaphore(self.processes)):
             return await self._run_one(module, qualname, payload, timeout, name)
 
     async def _run_one(
