@@ -9,7 +9,7 @@ from fastapi import FastAPI, HTTPException
 from fastapi.testclient import TestClient
 
 from errands import BackgroundTasks, ConfigurationError, Errands, JobStatus
-from errands.stores import SQLiteStore
+from errands.sqlite import SQLiteStore
 
 
 def make_app(errands: Errands, ran: list[str]) -> FastAPI:
@@ -252,7 +252,7 @@ def test_a_write_that_fills_the_disk_aborts_its_group_and_nothing_after_it_commi
     import functools
 
     from errands import JobRecord, StoreError
-    from errands._group import GroupCommit, _Write
+    from errands._group_commit import GroupCommit, _Write
 
     store = SQLiteStore(tmp_path / "jobs.db")
     pages = store._db().execute("PRAGMA page_count").fetchone()[0]
@@ -280,7 +280,7 @@ def test_a_write_that_fills_the_disk_aborts_its_group_and_nothing_after_it_commi
 
 def test_a_bad_write_in_a_merged_group_fails_alone(tmp_path: Path) -> None:
     from errands import JobRecord
-    from errands._group import GroupCommit, _Write
+    from errands._group_commit import GroupCommit, _Write
 
     store = SQLiteStore(tmp_path / "jobs.db")
     store.enqueue([JobRecord(id="taken", name="t")])
@@ -317,7 +317,7 @@ def test_purge_deletes_in_chunks_and_counts_them_all(
     from datetime import UTC, datetime, timedelta
 
     from errands import JobRecord
-    from errands.stores import sqlite
+    from errands.sqlite import _store as sqlite
 
     monkeypatch.setattr(sqlite, "PURGE_CHUNK", 7)
     store = SQLiteStore(tmp_path / "jobs.db")
@@ -405,7 +405,7 @@ def test_a_group_of_idle_polls_never_takes_the_write_lock(tmp_path: Path) -> Non
     import functools
     import sqlite3
 
-    from errands._group import GroupCommit, _Write
+    from errands._group_commit import GroupCommit, _Write
 
     store = SQLiteStore(tmp_path / "jobs.db", busy_timeout=0.5)
     other = sqlite3.connect(tmp_path / "jobs.db", isolation_level=None)

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from errands import JobRecord, JobStatus, Store
-from errands.stores import MemoryStore, SQLiteStore
+from errands.memory import MemoryStore
+from errands.sqlite import SQLiteStore
 
 STORES = ["memory", "sqlite"]
 

@@ -35,5 +35,5 @@ def test_mypy_checks_add_task_arguments_against_the_function(tmp_path: Path) -> 
     errors = [line for line in out.splitlines() if ": error:" in line]
     lines = sorted(int(line.split(":")[1]) for line in errors)
     assert lines == [15, 16, 17], out
-    assert 'Revealed type is "errands._handle.Job[None]"' in out
+    assert 'Revealed type is "errands._job.Job[None]"' in out
     assert status == 1

@@ -3,7 +3,7 @@
 import pytest
 
 from errands import ConfigurationError, Errands
-from errands.stores import MemoryStore
+from errands.memory import MemoryStore
 
 
 def test_memory_url_gives_the_memory_store() -> None:

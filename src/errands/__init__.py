@@ -7,9 +7,8 @@ worker of its own off the request path.
 
 from ._background import BackgroundTask, BackgroundTasks, Tasks
 from ._errands import Errands
-from ._handle import Job
-from ._job import JobRecord, JobStatus
-from ._store import Store
+from ._job import Job
+from ._record import JobRecord, JobStatus
 from ._task import Task
 from .exceptions import (
     BacklogFull,
@@ -23,6 +22,7 @@ from .exceptions import (
     TaskTimeout,
     WaitTimeout,
 )
+from .local._store import Store
 
 __version__ = "0.1.0"
 

@@ -30,8 +30,8 @@ import starlette.background
 from fastapi import Depends
 from starlette.requests import HTTPConnection
 
-from ._handle import Job
-from ._job import JobRecord, JobStatus, utcnow
+from ._job import Job
+from ._record import JobRecord, JobStatus, utcnow
 from ._runner import LocalJob, Runner, new_local_job
 from ._task import Task
 from ._waiters import WAITERS

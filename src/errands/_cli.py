@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from ._errands import Errands
-from ._url import import_attribute
+from ._modes import import_attribute
 
 
 def load(target: str) -> Errands:

@@ -16,22 +16,22 @@ from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar, overload
 import anyio
 
 from ._backlog import Backlog
-from ._group import GroupCommit
-from ._handle import Job
+from ._group_commit import GroupCommit
 from ._handover import Handover
-from ._job import JobRecord, JobStatus, new_job_id, utcnow
-from ._leases import Leases
+from ._job import Job
 from ._lifecycle import nothing, run_until_signalled, serving
 from ._loops import PerLoop
+from ._modes import open_store, resolve_url
 from ._payload import decode_arguments, encode_arguments, plain_size
 from ._policy import Policy
 from ._process import ProcessRunner
+from ._record import JobRecord, JobStatus, new_job_id, utcnow
 from ._runner import LocalJob, Runner, new_local_job
-from ._store import Store
 from ._task import Task, callable_name, is_async_callable
-from ._url import open_store, resolve_url
 from ._worker import Worker
 from .exceptions import ConfigurationError, PayloadTooLarge, WaitTimeout
+from .local._leases import Leases
+from .local._store import Store
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -118,7 +118,7 @@ class Errands(Handover):
         self.runs_worker = worker
         self.only_registered = only_registered
         if celery is not None:
-            from .stores.celery import CeleryStore
+            from .celery import CeleryStore
 
             self.store: Store = CeleryStore(celery, publish_timeout=publish_timeout)
             self.url = f"celery://{celery.main or 'celery'}"
@@ -215,7 +215,7 @@ class Errands(Handover):
             task = Task(fn, name=task_name, policy=policy, errands=self, process=process)
             self._tasks[task_name] = task
             if self.celery is not None:
-                from ._celery import bind
+                from .celery import bind
 
                 bind(self.celery_store, task)
             return task

@@ -18,17 +18,17 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import anyio
 
 from ._backlog import Backlog
-from ._group import GroupCommit
-from ._job import JobRecord, utcnow
-from ._leases import Leases
+from ._group_commit import GroupCommit
 from ._loops import PerLoop, for_loop
+from ._record import JobRecord, utcnow
 from ._runner import LocalJob, Runner
-from ._store import Store
 from ._waiters import WAITERS
+from .local._leases import Leases
+from .local._store import Store
 
 if TYPE_CHECKING:
     from ._worker import Worker
-    from .stores.celery import CeleryStore
+    from .celery import CeleryStore
 
 logger = logging.getLogger("errands")
 
@@ -54,7 +54,7 @@ class Handover:
 
     @property
     def celery_store(self) -> CeleryStore:
-        from .stores.celery import CeleryStore
+        from .celery import CeleryStore
 
         assert isinstance(self.store, CeleryStore)
         return self.store

@@ -23,8 +23,8 @@ from typing import Any
 
 import anyio
 
-from ._job import describe_error
 from ._loops import PerLoop, for_loop
+from ._record import describe_error
 from .exceptions import ErrandsError, TaskTimeout
 
 

@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 
-from ._job import JobRecord, JobStatus, describe_error, new_job_id, utcnow
 from ._payload import encode_result
 from ._process import TaskProcessError
+from ._record import JobRecord, JobStatus, describe_error, new_job_id, utcnow
 from ._task import callable_name, is_async_callable
 from .exceptions import ConfigurationError, NotSerializable, TaskTimeout
 

@@ -23,7 +23,7 @@ from collections.abc import Callable, Coroutine
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from ._job import JobRecord, utcnow
+from ._record import JobRecord, utcnow
 from ._runner import LocalJob
 
 if TYPE_CHECKING:

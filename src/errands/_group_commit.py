@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from ._store import Store
+from .local._store import Store
 
 logger = logging.getLogger("errands")
 

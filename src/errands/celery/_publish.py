@@ -31,9 +31,9 @@ from typing import Any
 from celery import Celery, states
 from celery.backends.redis import RedisBackend
 
-from .._job import JobRecord, JobStatus
+from .._record import JobRecord, JobStatus
 from ..exceptions import BrokerUnavailable, StoreError
-from ._celery_results import (
+from ._results import (
     CHAIN,
     FINAL,
     SET_UNLESS_FINAL,

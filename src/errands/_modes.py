@@ -8,10 +8,10 @@ import sys
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from ._store import Store
 from .exceptions import ConfigurationError
-from .stores.memory import MemoryStore
-from .stores.sqlite import SQLiteStore
+from .local._store import Store
+from .memory import MemoryStore
+from .sqlite import SQLiteStore
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -47,7 +47,7 @@ def open_store(url: str, *, publish_timeout: float = 5.0) -> Store:
             )
         return SQLiteStore(path)
     if scheme == "celery":
-        from .stores.celery import CeleryStore
+        from .celery import CeleryStore
 
         return CeleryStore(load_celery_app(url), publish_timeout=publish_timeout)
     raise ConfigurationError(

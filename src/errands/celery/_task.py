@@ -33,16 +33,16 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from celery import states
 from celery.exceptions import Reject
 
-from ._job import utcnow
-from ._payload import encode_result
-from .exceptions import NotSerializable, TaskTimeout
-from .stores._celery_results import CHAIN, STARTED_AT
-from .stores.celery import CeleryStore
+from .._payload import encode_result
+from .._record import utcnow
+from ..exceptions import NotSerializable, TaskTimeout
+from ._publish import CeleryStore
+from ._results import CHAIN, STARTED_AT
 
 if TYPE_CHECKING:
     import celery
 
-    from ._task import Task
+    from .._task import Task
 
 logger = logging.getLogger("errands")
 

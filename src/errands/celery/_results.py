@@ -1,6 +1,6 @@
 """Celery mode: what errands keeps in Celery's result backend and messages, and how
 it reads a job record back from a Celery result. Shared by the web side
-(``stores/celery.py``) and the worker side (``_celery.py``)."""
+(``_publish.py``) and the worker side (``_task.py``)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from celery import Celery, states
 from celery.backends.base import DisabledBackend
 from celery.backends.rpc import RPCBackend
 
-from .._job import JobRecord, JobStatus, id_time
+from .._record import JobRecord, JobStatus, id_time
 from ..exceptions import ConfigurationError
 
 #: The message header that says where the jobs after this one are: ``[chain, index]``,

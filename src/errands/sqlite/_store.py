@@ -20,9 +20,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .._job import JobRecord, JobStatus, utcnow
-from .._store import MAX_LOST_LEASES, poison_error
+from .._record import JobRecord, JobStatus, utcnow
 from ..exceptions import ConfigurationError, StoreError
+from ..local._store import MAX_LOST_LEASES, poison_error
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS errands_jobs (

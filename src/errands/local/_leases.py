@@ -14,10 +14,10 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ._job import JobRecord
+from .._record import JobRecord
 
 if TYPE_CHECKING:
-    from ._handover import Handover
+    from .._handover import Handover
 
 logger = logging.getLogger("errands")
 

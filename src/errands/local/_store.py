@@ -26,7 +26,7 @@ from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
-from ._job import JobRecord, JobStatus
+from .._record import JobRecord, JobStatus
 
 #: A job whose worker died this many times is failed, not offered to another worker.
 MAX_LOST_LEASES = 5

@@ -16,8 +16,8 @@ from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from .._job import JobRecord, JobStatus, utcnow
-from .._store import MAX_LOST_LEASES, poison_error
+from .._record import JobRecord, JobStatus, utcnow
+from ..local._store import MAX_LOST_LEASES, poison_error
 
 
 class MemoryStore:

@@ -1,0 +1,135 @@
+"""The job record: what a store keeps about one unit of background work."""
+
+from __future__ import annotations
+
+import os
+import time
+import traceback
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import Enum
+from typing import Any
+
+
+class JobStatus(str, Enum):
+    """Where a job is in its life. ``str`` so it compares and serialises as its value."""
+
+    #: Waiting to start: not yet released by its request, not yet due, waiting for the
+    #: job added before it in the same request, or waiting for a retry.
+    QUEUED = "queued"
+    #: An attempt is running now.
+    RUNNING = "running"
+    #: An attempt returned; ``result`` holds what it returned.
+    SUCCEEDED = "succeeded"
+    #: The last allowed attempt raised or timed out; ``error`` and ``traceback`` say why.
+    FAILED = "failed"
+    #: Dropped before it ran, e.g. because the endpoint that added it raised.
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        """True for the final states: succeeded, failed and cancelled."""
+        return self in _FINISHED
+
+
+_FINISHED = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def describe_error(exc: BaseException) -> tuple[str, str]:
+    """``("Type: message", "full traceback")``, as a job records a failed attempt."""
+    message = str(exc)
+    error = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    return error, "".join(traceback.format_exception(exc))
+
+
+def new_job_id() -> str:
+    """32 hex digits: the creation time in ms (12), then 80 random bits (20).
+
+    Ids sort by creation time, and a store that keeps no creation time of its own
+    (Celery's result backend) can tell it from the id.
+    """
+    return f"{time.time_ns() // 1_000_000:012x}{os.urandom(10).hex()}"
+
+
+def id_time(id: str) -> datetime | None:
+    """When the job with this id was created, or None for an id errands did not make."""
+    if len(id) != 32:
+        return None
+    try:
+        return datetime.fromtimestamp(int(id[:12], 16) / 1000, UTC)
+    except (ValueError, OverflowError, OSError):
+        return None
+
+
+@dataclass(slots=True)
+class JobRecord:
+    """One job, as a store keeps it. Records handed out are snapshots, not live views."""
+
+    id: str
+    name: str
+    status: JobStatus = JobStatus.QUEUED
+    args: list[Any] = field(default_factory=list)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    #: Attempts started so far; a first-time success has ``attempts == 1``.
+    attempts: int = 0
+    #: ``retries + 1`` for registered tasks, 1 for plain callables.
+    max_attempts: int = 1
+    result: Any = None
+    #: ``"ExceptionType: message"`` of the last failed attempt.
+    error: str | None = None
+    traceback: str | None = None
+    created_at: datetime = field(default_factory=utcnow)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    #: Earliest start. ``None`` while the job is held: committed by a request whose
+    #: response has not been sent yet.
+    run_at: datetime | None = None
+    #: False for jobs that live only in this process: plain callables, and every job
+    #: of the memory store.
+    durable: bool = False
+    #: The job added just before this one in the same request: this one starts only
+    #: once that one has finished (succeeded, failed or cancelled).
+    after: str | None = None
+    #: The worker holding the job while it runs, and until when its lease holds.
+    owner: str | None = None
+    lease_until: datetime | None = None
+    #: Attempts whose worker died (its lease ran out): counted in ``attempts``, not
+    #: against the task's retries.
+    lost: int = 0
+
+    @property
+    def finished(self) -> bool:
+        return self.status.finished
+
+    @property
+    def failures(self) -> int:
+        """Attempts that ran to a failure (not counting those whose worker died)."""
+        return self.attempts - self.lost
+
+    def copy(self) -> JobRecord:
+        # Spelled out: dataclasses.replace costs several times more, on every claim.
+        return JobRecord(
+            self.id,
+            self.name,
+            self.status,
+            self.args,
+            self.kwargs,
+            self.attempts,
+            self.max_attempts,
+            self.result,
+            self.error,
+            self.traceback,
+            self.created_at,
+            self.started_at,
+            self.finished_at,
+            self.run_at,
+            self.durable,
+            self.after,
+            self.owner,
+            self.lease_until,
+            self.lost,
+        )
