@@ -7,7 +7,11 @@ ErrandsError
  ├── InvalidArguments        add_task() arguments that do not fit the task's signature
  │    ├── NotSerializable    an argument (or a result) that JSON cannot carry
  │    └── PayloadTooLarge    arguments larger than max_payload
- ├── StoreError              the store could not take a write (disk full, read-only)
+ ├── StoreError              the store could not do what was asked (a full disk, a locked
+ │    │                      file); nothing of that call was stored, and it may pass
+ │    ├── StoreCorrupt       the store's file is not a database, or is damaged
+ │    ├── StoreUnwritable    the store's file cannot be opened or written (read-only,
+ │    │                      permissions, a missing directory)
  │    └── BrokerUnavailable  Celery mode: the broker did not take a job in publish_timeout
  ├── BacklogFull             the in-memory backlog stayed full for backlog_timeout
  ├── TaskTimeout             recorded on a job whose attempt ran past its timeout
@@ -28,7 +32,9 @@ __all__ = [
     "InvalidArguments",
     "NotSerializable",
     "PayloadTooLarge",
+    "StoreCorrupt",
     "StoreError",
+    "StoreUnwritable",
     "TaskTimeout",
     "WaitTimeout",
 ]
@@ -55,7 +61,21 @@ class PayloadTooLarge(InvalidArguments):
 
 
 class StoreError(ErrandsError):
-    """The store could not take a write; nothing of that call was stored."""
+    """The store could not do what was asked; nothing of that call was stored.
+
+    Raised as such for what may pass by itself (a full disk, a file locked longer
+    than the busy timeout); its subclasses say what will not.
+    """
+
+
+class StoreCorrupt(StoreError):
+    """The store's file is not a database, or is damaged: restore it from a backup,
+    or move it away to start with an empty one. Nothing heals it by waiting."""
+
+
+class StoreUnwritable(StoreError):
+    """The store's file cannot be opened or written: a read-only file or directory,
+    missing permissions, or a directory that does not exist."""
 
 
 class BrokerUnavailable(StoreError):

@@ -1,39 +1,70 @@
-"""The Store protocol: where jobs wait, and who may run them.
+"""The Store protocol: where the local backend's jobs wait, and who may run them.
 
 A store keeps job records and hands them to workers. It knows nothing about
-functions: a worker finds the function by the job's registered name. Every method
-is synchronous and must be safe to call from any thread; each is one short step
-(one transaction in a database store). Records handed out are copies; records
-handed to ``enqueue`` belong to the store from then on.
+functions: a worker finds the function by the job's registered name, and claims
+only the names it has registered. Every method is synchronous and must be safe
+to call from any thread; each is one short step (one transaction in a database
+store, or one savepoint of the transaction that ``batch`` opens). Records handed
+out are copies; records handed to ``enqueue`` belong to the store from then on.
 
 The life of a job, as the store sees it::
 
     enqueue ──► queued ──claim──► running ──complete──► succeeded
-      (held until      ▲             │ ──fail───────► failed
-       release)        └──retry──────┘ ──requeue────► queued (not the task's fault)
+    (unreleased    ▲                │ ──fail───────► failed
+     while it has  └──retry─────────┘ ──requeue────► queued (not the task's fault)
+     an owner)
     queued ──cancel──► cancelled
 
-A job is claimable when it is queued, its ``run_at`` has come, and the job named by
-its ``after`` (the one added before it in the same request) has finished. A running
-job whose lease has expired (its worker died) is claimable again, as a new attempt
-that does not count against the task's retries (``lost`` counts them); after
-``MAX_LOST_LEASES`` such losses the job is failed as a poison job instead.
+A job is *claimable* when it is queued, its ``run_at`` has come, and the job named
+by its ``after`` (the one added before it in the same request) has finished.
+
+A request's jobs are *unreleased* until its response has been sent: they are
+enqueued with ``owner`` set to the process that added them and ``run_at`` set to
+when they may run should that process never release them (the ``hold``). They
+become claimable at once by ``release``, or when their owner is gone: a process
+that stops ``beat``-ing for longer than a lease is gone (``release_orphans``).
+
+A running job whose lease has expired (its worker died) is claimable again, as a
+new attempt that does not count against the task's retries (``lost`` counts them);
+after ``MAX_LOST_LEASES`` such losses the job is failed as a poison job instead.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from .._record import JobRecord, JobStatus
-
-#: A job whose worker died this many times is failed, not offered to another worker.
-MAX_LOST_LEASES = 5
+from .._tuning import MAX_LOST_LEASES
 
 
 def poison_error(lost: int) -> str:
     return f"PoisonJob: its worker died (lease lost) {lost} times while running it; not run again"
+
+
+#: What a claim asks for: up to ``limit`` claimable jobs whose name is in ``names``.
+Want = tuple[Collection[str], int]
+
+
+@dataclass(slots=True)
+class ProcessInfo:
+    """A process that uses the store: a worker (it claims jobs), or a web process
+    that only adds them. Kept by the store so that others can tell whether it lives."""
+
+    id: str
+    role: Literal["worker", "web"]
+    host: str
+    pid: int
+    #: The task names a worker runs (empty for a web process).
+    tasks: tuple[str, ...]
+    started_at: datetime
+    #: The last ``beat``; the process is gone once this is older than a lease.
+    seen_at: datetime
+    #: Set when the process stopped (cleanly) or was found gone.
+    stopped_at: datetime | None = None
 
 
 class Store(Protocol):
@@ -41,55 +72,88 @@ class Store(Protocol):
     #: against the in-memory backlog and its records are marked ``durable=False``.
     durable: bool
 
-    #: Whether this process's worker claims the store's jobs. False when another
-    #: system's workers run them (Celery): the store only publishes and reports.
-    claims: bool
+    #: Where the jobs are kept, for logs and errors: an absolute path, or ``memory``.
+    location: str
+
+    # -- writing ----------------------------------------------------------------
+
+    def batch(self) -> AbstractContextManager[None]:
+        """One transaction around the writes this thread makes inside it (group
+        commit); a write that fails inside it is undone alone."""
 
     def enqueue(self, jobs: Sequence[JobRecord]) -> None:
-        """Add new jobs. Jobs with ``run_at=None`` are held until ``release``."""
+        """Add new jobs (their ``owner`` set: unreleased, see the module's docstring)."""
 
     def release(self, ids: Collection[str]) -> None:
-        """Make held jobs runnable now (their request's response has been sent)."""
+        """Make unreleased jobs claimable now (their request's response has been
+        sent): ``run_at`` becomes now, ``owner`` None. Other jobs are left alone."""
 
     def cancel(self, ids: Collection[str], reason: str) -> list[str]:
         """Cancel the given jobs that are still queued; returns the ids cancelled."""
 
-    def claim(
-        self, owner: str, limit: int, lease: float, ids: Collection[str] | None = None
-    ) -> list[JobRecord]:
-        """Take up to ``limit`` claimable jobs for ``owner`` for ``lease`` seconds.
+    def claim(self, owner: str, lease: float, wants: Sequence[Want]) -> list[JobRecord]:
+        """Take claimable jobs for ``owner`` for ``lease`` seconds: for each
+        ``(names, limit)`` of ``wants``, up to ``limit`` jobs whose name is in
+        ``names``, by due time and then in the order added.
 
-        Claiming marks a job running and counts an attempt. With ``ids``, only those
-        jobs are considered, and a held or not-yet-due job among them is taken too
-        (this is how a request runs its own jobs eagerly).
+        Claiming marks a job running, sets its owner, lease and ``started_at``, and
+        counts an attempt. Expired leases are dealt with first (see the module's
+        docstring). A claim that finds nothing due should not take a write lock.
         """
 
-    def heartbeat(self, jobs: Sequence[JobRecord], lease: float) -> list[str]:
-        """Extend the leases of running jobs; returns the ids whose lease was lost."""
+    def claim_ids(self, owner: str, lease: float, ids: Collection[str]) -> list[JobRecord]:
+        """Take these jobs if they are queued and not waiting for the job before
+        them, due or not, released or not (a request running its own jobs eagerly)."""
+
+    def renew(self, jobs: Sequence[JobRecord], lease: float) -> list[str]:
+        """Extend the leases of running jobs; returns the ids whose claim was lost."""
 
     def complete(self, job: JobRecord, result: Any) -> bool:
         """Record a success. False if ``job``'s claim is no longer the current one."""
 
-    def retry(self, job: JobRecord, error: str, traceback: str, run_at: datetime | None) -> bool:
-        """Record a failed attempt that will be tried again at ``run_at`` (None: held)."""
+    def retry(self, job: JobRecord, error: str, traceback: str, run_at: datetime) -> bool:
+        """Record a failed attempt that will be tried again at ``run_at``."""
 
     def fail(self, job: JobRecord, error: str, traceback: str | None) -> bool:
         """Record a final failure."""
 
     def requeue(self, job: JobRecord) -> bool:
-        """Give a claimed job back (its worker is shutting down), runnable at once."""
+        """Give a claimed job back (its worker is shutting down), runnable at once,
+        without counting the attempt."""
 
     def purge(self, before: datetime) -> int:
         """Delete jobs that finished before ``before``; how many were deleted."""
+
+    # -- processes --------------------------------------------------------------
+
+    def beat(self, process: ProcessInfo) -> None:
+        """Record that ``process`` lives: add it, or set its ``seen_at`` to now."""
+
+    def stopped(self, id: str) -> None:
+        """The process stopped cleanly: mark it, and release its unreleased jobs."""
+
+    def release_orphans(self, seen_before: datetime) -> list[str]:
+        """Processes not stopped and last seen before ``seen_before`` are gone: mark
+        them stopped and release their unreleased jobs; returns their ids."""
+
+    def processes(self) -> list[ProcessInfo]:
+        """Every process the store knows, stopped ones included, latest first."""
+
+    # -- reading ----------------------------------------------------------------
 
     def get(self, id: str) -> JobRecord | None:
         """The job with this id, or None."""
 
     def jobs(self, status: JobStatus | None = None, limit: int = 100) -> list[JobRecord]:
-        """Jobs, newest first, optionally only those with ``status``."""
+        """Jobs, newest first, optionally only those with ``status``. A row that
+        cannot be read is listed as failed, with a ``CorruptJob`` error."""
 
     def counts(self) -> dict[JobStatus, int]:
         """How many jobs are in each status."""
+
+    def counts_by_task(self) -> dict[str, dict[JobStatus, int]]:
+        """How many jobs of each task name are in each status (statuses with none
+        left out)."""
 
     def unfinished(self) -> int:
         """How many jobs are queued or running (cheap: ``join`` polls it)."""
