@@ -2,13 +2,16 @@
 an ErrandsError that names the task and the place, never a raw Python error."""
 
 import json
+import math
 import sys
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 
-from errands import Errands, ErrandsError, JobStatus, NotSerializable
+from errands import Errands, ErrandsError, JobStatus, NotSerializable, Task
 from errands._payload import MAX_DEPTH, encode_result
 from errands.exceptions import ResultTooLarge
 
@@ -208,3 +211,144 @@ def test_a_short_scalar_result_is_not_encoded_to_be_measured(
     monkeypatch.setattr(json, "dumps", refuse)
     for result in ("short", 42, 1.5, True, None):
         assert encode_result("t", result, max_result=1024) is result
+
+
+# -- any value: accepted and delivered unchanged, or refused with an ErrandsError ------
+
+
+def same(expected: Any, got: Any) -> bool:
+    """``got`` is ``expected`` as JSON data, exactly: tuples arrive as lists, -0.0 stays
+    -0.0, True is not 1, and a nan is never the same as anything."""
+    if isinstance(expected, list | tuple):
+        return (
+            type(got) is list
+            and len(got) == len(expected)
+            and all(same(a, b) for a, b in zip(expected, got, strict=True))
+        )
+    if isinstance(expected, dict):
+        return (
+            type(got) is dict
+            and all(type(key) is str for key in expected)
+            and expected.keys() == got.keys()
+            and all(same(expected[key], got[key]) for key in expected)
+        )
+    if isinstance(expected, float):
+        return type(got) is float and got == expected and str(got) == str(expected)
+    scalar = type(expected) in (str, int, bool, type(None))
+    return scalar and type(got) is type(expected) and got == expected
+
+
+def deeper_than(value: Any, limit: int) -> bool:
+    """Whether lists and dicts nest in ``value`` more than ``limit`` levels (stops there)."""
+    if not isinstance(value, list | tuple | dict):
+        return False
+    if limit == 0:
+        return True
+    items = value.values() if isinstance(value, dict) else value
+    return any(deeper_than(item, limit - 1) for item in items)
+
+
+def json_carries(value: Any) -> bool:
+    """Whether JSON carries ``value`` unchanged (the reference errands is held to)."""
+    if deeper_than(value, MAX_DEPTH):
+        return False
+    try:
+        text = json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):  # not JSON data, nan, an int of too many digits
+        return False
+    return same(value, json.loads(text))
+
+
+HUGE_INTS = st.one_of(
+    st.sampled_from([2**63 - 1, 2**63, -(2**63) - 1, 2**64]),
+    # Ints of 4,300 digits (the default limit) and more; built, since hypothesis
+    # describes a strategy with repr(), which such an int refuses.
+    st.builds(
+        lambda sign, digits, offset: sign * (10**digits + offset),
+        st.sampled_from([1, -1]),
+        st.sampled_from([4299, 4300, 5000]),
+        st.sampled_from([-1, 0]),
+    ),
+)
+HASHABLE = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(),
+    st.text(max_size=3),
+    st.tuples(st.integers()),
+)
+SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    HUGE_INTS,
+    st.floats(),
+    st.sampled_from([math.nan, math.inf, -math.inf, -0.0, 0.0]),  # more often than floats()
+    st.text(st.characters(exclude_categories=()), max_size=8),  # lone surrogates too
+    st.text(st.characters(min_codepoint=0x10000), max_size=4),  # astral characters
+    st.binary(max_size=4),
+    st.datetimes(),
+    st.dates(),
+    st.builds(object),
+)
+LEAVES = st.one_of(
+    SCALARS,
+    st.builds(nested, SCALARS, st.sampled_from([MAX_DEPTH - 2, MAX_DEPTH, 100_000])),
+    st.builds(containing_itself, st.lists(SCALARS, max_size=2)),
+)
+VALUES = st.recursive(
+    LEAVES,
+    lambda children: st.one_of(
+        st.lists(children, max_size=4),
+        st.lists(children, max_size=4).map(tuple),
+        st.dictionaries(st.text(max_size=4), children, max_size=4),
+        st.dictionaries(HASHABLE, children, max_size=3),
+        st.sets(HASHABLE, max_size=3),
+    ),
+    max_leaves=8,
+)
+
+
+@pytest.fixture
+def keeper(url: str) -> tuple[Errands, Task[[Any], Any], list[Any]]:
+    """An Errands instance whose task ``keep`` records and returns what it receives."""
+    errands = Errands(url)
+    received: list[Any] = []
+
+    @errands.task
+    def keep(value: Any) -> Any:
+        received.append(value)
+        return value
+
+    return errands, keep, received
+
+
+@settings(
+    max_examples=100,
+    deadline=None,
+    database=None,
+    # One Errands instance serves every example of a test, as it would serve requests.
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(value=VALUES)
+async def test_any_value_arrives_as_json_gives_it_back_or_is_refused_with_an_errands_error(
+    keeper: tuple[Errands, Task[[Any], Any], list[Any]], value: Any
+) -> None:
+    errands, keep, received = keeper
+    carried = json_carries(value)
+    try:
+        job = errands.add_task(keep, value)
+    except ErrandsError as exc:
+        event("refused")
+        assert not carried, f"refused what JSON carries unchanged: {exc}"
+        assert isinstance(exc, NotSerializable)
+        return
+    assert carried, "accepted what JSON cannot carry unchanged"
+    event("accepted")
+    expected = json.loads(json.dumps(value))
+    await errands.join(timeout=10)
+    record = await job.wait(timeout=5)
+    assert record.status is JobStatus.SUCCEEDED, record.error
+    assert same(expected, received.pop())
+    assert same(expected, record.result)
