@@ -14,6 +14,8 @@ ErrandsError
  │    │                      permissions, a missing directory)
  │    └── BrokerUnavailable  Celery mode: the broker did not take a job in publish_timeout
  ├── BacklogFull             the in-memory backlog stayed full for backlog_timeout
+ ├── ResultTooLarge          recorded on a job whose result, as JSON, is larger than
+ │                           max_result
  ├── TaskTimeout             recorded on a job whose attempt ran past its timeout
  └── WaitTimeout             Job.wait() / Errands.join() gave up (also a TimeoutError)
 ```
@@ -32,6 +34,7 @@ __all__ = [
     "InvalidArguments",
     "NotSerializable",
     "PayloadTooLarge",
+    "ResultTooLarge",
     "StoreCorrupt",
     "StoreError",
     "StoreUnwritable",
@@ -92,6 +95,14 @@ class BacklogFull(ErrandsError):
 
     Nothing was queued: the request (or the ``add_task`` call) failed as a whole.
     Map it to ``503 Service Unavailable`` with an exception handler.
+    """
+
+
+class ResultTooLarge(ErrandsError):
+    """A registered task's result, as JSON, is larger than ``max_result`` bytes.
+
+    Recorded on the job (which fails); store large results elsewhere and return a
+    reference to them.
     """
 
 
