@@ -1,7 +1,11 @@
 """process=True: registered def tasks in processes of their own; timeouts kill them."""
 
 import asyncio
+import importlib
 import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -9,6 +13,7 @@ import pytest
 
 from errands import ConfigurationError, Errands, JobStatus
 from tests.apps import cpu
+from tests.conftest import ROOT
 
 pytestmark = pytest.mark.anyio
 
@@ -74,3 +79,62 @@ def test_process_tasks_work_from_one_event_loop_after_another() -> None:
 
     assert asyncio.run(batch()) == [0, 1, 4, 9]
     assert asyncio.run(batch()) == [0, 1, 4, 9]  # a new loop: slots of its own
+
+
+def running(pid: int) -> bool:
+    """Whether process ``pid`` has not exited (a zombie waiting to be reaped has)."""
+    if not Path("/proc/self").exists():
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("prctl", ["1", "0"], ids=["prctl", "without-prctl"])
+def test_a_process_task_dies_with_its_worker_when_the_worker_is_killed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prctl: str
+) -> None:
+    monkeypatch.setenv("ERRANDS_URL", f"sqlite:///{tmp_path}/jobs.db")
+    from tests.apps import orphans
+
+    orphans = importlib.reload(orphans)  # on this test's file
+    pidfile = tmp_path / "task.pid"
+    orphans.errands.add_task(orphans.linger, str(pidfile), 60)
+    output = tmp_path / "worker.out"
+    with output.open("w") as out:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "errands", "worker", "tests.apps.orphans:errands"],
+            cwd=ROOT,
+            env={**os.environ, "ORPHANS_PRCTL": prctl},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    task_pid = None
+    try:
+        deadline = time.monotonic() + 60
+        while not pidfile.exists():
+            assert worker.poll() is None and time.monotonic() < deadline, output.read_text()
+            time.sleep(0.05)
+        task_pid = int(pidfile.read_text())
+        assert running(task_pid)
+        worker.send_signal(signal.SIGKILL)  # the worker alone, not its process group
+        worker.wait()
+        deadline = time.monotonic() + 5
+        while running(task_pid):
+            assert time.monotonic() < deadline, (
+                f"the task's process (pid {task_pid}) outlived its killed worker"
+            )
+            time.sleep(0.02)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+        if task_pid is not None and running(task_pid):
+            os.kill(task_pid, signal.SIGKILL)  # leave no orphan behind a failure
