@@ -14,6 +14,10 @@ from typing import IO, Any
 
 import httpx
 import pytest
+from fastapi.testclient import TestClient
+
+from errands import JobRecord
+from tests.apps import modes
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -206,3 +210,67 @@ class CeleryWorker:
                 self.process.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+#: Every mode, one line each: the behaviour tests (``test_modes.py``) and the backend
+#: contract (``test_contract.py``) run on each. A new mode is one line here.
+MODES = [
+    pytest.param("memory"),
+    pytest.param("sqlite"),
+    pytest.param("celery-redis", marks=pytest.mark.celery),
+    pytest.param("celery-rabbitmq", marks=[pytest.mark.celery, pytest.mark.slow]),
+]
+
+
+class Running:
+    """One mode's app, served by TestClient with its lifespan (and, in Celery mode, a
+    real Celery worker process)."""
+
+    def __init__(self, mode: modes.Mode, client: TestClient, queue: str) -> None:
+        self.mode = mode
+        self.errands = mode.errands
+        self.client = client
+        self.queue = queue
+
+    def finished(self, id: str, timeout: float = 20) -> JobRecord:
+        record: JobRecord = wait_finished(self.errands, id, timeout)
+        return record
+
+
+def delete_queues(app: object, queue: str) -> None:
+    with app.connection_for_write() as connection:  # type: ignore[attr-defined]
+        channel = connection.default_channel
+        for name in (queue, f"{queue}-routed"):
+            with contextlib.suppress(Exception):
+                channel.queue_delete(name)
+
+
+@pytest.fixture(scope="module", params=MODES)
+def running(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Running]:
+    name = request.param
+    folder = tmp_path_factory.mktemp(name)
+    log = folder / "log"
+    previous = os.environ.get("MODES_LOG")
+    os.environ["MODES_LOG"] = str(log)
+    worker = None
+    queue = f"errands-test-{uuid.uuid4().hex[:8]}"
+    try:
+        if name.startswith("celery"):
+            require_service("redis")
+            if name == "celery-rabbitmq":
+                require_service("rabbitmq")
+        mode = modes.make(name, path=str(folder / "jobs.db"), queue=queue)
+        if mode.celery is not None:
+            worker = CeleryWorker(name, queue, log)
+        with TestClient(mode.app, raise_server_exceptions=False) as client:
+            yield Running(mode, client, queue)
+    finally:
+        if worker is not None:
+            worker.stop()
+            delete_queues(mode.celery, queue)
+        if previous is None:
+            os.environ.pop("MODES_LOG", None)
+        else:
+            os.environ["MODES_LOG"] = previous

@@ -89,7 +89,7 @@ def test_registered_tasks_are_celery_tasks_under_their_names(log: Path, queue: s
         names = {name for tasks in replies.values() for name in tasks}
         assert {"modes.record", "modes.add", "modes.sleepy"} <= names
         # The user's task_routes apply: this task goes to the "-routed" queue.
-        routed = mode.errands.registered("modes.routed")
+        routed = mode.errands._core.tasks["modes.routed"]
         assert routed is not None
         job = mode.errands.add_task(routed, "routed")
         record = finished(mode.errands, job.id)
@@ -120,7 +120,8 @@ def test_a_revoked_job_reads_cancelled(queue: str) -> None:
     """What a request that failed while its jobs were published leaves: revoked jobs."""
     mode = modes.make("celery-redis", queue=queue)  # no worker: the job waits
     job = mode.errands.add_task(mode.add, 1, 2)
-    assert mode.errands.celery_store.cancel([job.id], "dropped: request failed") == [job.id]
+    publisher = mode.errands._core.backend.publisher
+    assert publisher.cancel([job.id], "dropped: request failed") == [job.id]
     record = mode.errands.get(job.id)
     assert record is not None and record.status is JobStatus.CANCELLED
     assert record.error is not None and "dropped: request failed" in record.error
@@ -161,7 +162,7 @@ def test_a_finished_job_delivered_again_stays_finished(log: Path, queue: str) ->
         assert finished(mode.errands, job.id).result == 2
     finally:
         worker.stop()
-    store = mode.errands.celery_store
+    store = mode.errands._core.backend.publisher
     # The copy's "running" does not overwrite the success...
     store.begin_states([(job.id, "STARTED", {"name": "modes.add"})], unless_final=True)(True)
     record = mode.errands.get(job.id)
@@ -189,7 +190,7 @@ def test_url_and_celery_together_or_eager_are_refused() -> None:
 def test_the_celery_app_can_come_from_the_url(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ERRANDS_URL", "celery://tests.apps.celery_only:celery_app")
     errands = Errands()
-    assert errands.celery is not None and errands.celery.main == "celery-only"
+    assert errands._core.backend.app.main == "celery-only"
     for url, problem in [
         ("celery://tests.apps.celery_only", "celery://module:attribute"),
         ("celery://tests.apps.nowhere:app", "cannot import"),
@@ -403,7 +404,7 @@ def test_a_worker_killed_mid_task_loses_nothing(log: Path, queue: str, mode_name
         for name in ("a", "b")
     }
     try:
-        long_task = mode.errands.registered("modes.long")
+        long_task = mode.errands._core.tasks["modes.long"]
         assert long_task is not None
         tag = uuid.uuid4().hex[:8]
         long_job = mode.errands.add_task(long_task, tag, 2.0)

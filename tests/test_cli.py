@@ -201,3 +201,22 @@ def test_a_worker_logs_each_line_with_a_timestamp_a_level_and_its_logger(tmp_pat
         worker.kill()
     line = next(line for line in log.read_text().splitlines() if "worker running" in line)
     assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO errands: ", line), line
+    assert "errands: errands:" not in log.read_text()
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("sqlite:///garbage.db", "is not a database"),
+        ("sqlite:///nowhere/jobs.db", "does not exist: create it"),
+    ],
+)
+def test_a_store_that_cannot_work_ends_the_worker_with_one_line(
+    tmp_path: Path, url: str, problem: str
+) -> None:
+    (tmp_path / "garbage.db").write_bytes(b"not sqlite " * 500)
+    write(tmp_path, app=f"from errands import Errands\nerrands = Errands({url!r})\n")
+    done = run(tmp_path, "worker", "app:errands")
+    assert done.returncode == 1
+    assert problem in done.stderr and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr

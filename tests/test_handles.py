@@ -83,7 +83,7 @@ async def test_waiting_on_a_job_that_was_never_stored_says_so() -> None:
     @errands.task
     def task() -> None: ...
 
-    job: Job[None] = Job("0" * 32, task.name, errands)
+    job: Job[None] = Job("0" * 32, task.name, errands._core)
     with pytest.raises(ErrandsError, match="not known"):
         await job.wait(timeout=1)
 
@@ -123,3 +123,20 @@ def test_handles_returned_in_a_request_see_the_job_run() -> None:
         client.get("/")
     record = handles[0].info()
     assert record is not None and record.result == 3 and record.status is JobStatus.SUCCEEDED
+
+
+async def test_jobs_takes_a_status_by_its_name_and_refuses_anything_else(url: str) -> None:
+    errands = Errands(url)
+
+    @errands.task
+    def ok() -> int:
+        return 1
+
+    job = errands.add_task(ok)
+    await errands.join(timeout=5)
+    assert [r.id for r in errands.jobs(status="succeeded")] == [job.id]
+    assert [r.id for r in errands.jobs(status=JobStatus.SUCCEEDED)] == [job.id]
+    assert errands.jobs(status="failed") == []
+    for bad in ["done", "SUCCEEDED", 3]:
+        with pytest.raises(ValueError, match="'queued', 'running', 'succeeded', 'failed'"):
+            errands.jobs(status=bad)  # type: ignore[arg-type]

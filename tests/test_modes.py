@@ -8,70 +8,14 @@ differs. Jobs are looked at through ``errands.get(id)``, as a client would.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import time
 import uuid
-from collections.abc import Iterator
 
 import pytest
-from fastapi.testclient import TestClient
 
 from errands import JobRecord, JobStatus
 from tests.apps import modes
-from tests.conftest import CeleryWorker, require_service, wait_finished, wait_until
-
-MODES = ["memory", "sqlite", "celery-redis", "celery-rabbitmq"]
-
-
-class Running:
-    def __init__(self, mode: modes.Mode, client: TestClient) -> None:
-        self.mode = mode
-        self.errands = mode.errands
-        self.client = client
-
-    def finished(self, id: str, timeout: float = 20) -> JobRecord:
-        record: JobRecord = wait_finished(self.errands, id, timeout)
-        return record
-
-
-def delete_queues(app: object, queue: str) -> None:
-    with app.connection_for_write() as connection:  # type: ignore[attr-defined]
-        channel = connection.default_channel
-        for name in (queue, f"{queue}-routed"):
-            with contextlib.suppress(Exception):
-                channel.queue_delete(name)
-
-
-@pytest.fixture(scope="module", params=MODES)
-def running(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Running]:
-    name = request.param
-    folder = tmp_path_factory.mktemp(name)
-    log = folder / "log"
-    previous = os.environ.get("MODES_LOG")
-    os.environ["MODES_LOG"] = str(log)
-    worker = None
-    queue = f"errands-test-{uuid.uuid4().hex[:8]}"
-    try:
-        if name.startswith("celery"):
-            require_service("redis")
-            if name == "celery-rabbitmq":
-                require_service("rabbitmq")
-        mode = modes.make(name, path=str(folder / "jobs.db"), queue=queue)
-        if mode.celery is not None:
-            worker = CeleryWorker(name, queue, log)
-        with TestClient(mode.app, raise_server_exceptions=False) as client:
-            yield Running(mode, client)
-    finally:
-        if worker is not None:
-            worker.stop()
-            delete_queues(mode.celery, queue)
-        if previous is None:
-            os.environ.pop("MODES_LOG", None)
-        else:
-            os.environ["MODES_LOG"] = previous
+from tests.conftest import Running, wait_until
 
 
 def tag() -> str:

@@ -138,3 +138,12 @@ def test_a_process_task_dies_with_its_worker_when_the_worker_is_killed(
             worker.wait()
         if task_pid is not None and running(task_pid):
             os.kill(task_pid, signal.SIGKILL)  # leave no orphan behind a failure
+
+
+async def test_a_process_tasks_result_json_cannot_carry_fails_it_once_without_a_crash() -> None:
+    job = cpu.errands.add_task(cpu.huge_result)
+    await cpu.errands.join(timeout=60)
+    record = cpu.errands.get(job.id)
+    assert record is not None and record.status is JobStatus.FAILED
+    assert record.error is not None and record.error.startswith("NotSerializable:")
+    assert "digits" in record.error and record.attempts == 1  # refused, not retried

@@ -278,3 +278,65 @@ def test_sigterm_to_a_server_drains_its_worker(env: dict[str, str]) -> None:
     assert "done srv" in lines(env), output
     record = fresh().get(job_id)  # the server wrote the result before it exited
     assert record is not None and record.status is JobStatus.SUCCEEDED
+
+
+def test_a_killed_web_process_delays_its_unreleased_jobs_by_about_a_lease_not_the_hold(
+    env: dict[str, str], workers: list[Worker]
+) -> None:
+    workers.append(Worker(env))
+    server = Server("tests.apps.durable:app", env={**env, "HOLD": "60"})
+    try:
+        with httpx.stream("GET", f"{server.url}/stream/orphan", timeout=30) as response:
+            chunks = response.iter_lines()  # kept: dropping it would close the stream
+            assert next(chunks) == "started"  # the endpoint returned: its job is stored
+            time.sleep(3)  # three leases: the server lives, so its job waits for it
+            assert "orphan" not in notes(env)
+            server.process.send_signal(signal.SIGKILL)
+            killed = time.monotonic()
+    except httpx.HTTPError:
+        pass  # the stream broke with its server, as it must
+    finally:
+        server.stop()
+    wait_for(lambda: "orphan" in notes(env), timeout=20)
+    # The lease is 1 s, the hold 60 s: it ran because its owner was gone.
+    assert time.monotonic() - killed < 10
+
+
+def test_an_older_worker_leaves_a_newer_tasks_jobs_for_a_worker_that_knows_them(
+    env: dict[str, str], workers: list[Worker]
+) -> None:
+    old = Worker(env)
+    workers.append(old)
+    web = fresh()
+    newer = web.task(name="newer")(lambda token: None)
+    job = web.add_task(newer, "rolled")
+    wait_for(lambda: any(w.tasks for w in web.stats().workers))
+    time.sleep(1)  # many polls of the old worker
+    record = web.get(job.id)
+    assert record is not None and record.status is JobStatus.QUEUED and record.attempts == 0
+    stats = web.stats()
+    assert stats.unrunnable == {"newer": 1}
+    assert all("newer" not in w.tasks for w in stats.workers)
+    workers.append(Worker(env, NEWER="1"))
+    wait_for(lambda: "newer rolled" in " ".join(lines(env)))
+    record = web.get(job.id)
+    assert record is not None and record.status is JobStatus.SUCCEEDED and record.attempts == 1
+
+
+def test_a_worker_whose_file_turns_corrupt_exits_with_one_line(
+    env: dict[str, str], workers: list[Worker], tmp_path: Path
+) -> None:
+    worker = Worker(env)
+    workers.append(worker)
+    app = app_module()
+    job = app.errands.add_task(app.note, "before")
+    wait_for(lambda: (r := app.errands.get(job.id)) is not None and r.finished)
+    for name in ("jobs.db", "jobs.db-wal", "jobs.db-shm"):
+        path = tmp_path / name
+        if path.exists():
+            path.write_bytes(b"this is not a database, not any more " * 200)
+    output, _ = worker.process.communicate(timeout=20)
+    assert worker.process.returncode != 0
+    out = output.decode(errors="replace")
+    assert "not a database" in out or "malformed" in out, out
+    assert "Traceback" not in out and len(out.splitlines()) < 20, out

@@ -20,12 +20,31 @@ PUBLIC = {
     "JobStatus",
     "NotSerializable",
     "PayloadTooLarge",
-    "Store",
+    "ResultTooLarge",
+    "Stats",
+    "StoreCorrupt",
     "StoreError",
+    "StoreUnwritable",
     "Task",
     "TaskTimeout",
     "Tasks",
     "WaitTimeout",
+    "WorkerInfo",
+}
+
+#: What an Errands instance shows: the README documents each.
+ERRANDS = {
+    "add_task",
+    "backlog",
+    "eager",
+    "get",
+    "jobs",
+    "join",
+    "lifespan",
+    "run_worker",
+    "stats",
+    "task",
+    "url",
 }
 
 
@@ -34,6 +53,14 @@ def test_the_exported_names_are_exactly_the_public_ones_and_sorted() -> None:
     assert errands.__all__ == sorted(errands.__all__)
     for name in errands.__all__:
         assert getattr(errands, name) is not None
+
+
+def test_an_errands_instance_shows_exactly_the_documented_names() -> None:
+    shown = {name for name in dir(errands.Errands("memory://")) if not name.startswith("_")}
+    assert shown == ERRANDS
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    for name in ERRANDS:
+        assert f"errands.{name}" in readme or f".{name}(" in readme, name
 
 
 def test_every_exception_derives_from_errands_error() -> None:

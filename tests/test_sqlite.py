@@ -83,10 +83,10 @@ def test_bad_sqlite_urls_say_how_to_write_them(url: str) -> None:
 
 def test_relative_and_absolute_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    relative = Errands("sqlite:///rel.db").store
+    relative = Errands("sqlite:///rel.db")._core.backend.store
     assert isinstance(relative, SQLiteStore) and relative.path == "rel.db"
     assert (tmp_path / "rel.db").exists()
-    absolute = Errands(f"sqlite:///{tmp_path}/abs.db").store
+    absolute = Errands(f"sqlite:///{tmp_path}/abs.db")._core.backend.store
     assert isinstance(absolute, SQLiteStore) and absolute.path == f"{tmp_path}/abs.db"
     relative.close()
     absolute.close()
@@ -116,7 +116,7 @@ def test_a_full_disk_fails_add_task_clearly_and_keeps_nothing_half_written(
     @errands.task(name="fill")
     def fill(blob: str) -> None: ...
 
-    store = errands.store
+    store = errands._core.backend.store
     assert isinstance(store, SQLiteStore)
     # SQLite's own "database or disk is full", from a page budget on this connection.
     pages = store._db().execute("PRAGMA page_count").fetchone()[0]
@@ -132,14 +132,16 @@ def test_a_full_disk_fails_add_task_clearly_and_keeps_nothing_half_written(
 def test_a_request_whose_jobs_cannot_be_stored_fails(tmp_path: Path) -> None:
     errands = Errands(f"sqlite:///{tmp_path}/jobs.db")
     app = make_app(errands, [])
-    store = errands.store
+    store = errands._core.backend.store
     assert isinstance(store, SQLiteStore)
     # From here on the file cannot be opened: every write fails (the worker's too).
     store.path = str(tmp_path / "missing-dir" / "jobs.db")
     store.close()
     with TestClient(app, raise_server_exceptions=False) as client:
         response = client.post("/greet/ada")
-    assert response.status_code == 500
+    # The lifespan's default handler: try again later, and no file path leaks out.
+    assert response.status_code == 503 and response.headers["retry-after"] == "5"
+    assert str(tmp_path) not in response.text
 
 
 def test_a_row_that_cannot_be_read_is_failed_with_the_reason(tmp_path: Path) -> None:
@@ -161,9 +163,9 @@ def test_the_worker_purges_jobs_past_the_retention_time(
 ) -> None:
     import asyncio
 
-    from errands import _worker
+    from errands.local import _backend
 
-    monkeypatch.setattr(_worker, "PURGE_EVERY", 0.05)
+    monkeypatch.setattr(_backend, "PURGE_EVERY", 0.05)
     errands = Errands(f"sqlite:///{tmp_path}/jobs.db", retention=0.2)
 
     @errands.task(name="quick")
@@ -189,7 +191,7 @@ def test_worker_false_starts_no_worker_jobs_wait_for_one_elsewhere(tmp_path: Pat
     with TestClient(app) as client:
         job_id = client.post("/greet/ada").json()
         time.sleep(0.2)
-        assert not errands.worker_running
+        assert errands._core.worker is None
         assert errands.get(job_id).status is JobStatus.QUEUED  # type: ignore[union-attr]
     assert ran == []
 
@@ -200,9 +202,9 @@ def test_the_default_store_is_a_sqlite_file_in_the_current_directory(
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("ERRANDS_URL", raising=False)
     errands = Errands()
-    assert errands.url == "sqlite:///errands.db" and errands.store.durable
+    assert errands.url == "sqlite:///errands.db" and errands._core.backend.store.durable
     assert (tmp_path / "errands.db").exists()
-    errands.store.close()
+    errands._core.backend.store.close()
 
 
 def test_concurrent_requests_share_transactions_and_one_bad_one_fails_alone(
@@ -218,7 +220,7 @@ def test_concurrent_requests_share_transactions_and_one_bad_one_fails_alone(
     @errands.task(name="t")
     def t(i: int) -> None: ...
 
-    store = errands.store
+    store = errands._core.backend.store
     assert isinstance(store, SQLiteStore)
     transactions: list[int] = []
     batch = store.batch
@@ -228,13 +230,14 @@ def test_concurrent_requests_share_transactions_and_one_bad_one_fails_alone(
         return batch()
 
     store.batch = counting  # type: ignore[method-assign]
-    records = [errands.new_stored(t, (i,), {}, run_at=None, after=None) for i in range(200)]
+    core = errands._core
+    records = [core.new_record(t, (i,), {}) for i in range(200)]
 
     async def main() -> list[BaseException | None]:
-        await errands.commit([records[0]])
+        await core.backend.commit([records[0]])
         clash = dataclasses.replace(records[1], id=records[0].id)  # the same id again
         results = await asyncio.gather(
-            *(errands.commit([r]) for r in [*records[1:100], clash, *records[100:]]),
+            *(core.backend.commit([r]) for r in [*records[1:100], clash, *records[100:]]),
             return_exceptions=True,
         )
         return list(results)
@@ -378,7 +381,7 @@ def test_jobs_claimed_while_the_worker_stops_are_given_back(tmp_path: Path) -> N
     @errands.task(name="quick")
     def quick() -> None: ...
 
-    store = errands.store
+    store = errands._core.backend.store
     claim, writing, finish = store.claim, threading.Event(), threading.Event()
 
     def slow_claim(*args: Any, **kwargs: Any) -> Any:
@@ -438,5 +441,79 @@ def test_jobs_that_fail_are_never_reported_as_having_lost_their_lease(
             await errands.join(timeout=20)
 
     asyncio.run(main())
-    assert errands.store.counts()[JobStatus.FAILED] == 30
+    assert errands._core.backend.store.counts()[JobStatus.FAILED] == 30
     assert "lost its lease" not in caplog.text
+
+
+def test_a_result_the_store_refuses_for_a_while_is_kept_then_and_the_task_never_runs_twice(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import asyncio
+    import logging
+
+    errands = Errands(f"sqlite:///{tmp_path}/jobs.db", lease=1.0)
+    runs: list[int] = []
+
+    @errands.task(name="report")
+    def report(i: int) -> str:
+        runs.append(i)
+        return "r" * 3000  # a page of its own: writing it needs room
+
+    store = errands._core.backend.store
+    assert isinstance(store, SQLiteStore)
+
+    def limit(pages: int | None) -> None:
+        # On the group commit's own connection: its writes see a full disk.
+        db = store._db()
+        count = db.execute("PRAGMA page_count").fetchone()[0]
+        db.execute(f"PRAGMA max_page_count = {count + 2 if pages is None else pages}")
+
+    async def main() -> None:
+        jobs = [errands.add_task(report, i) for i in range(10)]
+        caplog.set_level(logging.INFO, "errands")
+        async with errands.lifespan():
+            await errands._core.backend.write(lambda: limit(None))
+            for _ in range(400):  # the results cannot be kept: the store says the disk is full
+                if "disk is full" in caplog.text:
+                    break
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(2.5)  # more than two leases: they must not be taken away
+            await errands._core.backend.write(lambda: limit(1_000_000_000))
+            for job in jobs:
+                assert (await job.wait(timeout=20)).status is JobStatus.SUCCEEDED
+
+    asyncio.run(main())
+    assert sorted(runs) == list(range(10))  # each task ran once, full disk or not
+    assert "recording job outcomes failed" in caplog.text and "works again" in caplog.text
+    assert caplog.text.count("trying again in") < 40  # once a step, not once a try
+
+
+def test_a_request_on_a_store_no_worker_ever_ran_on_warns_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    errands, ran = Errands(f"sqlite:///{tmp_path}/jobs.db"), []
+    app = make_app(errands, ran)
+    caplog.set_level(logging.WARNING, "errands")
+    client = TestClient(app)  # no lifespan: no worker in this process
+    for name in ("ada", "bob"):
+        assert client.post(f"/greet/{name}").status_code == 200
+    warnings = [r.getMessage() for r in caplog.records if "no worker" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "lifespan=errands.lifespan" in warnings[0] and "errands worker" in warnings[0]
+    assert str(tmp_path) in warnings[0]
+
+
+def test_a_request_on_a_store_a_worker_has_run_on_does_not_warn(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import asyncio
+    import logging
+
+    url = f"sqlite:///{tmp_path}/jobs.db"
+    asyncio.run(Errands(url).join(timeout=5))  # a worker ran on this file once
+    errands, ran = Errands(url), []
+    caplog.set_level(logging.WARNING, "errands")
+    assert TestClient(make_app(errands, ran)).post("/greet/ada").status_code == 200
+    assert "no worker" not in caplog.text

@@ -301,7 +301,7 @@ def test_task_names_default_to_module_and_qualname_and_must_be_unique(url: str) 
 
     test_name = "test_task_names_default_to_module_and_qualname_and_must_be_unique"
     assert one.name == f"{__name__}.{test_name}.<locals>.one"
-    assert errands.registered(one.name) is one
+    assert errands._core.tasks[one.name] is one
 
     @errands.task(name="custom")
     def two() -> None: ...
@@ -332,22 +332,27 @@ def test_a_task_of_another_instance_is_refused_by_add_task() -> None:
         second.add_task(job)
 
 
-async def test_an_unregistered_name_in_the_store_fails_the_job_clearly(url: str) -> None:
+async def test_a_job_whose_task_no_worker_knows_waits_and_is_reported(url: str) -> None:
     from errands import JobRecord
 
     errands = Errands(url)
-    errands.store.enqueue(
+
+    @errands.task(name="known")
+    def known() -> str:
+        return "ran"
+
+    # As a worker of an older deploy finds a new task's job: it must leave it alone.
+    errands._core.backend.store.enqueue(
         [JobRecord(id="x1", name="nobody.knows", run_at=datetime.datetime.now(datetime.UTC))]
     )
     async with errands.lifespan():
-        for _ in range(200):
-            record = errands.get("x1")
-            if record is not None and record.finished:
-                break
-            await asyncio.sleep(0.01)
+        assert (await errands.add_task(known).wait(timeout=10)).result == "ran"
+        await asyncio.sleep(0.2)  # polls that could have taken it
+        stats = errands.stats()
     record = errands.get("x1")
-    assert record is not None and record.status is JobStatus.FAILED
-    assert record.error is not None and "'nobody.knows' is not registered" in record.error
+    assert record is not None and record.status is JobStatus.QUEUED and record.attempts == 0
+    assert stats.unrunnable == {"nobody.knows": 1}
+    assert [w.tasks for w in stats.workers] == [("known",)]
 
 
 async def test_a_task_that_changes_its_arguments_does_not_change_later_ones(url: str) -> None:
@@ -366,3 +371,92 @@ async def test_a_task_that_changes_its_arguments_does_not_change_later_ones(url:
     assert seen == [[1, 2, 3], [1, 2, 3]]
     record = job.info()
     assert record is not None and record.args == [[1, 2, 3]]
+
+
+@pytest.mark.parametrize("name", ["", "   "])
+def test_an_empty_task_name_is_refused(name: str) -> None:
+    errands = Errands("memory://")
+    with pytest.raises(ConfigurationError, match="non-empty str"):
+        errands.task(name=name)(lambda: None)
+
+
+def test_a_task_name_that_is_not_valid_text_is_refused() -> None:
+    errands = Errands("memory://")
+    with pytest.raises(ConfigurationError, match="lone surrogate"):
+        errands.task(name="send-\udcff")(lambda: None)
+
+
+async def test_an_error_no_store_can_hold_is_recorded_escaped_after_one_attempt(url: str) -> None:
+    import os
+
+    errands = Errands(url)
+    runs: list[int] = []
+
+    @errands.task(retries=1, backoff=0)
+    def report() -> None:
+        runs.append(1)
+        raise FileNotFoundError(os.fsdecode(b"report-\xff.csv"))
+
+    job = errands.add_task(report)
+    await errands.join(timeout=10)
+    record = errands.get(job.id)
+    assert record is not None and record.status is JobStatus.FAILED
+    assert record.error == "FileNotFoundError: report-\\udcff.csv"
+    assert record.traceback is not None and "report-\\udcff.csv" in record.traceback
+    assert len(runs) == 2 and record.attempts == 2  # its retries, and never a run more
+
+
+async def test_a_result_over_max_result_fails_the_job_naming_the_limit(url: str) -> None:
+    errands = Errands(url, max_result=1000)
+    runs: list[int] = []
+
+    @errands.task(retries=3)
+    def big() -> str:
+        runs.append(1)
+        return "x" * 5000
+
+    job = errands.add_task(big)
+    await errands.join(timeout=10)
+    record = errands.get(job.id)
+    assert record is not None and record.status is JobStatus.FAILED
+    assert record.error is not None and record.error.startswith("ResultTooLarge:")
+    assert "max_result=1,000" in record.error or "max_result=1000" in record.error
+    assert runs == [1] and record.attempts == 1  # no retry mends it
+
+
+async def test_a_worker_logs_each_outcome_with_the_job_task_attempt_and_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import logging
+
+    errands = Errands("memory://")
+    attempts: list[int] = []
+
+    @errands.task(name="mail", retries=2, backoff=0.01)
+    def mail() -> str:
+        attempts.append(1)
+        if len(attempts) < 2:
+            raise ConnectionError("smtp down")
+        return "sent"
+
+    @errands.task(name="broken")
+    def broken() -> None:
+        raise ValueError("bad input")
+
+    caplog.set_level(logging.INFO, "errands")
+    ok, bad = errands.add_task(mail), errands.add_task(broken)
+    await errands.join(timeout=10)
+    lines = [r.getMessage() for r in caplog.records if r.name == "errands.jobs"]
+    assert any(
+        line.startswith(f"job {ok.id} (mail) attempt 1 of 3 failed: ConnectionError: smtp down; ")
+        and "retrying in" in line
+        for line in lines
+    ), lines
+    assert any(
+        line.startswith(f"job {ok.id} (mail) succeeded in ") and line.endswith("(attempt 2 of 3)")
+        for line in lines
+    ), lines
+    assert f"job {bad.id} (broken) failed: ValueError: bad input" in lines
+    failure = next(r for r in caplog.records if r.getMessage().startswith(f"job {bad.id}"))
+    assert failure.levelname == "ERROR" and failure.exc_info is not None  # with its traceback
+    assert not any(r.getMessage().startswith("errands:") for r in caplog.records)

@@ -7,13 +7,13 @@ from errands.memory import MemoryStore
 
 
 def test_memory_url_gives_the_memory_store() -> None:
-    assert isinstance(Errands("memory://").store, MemoryStore)
+    assert isinstance(Errands("memory://")._core.backend.store, MemoryStore)
 
 
 def test_the_url_can_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ERRANDS_URL", "memory://")
     errands = Errands()
-    assert errands.url == "memory://" and isinstance(errands.store, MemoryStore)
+    assert errands.url == "memory://" and isinstance(errands._core.backend.store, MemoryStore)
 
 
 @pytest.mark.parametrize("url", ["redis://localhost", "nonsense"])

@@ -10,7 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from fastapi.testclient import TestClient
 
-from errands import BackgroundTasks, BacklogFull, Errands, JobStatus, WaitTimeout
+from errands import BackgroundTasks, BacklogFull, Errands, ErrandsError, JobStatus, WaitTimeout
 from tests.conftest import wait_until
 
 
@@ -266,3 +266,45 @@ def test_a_stream_of_plain_callables_does_not_starve_registered_jobs() -> None:
 
     asyncio.run(main())
     assert order.index("registered") < 5
+
+
+def test_the_lifespan_answers_a_full_backlog_with_503_and_retry_after(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    errands = Errands("memory://", max_backlog=1, backlog_timeout=0, threads=1)
+    gate = threading.Event()
+    app = FastAPI(lifespan=errands.lifespan)  # no handler of the user's own
+
+    @app.get("/")
+    async def endpoint(tasks: BackgroundTasks) -> None:
+        tasks.add_task(gate.wait, 10)
+
+    with TestClient(app) as client:
+        assert client.get("/").status_code == 200
+        refused = client.get("/")
+        gate.set()
+    assert refused.status_code == 503
+    assert refused.headers["retry-after"] == "1"
+    assert refused.json() == {"detail": "too many background jobs are waiting; try again shortly"}
+    assert "Traceback" not in caplog.text  # one warning line, not a traceback a request
+    assert "answered 1 request(s) with 503" in caplog.text
+
+
+def test_an_apps_own_handler_wins_over_errands_default() -> None:
+    errands = Errands("memory://", max_backlog=1, backlog_timeout=0, threads=1)
+    gate = threading.Event()
+    app = FastAPI(lifespan=errands.lifespan)
+
+    @app.exception_handler(ErrandsError)
+    async def mine(request: Request, exc: ErrandsError) -> JSONResponse:
+        return JSONResponse({"mine": True}, status_code=429)
+
+    @app.get("/")
+    async def endpoint(tasks: BackgroundTasks) -> None:
+        tasks.add_task(gate.wait, 10)
+
+    with TestClient(app) as client:
+        assert client.get("/").status_code == 200
+        refused = client.get("/")
+        gate.set()
+    assert refused.status_code == 429 and refused.json() == {"mine": True}

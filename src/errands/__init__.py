@@ -9,6 +9,7 @@ from ._background import BackgroundTask, BackgroundTasks, Tasks
 from ._errands import Errands
 from ._job import Job
 from ._record import JobRecord, JobStatus
+from ._stats import Stats, WorkerInfo
 from ._task import Task
 from .exceptions import (
     BacklogFull,
@@ -18,11 +19,13 @@ from .exceptions import (
     InvalidArguments,
     NotSerializable,
     PayloadTooLarge,
+    ResultTooLarge,
+    StoreCorrupt,
     StoreError,
+    StoreUnwritable,
     TaskTimeout,
     WaitTimeout,
 )
-from .local._store import Store
 
 __version__ = "0.1.0"
 
@@ -40,10 +43,14 @@ __all__ = [
     "JobStatus",
     "NotSerializable",
     "PayloadTooLarge",
-    "Store",
+    "ResultTooLarge",
+    "Stats",
+    "StoreCorrupt",
     "StoreError",
+    "StoreUnwritable",
     "Task",
     "TaskTimeout",
     "Tasks",
     "WaitTimeout",
+    "WorkerInfo",
 ]

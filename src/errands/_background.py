@@ -31,15 +31,16 @@ from fastapi import Depends
 from starlette.requests import HTTPConnection
 
 from ._job import Job
-from ._record import JobRecord, JobStatus, utcnow
-from ._runner import LocalJob, Runner, new_local_job
+from ._lifecycle import running_core
+from ._plain import PlainJob, cancel_plain, new_plain_job, run_plain
+from ._record import JobRecord
 from ._task import Task
+from ._threads import Threads
 from ._waiters import WAITERS
-from ._worker import running_instance
 from .exceptions import ConfigurationError, ErrandsError
 
 if TYPE_CHECKING:
-    from ._errands import Errands
+    from ._core import Core
 
 logger = logging.getLogger("errands")
 
@@ -48,7 +49,7 @@ R = TypeVar("R")
 T = TypeVar("T")
 
 #: Runs a request's plain callables when no Errands instance is around at all.
-_DEFAULT_RUNNER = Runner(threads=16, thread_name="errands-inline")
+_DEFAULT_THREADS = Threads(16, "errands-inline")
 
 _OPEN, _ACCEPTED, _RELEASED, _DROPPED = range(4)
 
@@ -56,8 +57,8 @@ _OPEN, _ACCEPTED, _RELEASED, _DROPPED = range(4)
 @dataclass(slots=True)
 class _Entry:
     record: JobRecord
-    local: LocalJob | None  # set for plain callables
-    errands: Errands | None  # the task's instance; for plain ones, the running one
+    plain: PlainJob | None  # set for plain callables
+    core: Core | None  # the task's instance; for plain ones, the running one
     committed: bool = False
 
 
@@ -96,31 +97,29 @@ class Tasks:
         if self._phase == _RELEASED:
             return self._add_now(func, args, kwargs)
         if isinstance(func, Task):
-            errands = func.errands
-            record = errands.new_stored(
-                func, args, kwargs, run_at=None, after=self._last_stored.get(id(errands))
-            )
-            self._last_stored[id(errands)] = record.id
-            self._entries.append(_Entry(record, None, errands))
-            return Job(record.id, record.name, errands)
+            core = func._core
+            record = core.new_record(func, args, kwargs, after=self._last_stored.get(id(core)))
+            self._last_stored[id(core)] = record.id
+            self._entries.append(_Entry(record, None, core))
+            return Job(record.id, record.name, core)
         # Sync endpoints and dependencies call this from a thread: the running
         # instance is looked up in _commit, on the event loop (and checked there too).
-        local = new_local_job(func, args, kwargs)
-        running = running_instance()
+        job = new_plain_job(func, args, kwargs)
+        running = running_core()
         if running is not None:
-            running.check_plain(local.name)
-        self._entries.append(_Entry(local.record, local, None))
-        return Job(local.record.id, local.record.name, None, local.record)
+            running.check_plain(job.name)
+        self._entries.append(_Entry(job, job, None))
+        return Job(job.id, job.name, None, job)
 
     def _add_now(self, func: Callable[..., Any], args: Any, kwargs: Any) -> Job[Any]:
         # Added after the response was sent (e.g. in a dependency's teardown).
-        errands = func.errands if isinstance(func, Task) else running_instance()
-        if errands is None:
+        core = func._core if isinstance(func, Task) else running_core()
+        if core is None:
             raise ErrandsError(
                 "this request's tasks have already run; add later work with "
                 "errands.add_task() on an Errands instance"
             )
-        return errands.add_task(func, *args, **kwargs)
+        return core.add_now(func, args, kwargs)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -165,9 +164,7 @@ class Tasks:
         except Exception as error:
             late = [e for e in self._entries if not e.committed]
             self._drop(late, f"dropped: storing tasks added after the endpoint failed: {error!r}")
-            logger.error(
-                "errands: %d task(s) added after the endpoint were dropped: %s", len(late), error
-            )
+            logger.error("%d task(s) added after the endpoint were dropped: %s", len(late), error)
         await self._release()
         return False
 
@@ -175,27 +172,25 @@ class Tasks:
         pending = [e for e in self._entries if not e.committed]
         if not pending:
             return
-        running = running_instance()
+        running = running_core()
         for entry in pending:
-            if entry.local is not None:
+            if entry.plain is not None:
                 if running is not None:
-                    running.check_plain(entry.local.name)
-                entry.errands = running
-            if entry.errands is None:
+                    running.check_plain(entry.plain.name)
+                entry.core = running
+            if entry.core is None:
                 entry.committed = True  # nothing to store, no backlog to count against
-        for errands, entries in _by_instance(
-            (e.errands, e) for e in pending if e.errands is not None
-        ):
-            stored = [e for e in entries if e.local is None]
-            local = [e for e in entries if e.local is not None]
+        for core, entries in _by_instance((e.core, e) for e in pending if e.core is not None):
+            stored = [e for e in entries if e.plain is None]
+            plain = [e.plain for e in entries if e.plain is not None]
             if stored:
-                await errands.commit([e.record for e in stored])
+                await core.backend.commit([e.record for e in stored])
                 for entry in stored:
                     entry.committed = True
-            if local:
-                await errands.reserve(len(local))
-                errands.adopt_local([e.record for e in local])
-                for entry in local:
+            if plain:
+                await core.backlog.reserve(len(plain))
+                core.plain.adopt(plain)
+                for entry in entries:
                     entry.committed = True
 
     async def _release(self) -> None:
@@ -203,22 +198,22 @@ class Tasks:
             return
         self._phase = _RELEASED
         inline: list[_Entry] = []
-        to_release: list[tuple[Errands, str]] = []
-        to_worker: list[tuple[Errands, LocalJob]] = []
+        to_release: list[tuple[Core, str]] = []
+        to_worker: list[tuple[Core, PlainJob]] = []
         for entry in self._entries:
             if not entry.committed:
                 continue  # dropped
-            errands = entry.errands
-            if errands is None or errands.runs_inline:
+            core = entry.core
+            if core is None or core.runs_inline:
                 inline.append(entry)
-            elif entry.local is None:
-                to_release.append((errands, entry.record.id))
+            elif entry.plain is None:
+                to_release.append((core, entry.record.id))
             else:
-                to_worker.append((errands, entry.local))
-        for errands, ids in _by_instance(to_release):
-            await errands.release(ids)
-        for errands, lane in _by_instance(to_worker):
-            errands.submit_lane(lane)
+                to_worker.append((core, entry.plain))
+        for core, ids in _by_instance(to_release):
+            await core.backend.release(ids)
+        for core, lane in _by_instance(to_worker):
+            core.hand_over(lane[0] if len(lane) == 1 else lane)
         if inline:
             # Like FastAPI, in the request itself; unlike it, a client that goes away
             # does not cancel them.
@@ -229,48 +224,40 @@ class Tasks:
         if entries is self._entries:
             self._phase = _DROPPED
         committed_stored = (
-            (e.errands, e.record)
+            (e.core, e.record)
             for e in entries
-            if e.local is None and e.committed and e.errands is not None
+            if e.plain is None and e.committed and e.core is not None
         )
-        for errands, records in _by_instance(committed_stored):
-            errands.cancel(records, reason)
+        for core, records in _by_instance(committed_stored):
+            core.backend.cancel(records, reason)
         for entry in entries:
-            record = entry.record
-            if entry.local is not None and record.status is JobStatus.QUEUED:
-                entry.local.forget_call()
-                record.status = JobStatus.CANCELLED
-                record.error = reason
-                record.finished_at = utcnow()
-                if entry.committed and entry.errands is not None:
-                    entry.errands.job_finished(record)
-                else:
-                    WAITERS.notify(record.id)
+            if entry.plain is not None:
+                if entry.committed and entry.core is not None:
+                    entry.core.plain.cancel(entry.plain, reason)  # gives its room back
+                elif cancel_plain(entry.plain, reason):
+                    WAITERS.notify(entry.plain.id)
             entry.committed = False  # never released
 
 
-def _by_instance(pairs: Iterable[tuple[Errands, T]]) -> list[tuple[Errands, list[T]]]:
+def _by_instance(pairs: Iterable[tuple[Core, T]]) -> list[tuple[Core, list[T]]]:
     """The items of each Errands instance, in the order given (instances by identity)."""
-    groups: dict[int, tuple[Errands, list[T]]] = {}
-    for errands, item in pairs:
-        groups.setdefault(id(errands), (errands, []))[1].append(item)
+    groups: dict[int, tuple[Core, list[T]]] = {}
+    for core, item in pairs:
+        groups.setdefault(id(core), (core, []))[1].append(item)
     return list(groups.values())
 
 
 async def _run_inline(entries: list[_Entry]) -> None:
     for entry in entries:
-        errands = entry.errands
-        if entry.local is None:
-            assert errands is not None
-            await errands.run_inline(entry.record)
-        elif errands is not None:
-            await errands.runner.run_local(entry.local, errands.job_finished)
+        core = entry.core
+        if entry.plain is None:
+            assert core is not None
+            await core.backend.run_here(entry.record)
+        elif core is not None:
+            await core.plain.run(entry.plain, core.threads)
         else:
-            await _DEFAULT_RUNNER.run_local(entry.local, _notify_finished)
-
-
-def _notify_finished(record: JobRecord) -> None:
-    WAITERS.notify(record.id)
+            await run_plain(entry.plain, _DEFAULT_THREADS)
+            WAITERS.notify(entry.plain.id)
 
 
 async def _provide_tasks(connection: HTTPConnection) -> Tasks:

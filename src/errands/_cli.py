@@ -14,6 +14,7 @@ from types import ModuleType, TracebackType
 from . import __version__
 from ._errands import Errands
 from ._modes import import_attribute
+from .exceptions import ErrandsError
 
 LEVELS = ("debug", "info", "warning", "error", "critical")
 # Frames of errands and importlib above the user's module say nothing about their bug.
@@ -37,6 +38,8 @@ def load(target: str) -> Errands:
             f"errands: could not import {target!r}: no module named {exc.name!r} (errands "
             f"looks in the current directory, {os.getcwd()}, then on sys.path)"
         ) from None
+    except ErrandsError as exc:  # errands' own words say what to fix: no traceback
+        raise SystemExit(f"errands: {exc}") from None
     except Exception as exc:
         raise SystemExit(failed_import(target, exc)) from None
     module = sys.modules[module_name]

@@ -1,5 +1,8 @@
 """Group commit: the writes of one event loop share transactions, off the loop.
 
+(Celery mode uses the same machinery without a transaction: requests' publishes
+gather while one batch is sent, one hand-over to a thread for many requests.)
+
 A durable store's write is a disk transaction; taking one per request (to store its
 jobs, to release them, to record each result) on the event loop serialises the
 server on the disk. Here writers hand their operation over and (if they care) wait;
@@ -19,14 +22,12 @@ fail, each write is tried again alone, so that only the bad one fails.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, TypeVar
-
-from .local._store import Store
 
 logger = logging.getLogger("errands")
 
@@ -45,8 +46,10 @@ class _Write:
 
 
 class GroupCommit:
-    def __init__(self, store: Store) -> None:
-        self._store = store
+    """``batch()`` opens the transaction that a batch's writes share."""
+
+    def __init__(self, batch: Callable[[], AbstractContextManager[None]]) -> None:
+        self._batch = batch
         # One thread of its own: one connection, and never queued behind the thread
         # pool that serves sync endpoints.
         self._thread = ThreadPoolExecutor(1, "errands-commit")
@@ -102,13 +105,12 @@ class GroupCommit:
         self._thread.shutdown(wait=False)
 
     def _run(self, writes: list[_Write]) -> list[_Outcome]:
-        batch = getattr(self._store, "batch", None)
         outcomes: list[_Outcome | None] = [None] * len(writes)
         bulks: dict[Callable[[Sequence[Any]], None], list[int]] = {}
         for index, write in enumerate(writes):
             if write.bulk is not None:
                 bulks.setdefault(write.bulk, []).append(index)
-        with batch() if batch is not None else contextlib.nullcontext():
+        with self._batch():
             # Bulk writes first: jobs released here can be claimed by this very batch.
             for method, indexes in bulks.items():
                 if len(indexes) > 1:

@@ -8,16 +8,14 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 import anyio
 
 from ._record import JobRecord, JobStatus
+from ._tuning import WAIT_POLL
 from ._waiters import WAITERS
 from .exceptions import ErrandsError, WaitTimeout
 
 if TYPE_CHECKING:
-    from ._errands import Errands
+    from ._core import Core
 
 R = TypeVar("R")
-
-#: How often wait() looks at the store for jobs finished by other processes.
-_POLL = 0.5
 
 
 class Job(Generic[R]):
@@ -27,19 +25,20 @@ class Job(Generic[R]):
     up later with ``errands.get(id)``.
     """
 
-    __slots__ = ("_errands", "_local", "id", "name")
+    __slots__ = ("_core", "_local", "id", "name")
 
     def __init__(
-        self, id: str, name: str, errands: Errands | None, local: JobRecord | None = None
+        self, id: str, name: str, core: Core | None, local: JobRecord | None = None
     ) -> None:
         self.id = id
         self.name = name
-        self._errands = errands
+        self._core = core
         self._local = local
 
     @property
     def durable(self) -> bool:
-        return self._local is None and self._errands is not None and self._errands.store.durable
+        """Whether the job survives this process (registered, on a durable store)."""
+        return self._local is None and self._core is not None and self._core.backend.durable
 
     def info(self) -> JobRecord | None:
         """A snapshot of the job's record, or None if it is not (or no longer) known.
@@ -48,8 +47,8 @@ class Job(Generic[R]):
         """
         if self._local is not None:
             return self._local.copy()
-        assert self._errands is not None
-        return self._errands.get(self.id)
+        assert self._core is not None
+        return self._core.backend.get(self.id)
 
     @property
     def status(self) -> JobStatus | None:
@@ -65,8 +64,8 @@ class Job(Generic[R]):
         while True:
             finished = WAITERS.subscribe(self.id)
             try:
-                errands = self._errands
-                record = await errands.read(self.info) if errands is not None else self.info()
+                core = self._core
+                record = await core.read(self.info) if core is not None else self.info()
                 if record is None:
                     raise ErrandsError(
                         f"job {self.id} is not known: not stored (yet: a request's jobs are "
@@ -74,7 +73,7 @@ class Job(Generic[R]):
                     )
                 if record.finished:
                     return record
-                pause = _POLL
+                pause = WAIT_POLL
                 if deadline is not None:
                     pause = min(pause, deadline - time.monotonic())
                     if pause <= 0:

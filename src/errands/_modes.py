@@ -1,4 +1,8 @@
-"""From the URL given to ``Errands(...)`` to a store."""
+"""The modes, and which one a URL picks.
+
+A mode is a package with ``open_backend(url, runtime) -> Backend``; ``MODES`` maps a
+URL's scheme to it. A new mode is one new folder and one line here.
+"""
 
 from __future__ import annotations
 
@@ -9,19 +13,20 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from .exceptions import ConfigurationError
-from .local._store import Store
-from .memory import MemoryStore
-from .sqlite import SQLiteStore
 
 if TYPE_CHECKING:
-    from celery import Celery
+    from ._backend import Backend
+    from ._options import Runtime
 
 DEFAULT_URL = "sqlite:///errands.db"
 ENV_VAR = "ERRANDS_URL"
-ACCEPTED = (
-    "memory://, sqlite:///relative/path.db, sqlite:////absolute/path.db, "
-    "celery://module:attribute (a Celery app)"
-)
+
+#: scheme: (the package of the mode, the URL forms it takes, the extra it needs)
+MODES: dict[str, tuple[str, str, str | None]] = {
+    "memory": ("errands.memory", "memory://", None),
+    "sqlite": ("errands.sqlite", "sqlite:///relative/path.db, sqlite:////absolute/path.db", None),
+    "celery": ("errands.celery", "celery://module:attribute (a Celery app)", "celery"),
+}
 
 
 def resolve_url(url: str | None) -> str:
@@ -29,31 +34,25 @@ def resolve_url(url: str | None) -> str:
     return url or os.environ.get(ENV_VAR) or DEFAULT_URL
 
 
-def open_store(url: str, *, publish_timeout: float = 5.0) -> Store:
+def open_backend(url: str, runtime: Runtime) -> Backend:
     scheme = urlsplit(url).scheme if "://" in url else ""
-    if scheme == "memory":
-        if url.rstrip("/") != "memory:":
-            raise ConfigurationError(
-                f"invalid errands URL {url!r}: the memory store takes no path or options; "
-                f"use 'memory://'"
-            )
-        return MemoryStore()
-    if scheme == "sqlite":
-        path = url[len("sqlite:///") :] if url.startswith("sqlite:///") else ""
-        if not path or "?" in path:
-            raise ConfigurationError(
-                f"invalid errands URL {url!r}: give the database file as sqlite:///jobs.db "
-                f"(relative) or sqlite:////var/lib/app/jobs.db (absolute)"
-            )
-        return SQLiteStore(path)
-    if scheme == "celery":
-        from .celery import CeleryStore
-
-        return CeleryStore(load_celery_app(url), publish_timeout=publish_timeout)
-    raise ConfigurationError(
-        f"invalid errands URL {url!r}: unknown store {scheme or '(no scheme)'!r}. "
-        f"Accepted forms: {ACCEPTED}"
-    )
+    if scheme not in MODES:
+        accepted = ", ".join(forms for _, forms, _ in MODES.values())
+        raise ConfigurationError(
+            f"invalid errands URL {url!r}: unknown store {scheme or '(no scheme)'!r}. "
+            f"Accepted forms: {accepted}"
+        )
+    package, _, extra = MODES[scheme]
+    try:
+        mode = importlib.import_module(package)
+    except ImportError as exc:
+        if extra is None:
+            raise
+        raise ConfigurationError(
+            f"errands URL {url!r} needs the {extra} extra: pip install 'errands[{extra}]' ({exc})"
+        ) from exc
+    backend: Backend = mode.open_backend(url, runtime)
+    return backend
 
 
 def import_attribute(target: str) -> object:
@@ -66,24 +65,3 @@ def import_attribute(target: str) -> object:
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     return getattr(importlib.import_module(module_name), attribute, None)
-
-
-def load_celery_app(url: str) -> Celery:
-    """The Celery app named by ``celery://module:attribute``."""
-    from celery import Celery
-
-    target = url[len("celery://") :]
-    try:
-        app = import_attribute(target)
-    except ValueError:
-        raise ConfigurationError(
-            f"invalid errands URL {url!r}: name the Celery app as celery://module:attribute, "
-            f"e.g. celery://app.worker:celery_app"
-        ) from None
-    except ImportError as exc:
-        raise ConfigurationError(f"errands URL {url!r}: cannot import it: {exc}") from exc
-    if not isinstance(app, Celery):
-        raise ConfigurationError(
-            f"errands URL {url!r}: {target} is {type(app).__name__}, not a Celery app"
-        )
-    return app

@@ -5,10 +5,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from ._tuning import MAX_BACKOFF
 from .exceptions import ConfigurationError
-
-#: No single wait between two attempts is longer than this, however many retries.
-MAX_BACKOFF = 3600.0
 
 
 @dataclass(frozen=True, slots=True)

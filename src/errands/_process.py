@@ -38,8 +38,9 @@ from typing import Any
 import anyio
 
 from ._loops import PerLoop, for_loop
+from ._payload import encode_result
 from ._record import describe_error
-from .exceptions import ErrandsError, TaskTimeout
+from .exceptions import ErrandsError, NotSerializable, TaskTimeout
 
 
 class TaskProcessError(ErrandsError):
@@ -137,7 +138,12 @@ def _watch_worker() -> None:
 
 
 def _child(
-    module: str, qualname: str, payload: str, conn: Connection, forkserver: int | None
+    name: str,
+    module: str,
+    qualname: str,
+    payload: str,
+    conn: Connection,
+    forkserver: int | None,
 ) -> None:
     # Ctrl-C reaches the whole process group: the worker decides what stops, and a
     # drain lets this attempt finish (or gives the job back), not a KeyboardInterrupt.
@@ -162,6 +168,13 @@ def _child(
         func = getattr(target, "func", target)  # the Task wrapper, or the function
         args, kwargs = json.loads(payload)
         result = func(*args, **kwargs)
+        try:
+            # The same checks as any task's result (depth, digits), here: a result JSON
+            # cannot carry must not fail as a crash of this process.
+            encode_result(name, result)
+        except NotSerializable as exc:
+            conn.send(("refused", str(exc)))
+            return
         conn.send(("ok", json.dumps(result, allow_nan=False)))
     except BaseException as exc:
         conn.send(("error", *describe_error(exc)))
@@ -176,6 +189,11 @@ class ProcessRunner:
         self.processes = processes
         self._slots: PerLoop[asyncio.Semaphore] = weakref.WeakKeyDictionary()
         self._preloaded: set[str] = set()
+        self._in_use = 0  # calls holding or waiting for a slot, on every loop
+
+    def free(self) -> int:
+        """How many more calls would start at once."""
+        return max(0, self.processes - self._in_use)
 
     def preload(self, module: str) -> None:
         """Import ``module`` in the forkserver when it starts (before the first call)."""
@@ -184,8 +202,12 @@ class ProcessRunner:
     async def call(
         self, module: str, qualname: str, payload: str, *, timeout: float | None, name: str
     ) -> Any:
-        async with for_loop(self._slots, lambda: asyncio.Semaphore(self.processes)):
-            return await self._run_one(module, qualname, payload, timeout, name)
+        self._in_use += 1
+        try:
+            async with for_loop(self._slots, lambda: asyncio.Semaphore(self.processes)):
+                return await self._run_one(module, qualname, payload, timeout, name)
+        finally:
+            self._in_use -= 1
 
     async def _run_one(
         self, module: str, qualname: str, payload: str, timeout: float | None, name: str
@@ -200,7 +222,7 @@ class ProcessRunner:
             # so that the finally below kills and reaps it.
             with anyio.CancelScope(shield=True):
                 process = started = await anyio.to_thread.run_sync(
-                    _start, context, (module, qualname, payload, sender)
+                    _start, context, (name, module, qualname, payload, sender)
                 )
             sender.close()
             loop = asyncio.get_running_loop()
@@ -228,6 +250,8 @@ class ProcessRunner:
             )
         if message[0] == "ok":
             return json.loads(message[1])
+        if message[0] == "refused":
+            raise NotSerializable(message[1])
         raise TaskProcessError(message[1], message[2])
 
 

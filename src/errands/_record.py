@@ -31,6 +31,18 @@ class JobStatus(str, Enum):
         """True for the final states: succeeded, failed and cancelled."""
         return self in _FINISHED
 
+    @classmethod
+    def of(cls, value: JobStatus | str) -> JobStatus:
+        """The status named by ``value`` (a ``JobStatus`` or its value, ``"failed"``);
+        ``ValueError`` naming the valid values for anything else."""
+        if isinstance(value, str):
+            try:
+                return cls(value)
+            except ValueError:
+                pass
+        valid = ", ".join(repr(status.value) for status in cls)
+        raise ValueError(f"{value!r} is not a job status; use one of {valid}")
+
 
 _FINISHED = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
 
@@ -40,10 +52,21 @@ def utcnow() -> datetime:
 
 
 def describe_error(exc: BaseException) -> tuple[str, str]:
-    """``("Type: message", "full traceback")``, as a job records a failed attempt."""
+    """``("Type: message", "full traceback")``, as a job records a failed attempt.
+
+    Always storable: text no store can hold (a lone surrogate, from ``os.fsdecode``
+    of bytes that are not UTF-8) is escaped, so recording a failure cannot fail.
+    """
     message = str(exc)
     error = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
-    return error, "".join(traceback.format_exception(exc))
+    return storable(error), storable("".join(traceback.format_exception(exc)))
+
+
+def storable(text: str) -> str:
+    """``text`` with lone surrogates escaped (``\\udcff``); as it is otherwise."""
+    if text.isascii():
+        return text
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def new_job_id() -> str:
@@ -94,7 +117,8 @@ class JobRecord:
     #: The job added just before this one in the same request: this one starts only
     #: once that one has finished (succeeded, failed or cancelled).
     after: str | None = None
-    #: The worker holding the job while it runs, and until when its lease holds.
+    #: The process holding the job: the one that added it in a request, until its
+    #: response has been sent; then the worker running it, until when its lease holds.
     owner: str | None = None
     lease_until: datetime | None = None
     #: Attempts whose worker died (its lease ran out): counted in ``attempts``, not

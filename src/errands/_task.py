@@ -5,15 +5,17 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar
 
 from ._policy import Policy
 
 if TYPE_CHECKING:
-    from ._errands import Errands
+    from ._core import Core
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+Kind = Literal["async", "thread", "process"]
 
 
 def is_async_callable(func: Any) -> bool:
@@ -40,7 +42,7 @@ class Task(Generic[P, R]):
 
     Calling it calls the function, unchanged. Passing it to ``add_task`` makes a job
     that is stored under ``name``, retried and timed out by ``policy``, and run by
-    the workers of ``errands``.
+    the workers of the Errands instance it was registered on.
     """
 
     def __init__(
@@ -49,16 +51,19 @@ class Task(Generic[P, R]):
         *,
         name: str,
         policy: Policy,
-        errands: Errands,
+        core: Core,
         process: bool = False,
     ) -> None:
         self.func = func
         self.name = name
         self.policy = policy
-        self.errands = errands
+        self._core = core
         #: Each attempt runs in a process of its own.
         self.process = process
         self.is_async = is_async_callable(func)
+        #: What runs it, and so what bounds how many run at once: the event loop
+        #: (``async``), errands' thread pool (``thread``), or a process (``process``).
+        self.kind: Kind = "process" if process else "async" if self.is_async else "thread"
         self.signature = inspect.signature(func)
         params = self.signature.parameters.values()
         #: For the quick check of a call's arguments, when every parameter is a plain

@@ -30,3 +30,8 @@ def explode() -> None:
 @errands.task(process=True)
 def die() -> None:
     os._exit(3)
+
+
+@errands.task(process=True, retries=2, backoff=0)
+def huge_result() -> int:
+    return 10**5000  # more digits than JSON may carry

@@ -7,14 +7,16 @@ whichever process ran it.
 import asyncio
 import os
 import time
+from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, HTTPException
+from fastapi.responses import StreamingResponse
 
 from errands import BackgroundTasks, Errands
 
 errands = Errands(
     lease=1.0,
-    hold=1.0,
+    hold=float(os.environ.get("HOLD", "1")),
     drain_timeout=float(os.environ.get("DRAIN", "10")),
     concurrency=int(os.environ.get("CONCURRENCY", "100")),
 )
@@ -64,3 +66,23 @@ async def add_note(token: str, tasks: BackgroundTasks) -> str:
 @app.post("/slow/{token}")
 async def add_slow(token: str, seconds: float, tasks: BackgroundTasks) -> str:
     return tasks.add_task(slow, token, seconds).id
+
+
+if os.environ.get("NEWER") == "1":  # a task only the newer deploy has
+
+    @errands.task(name="newer")
+    def newer(token: str) -> None:
+        log(f"newer {token} pid={os.getpid()}")
+
+
+@app.get("/stream/{token}")
+async def stream(token: str, tasks: BackgroundTasks) -> StreamingResponse:
+    """A response that takes a minute: its job waits for it (unreleased) all along."""
+    tasks.add_task(note, token)
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b"started\n"
+        await asyncio.sleep(60)
+        yield b"done\n"
+
+    return StreamingResponse(body())

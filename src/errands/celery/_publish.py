@@ -25,14 +25,14 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Collection, Sequence
-from datetime import datetime
 from typing import Any
 
 from celery import Celery, states
 from celery.backends.redis import RedisBackend
 
 from .._record import JobRecord, JobStatus
-from ..exceptions import BrokerUnavailable, StoreError
+from .._tuning import CELERY_RECENT, CELERY_TRACKED
+from ..exceptions import BrokerUnavailable, ConfigurationError, StoreError
 from ._results import (
     CHAIN,
     FINAL,
@@ -52,23 +52,22 @@ logger = logging.getLogger("errands")
 #: kombu's retries of a publish whose connection failed (bounded by publish_timeout).
 RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
 
-#: How many published-and-unfinished ids ``counts`` follows (for ``join``).
-TRACKED = 100_000
-
-#: How many of this process's latest jobs ``jobs()`` can list.
-RECENT = 1_000
-
 
 class CeleryStore:
-    durable = True
-    claims = False
+    """Publishing to a Celery app's broker, and errands' records in its result backend."""
 
     def __init__(self, app: Celery, *, publish_timeout: float = 5.0) -> None:
         check_app(app)
         # errands reads a finished task's name and retries from its result.
         app.conf.result_extended = True
         options = dict(app.conf.broker_transport_options or {})
-        driver = app.connection_for_write().transport.driver_type
+        try:
+            driver = app.connection_for_write().transport.driver_type
+        except ImportError as exc:  # a transport's own library is missing
+            raise ConfigurationError(
+                f"the Celery app's broker needs a library that is not installed ({exc}); "
+                f"pip install 'errands[celery]' brings what Redis needs"
+            ) from exc
         if driver == "amqp":
             # A publish counts once RabbitMQ has confirmed it, not once it is written
             # to the socket: a broker that dies meanwhile fails the request instead.
@@ -81,7 +80,7 @@ class CeleryStore:
         self.publish_timeout = publish_timeout
         self._lock = threading.Lock()
         self._unfinished: dict[str, None] = {}
-        self._recent: deque[str] = deque(maxlen=RECENT)
+        self._recent: deque[str] = deque(maxlen=CELERY_RECENT)
         self._sha: str | None = None
         self._local = threading.local()
 
@@ -132,7 +131,7 @@ class CeleryStore:
             for job in jobs:
                 self._unfinished[job.id] = None
                 self._recent.append(job.id)
-            while len(self._unfinished) > TRACKED:
+            while len(self._unfinished) > CELERY_TRACKED:
                 del self._unfinished[next(iter(self._unfinished))]
 
     @property
@@ -283,7 +282,7 @@ class CeleryStore:
                 if "NOSCRIPT" in str(exc):
                     self._sha = None  # the server restarted: load it again next time
                 # The work goes on; only the state that says so is missing.
-                logger.error("errands: recording the state of jobs %s failed: %s", ids, exc)
+                logger.error("recording the state of jobs %s failed: %s", ids, exc)
 
         return read
 
@@ -326,11 +325,6 @@ class CeleryStore:
                 **options,
             )
 
-    # -- what the other stores do, and Celery does here ---------------------------
-
-    def release(self, ids: Collection[str]) -> None:
-        """Nothing is held: jobs were published before the response."""
-
     def cancel(self, ids: Collection[str], reason: str) -> list[str]:
         """Revoke (Celery's cancel, best effort: live workers skip the jobs)."""
         ids = list(ids)
@@ -340,29 +334,6 @@ class CeleryStore:
         for id in ids:
             self.app.backend.mark_as_revoked(id, reason)
         return ids
-
-    def claim(
-        self, owner: str, limit: int, lease: float, ids: Collection[str] | None = None
-    ) -> list[JobRecord]:
-        return []  # Celery's workers take the jobs
-
-    def heartbeat(self, jobs: Sequence[JobRecord], lease: float) -> list[str]:
-        return []
-
-    def complete(self, job: JobRecord, result: Any) -> bool:
-        raise _not_here("complete")
-
-    def retry(self, job: JobRecord, error: str, traceback: str, run_at: datetime | None) -> bool:
-        raise _not_here("retry")
-
-    def fail(self, job: JobRecord, error: str, traceback: str | None) -> bool:
-        raise _not_here("fail")
-
-    def requeue(self, job: JobRecord) -> bool:
-        raise _not_here("requeue")
-
-    def purge(self, before: datetime) -> int:
-        return 0  # Celery's result_expires does it
 
     # -- reading ----------------------------------------------------------------
 
@@ -413,13 +384,3 @@ class CeleryStore:
             for id in finished:
                 self._unfinished.pop(id, None)
         return counts
-
-    def close(self) -> None:
-        """Nothing to release: Celery's app owns the connections."""
-
-
-def _not_here(operation: str) -> StoreError:
-    return StoreError(
-        f"{operation}: in Celery mode, Celery's workers record what came of a job; "
-        f"this process's worker runs only plain callables"
-    )

@@ -4,12 +4,11 @@ It is registered on the user's Celery app under the errands name, so ``celery -A
 ... worker``, Flower and ``celery inspect`` see it. Its body keeps errands'
 meaning of a task's options, whatever the pool:
 
-- ``timeout``: an ``async def`` attempt is cancelled; a ``def`` one runs in a
-  thread of its own that is abandoned when the time is up (as in the other modes;
-  a thread cannot be stopped), and the attempt fails with ``TaskTimeout``.
-- ``retries``/``backoff``: a failed attempt is retried through Celery
-  (``Task.retry``, so the retry is a message on the broker, not a sleep in the
-  worker) after a backoff with full jitter.
+- an attempt is errands' own (``_attempt.attempt_blocking``, as in every mode):
+  ``timeout`` cancels an ``async def`` attempt, and gives up a ``def`` one's thread;
+  what to retry, after how long, and the error recorded are decided there.
+- a retry goes through Celery (``Task.retry``: a message on the broker, not a
+  sleep in the worker).
 - late acknowledgement, and rejection when the worker is lost: a job whose worker
   dies mid-task is delivered again (at least once).
 - once the job has finished (succeeded, or failed for good) the next job of its
@@ -19,23 +18,19 @@ meaning of a task's options, whatever the pool:
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
-import contextvars
 import logging
 import os
 import threading
 import time
 from collections import deque
-from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from celery import states
 from celery.exceptions import Reject
 
-from .._payload import encode_result
-from .._record import utcnow
-from ..exceptions import NotSerializable, TaskTimeout
+from .._attempt import attempt_blocking, log_outcome
+from .._record import JobStatus, utcnow
+from .._tuning import CELERY_RUNNING_AFTER, MIN_CELERY_RETRY_DELAY
 from ._publish import CeleryStore
 from ._results import CHAIN, STARTED_AT
 
@@ -46,17 +41,12 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("errands")
 
-_loops = threading.local()
 
-#: The shortest wait before a retry (see ``_retry``).
-MIN_RETRY_DELAY = 0.1
-
-
-def bind(store: CeleryStore, task: Task[Any, Any]) -> None:
+def bind(store: CeleryStore, task: Task[Any, Any], *, max_result: int) -> None:
     """Register ``task`` on the store's Celery app, under its errands name."""
 
     def run(self: celery.Task[Any, Any], *args: Any, **kwargs: Any) -> Any:
-        return _run(self, store, task, list(args), kwargs)
+        return _run(self, store, task, list(args), kwargs, max_result)
 
     run.__module__ = task.func.__module__
     run.__qualname__ = run.__name__ = getattr(task.func, "__name__", task.name)
@@ -79,6 +69,7 @@ def _run(
     task: Task[Any, Any],
     args: list[Any],
     kwargs: dict[str, Any],
+    max_result: int,
 ) -> Any:
     request = ctask.request
     attempt = request.retries + 1
@@ -98,32 +89,18 @@ def _run(
         "started_at": started_at,
     }
     attempt_running = _RUNNING.add(store, str(request.id), running)
-    try:
-        result = encode_result(task.name, _call(task, args, kwargs))
-    except Exception as exc:
-        attempt_running.ended()
-        retryable = not isinstance(exc, NotSerializable)
-        delay = task.policy.delay_before_retry(attempt) if retryable else None
-        if delay is not None:
-            logger.warning(
-                "errands: job %s (%s) attempt %d of %d failed (%s: %s); retrying in %.2f s",
-                request.id,
-                task.name,
-                attempt,
-                task.policy.max_attempts,
-                type(exc).__name__,
-                exc,
-                delay,
-            )
-            _retry(ctask, exc, delay, task.policy.retries)
-        logger.error(
-            "errands: job %s (%s) failed after %d attempt(s)", request.id, task.name, attempt
-        )
-        _publish_next(store, request)
-        raise
+    outcome = attempt_blocking(task, args, kwargs, failures=attempt - 1, max_result=max_result)
     attempt_running.ended()
+    # Celery logs successes itself; errands says more of failures and retries.
+    log_outcome(str(request.id), task, attempt, outcome, successes=False)
+    if outcome.status is JobStatus.QUEUED:
+        assert outcome.exc is not None and outcome.retry_in is not None
+        _retry(ctask, outcome.exc, outcome.retry_in, task.policy.retries)
     _publish_next(store, request)
-    return result
+    if outcome.status is JobStatus.FAILED:
+        assert outcome.exc is not None
+        raise outcome.exc  # Celery records it: FAILURE, with its type, message and traceback
+    return outcome.result
 
 
 class _Attempt:
@@ -137,7 +114,7 @@ class _Attempt:
 
 
 class _Running:
-    """Records ``STARTED`` for attempts still running ``AFTER`` seconds after they
+    """Records ``STARTED`` for attempts still running ``CELERY_RUNNING_AFTER`` seconds after they
     began, in batches, from one thread of each worker process.
 
     An attempt that ends sooner is never recorded as running (nobody could have
@@ -146,8 +123,6 @@ class _Running:
     a tenth of the throughput of short tasks. The write never overwrites a final
     state, so one that comes late does no harm.
     """
-
-    AFTER = 0.01
 
     def __init__(self) -> None:
         self._reset()
@@ -168,7 +143,7 @@ class _Running:
                     target=self._run, name="errands-running", daemon=True
                 )
                 self._thread.start()
-            self._due.append((time.monotonic() + self.AFTER, attempt))
+            self._due.append((time.monotonic() + CELERY_RUNNING_AFTER, attempt))
         self._wake.set()
         return attempt
 
@@ -199,7 +174,7 @@ class _Running:
             try:
                 group[0].store.begin_states(entries, unless_final=True)(True)
             except Exception as exc:  # the jobs run all the same; only "running" is missing
-                logger.error("errands: recording jobs as running failed: %s", exc)
+                logger.error("recording jobs as running failed: %s", exc)
 
 
 _RUNNING = _Running()
@@ -208,7 +183,7 @@ _RUNNING = _Running()
 def _retry(ctask: celery.Task[Any, Any], exc: Exception, delay: float, retries: int) -> NoReturn:
     # Celery records RETRY just after sending the retry: a retry that could start
     # sooner than that might see its own final state overwritten by it.
-    countdown = max(delay, MIN_RETRY_DELAY)
+    countdown = max(delay, MIN_CELERY_RETRY_DELAY)
     try:
         raise ctask.retry(exc=exc, countdown=countdown, max_retries=retries) from exc
     except Reject as rejected:
@@ -230,7 +205,7 @@ def _publish_next(store: CeleryStore, request: Any) -> None:
         jobs = store.read_chain(chain_id)
         if jobs is None:
             logger.error(
-                "errands: the jobs to run after %s are gone from the result backend "
+                "the jobs to run after %s are gone from the result backend "
                 "(expired?); they do not run",
                 request.id,
             )
@@ -242,57 +217,7 @@ def _publish_next(store: CeleryStore, request: Any) -> None:
     except Exception as exc:
         # Not acknowledged: the job is delivered again and runs again (at least
         # once), rather than its request's next jobs being lost.
-        logger.error("errands: publishing the job after %s failed; rejecting it", request.id)
+        logger.error("publishing the job after %s failed; rejecting it", request.id)
         raise Reject(exc, requeue=True) from exc
     finally:
         hand_off(published)
-
-
-def _call(task: Task[Any, Any], args: list[Any], kwargs: dict[str, Any]) -> Any:
-    timeout = task.policy.timeout
-    if task.is_async:
-        return _runner().run(_bounded(task.func(*args, **kwargs), timeout, task.name))
-    if timeout is None:
-        return task.func(*args, **kwargs)
-    # In a thread of its own, so that the attempt can be given up at its timeout.
-    done: concurrent.futures.Future[Any] = concurrent.futures.Future()
-    context = contextvars.copy_context()
-
-    def attempt() -> None:
-        try:
-            done.set_result(context.run(task.func, *args, **kwargs))
-        except BaseException as exc:
-            done.set_exception(exc)
-
-    threading.Thread(target=attempt, name=f"errands-{task.name}", daemon=True).start()
-    try:
-        return done.result(timeout)
-    except concurrent.futures.TimeoutError:
-        logger.warning(
-            "errands: %s timed out after %g s; its thread cannot be stopped and is left "
-            "to finish on its own",
-            task.name,
-            timeout,
-        )
-        raise TaskTimeout(f"task {task.name!r} timed out after {timeout:g} s") from None
-
-
-async def _bounded(coro: Coroutine[Any, Any, Any], timeout: float | None, name: str) -> Any:
-    if timeout is None:
-        return await coro
-    scope = asyncio.timeout(timeout)
-    try:
-        async with scope:
-            return await coro
-    except TimeoutError:
-        if not scope.expired():
-            raise  # the task's own TimeoutError
-    raise TaskTimeout(f"task {name!r} timed out after {timeout:g} s")
-
-
-def _runner() -> asyncio.Runner:
-    """This thread's event loop for ``async def`` tasks, kept between tasks."""
-    runner: asyncio.Runner | None = getattr(_loops, "runner", None)
-    if runner is None:
-        runner = _loops.runner = asyncio.Runner()
-    return runner

@@ -38,7 +38,6 @@ from datetime import datetime
 from typing import Any, Literal, Protocol
 
 from .._record import JobRecord, JobStatus
-from .._tuning import MAX_LOST_LEASES
 
 
 def poison_error(lost: int) -> str:

@@ -1,6 +1,21 @@
-"""The SQLite mode (the embedded default): jobs in one file, shared by every process
-that opens it."""
+"""The SQLite mode (the embedded default, ``sqlite:///errands.db``): jobs in one file,
+shared by every process that opens it."""
 
+from __future__ import annotations
+
+from .._options import Runtime
+from ..exceptions import ConfigurationError
+from ..local import LocalBackend
 from ._store import SQLiteStore
 
-__all__ = ["SQLiteStore"]
+__all__ = ["SQLiteStore", "open_backend"]
+
+
+def open_backend(url: str, runtime: Runtime) -> LocalBackend:
+    path = url[len("sqlite:///") :] if url.startswith("sqlite:///") else ""
+    if not path or "?" in path:
+        raise ConfigurationError(
+            f"invalid errands URL {url!r}: give the database file as sqlite:///jobs.db "
+            f"(relative) or sqlite:////var/lib/app/jobs.db (absolute)"
+        )
+    return LocalBackend(SQLiteStore(path), runtime, url)

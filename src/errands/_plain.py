@@ -1,0 +1,174 @@
+"""Plain callables: functions, closures, lambdas and bound methods given to
+``add_task`` that are not registered tasks.
+
+They cannot be stored (they need not be importable, nor their arguments JSON), so
+their jobs live in this process, in every mode: run in the request as FastAPI
+does, or handed to this process's worker in *lanes* (a request's plain jobs, run
+one after another). An instance keeps their records for ``errands.get()``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import anyio
+
+from ._attempt import job_logger
+from ._backlog import Backlog
+from ._record import JobRecord, JobStatus, describe_error, new_job_id, utcnow
+from ._task import callable_name, is_async_callable
+from ._threads import Threads
+from ._tuning import KEEP_FINISHED
+from ._waiters import WAITERS
+from .exceptions import ConfigurationError
+
+logger = logging.getLogger("errands")
+
+_NO_ARGS: list[Any] = cast(list[Any], ())
+_NO_KWARGS: dict[str, Any] = {}  # shared, never written
+
+
+@dataclass(slots=True)
+class PlainJob(JobRecord):
+    """A plain callable's job: its own record, and the call it makes.
+
+    One object a waiting job (a backlog of many thousands is that many fewer objects
+    for the garbage collector to walk); snapshots of it are plain ``JobRecord``
+    copies. Its call is forgotten once it has finished.
+    """
+
+    func: Callable[..., Any] | None = None
+    call_args: tuple[Any, ...] = ()
+    call_kwargs: dict[str, Any] = field(default_factory=lambda: _NO_KWARGS)
+    is_async: bool = False
+
+    def forget_call(self) -> None:
+        """Drop the function and its arguments (the record may be kept for ``get``)."""
+        self.func = None
+        self.call_args = ()
+        self.call_kwargs = _NO_KWARGS
+
+
+#: A request's plain jobs, run one after another (one job is kept as itself).
+Lane = PlainJob | list[PlainJob]
+
+
+def new_plain_job(
+    func: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any]
+) -> PlainJob:
+    if not callable(func):
+        raise ConfigurationError(f"add_task needs a callable, got {func!r}")
+    # args=_NO_ARGS: the record shows no arguments (they need not be JSON); the call
+    # keeps them.
+    return PlainJob(
+        id=new_job_id(),
+        name=callable_name(func),
+        durable=False,
+        args=_NO_ARGS,
+        func=func,
+        call_args=tuple(args),
+        call_kwargs=kwargs,
+        is_async=is_async_callable(func),
+    )
+
+
+async def run_plain(job: PlainJob, threads: Threads) -> None:
+    """Run a plain job's one attempt; a failure is logged and recorded, never raised."""
+    func = job.func
+    if job.status is not JobStatus.QUEUED or func is None:
+        return  # cancelled while it waited
+    job.attempts += 1
+    job.started_at = utcnow()
+    job.status = JobStatus.RUNNING
+    args, kwargs = job.call_args, job.call_kwargs
+    job.forget_call()
+    start = time.perf_counter()
+    try:
+        if job.is_async:
+            result = await func(*args, **kwargs)
+        else:
+            result = await threads.run(func, args, kwargs, name=job.name)
+    except anyio.get_cancelled_exc_class():
+        job.error = "cancelled: the worker stopped while the job ran"
+        _finish(job, JobStatus.CANCELLED)
+        raise
+    except Exception as exc:
+        job.error, job.traceback = describe_error(exc)
+        job_logger.error("job %s (%s) failed: %s", job.id, job.name, job.error, exc_info=exc)
+        _finish(job, JobStatus.FAILED)
+    else:
+        job.result = result
+        _finish(job, JobStatus.SUCCEEDED)
+        job_logger.debug(
+            "job %s (%s) succeeded in %.3f s", job.id, job.name, time.perf_counter() - start
+        )
+
+
+def cancel_plain(job: PlainJob, reason: str) -> bool:
+    """Cancel a job that has not started; False if it had."""
+    if job.status is not JobStatus.QUEUED:
+        return False
+    job.forget_call()
+    job.error = reason
+    _finish(job, JobStatus.CANCELLED)
+    return True
+
+
+def _finish(job: PlainJob, status: JobStatus) -> None:
+    job.finished_at = utcnow()
+    job.status = status
+
+
+class PlainJobs:
+    """One instance's plain jobs: the lanes waiting for its worker, the records kept
+    for ``get()`` (the last ``KEEP_FINISHED`` finished ones), and their backlog."""
+
+    def __init__(self, backlog: Backlog) -> None:
+        self.backlog = backlog
+        self.lanes: deque[Lane] = deque()
+        self._records: dict[str, PlainJob] = {}
+        self._finished: deque[str] = deque()
+        self._lock = threading.Lock()
+
+    def adopt(self, jobs: Sequence[PlainJob]) -> None:
+        """Keep these jobs' records for ``get()``; their backlog room is reserved."""
+        with self._lock:
+            for job in jobs:
+                self._records[job.id] = job
+
+    def get(self, id: str) -> JobRecord | None:
+        job = self._records.get(id)
+        return job.copy() if job is not None else None
+
+    def jobs(self, status: JobStatus | None) -> list[JobRecord]:
+        with self._lock:
+            return [r.copy() for r in self._records.values() if status in (None, r.status)]
+
+    def finished(self, job: PlainJob) -> None:
+        """Bookkeeping once an adopted job reached a final state."""
+        self.backlog.release(1)
+        with self._lock:
+            self._finished.append(job.id)
+            while len(self._finished) > KEEP_FINISHED:
+                self._records.pop(self._finished.popleft(), None)
+        WAITERS.notify(job.id)
+
+    def cancel(self, job: PlainJob, reason: str) -> None:
+        """Drop an adopted job that has not started (its request failed)."""
+        if cancel_plain(job, reason):
+            self.finished(job)
+
+    async def run(self, job: PlainJob, threads: Threads) -> None:
+        """Run an adopted job, then do its bookkeeping (also when it is cancelled)."""
+        if job.status is not JobStatus.QUEUED:
+            return  # cancelled while it waited: its bookkeeping is done
+        try:
+            await run_plain(job, threads)
+        finally:
+            self.finished(job)

@@ -1,0 +1,167 @@
+"""The Celery backend: registered tasks run on a Celery app's workers.
+
+Celery owns delivery: a request's jobs are published before its response (there is
+nothing to release after it), Celery's workers run them (``_task.py``: each
+registered task is a Celery task whose body is errands' attempt), and a job's
+record is read from Celery's result backend (``_results.py``). This process's
+worker runs only plain callables, which cannot travel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+import weakref
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from celery import Celery
+
+from .._backend import Backend
+from .._group_commit import GroupCommit
+from .._loops import PerLoop, for_loop
+from .._options import Runtime
+from .._record import JobRecord, JobStatus
+from .._stats import Stats, WorkerInfo
+from .._waiters import WAITERS
+from ..exceptions import ConfigurationError
+from ._publish import CeleryStore
+from ._task import bind
+
+if TYPE_CHECKING:
+    from .._core import Core
+    from .._task import Task
+
+logger = logging.getLogger("errands")
+
+#: How long ``stats()`` waits for live workers to answer ``inspect``.
+INSPECT_TIMEOUT = 1.0
+
+
+class CeleryBackend(Backend):
+    durable = True
+    remote_reads = True  # the result backend is across the network
+
+    def __init__(self, app: Celery, runtime: Runtime) -> None:
+        self.app = app
+        self.url = f"celery://{app.main or 'celery'}"
+        self.publisher = CeleryStore(app, publish_timeout=runtime.options.publish_timeout)
+        self._options = runtime.options
+        self._tasks = runtime.tasks
+        # Requests' publishes gather while one batch is being sent, like a group
+        # commit with no transaction: one hand-over to a thread for many requests.
+        self._groups: PerLoop[GroupCommit] = weakref.WeakKeyDictionary()
+
+    def __repr__(self) -> str:
+        return f"<CeleryBackend {self.url}>"
+
+    def register(self, task: Task[Any, Any]) -> None:
+        if task.process:
+            logger.warning(
+                "task %r: process=True makes no difference in Celery mode; Celery's prefork "
+                "pool runs tasks in processes of their own",
+                task.name,
+            )
+        bind(self.publisher, task, max_result=self._options.max_result)
+
+    def check_eager(self) -> None:
+        raise ConfigurationError(
+            "eager=True runs jobs in this process, and in Celery mode Celery's workers "
+            "run them; in tests, construct Errands('memory://', eager=True) instead "
+            "(ERRANDS_URL=memory:// with Errands() does it without a code change)"
+        )
+
+    # -- adding jobs ------------------------------------------------------------------
+
+    def add(self, records: Sequence[JobRecord]) -> None:
+        self.publisher.enqueue(records)  # in the calling thread: it may block
+
+    async def commit(self, records: Sequence[JobRecord]) -> None:
+        """Publish a request's jobs, within ``publish_timeout``."""
+        publisher = self.publisher
+        deadline = time.monotonic() + publisher.publish_timeout
+
+        def publish() -> None:
+            if time.monotonic() > deadline:  # its request has failed already: skip it
+                raise publisher.timed_out(records)
+            publisher.enqueue(records)
+
+        group = for_loop(self._groups, lambda: GroupCommit(contextlib.nullcontext))
+        published = group.submit(publish)
+        try:
+            await asyncio.wait_for(asyncio.shield(published), publisher.publish_timeout)
+        except TimeoutError:
+            # It may still reach the broker; its jobs then run (at least once).
+            raise publisher.timed_out(records) from None
+        except asyncio.CancelledError:
+            # The request failed while its jobs were being published: once they are,
+            # revoke them, so that a failed request leaves nothing to run.
+            ids = [r.id for r in records]
+            revoke = functools.partial(publisher.cancel, ids, "dropped: request failed")
+            published.add_done_callback(
+                lambda done: None if done.cancelled() or done.exception() else group.submit(revoke)
+            )
+            raise
+
+    async def release(self, ids: Sequence[str]) -> None:
+        """Nothing to do: the jobs were published before the response."""
+
+    def cancel(self, records: Sequence[JobRecord], reason: str) -> None:
+        for id in self.publisher.cancel([r.id for r in records], reason):
+            WAITERS.notify(id)
+
+    # -- reading ----------------------------------------------------------------------
+
+    def get(self, id: str) -> JobRecord | None:
+        return self._complete(self.publisher.get(id))
+
+    def jobs(self, status: JobStatus | None, limit: int) -> list[JobRecord]:
+        """This process's latest jobs (Celery's backend cannot list them all: use Flower)."""
+        return [r for r in map(self._complete, self.publisher.jobs(status, limit)) if r]
+
+    def _complete(self, record: JobRecord | None) -> JobRecord | None:
+        """What only the registry knows: the task's attempts allowed."""
+        if record is not None:
+            task = self._tasks.get(record.name)
+            if task is not None:
+                record.max_attempts = task.policy.max_attempts
+        return record
+
+    def unfinished(self) -> int:
+        return self.publisher.unfinished()
+
+    def stats(self) -> Stats:
+        """Counts of the jobs this process published (Celery's backend cannot count the
+        others), and the live workers as ``celery inspect`` sees them."""
+        counts = self.publisher.counts()
+        tasks: dict[str, dict[JobStatus, int]] = {}
+        for record in self.publisher.jobs(None, 10**9):
+            by_status = tasks.setdefault(record.name, {})
+            by_status[record.status] = by_status.get(record.status, 0) + 1
+        registered = self.app.control.inspect(timeout=INSPECT_TIMEOUT).registered() or {}
+        workers = [
+            WorkerInfo(node, node.partition("@")[2], None, tuple(sorted(names)), None, None)
+            for node, names in sorted(registered.items())
+        ]
+        runnable = {name for worker in workers for name in worker.tasks}
+        unrunnable = {
+            name: counts_[JobStatus.QUEUED]
+            for name, counts_ in tasks.items()
+            if counts_.get(JobStatus.QUEUED) and name not in runnable
+        }
+        return Stats(counts, tasks, workers, unrunnable)
+
+    # -- running ----------------------------------------------------------------------
+
+    def run_worker(
+        self, core: Core, *, concurrency: int | None, extra: Sequence[str], log_level: str
+    ) -> None:
+        argv = ["worker", f"--loglevel={log_level}"]
+        if concurrency is not None:
+            argv.append(f"--concurrency={concurrency}")
+        code: int | None = self.app.start([*argv, *extra])
+        if code:
+            raise SystemExit(code)  # a supervisor restarts a worker that failed

@@ -1,0 +1,426 @@
+"""The local backend: this process's worker claims jobs from a ``Store``.
+
+Memory and SQLite (and any store after them) are this one backend over another
+store. A request's jobs are stored before its response and released after it; a
+durable store's writes of one event loop share transactions in a thread of their
+own (group commit); a claimed job runs here, one ``_attempt`` at a time, and its
+outcome is recorded, with the write tried again (keeping the job's lease, never
+running the task again) should the store refuse it for a while.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+import socket
+import time
+import uuid
+import weakref
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from .._attempt import Outcome, attempt, log_outcome
+from .._backend import Backend, Source
+from .._group_commit import GroupCommit
+from .._loops import PerLoop, for_loop
+from .._options import Runtime
+from .._record import JobRecord, JobStatus, describe_error, utcnow
+from .._stats import Stats, WorkerInfo
+from .._tuning import PURGE_EVERY
+from .._waiters import WAITERS
+from ..exceptions import ConfigurationError, StoreError
+from ._claims import Backoff, Claims, next_delay
+from ._liveness import Liveness
+from ._store import ProcessInfo, Store
+
+if TYPE_CHECKING:
+    from .._core import Core
+    from .._task import Task
+    from .._worker import Worker
+
+logger = logging.getLogger("errands")
+
+T = TypeVar("T")
+
+
+class LocalBackend(Backend):
+    def __init__(self, store: Store, runtime: Runtime, url: str) -> None:
+        self.store = store
+        self.url = url
+        self.durable = store.durable
+        self.tasks = runtime.tasks
+        self.calls = runtime.calls
+        self._options = runtime.options
+        self._backlog = runtime.backlog
+        self._groups: PerLoop[GroupCommit] = weakref.WeakKeyDictionary()
+        self._liveness: PerLoop[Liveness] = weakref.WeakKeyDictionary()
+        self._claims: Claims | None = None
+        self._pid = -1
+        self._id = ""
+        self._started_at = utcnow()
+        self._checked_for_workers = False
+        self._purge: asyncio.TimerHandle | None = None
+        self._recording = Backoff("recording job outcomes")
+
+    def __repr__(self) -> str:
+        return f"<LocalBackend {self.store.location}>"
+
+    @property
+    def lease(self) -> float:
+        return self._options.lease
+
+    @property
+    def process_id(self) -> str:
+        """This process's id in the store: the owner of the jobs it adds and claims
+        (a forked child gets its own)."""
+        if self._pid != os.getpid():
+            self._pid = os.getpid()
+            self._id = f"{socket.gethostname()}-{self._pid}-{uuid.uuid4().hex[:6]}"
+        return self._id
+
+    def process_info(self) -> ProcessInfo:
+        worker = self._claims is not None
+        now = utcnow()
+        return ProcessInfo(
+            id=self.process_id,
+            role="worker" if worker else "web",
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            tasks=tuple(sorted(self.tasks)) if worker else (),
+            started_at=self._started_at,
+            seen_at=now,
+        )
+
+    def group(self) -> GroupCommit:
+        """This event loop's group commit."""
+        return for_loop(self._groups, lambda: GroupCommit(self.store.batch))
+
+    def liveness(self) -> Liveness:
+        return for_loop(self._liveness, lambda: Liveness(self))
+
+    async def write(self, operation: Callable[[], T]) -> T:
+        """A store write: at once for the memory store, grouped for a durable one."""
+        if not self.durable:
+            return operation()
+        return await self.group().write(operation)
+
+    # -- tasks ------------------------------------------------------------------------
+
+    def register(self, task: Task[Any, Any]) -> None:
+        if task.process:
+            self.calls.processes.preload(task.func.__module__)
+        if self.durable and task.name.startswith("__main__."):
+            logger.warning(
+                "task %r is registered under __main__, the name of the script being run: "
+                "a worker that imports it as a module sees another name and never runs "
+                "its jobs; give it a name: @errands.task(name=%r)",
+                task.name,
+                task.name.removeprefix("__main__."),
+            )
+
+    # -- adding jobs ------------------------------------------------------------------
+
+    def add(self, records: Sequence[JobRecord]) -> None:
+        now = utcnow()
+        for record in records:
+            record.run_at = now
+        if not self.durable:
+            self._backlog.reserve_blocking(len(records))
+        try:
+            self.store.enqueue(records)
+        except BaseException:
+            if not self.durable:
+                self._backlog.release(len(records))
+            raise
+        self._wanted()
+
+    async def commit(self, records: Sequence[JobRecord]) -> None:
+        owner = self.process_id
+        # Unreleased until the response is out: only this process may let them go
+        # sooner, and should it die, the next sweep does (see Liveness).
+        until = utcnow() + timedelta(seconds=self._options.hold)
+        for record in records:
+            record.owner = owner
+            record.run_at = until
+        if not self.durable:
+            await self._backlog.reserve(len(records))
+            try:
+                self.store.enqueue(records)
+            except BaseException:
+                self._backlog.release(len(records))
+                raise
+            return
+        self.liveness().beat()
+        stored = self.group().submit_bulk(self.store.enqueue, records)
+        try:
+            await asyncio.shield(stored)
+        except asyncio.CancelledError:
+            self._take_back(stored, records)
+            raise
+        if not self._checked_for_workers and self._claims is None:
+            self._checked_for_workers = True
+            self.group().submit(self._has_had_workers).add_done_callback(self._warn_no_workers)
+
+    def _take_back(self, stored: asyncio.Future[Any], records: Sequence[JobRecord]) -> None:
+        """The request failed while its jobs were being stored: once they are, cancel
+        them, so that a failed request leaves nothing to run."""
+        ids = [r.id for r in records]
+
+        def cancel(done: asyncio.Future[Any]) -> None:
+            if not done.cancelled() and done.exception() is None:
+                cancel = functools.partial(self.store.cancel, ids, "dropped: request failed")
+                self.group().submit(cancel)
+
+        stored.add_done_callback(cancel)
+
+    def _has_had_workers(self) -> bool:
+        return any(p.role == "worker" for p in self.store.processes())
+
+    def _warn_no_workers(self, done: asyncio.Future[bool]) -> None:
+        if done.cancelled() or done.exception() is not None or done.result():
+            return
+        logger.warning(
+            "a request stored jobs in %s, but no worker runs in this process (no lifespan) "
+            "and no worker has ever run on that store: they wait until one does. Run "
+            "FastAPI(lifespan=errands.lifespan), or `errands worker module:errands`",
+            self.store.location,
+        )
+
+    async def release(self, ids: Sequence[str]) -> None:
+        try:
+            if self.durable:
+                # Awaited, though the response is out: a short-lived event loop (TestClient
+                # without its lifespan) must not close with the release still unwritten.
+                await asyncio.shield(self.group().submit_bulk(self.store.release, ids))
+            else:
+                self.store.release(ids)
+        except Exception as exc:
+            # Were it lost, the jobs run once their owner is gone or their hold ends.
+            logger.error("releasing jobs failed; they run when their hold ends: %s", exc)
+            return
+        self._wanted()
+
+    def cancel(self, records: Sequence[JobRecord], reason: str) -> None:
+        for id in self.store.cancel([r.id for r in records], reason):
+            self._finished(id)
+
+    def _wanted(self) -> None:
+        claims = self._claims  # read once: the worker may stop in another thread
+        if claims is not None:
+            claims.wanted()
+            claims.worker.offer()
+
+    def _finished(self, id: str) -> None:
+        """Bookkeeping once a job reached a final state in this process."""
+        if not self.durable:
+            self._backlog.release(1)
+        WAITERS.notify(id)
+
+    # -- reading ----------------------------------------------------------------------
+
+    def get(self, id: str) -> JobRecord | None:
+        return self.store.get(id)
+
+    def jobs(self, status: JobStatus | None, limit: int) -> list[JobRecord]:
+        return self.store.jobs(status, limit)
+
+    def unfinished(self) -> int:
+        return self.store.unfinished()
+
+    def stats(self) -> Stats:
+        seen_after = utcnow() - timedelta(seconds=self.lease)
+        workers = [
+            WorkerInfo(p.id, p.host, p.pid, p.tasks, p.started_at, p.seen_at)
+            for p in self.store.processes()
+            if p.role == "worker" and p.stopped_at is None and p.seen_at >= seen_after
+        ]
+        tasks = self.store.counts_by_task()
+        runnable = {name for worker in workers for name in worker.tasks}
+        unrunnable = {
+            name: counts[JobStatus.QUEUED]
+            for name, counts in tasks.items()
+            if counts.get(JobStatus.QUEUED) and name not in runnable
+        }
+        return Stats(self.store.counts(), tasks, workers, unrunnable)
+
+    # -- running ----------------------------------------------------------------------
+
+    def source(self, worker: Worker) -> Source:
+        self._claims = Claims(self, worker)
+        return self._claims
+
+    async def started(self, worker: Worker) -> None:
+        self.liveness().sweep()
+        self._schedule_purge()
+
+    async def stopped(self) -> None:
+        self._claims = None
+        if self._purge is not None:
+            self._purge.cancel()
+            self._purge = None
+        loop = asyncio.get_running_loop()
+        liveness = self._liveness.pop(loop, None)
+        if liveness is not None:
+            liveness.close()
+        try:
+            await self.write(functools.partial(self.store.stopped, self.process_id))
+        except Exception as exc:
+            logger.error("recording that this worker stopped failed: %s", exc)
+        group = self._groups.pop(loop, None)
+        if group is not None:
+            await group.aclose()
+
+    def _schedule_purge(self, delay: float = 0.0) -> None:
+        loop = asyncio.get_running_loop()
+        self._purge = loop.call_later(delay, self._start_purge)
+
+    def _start_purge(self) -> None:
+        asyncio.get_running_loop().run_in_executor(None, self._purge_now)
+        self._schedule_purge(PURGE_EVERY)
+
+    def _purge_now(self) -> None:
+        """Delete jobs finished longer than ``retention`` ago (in a thread: may be slow)."""
+        before = utcnow() - timedelta(seconds=self._options.retention)
+        try:
+            purged = self.store.purge(before)
+        except Exception as exc:
+            logger.error("purging finished jobs failed (%s); trying again later", exc)
+            return
+        if purged:
+            logger.info("purged %d job(s) finished before %s", purged, before)
+
+    async def run(self, job: JobRecord) -> float | None:
+        """Run a claimed job's attempt and record it; when a retry is due
+        (``time.monotonic()``), if there is one."""
+        task = self.tasks[job.name]  # claims take only registered names
+        liveness = self.liveness()
+        liveness.track(job)
+        try:
+            outcome = await attempt(
+                self.calls,
+                task,
+                job.args,
+                job.kwargs,
+                failures=job.failures - 1,
+                max_result=self._options.max_result,
+            )
+        except asyncio.CancelledError:
+            liveness.untrack(job)
+            self._give_back(job)
+            raise
+        log_outcome(job.id, task, job.attempts, outcome)
+        return await self._record(job, outcome)
+
+    def _give_back(self, job: JobRecord) -> None:
+        # Written at once, on the loop: the loop may be closing (a shutdown past its
+        # drain); this is rare.
+        try:
+            self.store.requeue(job)
+        except Exception as exc:
+            logger.error("giving back job %s failed (%s); it runs when its lease ends", job.id, exc)
+
+    async def _record(self, job: JobRecord, outcome: Outcome) -> float | None:
+        """Record ``outcome``; tried again while the store refuses (the lease kept
+        meanwhile), never by running the task again."""
+        retry_at = None
+        liveness = self.liveness()
+        delay = 0.0
+        while True:
+            write = self._write_for(job, outcome)
+            # The attempt is over: no renewal may race the write that records it (it
+            # would read the job as lost).
+            liveness.untrack(job)
+            try:
+                kept = await self.write(write)
+            except StoreError as exc:
+                liveness.track(job)
+                delay = next_delay(delay)
+                self._recording.note(exc, delay)
+                await asyncio.sleep(delay)
+                continue
+            except Exception as exc:  # the store cannot take this outcome: fail the job
+                logger.exception("recording the outcome of job %s failed", job.id)
+                if outcome.status is JobStatus.FAILED and outcome.exc is exc:
+                    return None  # not even that: its lease runs out, and it is lost
+                outcome = _unrecordable(outcome, exc)
+                continue
+            break
+        if delay:
+            self._recording.succeeded()
+        if outcome.status is JobStatus.QUEUED:
+            assert outcome.retry_in is not None
+            retry_at = time.monotonic() + outcome.retry_in
+        elif kept:
+            self._finished(job.id)
+        return retry_at
+
+    def _write_for(self, job: JobRecord, outcome: Outcome) -> Callable[[], bool]:
+        store = self.store
+        if outcome.status is JobStatus.SUCCEEDED:
+            return functools.partial(store.complete, job, outcome.result)
+        if outcome.status is JobStatus.QUEUED:
+            assert outcome.retry_in is not None and outcome.traceback is not None
+            run_at = utcnow() + timedelta(seconds=outcome.retry_in)
+            assert outcome.error is not None
+            return functools.partial(store.retry, job, outcome.error, outcome.traceback, run_at)
+        assert outcome.error is not None
+        return functools.partial(store.fail, job, outcome.error, outcome.traceback)
+
+    async def run_here(self, record: JobRecord) -> None:
+        owner = f"{self.process_id}-eager"
+        store = self.store
+        while True:
+            claimed = store.claim_ids(owner, self.lease, [record.id])
+            if not claimed:
+                # Cancelled meanwhile, or a worker has it; if it is still waiting (its
+                # predecessor went to a worker), let the workers have it.
+                store.release([record.id])
+                self._wanted()
+                return
+            job = claimed[0]
+            task = self.tasks[job.name]
+            outcome = await attempt(
+                self.calls, task, job.args, job.kwargs, failures=job.failures - 1,
+                max_result=self._options.max_result,
+            )  # fmt: skip
+            log_outcome(job.id, task, job.attempts, outcome)
+            if outcome.status is not JobStatus.QUEUED:
+                await self._record(job, outcome)
+                return
+            # This request waits out the backoff itself; should this process die
+            # meanwhile, any worker retries the job after the hold.
+            assert outcome.retry_in is not None and outcome.error is not None
+            until = utcnow() + timedelta(seconds=outcome.retry_in + self._options.hold)
+            await self.write(
+                functools.partial(store.retry, job, outcome.error, outcome.traceback or "", until)
+            )
+            await asyncio.sleep(outcome.retry_in)
+
+    def run_worker(
+        self, core: Core, *, concurrency: int | None, extra: Sequence[str], log_level: str
+    ) -> None:
+        from .._lifecycle import run_until_signalled
+
+        if extra:
+            raise ConfigurationError(
+                f"Celery worker options {list(extra)} given, but this instance does not run "
+                f"on Celery ({self.url})"
+            )
+        asyncio.run(run_until_signalled(core))
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def _unrecordable(outcome: Outcome, exc: Exception) -> Outcome:
+    error, trace = describe_error(exc)
+    return Outcome(
+        JobStatus.FAILED,
+        error=f"StoreError: the store could not keep this job's outcome: {error}",
+        traceback=trace,
+        seconds=outcome.seconds,
+        exc=exc,
+    )

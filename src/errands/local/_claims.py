@@ -1,0 +1,200 @@
+"""Claims: how this process's worker takes jobs from the local backend's store.
+
+It claims only the tasks registered here (so during a rolling deploy an old worker
+leaves a new task's jobs to a worker that knows them), and of each kind no more
+than can start at once: ``def`` jobs up to the free threads, ``process=True`` jobs
+up to the free process slots, ``async def`` jobs up to the free slots. A job never
+waits in this process holding a lease it cannot use, and its timeout never counts
+a wait for a thread.
+
+A durable store's claim is a write: it joins the group commit, off the event
+loop, holding its slots meanwhile. A store error backs off (doubling, to a cap)
+and is logged once a step; an error that will not heal (a corrupt or unwritable
+file) stops the claims and tells the worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from .._record import JobRecord
+from .._tuning import MAX_STORE_BACKOFF, MIN_STORE_BACKOFF, POLL_LOCAL, POLL_SHARED
+from ..exceptions import StoreCorrupt, StoreError, StoreUnwritable
+from ._store import Want
+
+if TYPE_CHECKING:
+    from .._task import Kind
+    from .._worker import Worker
+    from ._backend import LocalBackend
+
+logger = logging.getLogger("errands")
+
+
+class Backoff:
+    """Pauses after failures that may pass: doubling from a minimum to a cap, logged
+    once a step (and once a minute at the cap), with a line when it works again."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.until = 0.0
+        self._delay = 0.0
+        self._logged = (0.0, 0.0)  # (delay, when) of the last line
+
+    def failed(self, exc: Exception) -> float:
+        """Note a failure; how long to pause."""
+        self._delay = next_delay(self._delay)
+        self.note(exc, self._delay)
+        self.until = time.monotonic() + self._delay
+        return self._delay
+
+    def note(self, exc: Exception, delay: float) -> None:
+        """Log a failure that pauses ``delay`` seconds, if it is a new step."""
+        now = time.monotonic()
+        logged_delay, logged_at = self._logged
+        if delay > logged_delay or now - logged_at >= 60:
+            self._logged = (delay, now)
+            logger.warning("%s failed (%s); trying again in %g s", self.what, exc, delay)
+
+    def succeeded(self) -> None:
+        if self._logged[0]:
+            logger.info("%s works again", self.what)
+            self._logged = (0.0, 0.0)
+        self._delay = 0.0
+        self.until = 0.0
+
+    @property
+    def paused(self) -> bool:
+        return self.until > time.monotonic()
+
+
+def next_delay(delay: float) -> float:
+    """The pause after one more failure: doubling from a minimum to a cap."""
+    return min(MAX_STORE_BACKOFF, max(MIN_STORE_BACKOFF, delay * 2))
+
+
+class Claims:
+    def __init__(self, backend: LocalBackend, worker: Worker) -> None:
+        self._backend = backend
+        self._worker = self.worker = worker
+        durable = backend.durable
+        #: A shared store gets jobs from other processes too: look for them often.
+        self.poll_interval = POLL_SHARED if durable else POLL_LOCAL
+        self._dirty = True  # the store may have claimable jobs
+        self._claiming = 0  # slots held by a claim in flight
+        # With ``batch``, claim only once a quarter of a kind's capacity is free: one
+        # transaction then claims several jobs (the memory store claims at once).
+        self._quarter = 4 if durable else 0
+        self._backoff = Backoff("claiming jobs")
+        self._names: dict[Kind, tuple[str, ...]] = {}
+        self._registered = -1
+        self.failure: StoreError | None = None  # set when the store will not heal
+
+    def wanted(self) -> None:
+        self._dirty = True
+
+    def fill(self, free: int, *, batch: bool) -> None:
+        if free <= 0 or not self._dirty or self._claiming or self.failure is not None:
+            return
+        if self._backoff.paused:
+            return
+        wants = self._wants(free, batch)
+        if not wants:
+            return
+        self._dirty = False
+        total = sum(limit for _, limit in wants)
+        backend = self._backend
+        claim = functools.partial(backend.store.claim, backend.process_id, backend.lease, wants)
+        if not backend.durable:
+            self._claimed(total, claim)
+            return
+        self._claiming = total
+        self._worker.reserve(total)
+        backend.group().submit(claim).add_done_callback(
+            lambda done: self._claimed(total, done.result, later=True)
+        )
+
+    def _wants(self, free: int, batch: bool) -> list[Want]:
+        names = self._by_kind()
+        calls = self._backend.calls
+        wants: list[Want] = []
+        # Kinds bounded by their own pools first; async jobs take the rest.
+        kinds: tuple[tuple[Kind, int, int], ...] = (
+            ("thread", calls.threads.free(), calls.threads.size),
+            ("process", calls.processes.free(), calls.processes.processes),
+            ("async", free, self._worker.concurrency),
+        )
+        for kind, capacity, size in kinds:
+            limit = min(free, capacity)
+            if not names.get(kind) or limit <= 0:
+                continue
+            if batch and self._quarter and limit < max(1, size // self._quarter):
+                continue
+            wants.append((names[kind], limit))
+            free -= limit
+        return wants
+
+    def _by_kind(self) -> dict[Kind, tuple[str, ...]]:
+        tasks = self._backend.tasks
+        if len(tasks) != self._registered:  # tasks registered since: group them again
+            grouped: dict[Kind, list[str]] = {}
+            for task in tasks.values():
+                grouped.setdefault(task.kind, []).append(task.name)
+            self._names = {kind: tuple(sorted(names)) for kind, names in grouped.items()}
+            self._registered = len(tasks)
+        return self._names
+
+    def _claimed(
+        self, total: int, result: Callable[[], list[JobRecord]], *, later: bool = False
+    ) -> None:
+        worker = self._worker
+        if later:
+            self._claiming = 0
+            worker.unreserve(total)
+        try:
+            claimed = result()
+        except asyncio.CancelledError:
+            return
+        except (StoreCorrupt, StoreUnwritable) as exc:
+            self.failure = exc
+            logger.error("%s; this process's worker stops taking jobs", exc)
+            worker.failed(exc)
+            return
+        except StoreError as exc:
+            worker.wake_at(time.monotonic() + self._backoff.failed(exc))
+            self._dirty = True
+            return
+        except Exception:
+            logger.exception("claiming jobs failed; trying again")
+            self._dirty = True
+            return
+        self._backoff.succeeded()
+        if worker.stopping:
+            self._give_back(claimed)
+            return
+        if len(claimed) == total:
+            self._dirty = True  # there may be more
+        for job in claimed:
+            worker.start(self._run(job))
+        if later:
+            worker.fill()  # slots the claim held and did not use; work offered meanwhile
+
+    async def _run(self, job: JobRecord) -> None:
+        retry_at = await self._backend.run(job)
+        self._dirty = True  # the next job of its request may be claimable now
+        if retry_at is not None:
+            self._worker.wake_at(retry_at)
+
+    def _give_back(self, jobs: Sequence[JobRecord]) -> None:
+        """Stopped while the claim was being written: the jobs go back untouched."""
+        for job in jobs:
+            try:
+                self._backend.store.requeue(job)
+            except Exception as exc:
+                logger.error(
+                    "giving back job %s failed (%s); it runs when its lease ends", job.id, exc
+                )
