@@ -144,20 +144,6 @@ def test_a_request_whose_jobs_cannot_be_stored_fails(tmp_path: Path) -> None:
     assert str(tmp_path) not in response.text
 
 
-def test_a_row_that_cannot_be_read_is_failed_with_the_reason(tmp_path: Path) -> None:
-    store = SQLiteStore(tmp_path / "jobs.db")
-    store._db().execute(
-        "INSERT INTO errands_jobs (id, name, status, args, kwargs, attempts, max_attempts, "
-        "created_at, run_at) VALUES ('bad', 't', 'queued', '{not json', '{}', 0, 1, 0, 0)"
-    )
-    assert store.claim("w", 10, lease=30) == []
-    record = store.get("bad")
-    assert record is not None and record.status is JobStatus.FAILED
-    assert record.error is not None
-    assert record.error.startswith("CorruptJob: the stored job cannot be read")
-    store.close()
-
-
 def test_the_worker_purges_jobs_past_the_retention_time(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -249,129 +235,6 @@ def test_concurrent_requests_share_transactions_and_one_bad_one_fails_alone(
     assert 1 < len(transactions) < 100  # requests were written together
 
 
-def test_a_write_that_fills_the_disk_aborts_its_group_and_nothing_after_it_commits(
-    tmp_path: Path,
-) -> None:
-    import functools
-
-    from errands import JobRecord, StoreError
-    from errands._group_commit import GroupCommit, _Write
-
-    store = SQLiteStore(tmp_path / "jobs.db")
-    pages = store._db().execute("PRAGMA page_count").fetchone()[0]
-    store._db().execute(f"PRAGMA max_page_count = {pages + 4}")
-
-    def record(id: str, size: int) -> JobRecord:
-        return JobRecord(id=id, name="t", args=["x" * size])
-
-    for merged in (True, False):  # merged bulk writes, and writes of their own
-
-        def write(id: str, size: int, merged: bool = merged) -> _Write:
-            records = [record(f"{merged}-{id}", size)]
-            if merged:
-                return _Write(None, store.enqueue, records)
-            return _Write(functools.partial(store.enqueue, records), None, ())
-
-        writes = [write("first", 10), write("too-big", 200_000), write("third", 10)]
-        with pytest.raises(StoreError):
-            GroupCommit(store)._run(writes)
-        # What the callers were told (failed) is what happened: nothing was kept.
-        ids = (f"{merged}-first", f"{merged}-too-big", f"{merged}-third")
-        assert [store.get(id) for id in ids] == [None, None, None]
-    store.close()
-
-
-def test_a_bad_write_in_a_merged_group_fails_alone(tmp_path: Path) -> None:
-    from errands import JobRecord
-    from errands._group_commit import GroupCommit, _Write
-
-    store = SQLiteStore(tmp_path / "jobs.db")
-    store.enqueue([JobRecord(id="taken", name="t")])
-    writes = [
-        _Write(None, store.enqueue, [JobRecord(id=id, name="t")]) for id in ("a", "taken", "b")
-    ] + [_Write(None, store.release, ["a"]), _Write(None, store.release, ["b", "taken"])]
-    outcomes = GroupCommit(store)._run(writes)
-    assert [ok for ok, _ in outcomes] == [True, False, True, True, True]
-    assert "UNIQUE" in str(outcomes[1][1])
-    for id in ("a", "b"):
-        record = store.get(id)
-        assert record is not None and record.run_at is not None  # stored, then released
-    store.close()
-
-
-def test_connections_of_threads_that_ended_are_closed(tmp_path: Path) -> None:
-    import threading
-
-    store = SQLiteStore(tmp_path / "jobs.db")
-    threads = [threading.Thread(target=store.get, args=("x",)) for _ in range(10)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    threading.Thread(target=store.get, args=("x",)).start()  # opening one prunes the rest
-    time.sleep(0.2)
-    assert len(store._connections) <= 2
-    store.close()
-
-
-def test_purge_deletes_in_chunks_and_counts_them_all(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from datetime import UTC, datetime, timedelta
-
-    from errands import JobRecord
-    from errands.sqlite import _store as sqlite
-
-    monkeypatch.setattr(sqlite, "PURGE_CHUNK", 7)
-    store = SQLiteStore(tmp_path / "jobs.db")
-    store.enqueue([JobRecord(id=f"j{i}", name="t", run_at=datetime.now(UTC)) for i in range(30)])
-    for claimed in store.claim("w", 25, lease=30):
-        store.complete(claimed, None)
-    assert store.purge(datetime.now(UTC) + timedelta(seconds=1)) == 25
-    counts = store.counts()
-    assert counts[JobStatus.QUEUED] == 5 and counts[JobStatus.SUCCEEDED] == 0
-    store.close()
-
-
-def test_a_file_from_an_earlier_build_gets_the_new_indexes(tmp_path: Path) -> None:
-    import sqlite3
-    from datetime import UTC, datetime
-
-    from errands import JobRecord
-
-    path = tmp_path / "old.db"
-    old = sqlite3.connect(path)
-    old.executescript(
-        """
-        CREATE TABLE errands_jobs (
-            seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE,
-            name TEXT NOT NULL, status TEXT NOT NULL, args TEXT NOT NULL, kwargs TEXT NOT NULL,
-            attempts INTEGER NOT NULL, max_attempts INTEGER NOT NULL, result TEXT, error TEXT,
-            traceback TEXT, created_at REAL NOT NULL, started_at REAL, finished_at REAL,
-            run_at REAL, after TEXT, owner TEXT, lease_until REAL,
-            lost INTEGER NOT NULL DEFAULT 0);
-        CREATE INDEX errands_jobs_due ON errands_jobs (status, run_at, seq);
-        CREATE INDEX errands_jobs_lease ON errands_jobs (status, lease_until);
-        CREATE INDEX errands_jobs_finished ON errands_jobs (finished_at);
-        CREATE INDEX errands_jobs_after ON errands_jobs (after);
-        INSERT INTO errands_jobs (id, name, status, args, kwargs, attempts, max_attempts,
-            created_at, run_at) VALUES ('waiting', 't', 'queued', '[1]', '{}', 0, 1, 0, 0);
-        """
-    )
-    old.close()
-    store = SQLiteStore(path)
-    indexes = {
-        name
-        for (name,) in store._db().execute(
-            "SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE 'errands_%'"
-        )
-    }
-    assert indexes == {"errands_queued", "errands_running", "errands_finished"}
-    store.enqueue([JobRecord(id="new", name="t", run_at=datetime.now(UTC))])
-    assert [job.id for job in store.claim("w", 10, lease=30)] == ["waiting", "new"]
-    store.close()
-
-
 def test_jobs_claimed_while_the_worker_stops_are_given_back(tmp_path: Path) -> None:
     import asyncio
     import threading
@@ -402,24 +265,6 @@ def test_jobs_claimed_while_the_worker_stops_are_given_back(tmp_path: Path) -> N
     record = errands.get(job.id)
     assert record is not None and record.status is JobStatus.QUEUED
     assert record.attempts == 0 and record.owner is None
-
-
-def test_a_group_of_idle_polls_never_takes_the_write_lock(tmp_path: Path) -> None:
-    import functools
-    import sqlite3
-
-    from errands._group_commit import GroupCommit, _Write
-
-    store = SQLiteStore(tmp_path / "jobs.db", busy_timeout=0.5)
-    other = sqlite3.connect(tmp_path / "jobs.db", isolation_level=None)
-    other.execute("BEGIN IMMEDIATE")  # another process is writing, at length
-    started = time.monotonic()
-    polls = [_Write(functools.partial(store.claim, "w", 5, 30), None, ()) for _ in range(3)]
-    assert GroupCommit(store)._run(polls) == [(True, [])] * 3  # nothing due: no wait
-    assert time.monotonic() - started < 0.4
-    other.execute("ROLLBACK")
-    other.close()
-    store.close()
 
 
 def test_jobs_that_fail_are_never_reported_as_having_lost_their_lease(

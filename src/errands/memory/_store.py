@@ -7,44 +7,68 @@ first, so memory stays flat however many jobs pass through.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import heapq
 import itertools
 import json
 import threading
 from collections import Counter, OrderedDict
 from collections.abc import Collection, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from .._record import JobRecord, JobStatus, utcnow
-from ..local._store import MAX_LOST_LEASES, poison_error
+from .._tuning import KEEP_FINISHED, MAX_LOST_LEASES
+from ..exceptions import StoreError
+from ..local._store import ProcessInfo, Want, poison_error
+
+#: A heap entry: (due time, tiebreak, job id).
+_Entry = tuple[datetime, int, str]
+_NEVER = (datetime.max.replace(tzinfo=UTC), 0)
 
 
 class MemoryStore:
     durable = False
-    claims = True
+    location = "memory"
 
-    def __init__(self, keep_finished: int = 10_000) -> None:
+    def __init__(self, keep_finished: int = KEEP_FINISHED) -> None:
         self._keep_finished = keep_finished
         self._lock = threading.Lock()
         self._jobs: dict[str, JobRecord] = {}
-        # Queued, unblocked jobs with a run_at, by due time. Entries go stale when a
-        # job changes state; claim() skips those rather than searching the heap.
-        self._due: list[tuple[datetime, int, str]] = []
+        # Queued, unblocked jobs with a run_at, by due time, one heap a task name (a
+        # claim takes only the names it wants). Entries go stale when a job changes
+        # state; claims skip those rather than search the heaps, and _compact drops
+        # them should they pile up (every held job leaves one when it is released).
+        self._due: dict[str, list[_Entry]] = {}
+        self._entries = 0
         self._tiebreak = itertools.count()
         # Jobs waiting for the job added before them in their request.
         self._dependents: dict[str, list[str]] = {}
         self._blocked: set[str] = set()
         self._finished: OrderedDict[str, None] = OrderedDict()
+        self._unfinished = 0
         # Leases of running jobs, soonest first; stale entries skipped as in _due.
-        self._leases: list[tuple[datetime, int, str]] = []
+        self._leases: list[_Entry] = []
+        self._processes: dict[str, ProcessInfo] = {}
 
     # -- writing ----------------------------------------------------------------
 
+    def batch(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
     def enqueue(self, jobs: Sequence[JobRecord]) -> None:
         with self._lock:
+            for job in jobs:  # all or nothing, as in a database store
+                if job.id in self._jobs:
+                    raise StoreError(
+                        f"a job with id {job.id!r} is already stored; nothing of this call "
+                        f"was stored"
+                    )
             for job in jobs:  # the store owns the records from here (see Store.enqueue)
                 self._jobs[job.id] = job
+                if not job.finished:
+                    self._unfinished += 1
                 before = self._jobs.get(job.after) if job.after else None
                 if before is not None and not before.finished:
                     self._dependents.setdefault(before.id, []).append(job.id)
@@ -57,10 +81,8 @@ class MemoryStore:
         with self._lock:
             for id in ids:
                 job = self._jobs.get(id)
-                if job is not None and job.status is JobStatus.QUEUED and job.run_at is None:
-                    job.run_at = now
-                    if id not in self._blocked:
-                        self._schedule(job)
+                if job is not None and self._unreleased(job):
+                    self._release(job, now)
 
     def cancel(self, ids: Collection[str], reason: str) -> list[str]:
         cancelled = []
@@ -74,30 +96,36 @@ class MemoryStore:
                     cancelled.append(id)
         return cancelled
 
-    def claim(
-        self, owner: str, limit: int, lease: float, ids: Collection[str] | None = None
-    ) -> list[JobRecord]:
+    def claim(self, owner: str, lease: float, wants: Sequence[Want]) -> list[JobRecord]:
         now = utcnow()
         claimed: list[JobRecord] = []
         with self._lock:
             self._expire_leases(now)
-            if ids is not None:
-                for id in ids:
-                    job = self._jobs.get(id)
-                    if len(claimed) < limit and job is not None and self._claimable_by_id(job):
-                        claimed.append(self._take(job, owner, lease, now))
-                return claimed
-            while self._due and len(claimed) < limit and self._due[0][0] <= now:
-                run_at, _, id = heapq.heappop(self._due)
-                job = self._jobs.get(id)
-                if job is None or job.status is not JobStatus.QUEUED or job.run_at != run_at:
-                    continue  # a stale entry: the job moved on since it was scheduled
-                if id in self._blocked:
-                    continue
-                claimed.append(self._take(job, owner, lease, now))
+            for names, limit in wants:
+                heaps = [heap for name in names if (heap := self._due.get(name))]
+                taken = 0
+                while taken < limit and heaps:
+                    heap = min(heaps, key=self._earliest)
+                    if not heap or heap[0][0] > now:
+                        break  # the earliest due job of these names is not due yet
+                    job = self._jobs[heapq.heappop(heap)[2]]
+                    self._entries -= 1
+                    claimed.append(self._take(job, owner, lease, now))
+                    taken += 1
         return claimed
 
-    def heartbeat(self, jobs: Sequence[JobRecord], lease: float) -> list[str]:
+    def claim_ids(self, owner: str, lease: float, ids: Collection[str]) -> list[JobRecord]:
+        now = utcnow()
+        claimed: list[JobRecord] = []
+        with self._lock:
+            self._expire_leases(now)
+            for id in ids:
+                job = self._jobs.get(id)
+                if job is not None and job.status is JobStatus.QUEUED and id not in self._blocked:
+                    claimed.append(self._take(job, owner, lease, now))
+        return claimed
+
+    def renew(self, jobs: Sequence[JobRecord], lease: float) -> list[str]:
         lost = []
         until = utcnow() + timedelta(seconds=lease)
         with self._lock:
@@ -119,7 +147,7 @@ class MemoryStore:
             self._finish(current)
             return True
 
-    def retry(self, job: JobRecord, error: str, traceback: str, run_at: datetime | None) -> bool:
+    def retry(self, job: JobRecord, error: str, traceback: str, run_at: datetime) -> bool:
         with self._lock:
             current = self._current_claim(job)
             if current is None:
@@ -157,7 +185,43 @@ class MemoryStore:
             for id in old:
                 del self._finished[id]
                 self._jobs.pop(id, None)
+            for process in list(self._processes.values()):
+                if process.stopped_at is not None and process.stopped_at < before:
+                    del self._processes[process.id]
         return len(old)
+
+    # -- processes --------------------------------------------------------------
+
+    def beat(self, process: ProcessInfo) -> None:
+        with self._lock:
+            known = self._processes.get(process.id)
+            self._processes[process.id] = dataclasses.replace(
+                process,
+                tasks=tuple(process.tasks),
+                started_at=known.started_at if known is not None else process.started_at,
+                seen_at=utcnow(),
+                stopped_at=None,
+            )
+
+    def stopped(self, id: str) -> None:
+        with self._lock:
+            self._gone({id}, utcnow())
+
+    def release_orphans(self, seen_before: datetime) -> list[str]:
+        with self._lock:
+            gone = [
+                process.id
+                for process in self._processes.values()
+                if process.stopped_at is None and process.seen_at < seen_before
+            ]
+            if gone:
+                self._gone(set(gone), utcnow())
+        return gone
+
+    def processes(self) -> list[ProcessInfo]:
+        with self._lock:
+            found = [dataclasses.replace(process) for process in self._processes.values()]
+        return sorted(found, key=lambda process: process.seen_at, reverse=True)
 
     # -- reading ----------------------------------------------------------------
 
@@ -181,27 +245,93 @@ class MemoryStore:
             counted = Counter(job.status for job in self._jobs.values())
         return {status: counted.get(status, 0) for status in JobStatus}
 
-    def unfinished(self) -> int:
+    def counts_by_task(self) -> dict[str, dict[JobStatus, int]]:
         with self._lock:
-            return sum(not job.status.finished for job in self._jobs.values())
+            counted = Counter((job.name, job.status) for job in self._jobs.values())
+        by_task: dict[str, dict[JobStatus, int]] = {}
+        for (name, status), n in counted.items():
+            by_task.setdefault(name, {})[status] = n
+        return by_task
+
+    def unfinished(self) -> int:
+        return self._unfinished  # one read of an int: needs no lock
 
     def close(self) -> None:
         with self._lock:
             self._jobs.clear()
             self._due.clear()
+            self._entries = 0
             self._dependents.clear()
             self._blocked.clear()
             self._leases.clear()
             self._finished.clear()
+            self._unfinished = 0
+            self._processes.clear()
 
     # -- internals (called with the lock held) ----------------------------------
 
     def _schedule(self, job: JobRecord) -> None:
         assert job.run_at is not None
-        heapq.heappush(self._due, (job.run_at, next(self._tiebreak), job.id))
+        heapq.heappush(
+            self._due.setdefault(job.name, []), (job.run_at, next(self._tiebreak), job.id)
+        )
+        self._entries += 1
+        if self._entries > 2 * self._unfinished + 1024:
+            self._compact()
 
-    def _claimable_by_id(self, job: JobRecord) -> bool:
-        return job.status is JobStatus.QUEUED and job.id not in self._blocked
+    def _earliest(self, heap: list[_Entry]) -> tuple[datetime, int]:
+        """The due time of the heap's first live entry (stale ones are dropped on the
+        way); empty heaps sort last."""
+        while heap:
+            run_at, tiebreak, id = heap[0]
+            if self._live(run_at, id):
+                return run_at, tiebreak
+            heapq.heappop(heap)
+            self._entries -= 1
+        return _NEVER
+
+    def _live(self, run_at: datetime, id: str) -> bool:
+        job = self._jobs.get(id)
+        return (
+            job is not None
+            and job.status is JobStatus.QUEUED
+            and job.run_at == run_at
+            and id not in self._blocked
+        )
+
+    def _compact(self) -> None:
+        for name, heap in list(self._due.items()):
+            live = [entry for entry in heap if self._live(entry[0], entry[2])]
+            if live:
+                heapq.heapify(live)
+                self._due[name] = live
+            else:
+                del self._due[name]
+        self._entries = sum(len(heap) for heap in self._due.values())
+
+    def _unreleased(self, job: JobRecord) -> bool:
+        # run_at None: held by a caller of the older kind, which set no owner.
+        return (
+            job.status is JobStatus.QUEUED
+            and job.attempts == 0
+            and (job.owner is not None or job.run_at is None)
+        )
+
+    def _release(self, job: JobRecord, now: datetime) -> None:
+        job.run_at = now
+        job.owner = None
+        if job.id not in self._blocked:
+            self._schedule(job)
+
+    def _gone(self, ids: set[str], now: datetime) -> None:
+        """These processes stopped: mark them, and release what they held."""
+        for id in ids:
+            process = self._processes.get(id)
+            if process is not None and process.stopped_at is None:
+                process.stopped_at = now
+        for job in self._jobs.values():
+            if job.owner in ids and self._unreleased(job):
+                self._release(job, now)
 
     def _take(self, job: JobRecord, owner: str, lease: float, now: datetime) -> JobRecord:
         job.status = JobStatus.RUNNING
@@ -246,15 +376,17 @@ class MemoryStore:
         job.lease_until = until
         heapq.heappush(self._leases, (until, next(self._tiebreak), job.id))
 
-    def _back_to_queue(self, job: JobRecord, run_at: datetime | None) -> None:
+    def _back_to_queue(self, job: JobRecord, run_at: datetime) -> None:
         job.status = JobStatus.QUEUED
         job.owner = None
         job.lease_until = None
         job.run_at = run_at
-        if run_at is not None and job.id not in self._blocked:
+        if job.id not in self._blocked:
             self._schedule(job)
 
     def _finish(self, job: JobRecord) -> None:
+        """The job has just reached a final state (from queued or running)."""
+        self._unfinished -= 1
         job.finished_at = utcnow()
         job.owner = None
         job.lease_until = None

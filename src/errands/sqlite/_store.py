@@ -6,360 +6,193 @@ if the machine itself loses power before the next checkpoint. ``FULL`` would fsy
 every commit, about seven times slower here. Writes take ``BEGIN IMMEDIATE`` so
 concurrent writers queue on the busy timeout instead of failing with "database is
 locked" halfway through a transaction. Each thread gets its own connection.
-Arguments and results are stored as JSON text.
+Arguments and results are stored as JSON text. No ``sqlite3`` error leaves a method:
+each becomes the ``StoreError`` that says what happened and what to do (``_errors``).
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import sqlite3
-import threading
-from collections.abc import Collection, Iterator, Sequence
-from contextlib import contextmanager
-from datetime import UTC, datetime
+from collections.abc import Collection, Iterable, Iterator, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from .._record import JobRecord, JobStatus, utcnow
-from ..exceptions import ConfigurationError, StoreError
-from ..local._store import MAX_LOST_LEASES, poison_error
+from .._tuning import BUSY_TIMEOUT, MAX_LOST_LEASES, PURGE_CHUNK
+from ..exceptions import ConfigurationError
+from ..local._store import ProcessInfo, Want, poison_error
+from ._rows import Row, Unreadable, corrupt_error, dumps, process_info, record, ts, unreadable
+from ._schema import BLOCKED, COLUMNS, INSERT, PROCESS_COLUMNS, RUN_AT, SCHEMA
+from ._transactions import Transactions, mapped
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS errands_jobs (
-    seq INTEGER PRIMARY KEY,
-    id TEXT NOT NULL UNIQUE,
-    name TEXT NOT NULL,
-    status TEXT NOT NULL,
-    args TEXT NOT NULL,
-    kwargs TEXT NOT NULL,
-    attempts INTEGER NOT NULL,
-    max_attempts INTEGER NOT NULL,
-    result TEXT,
-    error TEXT,
-    traceback TEXT,
-    created_at REAL NOT NULL,
-    started_at REAL,
-    finished_at REAL,
-    run_at REAL,
-    after TEXT,
-    owner TEXT,
-    lease_until REAL,
-    lost INTEGER NOT NULL DEFAULT 0
-);
-DROP INDEX IF EXISTS errands_jobs_due;
-DROP INDEX IF EXISTS errands_jobs_lease;
-DROP INDEX IF EXISTS errands_jobs_finished;
-DROP INDEX IF EXISTS errands_jobs_after;
-CREATE INDEX IF NOT EXISTS errands_queued ON errands_jobs (run_at, seq) WHERE status = 'queued';
-CREATE INDEX IF NOT EXISTS errands_running ON errands_jobs (lease_until)
-    WHERE status = 'running';
-CREATE INDEX IF NOT EXISTS errands_finished ON errands_jobs (status, finished_at)
-    WHERE finished_at IS NOT NULL;
-"""
-# Each index is partial: it holds only the rows its queries look for, so a job's
-# writes touch few index entries (a queued job is in one index, a running job in
-# another). The DROPs replace the full indexes of files made by earlier builds,
-# whose table keeps its AUTOINCREMENT: harmless, as a new rowid is above every
-# kept one either way, which is all the FIFO order needs.
+logger = logging.getLogger("errands")
 
-#: Jobs deleted per transaction by ``purge``.
-PURGE_CHUNK = 1000
 
-_COLUMNS = (
-    "id, name, status, args, kwargs, attempts, max_attempts, result, error, traceback, "
-    "created_at, started_at, finished_at, run_at, after, owner, lease_until, lost"
-)
-#: Where ``run_at`` is in a row of ``seq, {_COLUMNS}``.
-_RUN_AT = 1 + _COLUMNS.split(", ").index("run_at")
-_UNFINISHED = "('queued', 'running')"
-#: A job waiting for the job added before it in its request.
-_BLOCKED = (
-    f"(j.after IS NOT NULL AND EXISTS (SELECT 1 FROM errands_jobs p "
-    f"WHERE p.id = j.after AND p.status IN {_UNFINISHED}))"
+#: Jobs of one name that are claimable, first due first (then in the order added):
+#: a range of errands_claimable, read in its order.
+_CLAIMABLE = (
+    "FROM errands_jobs j WHERE j.status = 'queued' AND j.name = ? AND j.run_at <= ? "
+    f"AND NOT {BLOCKED}"
 )
 
 
-def _ts(value: datetime | None) -> float | None:
-    return value.timestamp() if value is not None else None
+@functools.lru_cache(maxsize=64)
+def _look_sql(names: int) -> str:
+    """For each of ``names`` names (parameters ``name, now``) whether a job of it is
+    claimable, then whether a lease has run out (parameter ``now``): one read."""
+    due = f"EXISTS (SELECT 1 {_CLAIMABLE})"
+    expired = "EXISTS (SELECT 1 FROM errands_jobs WHERE status = 'running' AND lease_until < ?)"
+    return f"SELECT {', '.join([due] * names)}, {expired}"
 
 
-def _dt(value: float | None) -> datetime | None:
-    return datetime.fromtimestamp(value, UTC) if value is not None else None
-
-
-def _dumps(value: Any, empty: str) -> str:
-    return json.dumps(value) if value else empty
-
-
-def _loads(text: str | None, default: Any, strict: bool) -> Any:
-    if text is None:
-        return None
-    try:
-        return json.loads(text)
-    except ValueError:
-        if strict:
-            raise
-        return default
-
-
-def _record(row: sqlite3.Row | tuple[Any, ...], *, strict: bool = False) -> JobRecord:
-    """A row as a record. Undecodable JSON raises when ``strict`` (a worker is about to
-    run the job); for reading, it shows as empty arguments and no result."""
-    (id, name, status, args, kwargs, attempts, max_attempts, result, error, trace, created_at,
-     started_at, finished_at, run_at, after, owner, lease_until, lost) = row  # fmt: skip
-    return JobRecord(
-        id=id,
-        name=name,
-        status=JobStatus(status),
-        args=_loads(args, [], strict),
-        kwargs=_loads(kwargs, {}, strict),
-        attempts=attempts,
-        max_attempts=max_attempts,
-        result=_loads(result, None, strict),
-        error=error,
-        traceback=trace,
-        created_at=_dt(created_at) or utcnow(),
-        started_at=_dt(started_at),
-        finished_at=_dt(finished_at),
-        run_at=_dt(run_at),
-        durable=True,
-        after=after,
-        owner=owner,
-        lease_until=_dt(lease_until),
-        lost=lost,
+@functools.lru_cache(maxsize=64)
+def _claim_sql(names: int) -> str:
+    """Claim the first claimable jobs of ``names`` names: parameters ``owner,
+    lease_until, now``, then ``name, now, limit`` for each name, then (for more than
+    one name) ``limit``."""
+    # One arm a name, each stopping at the limit: a claim reads at most names x limit
+    # rows, however many jobs are due.
+    arm = f"SELECT j.seq, j.run_at {_CLAIMABLE} ORDER BY j.run_at, j.seq LIMIT ?"
+    if names == 1:
+        chosen = f"SELECT j.seq {_CLAIMABLE} ORDER BY j.run_at, j.seq LIMIT ?"
+    else:
+        arms = " UNION ALL ".join([f"SELECT * FROM ({arm})"] * names)
+        chosen = f"SELECT seq FROM ({arms}) ORDER BY run_at, seq LIMIT ?"
+    return (
+        "UPDATE errands_jobs SET status = 'running', attempts = attempts + 1, owner = ?, "
+        f"lease_until = ?, started_at = ? WHERE seq IN ({chosen}) RETURNING seq, {COLUMNS}"
     )
 
 
-class SQLiteStore:
-    durable = True
-    claims = True
+@functools.lru_cache(maxsize=64)
+def _claim_ids_sql(ids: int) -> str:
+    return (
+        "UPDATE errands_jobs SET status = 'running', attempts = attempts + 1, owner = ?, "
+        "lease_until = ?, started_at = ? WHERE seq IN (SELECT j.seq FROM errands_jobs j "
+        f"WHERE j.status = 'queued' AND j.id IN ({', '.join('?' * ids)}) AND NOT {BLOCKED}) "
+        f"RETURNING seq, {COLUMNS}"
+    )
 
-    def __init__(self, path: str | Path, *, busy_timeout: float = 30.0) -> None:
+
+class SQLiteStore(Transactions):
+    durable = True
+
+    def __init__(self, path: str | Path, *, busy_timeout: float = BUSY_TIMEOUT) -> None:
         if sqlite3.sqlite_version_info < (3, 35):
             raise ConfigurationError(
                 f"the SQLite store needs SQLite >= 3.35 (this Python has {sqlite3.sqlite_version})"
             )
-        self.path = str(path)
-        self._busy_timeout = busy_timeout
-        self._local = threading.local()
-        self._connections: list[tuple[threading.Thread, sqlite3.Connection]] = []
-        self._lock = threading.Lock()
-        self._db().executescript(_SCHEMA)
-
-    # -- connections ------------------------------------------------------------
-
-    def _db(self) -> sqlite3.Connection:
-        db: sqlite3.Connection | None = getattr(self._local, "db", None)
-        if db is None:
-            db = sqlite3.connect(
-                self.path,
-                timeout=self._busy_timeout,
-                isolation_level=None,  # transactions are explicit
-                check_same_thread=False,
-            )
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            self._local.db = db
-            with self._lock:
-                # Threads come and go (thread pools shrink): close what dead ones left.
-                alive = []
-                for thread, conn in self._connections:
-                    if thread.is_alive():
-                        alive.append((thread, conn))
-                    else:
-                        conn.close()
-                alive.append((threading.current_thread(), db))
-                self._connections = alive
-        return db
-
-    @contextmanager
-    def batch(self) -> Iterator[None]:
-        """One transaction around several writes of this thread (group commit).
-
-        Inside it each write runs in a savepoint (or, if it is a single statement, as
-        that statement): a write that fails is undone alone. The transaction begins
-        with the first write that needs it: a batch of idle polls (claims that find
-        nothing due) never takes the write lock.
-        """
-        self._local.batch = None
-        self._local.lazy = True
+        super().__init__(path, busy_timeout)
+        self._warned: set[str] = set()
         try:
-            yield
-            db: sqlite3.Connection | None = self._local.batch
-            if db is not None:
-                try:
-                    db.execute("COMMIT")
-                except sqlite3.Error as exc:
-                    raise self._error(exc) from exc
-        except BaseException:
-            db = self._local.batch
-            if db is not None and db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
-        finally:
-            self._local.lazy = False
-            self._local.batch = None
-
-    def _begin(self) -> sqlite3.Connection:
-        try:
-            db = self._db()
-            db.execute("BEGIN IMMEDIATE")
+            self._db().executescript(SCHEMA)
         except sqlite3.Error as exc:
+            self.close()
             raise self._error(exc) from exc
-        return db
-
-    @contextmanager
-    def _write(self, *, one_statement: bool = False) -> Iterator[sqlite3.Connection]:
-        """One write transaction; nothing of it is kept if any statement fails.
-
-        A write of ``one_statement`` needs no savepoint in a batch: SQLite undoes a
-        failed statement by itself.
-        """
-        batch: sqlite3.Connection | None = getattr(self._local, "batch", None)
-        if batch is None and getattr(self._local, "lazy", False):
-            batch = self._local.batch = self._begin()
-        if batch is not None:
-            if not one_statement:
-                with self._savepoint(batch):
-                    yield batch
-                return
-            self._check_batch(batch)
-            try:
-                yield batch
-            except sqlite3.Error as exc:
-                raise self._error(exc) from exc
-            return
-        db = self._begin()
-        try:
-            yield db
-            db.execute("COMMIT")
-        except BaseException as exc:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            if isinstance(exc, sqlite3.Error):
-                raise self._error(exc) from exc
-            raise
-
-    def _check_batch(self, db: sqlite3.Connection) -> None:
-        if not db.in_transaction:
-            # An earlier write's error (a full disk, an I/O error) made SQLite roll the
-            # whole batch back: nothing more may run, or it would commit on its own.
-            raise StoreError(
-                f"the SQLite store {self.path!r} rolled back a group of writes after an "
-                f"error; nothing of it was stored"
-            )
-
-    @contextmanager
-    def _savepoint(self, db: sqlite3.Connection) -> Iterator[None]:
-        self._check_batch(db)
-        db.execute("SAVEPOINT errands_write")
-        try:
-            yield
-        except BaseException as exc:
-            if db.in_transaction:
-                db.execute("ROLLBACK TO errands_write")
-                db.execute("RELEASE errands_write")
-            if isinstance(exc, sqlite3.Error):
-                raise self._error(exc) from exc
-            raise
-        db.execute("RELEASE errands_write")
-
-    def _error(self, exc: sqlite3.Error) -> StoreError:
-        return StoreError(
-            f"the SQLite store {self.path!r} could not be written: {exc}. Nothing of this "
-            f"call was stored. Check that the disk has room and the file and its directory "
-            f"are writable."
-        )
 
     # -- writing ----------------------------------------------------------------
 
+    @mapped
     def enqueue(self, jobs: Sequence[JobRecord]) -> None:
         rows = [
             (
-                job.id, job.name, job.status.value, _dumps(job.args, "[]"),
-                _dumps(job.kwargs, "{}"), job.attempts, job.max_attempts, None, job.error,
+                job.id, job.name, job.status.value, dumps(job.args, "[]"),
+                dumps(job.kwargs, "{}"), job.attempts, job.max_attempts, None, job.error,
                 job.traceback,
-                job.created_at.timestamp(), _ts(job.started_at), _ts(job.finished_at),
-                _ts(job.run_at), job.after, None, None, job.lost,
+                job.created_at.timestamp(), ts(job.started_at), ts(job.finished_at),
+                ts(job.run_at), job.after, job.owner, None, job.lost,
             )
             for job in jobs
         ]  # fmt: skip
         with self._write() as db:
-            db.executemany(
-                f"INSERT INTO errands_jobs ({_COLUMNS}) VALUES "
-                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                rows,
-            )
+            db.executemany(INSERT, rows)
 
+    @mapped
     def release(self, ids: Collection[str]) -> None:
         now = utcnow().timestamp()
         with self._write() as db:
             db.executemany(
-                "UPDATE errands_jobs SET run_at = ? "
-                "WHERE id = ? AND status = 'queued' AND attempts = 0",
+                "UPDATE errands_jobs SET run_at = ?, owner = NULL WHERE id = ? "
+                "AND status = 'queued' AND attempts = 0 AND owner IS NOT NULL",
                 [(now, id) for id in ids],
             )
 
+    @mapped
     def cancel(self, ids: Collection[str], reason: str) -> list[str]:
         now = utcnow().timestamp()
         cancelled = []
         with self._write() as db:
             for id in ids:
                 row = db.execute(
-                    "UPDATE errands_jobs SET status = 'cancelled', error = ?, finished_at = ? "
-                    "WHERE id = ? AND status = 'queued' RETURNING id",
+                    "UPDATE errands_jobs SET status = 'cancelled', error = ?, finished_at = ?, "
+                    "owner = NULL WHERE id = ? AND status = 'queued' RETURNING id",
                     (reason, now, id),
                 ).fetchone()
                 if row is not None:
                     cancelled.append(id)
         return cancelled
 
-    def claim(
-        self, owner: str, limit: int, lease: float, ids: Collection[str] | None = None
-    ) -> list[JobRecord]:
+    @mapped
+    def claim(self, owner: str, lease: float, wants: Sequence[Want]) -> list[JobRecord]:
+        groups = [(tuple(names), limit) for names, limit in wants if limit > 0 and names]
+        if not groups:
+            return []
         now = utcnow().timestamp()
-        until = now + lease
-        blocked = _BLOCKED
-        due, expired = self._look(now)
-        if ids is None and not (due or expired):
-            return []  # idle polls read only, and never take the write lock
-        if ids is None:
-            chosen = (
-                f"SELECT j.seq FROM errands_jobs j WHERE j.status = 'queued' "
-                f"AND j.run_at <= ? AND NOT {blocked} ORDER BY j.run_at, j.seq LIMIT ?"
-            )
-            values: tuple[Any, ...] = (now, limit)
-        else:
-            wanted = list(ids)
-            chosen = (
-                f"SELECT j.seq FROM errands_jobs j WHERE j.status = 'queued' "
-                f"AND j.id IN ({', '.join('?' for _ in wanted)}) AND NOT {blocked} "
-                f"ORDER BY j.seq LIMIT ?"
-            )
-            values = (*wanted, limit)
+        wanted = tuple(dict.fromkeys(name for names, _ in groups for name in names))
+        look: list[Any] = []
+        for name in wanted:
+            look += (name, now)
+        *due, expired = self._db().execute(_look_sql(len(wanted)), (*look, now)).fetchone()
+        if not expired:
+            if not any(due):
+                return []  # idle polls read only, and never take the write lock
+            ready = {name for name, found in zip(wanted, due, strict=True) if found}
+            groups = [(tuple(name for name in names if name in ready), n) for names, n in groups]
+        claimed: list[JobRecord] = []
         with self._write() as db:
             if expired:
                 self._expire_leases(db, now)
-            # One statement takes them all (the choice is made before any is marked).
-            rows = db.execute(
-                "UPDATE errands_jobs SET status = 'running', attempts = attempts + 1, "
-                f"owner = ?, lease_until = ?, started_at = ? WHERE seq IN ({chosen}) "
-                f"RETURNING seq, {_COLUMNS}",
-                (owner, until, now, *values),
-            ).fetchall()
-            # In the order chosen: due time, then FIFO.
-            rows.sort(key=(lambda r: r[0]) if ids is not None else (lambda r: (r[_RUN_AT], r[0])))
-            claimed = []
-            for seq, *row in rows:
-                try:
-                    claimed.append(_record(row, strict=True))
-                except (ValueError, TypeError) as exc:
-                    # A row nobody can run: fail it with the reason, do not crash on it.
-                    db.execute(
-                        "UPDATE errands_jobs SET status = 'failed', error = ?, finished_at = ?, "
-                        "owner = NULL, lease_until = NULL WHERE seq = ?",
-                        (f"CorruptJob: the stored job cannot be read: {exc!r}", now, seq),
-                    )
+            for names, limit in groups:
+                if not names:
+                    continue
+                values: list[Any] = [owner, now + lease, now]
+                for name in names:
+                    values += (name, now, limit)
+                if len(names) > 1:
+                    values.append(limit)
+                # One statement takes the group's jobs (chosen before any is marked).
+                rows = db.execute(_claim_sql(len(names)), values).fetchall()
+                rows.sort(key=lambda row: (row[RUN_AT], row[0]))  # due time, then FIFO
+                claimed += self._records(db, rows, now)
+        return claimed
+
+    @mapped
+    def claim_ids(self, owner: str, lease: float, ids: Collection[str]) -> list[JobRecord]:
+        wanted = list(ids)
+        if not wanted:
+            return []
+        now = utcnow().timestamp()
+        with self._write() as db:
+            rows = db.execute(_claim_ids_sql(len(wanted)), (owner, now + lease, now, *wanted))
+            return self._records(db, sorted(rows.fetchall()), now)
+
+    def _records(self, db: sqlite3.Connection, rows: list[Row], now: float) -> list[JobRecord]:
+        """Claimed rows as records; a row nobody can run is failed with the reason."""
+        claimed = []
+        for seq, *row in rows:
+            try:
+                claimed.append(record(row))
+            except Unreadable as exc:
+                self._warn(row[0], str(exc), "failed")
+                db.execute(
+                    "UPDATE errands_jobs SET status = 'failed', error = ?, finished_at = ?, "
+                    "owner = NULL, lease_until = NULL WHERE seq = ?",
+                    (corrupt_error(str(exc)), now, seq),
+                )
         return claimed
 
     def _expire_leases(self, db: sqlite3.Connection, now: float) -> None:
@@ -377,38 +210,47 @@ class SQLiteStore:
             (now, now),
         )
 
-    def _look(self, now: float) -> tuple[bool, bool]:
-        """Whether any job is due, and whether any lease has run out: one read."""
-        try:
-            due, expired = (
-                self._db()
-                .execute(
-                    "SELECT EXISTS (SELECT 1 FROM errands_jobs j WHERE j.status = 'queued' "
-                    f"AND j.run_at <= ? AND NOT {_BLOCKED}), EXISTS (SELECT 1 FROM "
-                    "errands_jobs WHERE status = 'running' AND lease_until < ?)",
-                    (now, now),
-                )
-                .fetchone()
-            )
-        except sqlite3.Error as exc:
-            raise self._error(exc) from exc
-        return bool(due), bool(expired)
+    @mapped
+    def renew(self, jobs: Sequence[JobRecord], lease: float) -> list[str]:
+        until = utcnow().timestamp() + lease
+        return [
+            job.id for job in jobs if not self._update_claimed(job, "lease_until = ?", (until,))
+        ]
 
-    def purge(self, before: datetime) -> int:
-        # In short transactions, so that requests and workers never wait long for the
-        # write lock behind a purge of a million jobs.
-        purged = 0
-        while True:
-            with self._write() as db:
-                deleted = db.execute(
-                    "DELETE FROM errands_jobs WHERE seq IN (SELECT seq FROM errands_jobs "
-                    "WHERE status IN ('succeeded', 'failed', 'cancelled') AND finished_at < ? "
-                    "LIMIT ?)",
-                    (before.timestamp(), PURGE_CHUNK),
-                ).rowcount
-            purged += deleted
-            if deleted < PURGE_CHUNK:
-                return purged
+    @mapped
+    def complete(self, job: JobRecord, result: Any) -> bool:
+        return self._update_claimed(
+            job,
+            "status = 'succeeded', result = ?, finished_at = ?, owner = NULL, lease_until = NULL",
+            (json.dumps(result), utcnow().timestamp()),
+        )
+
+    @mapped
+    def retry(self, job: JobRecord, error: str, traceback: str, run_at: datetime) -> bool:
+        return self._update_claimed(
+            job,
+            "status = 'queued', error = ?, traceback = ?, run_at = ?, owner = NULL, "
+            "lease_until = NULL",
+            (error, traceback, run_at.timestamp()),
+        )
+
+    @mapped
+    def fail(self, job: JobRecord, error: str, traceback: str | None) -> bool:
+        return self._update_claimed(
+            job,
+            "status = 'failed', error = ?, traceback = ?, finished_at = ?, owner = NULL, "
+            "lease_until = NULL",
+            (error, traceback, utcnow().timestamp()),
+        )
+
+    @mapped
+    def requeue(self, job: JobRecord) -> bool:
+        return self._update_claimed(
+            job,
+            "status = 'queued', attempts = attempts - 1, run_at = ?, owner = NULL, "
+            "lease_until = NULL",
+            (utcnow().timestamp(),),
+        )
 
     def _update_claimed(self, job: JobRecord, assignments: str, values: tuple[Any, ...]) -> bool:
         with self._write(one_statement=True) as db:
@@ -419,73 +261,149 @@ class SQLiteStore:
             ).fetchone()
         return row is not None
 
-    def heartbeat(self, jobs: Sequence[JobRecord], lease: float) -> list[str]:
-        until = utcnow().timestamp() + lease
-        return [
-            job.id for job in jobs if not self._update_claimed(job, "lease_until = ?", (until,))
-        ]
+    @mapped
+    def purge(self, before: datetime) -> int:
+        # In short transactions, so that requests and workers never wait long for the
+        # write lock behind a purge of a million jobs.
+        cutoff = before.timestamp()
+        with self._write() as db:
+            db.execute(
+                "DELETE FROM errands_processes WHERE stopped_at IS NOT NULL AND stopped_at < ?",
+                (cutoff,),
+            )
+        purged = 0
+        while True:
+            with self._write() as db:
+                deleted = db.execute(
+                    "DELETE FROM errands_jobs WHERE seq IN (SELECT seq FROM errands_jobs "
+                    "WHERE status IN ('succeeded', 'failed', 'cancelled') AND finished_at < ? "
+                    "LIMIT ?)",
+                    (cutoff, PURGE_CHUNK),
+                ).rowcount
+            purged += deleted
+            if deleted < PURGE_CHUNK:
+                return purged
 
-    def complete(self, job: JobRecord, result: Any) -> bool:
-        return self._update_claimed(
-            job,
-            "status = 'succeeded', result = ?, finished_at = ?, owner = NULL, lease_until = NULL",
-            (json.dumps(result), utcnow().timestamp()),
+    # -- processes --------------------------------------------------------------
+
+    @mapped
+    def beat(self, process: ProcessInfo) -> None:
+        with self._write(one_statement=True) as db:
+            db.execute(
+                f"INSERT INTO errands_processes ({PROCESS_COLUMNS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, NULL) ON CONFLICT (id) DO UPDATE SET "
+                "role = excluded.role, host = excluded.host, pid = excluded.pid, "
+                "tasks = excluded.tasks, seen_at = excluded.seen_at, stopped_at = NULL",
+                (
+                    process.id,
+                    process.role,
+                    process.host,
+                    process.pid,
+                    json.dumps(list(process.tasks)),
+                    process.started_at.timestamp(),
+                    utcnow().timestamp(),
+                ),
+            )
+
+    @mapped
+    def stopped(self, id: str) -> None:
+        now = utcnow().timestamp()
+        with self._write() as db:
+            db.execute(
+                "UPDATE errands_processes SET stopped_at = ? WHERE id = ? AND stopped_at IS NULL",
+                (now, id),
+            )
+            self._release_held(db, [id], now)
+
+    @mapped
+    def release_orphans(self, seen_before: datetime) -> list[str]:
+        cutoff = seen_before.timestamp()
+        stale = "FROM errands_processes WHERE stopped_at IS NULL AND seen_at < ?"
+        (found,) = self._db().execute(f"SELECT EXISTS (SELECT 1 {stale})", (cutoff,)).fetchone()
+        if not found:
+            return []  # the usual answer: read only, no write lock
+        now = utcnow().timestamp()
+        with self._write() as db:
+            # Asked again under the write lock: one may have beaten since.
+            gone = [
+                id
+                for (id,) in db.execute(
+                    "UPDATE errands_processes SET stopped_at = ? WHERE stopped_at IS NULL "
+                    "AND seen_at < ? RETURNING id",
+                    (now, cutoff),
+                ).fetchall()
+            ]
+            if gone:
+                self._release_held(db, gone, now)
+        return gone
+
+    def _release_held(self, db: sqlite3.Connection, owners: Sequence[str], now: float) -> None:
+        """Release the unreleased jobs of processes that are gone: a scan of the queued
+        jobs (no index by owner: it would cost every enqueue, for a rare event)."""
+        marks = ", ".join("?" * len(owners))
+        db.execute(
+            "UPDATE errands_jobs INDEXED BY errands_claimable SET run_at = ?, owner = NULL "
+            f"WHERE status = 'queued' AND attempts = 0 AND owner IN ({marks})",
+            (now, *owners),
         )
 
-    def retry(self, job: JobRecord, error: str, traceback: str, run_at: datetime | None) -> bool:
-        return self._update_claimed(
-            job,
-            "status = 'queued', error = ?, traceback = ?, run_at = ?, owner = NULL, "
-            "lease_until = NULL",
-            (error, traceback, _ts(run_at)),
+    @mapped
+    def processes(self) -> list[ProcessInfo]:
+        rows = self._db().execute(
+            f"SELECT {PROCESS_COLUMNS} FROM errands_processes ORDER BY seen_at DESC"
         )
-
-    def fail(self, job: JobRecord, error: str, traceback: str | None) -> bool:
-        return self._update_claimed(
-            job,
-            "status = 'failed', error = ?, traceback = ?, finished_at = ?, owner = NULL, "
-            "lease_until = NULL",
-            (error, traceback, utcnow().timestamp()),
-        )
-
-    def requeue(self, job: JobRecord) -> bool:
-        return self._update_claimed(
-            job,
-            "status = 'queued', attempts = attempts - 1, run_at = ?, owner = NULL, "
-            "lease_until = NULL",
-            (utcnow().timestamp(),),
-        )
+        return [process_info(row) for row in rows.fetchall()]
 
     # -- reading ----------------------------------------------------------------
 
+    @mapped
     def get(self, id: str) -> JobRecord | None:
         row = (
-            self._db()
-            .execute(f"SELECT {_COLUMNS} FROM errands_jobs WHERE id = ?", (id,))
-            .fetchone()
+            self._db().execute(f"SELECT {COLUMNS} FROM errands_jobs WHERE id = ?", (id,)).fetchone()
         )
-        return _record(row) if row is not None else None
+        return self._read(row) if row is not None else None
 
+    @mapped
     def jobs(self, status: JobStatus | None = None, limit: int = 100) -> list[JobRecord]:
         if status is None:
             rows = self._db().execute(
-                f"SELECT {_COLUMNS} FROM errands_jobs ORDER BY seq DESC LIMIT ?", (limit,)
+                f"SELECT {COLUMNS} FROM errands_jobs ORDER BY seq DESC LIMIT ?", (limit,)
             )
         else:
             # The status as a literal, so that its partial index can serve the query
             # rather than a scan of every job kept.
             source = {
-                JobStatus.QUEUED: "errands_jobs INDEXED BY errands_queued",
+                JobStatus.QUEUED: "errands_jobs INDEXED BY errands_claimable",
                 JobStatus.RUNNING: "errands_jobs INDEXED BY errands_running",
             }.get(status, "errands_jobs")
             finished = " AND finished_at IS NOT NULL" if status.finished else ""
             rows = self._db().execute(
-                f"SELECT {_COLUMNS} FROM {source} WHERE status = '{status.value}'"
+                f"SELECT {COLUMNS} FROM {source} WHERE status = '{status.value}'"
                 f"{finished} ORDER BY seq DESC LIMIT ?",
                 (limit,),
             )
-        return [_record(row) for row in rows.fetchall()]
+        return [self._read(row) for row in rows.fetchall()]
 
+    def _read(self, row: Row) -> JobRecord:
+        try:
+            return record(row)
+        except Unreadable as exc:
+            self._warn(row[0], str(exc), "listed as failed")
+            return unreadable(row, str(exc))
+
+    def _warn(self, id: Any, reason: str, outcome: str) -> None:
+        key = str(id)
+        if key not in self._warned:
+            self._warned.add(key)
+            logger.warning(
+                "the job %s in the SQLite store %s cannot be read (%s); it is %s",
+                key,
+                self.location,
+                reason,
+                outcome,
+            )
+
+    @mapped
     def counts(self) -> dict[JobStatus, int]:
         # One count per index: each reads only its own (partial) index.
         rows = self._db().execute(
@@ -497,6 +415,18 @@ class SQLiteStore:
         found = dict(rows.fetchall())
         return {status: found.get(status.value, 0) for status in JobStatus}
 
+    @mapped
+    def counts_by_task(self) -> dict[str, dict[JobStatus, int]]:
+        statuses = {status.value: status for status in JobStatus}
+        by_task: dict[str, dict[JobStatus, int]] = {}
+        rows = self._db().execute(
+            "SELECT name, status, COUNT(*) FROM errands_jobs GROUP BY name, status"
+        )
+        for name, status, n in _known(rows.fetchall(), statuses):
+            by_task.setdefault(name, {})[status] = n
+        return by_task
+
+    @mapped
     def unfinished(self) -> int:
         # Read from the two partial indexes alone: no finished job is looked at.
         row = (
@@ -509,9 +439,11 @@ class SQLiteStore:
         )
         return int(row[0])
 
-    def close(self) -> None:
-        with self._lock:
-            for _, db in self._connections:
-                db.close()
-            self._connections.clear()
-        self._local = threading.local()
+
+def _known(
+    rows: Iterable[tuple[str, str, int]], statuses: dict[str, JobStatus]
+) -> Iterator[tuple[str, JobStatus, int]]:
+    """Counts of rows whose status errands knows (an unreadable row counts nowhere)."""
+    for name, status, n in rows:
+        if status in statuses:
+            yield name, statuses[status], n

@@ -1,0 +1,73 @@
+"""The SQLite store's tables and indexes, made (or brought up to date) on open."""
+
+from __future__ import annotations
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS errands_jobs (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    name TEXT NOT NULL,
+    status TEXT NOT NULL,
+    args TEXT NOT NULL,
+    kwargs TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    max_attempts INTEGER NOT NULL,
+    result TEXT,
+    error TEXT,
+    traceback TEXT,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    run_at REAL,
+    after TEXT,
+    owner TEXT,
+    lease_until REAL,
+    lost INTEGER NOT NULL DEFAULT 0
+);
+DROP INDEX IF EXISTS errands_jobs_due;
+DROP INDEX IF EXISTS errands_jobs_lease;
+DROP INDEX IF EXISTS errands_jobs_finished;
+DROP INDEX IF EXISTS errands_jobs_after;
+DROP INDEX IF EXISTS errands_queued;
+CREATE INDEX IF NOT EXISTS errands_claimable ON errands_jobs (name, run_at, seq)
+    WHERE status = 'queued';
+CREATE INDEX IF NOT EXISTS errands_running ON errands_jobs (lease_until)
+    WHERE status = 'running';
+CREATE INDEX IF NOT EXISTS errands_finished ON errands_jobs (status, finished_at)
+    WHERE finished_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS errands_processes (
+    id TEXT PRIMARY KEY,
+    role TEXT NOT NULL,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    tasks TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    seen_at REAL NOT NULL,
+    stopped_at REAL
+);
+"""
+# Each index is partial: it holds only the rows its queries look for, so a job's
+# writes touch few index entries (a queued job is in one index, a running job in
+# another). Queued jobs are indexed by name first: a claim reads only the names it
+# wants, however many jobs of other names are due (a task at its concurrency limit,
+# a task only newer workers know). The DROPs replace the indexes of files made by
+# earlier builds, whose table may keep its AUTOINCREMENT: harmless, as a new rowid is
+# above every kept one either way, which is all the FIFO order needs.
+# errands_processes.tasks is a JSON list of names.
+
+COLUMNS = (
+    "id, name, status, args, kwargs, attempts, max_attempts, result, error, traceback, "
+    "created_at, started_at, finished_at, run_at, after, owner, lease_until, lost"
+)
+#: Where ``run_at`` is in a row of ``seq, {COLUMNS}``.
+RUN_AT = 1 + COLUMNS.split(", ").index("run_at")
+INSERT = f"INSERT INTO errands_jobs ({COLUMNS}) VALUES ({', '.join('?' * 18)})"
+
+UNFINISHED = "('queued', 'running')"
+#: A job waiting for the job added before it in its request.
+BLOCKED = (
+    f"(j.after IS NOT NULL AND EXISTS (SELECT 1 FROM errands_jobs p "
+    f"WHERE p.id = j.after AND p.status IN {UNFINISHED}))"
+)
+
+PROCESS_COLUMNS = "id, role, host, pid, tasks, started_at, seen_at, stopped_at"
