@@ -33,11 +33,14 @@ from errands import JobStatus  # noqa: E402
 errands = durable_app.errands
 
 
+backend = errands._core.backend
+
+
 def fresh_store() -> None:
-    errands.store.close()
+    backend.store.close()
     for path in WORK.glob("jobs.db*"):
         path.unlink()
-    errands.store = type(errands.store)(WORK / "jobs.db")  # type: ignore[call-arg]
+    backend.store = type(backend.store)(WORK / "jobs.db")
 
 
 def enqueue_sequential(n: int) -> float:
@@ -54,8 +57,8 @@ def enqueue_concurrent(n: int, concurrency: int = 32) -> float:
 
     async def one_client(count: int) -> None:
         for _ in range(count):
-            record = errands.new_stored(durable_app.noop, (), {}, run_at=None, after=None)
-            await errands.commit([record])
+            record = errands._core.new_record(durable_app.noop, (), {})
+            await backend.commit([record])
 
     async def main() -> float:
         started = time.perf_counter()
@@ -95,9 +98,9 @@ def end_to_end(n: int) -> dict[str, float]:
     started = time.perf_counter()
     for _ in range(n):
         errands.add_task(durable_app.noop)
-    while errands.store.unfinished():  # all were stored before: none left means all ran
+    while backend.store.unfinished():  # all were stored before: none left means all ran
         time.sleep(0.01)
-    assert errands.store.counts()[JobStatus.SUCCEEDED] == n
+    assert backend.store.counts()[JobStatus.SUCCEEDED] == n
     elapsed = time.perf_counter() - started
     after = rss_mb(worker.pid)
     stop(worker)

@@ -218,7 +218,7 @@ def test_a_write_that_fills_the_disk_aborts_its_group_and_nothing_after_it_commi
 
         writes = [write("first", 10), write("too-big", 200_000), write("third", 10)]
         with pytest.raises(StoreError):
-            GroupCommit(store)._run(writes)
+            GroupCommit(store.batch)._run(writes)
         # What the callers were told (failed) is what happened: nothing was kept.
         ids = (f"{merged}-first", f"{merged}-too-big", f"{merged}-third")
         assert [store.get(id) for id in ids] == [None, None, None]
@@ -236,7 +236,7 @@ def test_a_bad_write_in_a_merged_group_fails_alone(tmp_path: Path) -> None:
         _Write(None, store.release, ["a"]),
         _Write(None, store.release, ["b", "taken"]),
     ]
-    outcomes = GroupCommit(store)._run(writes)
+    outcomes = GroupCommit(store.batch)._run(writes)
     assert [ok for ok, _ in outcomes] == [True, False, True, True, True]
     assert "UNIQUE" in str(outcomes[1][1])
     for id in ("a", "b"):
@@ -256,7 +256,7 @@ def test_a_group_of_idle_polls_never_takes_the_write_lock(tmp_path: Path) -> Non
     polls = [_Write(functools.partial(store.claim, "w", 30, T), None, ()) for _ in range(3)]
     orphans = functools.partial(store.release_orphans, now() - timedelta(seconds=60))
     polls.append(_Write(orphans, None, ()))
-    assert GroupCommit(store)._run(polls) == [(True, [])] * 4  # nothing due: no wait
+    assert GroupCommit(store.batch)._run(polls) == [(True, [])] * 4  # nothing due: no wait
     assert time.monotonic() - started < 0.4
     other.execute("ROLLBACK")
     other.close()

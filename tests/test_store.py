@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from errands import JobRecord, JobStatus, Store, StoreError
+from errands import JobRecord, JobStatus, StoreError
+from errands.local import Store
 from errands.local._store import ProcessInfo
 from errands.memory import MemoryStore
 from errands.sqlite import SQLiteStore
