@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -136,3 +137,22 @@ def test_the_shop_runs_unchanged_on_every_backend(backend: str, tmp_path: Path) 
         f"succeeded charged 250 cents for o1 {durable}",
         f"succeeded receipt for o1 sent {durable}",
     ]
+
+
+def test_the_operations_example_shows_a_job_the_failures_and_the_workers() -> None:
+    from docs.examples import operations
+    from fastapi.testclient import TestClient
+
+    with TestClient(operations.app) as client:
+        job = operations.errands.add_task(operations.build_report, "2026-11")
+        for _ in range(200):
+            record = client.get(f"/jobs/{job.id}").json()
+            if record["status"] == "succeeded":
+                break
+            time.sleep(0.01)
+        assert record["result"] == "report for 2026-11"
+        assert client.get("/failures").json() == []
+        health = client.get("/health/jobs").json()
+        assert health["queued"] == 0 and health["unrunnable"] == {}
+        assert len(health["workers"]) == 1  # this app's own worker, in its lifespan
+        assert client.get("/jobs/nope").status_code == 404
