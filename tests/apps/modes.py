@@ -74,6 +74,16 @@ def flaky(tag: str, fails: int) -> str:
     return "ok"
 
 
+def stubborn(tag: str, fails: int, seconds: float) -> str:
+    """Fails its first ``fails`` attempts, then takes ``seconds`` to succeed."""
+    log(tag)
+    attempt = lines().count(tag)
+    if attempt <= fails:
+        raise RuntimeError(f"attempt {attempt} of {tag} failed")
+    time.sleep(seconds)
+    return "ok"
+
+
 async def sleepy(seconds: float) -> str:
     await asyncio.sleep(seconds)
     return "woke"
@@ -155,6 +165,9 @@ def make(mode: str, *, path: str = "", queue: str = "errands-modes") -> Mode:
     )
     errands.task(name="modes.routed")(record)
     errands.task(name="modes.long")(long)
+    errands.task(name="modes.stubborn", retries=3, backoff=0.05)(stubborn)
+    # Its one retry waits up to an hour (full jitter): long enough to look at.
+    errands.task(name="modes.patient", retries=1, backoff=3600)(flaky)
     echo_task = errands.task(name="modes.echo")(echo)
     app = tasks.app
 

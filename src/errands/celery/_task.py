@@ -34,10 +34,10 @@ from celery import states
 from celery.exceptions import Reject
 
 from .._payload import encode_result
-from .._record import utcnow
 from ..exceptions import NotSerializable, TaskTimeout
+from . import _stamps
 from ._publish import CeleryStore
-from ._results import CHAIN, STARTED_AT
+from ._results import CHAIN
 
 if TYPE_CHECKING:
     import celery
@@ -82,21 +82,7 @@ def _run(
 ) -> Any:
     request = ctask.request
     attempt = request.retries + 1
-    started_at = utcnow().isoformat()
-    # Celery's result of a finished task keeps the request's stamps (result_extended),
-    # and nothing else of ours: the start time travels there.
-    request.stamps = {**(getattr(request, "stamps", None) or {}), STARTED_AT: started_at}
-    request.stamped_headers = [
-        *(h for h in getattr(request, "stamped_headers", None) or () if h != STARTED_AT),
-        STARTED_AT,
-    ]
-    running = {
-        "name": task.name,
-        "args": args,
-        "kwargs": kwargs,
-        "attempts": attempt,
-        "started_at": started_at,
-    }
+    running = _stamps.begin(request, task, store)  # and the start, stamped on the request
     attempt_running = _RUNNING.add(store, str(request.id), running)
     try:
         result = encode_result(task.name, _call(task, args, kwargs))
@@ -209,6 +195,7 @@ def _retry(ctask: celery.Task[Any, Any], exc: Exception, delay: float, retries: 
     # Celery records RETRY just after sending the retry: a retry that could start
     # sooner than that might see its own final state overwritten by it.
     countdown = max(delay, MIN_RETRY_DELAY)
+    _stamps.failed(ctask.request, exc, countdown)  # the retry's message carries them on
     try:
         raise ctask.retry(exc=exc, countdown=countdown, max_retries=retries) from exc
     except Reject as rejected:
