@@ -124,6 +124,11 @@ def make_celery(mode: str, queue: str) -> Celery:
     app.conf.update(
         task_default_queue=queue,
         task_routes={"modes.routed": {"queue": f"{queue}-routed"}},
+        broker_connection_retry_on_startup=True,
+    )
+    if os.environ.get("MODES_CELERY_DEFAULTS"):
+        return app  # what errands applies to an app that sets nothing more
+    app.conf.update(
         # Redis: a job whose worker died is delivered again once its visibility
         # timeout has passed, looked for every second (kombu's default: 100 s).
         broker_transport_options={
@@ -135,7 +140,6 @@ def make_celery(mode: str, queue: str) -> Celery:
             "unacked_mutex_expire": 5,
         },
         worker_prefetch_multiplier=1,
-        broker_connection_retry_on_startup=True,
     )
     return app
 
@@ -148,7 +152,9 @@ def make(mode: str, *, path: str = "", queue: str = "errands-modes") -> Mode:
         errands = Errands(f"sqlite:///{path}")
     else:
         celery_app = make_celery(mode, queue)
-        errands = Errands(celery=celery_app, publish_timeout=5)  # the one line that differs
+        lease = float(os.environ.get("MODES_LEASE", 30))  # a Redis test's shorter one
+        # The one line that differs:
+        errands = Errands(celery=celery_app, publish_timeout=5, lease=lease)
 
     tasks = Mode(
         mode,

@@ -35,7 +35,7 @@ from celery.exceptions import Reject
 
 from .._payload import encode_result
 from ..exceptions import NotSerializable, TaskTimeout
-from . import _stamps
+from . import _redis, _stamps
 from ._publish import CeleryStore
 from ._results import CHAIN
 
@@ -54,6 +54,7 @@ MIN_RETRY_DELAY = 0.1
 
 def bind(store: CeleryStore, task: Task[Any, Any]) -> None:
     """Register ``task`` on the store's Celery app, under its errands name."""
+    _redis.configure(store.app, task)  # Redis broker: errands' defaults, renewal
 
     def run(self: celery.Task[Any, Any], *args: Any, **kwargs: Any) -> Any:
         return _run(self, store, task, list(args), kwargs)
