@@ -535,6 +535,28 @@ def test_a_killed_redis_worker_s_jobs_run_on_another_within_a_lease(
         broker.kill()
 
 
+@pytest.mark.parametrize("mode_name", BROKERS)
+def test_a_long_error_is_cut_on_its_way_to_the_retry(log: Path, queue: str, mode_name: str) -> None:
+    """The last failed attempt's error and traceback travel to the next attempt in its
+    message's headers, which must stay small (RabbitMQ: one frame, 128 KiB): they are
+    cut, saying so, and the job succeeds on its retry."""
+    mode = modes.make(mode_name, queue=queue)
+    wordy = mode.errands.registered("modes.wordy")
+    assert wordy is not None
+    worker = CeleryWorker(mode_name, queue, log)
+    try:
+        record = finished(mode.errands, mode.errands.add_task(wordy, "w", 300_000).id)
+        assert record.status is JobStatus.SUCCEEDED and record.attempts == 2
+        assert record.error is not None and record.traceback is not None
+        assert record.error.startswith("RuntimeError: xxx")
+        assert "characters cut by errands" in record.error and len(record.error) < 3_000
+        assert "characters cut by errands" in record.traceback
+        assert record.traceback.startswith("Traceback (most recent call last):")
+        assert len(record.traceback) < 9_000
+    finally:
+        worker.stop()
+
+
 # -- the errands CLI in Celery mode ----------------------------------------------------
 
 

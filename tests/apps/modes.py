@@ -84,6 +84,14 @@ def stubborn(tag: str, fails: int, seconds: float) -> str:
     return "ok"
 
 
+def wordy(tag: str, size: int) -> str:
+    """Fails its first attempt with an error message of ``size`` characters."""
+    log(tag)
+    if lines().count(tag) == 1:
+        raise RuntimeError("x" * size)
+    return "ok"
+
+
 async def sleepy(seconds: float) -> str:
     await asyncio.sleep(seconds)
     return "woke"
@@ -172,6 +180,7 @@ def make(mode: str, *, path: str = "", queue: str = "errands-modes") -> Mode:
     errands.task(name="modes.routed")(record)
     errands.task(name="modes.long")(long)
     errands.task(name="modes.stubborn", retries=3, backoff=0.05)(stubborn)
+    errands.task(name="modes.wordy", retries=1, backoff=0.05)(wordy)
     # Its one retry waits up to an hour (full jitter): long enough to look at.
     errands.task(name="modes.patient", retries=1, backoff=3600)(flaky)
     echo_task = errands.task(name="modes.echo")(echo)
