@@ -1,11 +1,14 @@
 """The backend contract: a job's record, stats and listings mean the same in every
 mode (memory, SQLite, Celery on Redis, Celery on RabbitMQ), read as a client reads
-them (``errands.get``, ``errands.jobs``, ``errands.stats``)."""
+them (``errands.get``, ``errands.jobs``, ``errands.stats``): queued, cancelled,
+running, running again after a failure, waiting for a retry, succeeded after
+retries, failed for good."""
 
 from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import pytest
@@ -19,42 +22,142 @@ def tag() -> str:
     return uuid.uuid4().hex[:8]
 
 
-def test_a_queued_job_reads_the_same_in_every_mode(running: Running) -> None:
+def get(running: Running, id: str) -> JobRecord:
+    record = running.errands.get(id)
+    assert record is not None
+    return record
+
+
+def seen(
+    running: Running, id: str, wanted: Callable[[JobRecord], bool], timeout: float = 30
+) -> JobRecord:
+    """The job's record as soon as it is as ``wanted`` (looked at every 20 ms)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        record = running.errands.get(id)
+        if record is not None and wanted(record):
+            return record
+        if time.monotonic() > deadline:
+            raise AssertionError(f"job {id} not as wanted in {timeout} s: {record}")
+        time.sleep(0.02)
+
+
+def at_or_after(later: datetime | None, earlier: datetime | None) -> bool:
+    """``later >= earlier``, to the millisecond (Celery mode's creation times are)."""
+    assert later is not None and earlier is not None
+    return later.timestamp() >= earlier.timestamp() - 0.001
+
+
+def test_a_queued_job_and_then_a_cancelled_one(running: Running) -> None:
     t = tag()
-    first, _, third = running.client.post(f"/sequence/{t}").json()["jobs"]
-    record = running.errands.get(third)  # behind a job that runs for 0.3 s
-    assert record is not None and record.status is JobStatus.QUEUED
-    assert (record.name, record.args, record.kwargs) == ("modes.record", [f"{t}-3"], {})
-    assert record.attempts == 0 and record.max_attempts == 1
-    assert record.started_at is None and record.finished_at is None
-    assert record.result is None and record.error is None and record.traceback is None
+    first, second = running.client.post(f"/pair/{t}").json()["jobs"]
+    record = get(running, second)
+    assert record.status is JobStatus.QUEUED
+    assert (record.name, record.args, record.kwargs) == ("modes.record", [f"{t}-2"], {})
+    assert (record.attempts, record.max_attempts, record.lost) == (0, 1, 0)
+    assert (record.result, record.error, record.traceback) == (None, None, None)
+    assert (record.started_at, record.finished_at) == (None, None)
+    assert (record.owner, record.lease_until) == (None, None)
+    assert record.after == first
     assert record.durable is (running.mode.name != "memory")
-    assert record.created_at <= datetime.now(UTC)
-    assert running.finished(third).status is JobStatus.SUCCEEDED
+    assert at_or_after(record.run_at, record.created_at)
+
+    assert running.errands._core.backend.cancel([second], "dropped: test") == [second]
+    record = get(running, second)
+    assert record.status is JobStatus.CANCELLED
+    assert record.error == "dropped: test"
+    assert (record.name, record.args, record.kwargs) == ("modes.record", [f"{t}-2"], {})
+    assert (record.attempts, record.max_attempts) == (0, 1)
+    assert record.after == first
+    assert (record.result, record.traceback, record.started_at) == (None, None, None)
+    assert at_or_after(record.finished_at, record.created_at)
+
     assert running.finished(first).status is JobStatus.SUCCEEDED
+    time.sleep(0.5)  # time enough for the next job to run, were it to
+    record = get(running, second)
+    assert record.status is JobStatus.CANCELLED and record.error
+    assert f"{t}-2" not in modes.lines()
 
 
-def test_a_job_retried_then_succeeded_keeps_its_last_error(running: Running) -> None:
+def test_a_running_job_and_then_its_success(running: Running) -> None:
+    t = tag()
+    job = running.errands.add_task(running.mode.slow, t, 1.5)
+    record = seen(running, job.id, lambda r: r.status is JobStatus.RUNNING)
+    assert (record.name, record.args, record.kwargs) == ("modes.slow", [t, 1.5], {})
+    assert (record.attempts, record.max_attempts, record.lost) == (1, 1, 0)
+    assert record.owner  # the worker that runs it
+    assert (record.result, record.error, record.traceback, record.finished_at) == (None,) * 4
+    assert at_or_after(record.started_at, record.created_at)
+    assert record.after is None
+
+    record = running.finished(job.id)
+    assert record.status is JobStatus.SUCCEEDED and record.result == t
+    assert (record.attempts, record.max_attempts) == (1, 1)
+    assert (record.owner, record.error, record.traceback) == (None, None, None)
+    assert at_or_after(record.finished_at, record.started_at)
+    assert (record.name, record.args, record.kwargs) == ("modes.slow", [t, 1.5], {})
+
+
+def test_a_job_running_again_after_a_failure_shows_that_failure(running: Running) -> None:
+    t = tag()
+    job = running.errands.add_task(running.errands._core.tasks["modes.stubborn"], t, 1, 1.5)
+    record = seen(running, job.id, lambda r: r.status is JobStatus.RUNNING and r.attempts == 2)
+    assert record.max_attempts == 4
+    assert record.error == f"RuntimeError: attempt 1 of {t} failed"
+    assert record.traceback and record.error in record.traceback
+    assert record.owner and record.finished_at is None
+
+    record = running.finished(job.id)
+    assert record.status is JobStatus.SUCCEEDED and record.result == "ok"
+    assert (record.attempts, record.max_attempts) == (2, 4)
+    assert record.error == f"RuntimeError: attempt 1 of {t} failed"
+
+
+def test_a_job_waiting_for_its_retry_and_then_cancelled(running: Running) -> None:
+    t = tag()
+    job = running.errands.add_task(running.errands._core.tasks["modes.patient"], t, 5)
+    record = seen(running, job.id, lambda r: r.attempts == 1 and r.error is not None)
+    assert record.status is JobStatus.QUEUED
+    assert (record.name, record.args) == ("modes.patient", [t, 5])
+    assert (record.attempts, record.max_attempts) == (1, 2)
+    assert record.error == f"RuntimeError: attempt 1 of {t} failed"
+    assert record.traceback and record.error in record.traceback
+    assert "Retry" not in record.traceback  # the attempt's own, not Celery's retry
+    assert at_or_after(record.started_at, record.created_at)
+    assert record.run_at is not None and record.started_at is not None
+    assert record.run_at > record.started_at  # when the retry is due
+    assert (record.owner, record.finished_at, record.result) == (None, None, None)
+
+    assert running.errands._core.backend.cancel([job.id], "dropped: test") == [job.id]
+    record = get(running, job.id)
+    assert record.status is JobStatus.CANCELLED and record.error == "dropped: test"
+    assert (record.attempts, record.max_attempts) == (1, 2)
+    assert record.traceback and "attempt 1" in record.traceback
+    assert record.started_at is not None and record.finished_at is not None
+
+
+def test_a_success_after_retries_keeps_the_last_error(running: Running) -> None:
     t = tag()
     record = running.finished(running.errands.add_task(running.mode.flaky, t, 2).id)
     assert record.status is JobStatus.SUCCEEDED and record.result == "ok"
-    assert record.attempts == 3 and record.max_attempts == 4
+    assert (record.attempts, record.max_attempts, record.lost) == (3, 4, 0)
     assert record.error == f"RuntimeError: attempt 2 of {t} failed"
-    assert record.traceback is not None and f"attempt 2 of {t} failed" in record.traceback
-    assert record.started_at is not None and record.finished_at is not None
-    assert record.created_at <= record.started_at <= record.finished_at
-    assert record.owner is None and record.lease_until is None and record.lost == 0
+    assert record.traceback and record.error in record.traceback
+    assert at_or_after(record.started_at, record.created_at)
+    assert at_or_after(record.finished_at, record.started_at)
+    assert at_or_after(record.finished_at, record.run_at)
+    assert record.owner is None
 
 
-def test_a_job_that_failed_for_good_says_why_and_how_often(running: Running) -> None:
+def test_a_failure_after_retries(running: Running) -> None:
     t = tag()
     record = running.finished(running.errands.add_task(running.mode.flaky, t, 10).id)
     assert record.status is JobStatus.FAILED and record.result is None
-    assert record.attempts == record.max_attempts == 4
+    assert (record.attempts, record.max_attempts) == (4, 4)
     assert record.error == f"RuntimeError: attempt 4 of {t} failed"
-    assert record.traceback is not None and "RuntimeError" in record.traceback
-    assert record.finished_at is not None and record.started_at is not None
-    assert record.owner is None and record.lease_until is None
+    assert record.traceback and record.error in record.traceback
+    assert at_or_after(record.finished_at, record.started_at)
+    assert record.owner is None
 
 
 def test_jobs_lists_by_status_name_in_every_mode(running: Running) -> None:

@@ -78,8 +78,9 @@ class Backend(ABC):
         """The request's response has been sent in full: its jobs may run."""
 
     @abstractmethod
-    def cancel(self, records: Sequence[JobRecord], reason: str) -> None:
-        """The request failed after its jobs were committed: none of them runs."""
+    def cancel(self, ids: Sequence[str], reason: str) -> list[str]:
+        """Cancel the jobs that are still queued (a request failed after its jobs were
+        committed: none of them runs); returns the ids cancelled."""
 
     # -- reading ----------------------------------------------------------------------
 

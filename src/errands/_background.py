@@ -229,7 +229,7 @@ class Tasks:
             if e.plain is None and e.committed and e.core is not None
         )
         for core, records in _by_instance(committed_stored):
-            core.backend.cancel(records, reason)
+            core.backend.cancel([r.id for r in records], reason)
         for entry in entries:
             if entry.plain is not None:
                 if entry.committed and entry.core is not None:

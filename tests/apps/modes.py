@@ -74,6 +74,24 @@ def flaky(tag: str, fails: int) -> str:
     return "ok"
 
 
+def stubborn(tag: str, fails: int, seconds: float) -> str:
+    """Fails its first ``fails`` attempts, then takes ``seconds`` to succeed."""
+    log(tag)
+    attempt = lines().count(tag)
+    if attempt <= fails:
+        raise RuntimeError(f"attempt {attempt} of {tag} failed")
+    time.sleep(seconds)
+    return "ok"
+
+
+def wordy(tag: str, size: int) -> str:
+    """Fails its first attempt with an error message of ``size`` characters."""
+    log(tag)
+    if lines().count(tag) == 1:
+        raise RuntimeError("x" * size)
+    return "ok"
+
+
 async def sleepy(seconds: float) -> str:
     await asyncio.sleep(seconds)
     return "woke"
@@ -114,6 +132,11 @@ def make_celery(mode: str, queue: str) -> Celery:
     app.conf.update(
         task_default_queue=queue,
         task_routes={"modes.routed": {"queue": f"{queue}-routed"}},
+        broker_connection_retry_on_startup=True,
+    )
+    if os.environ.get("MODES_CELERY_DEFAULTS"):
+        return app  # what errands applies to an app that sets nothing more
+    app.conf.update(
         # Redis: a job whose worker died is delivered again once its visibility
         # timeout has passed, looked for every second (kombu's default: 100 s).
         broker_transport_options={
@@ -125,7 +148,6 @@ def make_celery(mode: str, queue: str) -> Celery:
             "unacked_mutex_expire": 5,
         },
         worker_prefetch_multiplier=1,
-        broker_connection_retry_on_startup=True,
     )
     return app
 
@@ -138,7 +160,9 @@ def make(mode: str, *, path: str = "", queue: str = "errands-modes") -> Mode:
         errands = Errands(f"sqlite:///{path}")
     else:
         celery_app = make_celery(mode, queue)
-        errands = Errands(celery=celery_app, publish_timeout=5)  # the one line that differs
+        lease = float(os.environ.get("MODES_LEASE", 30))  # a Redis test's shorter one
+        # The one line that differs:
+        errands = Errands(celery=celery_app, publish_timeout=5, lease=lease)
 
     tasks = Mode(
         mode,
@@ -155,6 +179,10 @@ def make(mode: str, *, path: str = "", queue: str = "errands-modes") -> Mode:
     )
     errands.task(name="modes.routed")(record)
     errands.task(name="modes.long")(long)
+    errands.task(name="modes.stubborn", retries=3, backoff=0.05)(stubborn)
+    errands.task(name="modes.wordy", retries=1, backoff=0.05)(wordy)
+    # Its one retry waits up to an hour (full jitter): long enough to look at.
+    errands.task(name="modes.patient", retries=1, backoff=3600)(flaky)
     echo_task = errands.task(name="modes.echo")(echo)
     app = tasks.app
 
@@ -188,6 +216,15 @@ def make(mode: str, *, path: str = "", queue: str = "errands-modes") -> Mode:
             background.add_task(tasks.slow, f"{tag}-1", 0.3),
             background.add_task(tasks.boom, f"{tag}-2"),
             background.add_task(tasks.record, f"{tag}-3"),
+        ]
+        return {"jobs": [job.id for job in jobs]}
+
+    @app.post("/pair/{tag}")
+    async def pair(tag: str, background: BackgroundTasks) -> dict[str, list[str]]:
+        """Two jobs in one request: the second waits for the first (1.5 s)."""
+        jobs = [
+            background.add_task(tasks.slow, f"{tag}-1", 1.5),
+            background.add_task(tasks.record, f"{tag}-2"),
         ]
         return {"jobs": [job.id for job in jobs]}
 

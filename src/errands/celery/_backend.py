@@ -65,7 +65,8 @@ class CeleryBackend(Backend):
                 "pool runs tasks in processes of their own",
                 task.name,
             )
-        bind(self.publisher, task, max_result=self._options.max_result)
+        options = self._options
+        bind(self.publisher, task, max_result=options.max_result, lease=options.lease)
 
     def check_eager(self) -> None:
         raise ConfigurationError(
@@ -109,9 +110,11 @@ class CeleryBackend(Backend):
     async def release(self, ids: Sequence[str]) -> None:
         """Nothing to do: the jobs were published before the response."""
 
-    def cancel(self, records: Sequence[JobRecord], reason: str) -> None:
-        for id in self.publisher.cancel([r.id for r in records], reason):
+    def cancel(self, ids: Sequence[str], reason: str) -> list[str]:
+        cancelled = self.publisher.cancel(ids, reason)
+        for id in cancelled:
             WAITERS.notify(id)
+        return cancelled
 
     # -- reading ----------------------------------------------------------------------
 

@@ -34,8 +34,10 @@ from .._record import JobRecord, JobStatus
 from .._tuning import CELERY_RECENT, CELERY_TRACKED
 from ..exceptions import BrokerUnavailable, ConfigurationError, StoreError
 from ._results import (
+    AFTER,
     CHAIN,
     FINAL,
+    MAX_ATTEMPTS,
     SET_UNLESS_FINAL,
     chains,
     check_app,
@@ -44,6 +46,7 @@ from ._results import (
     expires_args,
     meta,
     ours,
+    revoked_request,
     to_record,
 )
 
@@ -146,7 +149,10 @@ class CeleryStore:
         The writes are ``SET NX``: should a worker have written a job's state first,
         that state stands. A publish that failed takes them back.
         """
-        entries = [(job.id, states.PENDING, ours(job.name, job.args, job.kwargs)) for job in jobs]
+        entries = [
+            (job.id, states.PENDING, ours(job.name, job.args, job.kwargs, **_queued(job)))
+            for job in jobs
+        ]
         if chain_id is not None:
             entries.append((chain_id, states.PENDING, {"chain": [describe(j) for j in jobs[1:]]}))
         return self.begin_states(entries, only_new=True)
@@ -299,6 +305,10 @@ class CeleryStore:
             options["headers"] = {CHAIN: list(chain)}
         name, args, kwargs = described["name"], described["args"], described["kwargs"]
         options = amqp.router.route(options, name, args, kwargs)
+        # Stamps, so that the job's result keeps them, however it ends.
+        stamps = {MAX_ATTEMPTS: described.get("max_attempts") or 1}
+        if described.get("after"):
+            stamps[AFTER] = described["after"]
         message = amqp.create_task_message(
             described["id"],
             name,
@@ -306,6 +316,8 @@ class CeleryStore:
             kwargs,
             reply_to=app.thread_oid,
             create_sent_event=app.conf.task_send_sent_event,
+            stamped_headers=list(stamps),
+            **stamps,
             **options,
         )
         with (
@@ -326,14 +338,24 @@ class CeleryStore:
             )
 
     def cancel(self, ids: Collection[str], reason: str) -> list[str]:
-        """Revoke (Celery's cancel, best effort: live workers skip the jobs)."""
+        """Revoke the jobs still queued (Celery's cancel, best effort: live workers skip
+        the jobs); those that run or have finished are left to end as they do."""
         ids = list(ids)
         if not ids:
             return []
-        self.app.control.revoke(ids)
-        for id in ids:
-            self.app.backend.mark_as_revoked(id, reason)
-        return ids
+        cancelled = []
+        for id, record in zip(ids, self._records(ids), strict=True):
+            if record is not None and record.status is not JobStatus.QUEUED:
+                continue
+            # With the job's request, so that its result keeps what it was, as a
+            # cancelled job's record does in the other modes.
+            self.app.backend.mark_as_revoked(id, reason, request=revoked_request(id, record))
+            cancelled.append(id)
+        if cancelled:
+            # After the records: a worker that discards a revoked job records it too,
+            # with Celery's reason ("revoked"), and ours is the one to read first.
+            self.app.control.revoke(cancelled)
+        return cancelled
 
     # -- reading ----------------------------------------------------------------
 
@@ -384,3 +406,8 @@ class CeleryStore:
             for id in finished:
                 self._unfinished.pop(id, None)
         return counts
+
+
+def _queued(job: JobRecord) -> dict[str, Any]:
+    """What a queued job's record keeps beyond its name and arguments."""
+    return {"max_attempts": job.max_attempts, "after": job.after}

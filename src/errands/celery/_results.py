@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from celery import Celery, states
+from celery.app.task import Context
 from celery.backends.base import DisabledBackend
 from celery.backends.rpc import RPCBackend
 
@@ -21,8 +22,17 @@ from ..exceptions import ConfigurationError
 #: small and typed, and a request's jobs may carry up to ``max_payload`` each.)
 CHAIN = "errands_chain"
 
-#: The stamp that keeps when the last attempt started, in a finished task's result.
+#: Stamps (see ``_stamps.py``): what a job record needs that Celery's result does not
+#: keep. When the latest attempt started; the task's ``max_attempts``; attempts lost
+#: with their workers; the last failed attempt's error and traceback, and when the
+#: attempt after it was due; the job added before this one in its request.
 STARTED_AT = "errands_started_at"
+MAX_ATTEMPTS = "errands_max_attempts"
+LOST = "errands_lost"
+ERROR = "errands_error"
+TRACEBACK = "errands_traceback"
+RUN_AT = "errands_run_at"
+AFTER = "errands_after"
 
 _STATUS = {
     states.PENDING: JobStatus.QUEUED,
@@ -113,7 +123,14 @@ def meta(id: str, state: str, ours: dict[str, Any]) -> dict[str, Any]:
 
 
 def describe(job: JobRecord) -> dict[str, Any]:
-    return {"id": job.id, "name": job.name, "args": job.args, "kwargs": job.kwargs}
+    return {
+        "id": job.id,
+        "name": job.name,
+        "args": job.args,
+        "kwargs": job.kwargs,
+        "max_attempts": job.max_attempts,
+        "after": job.after,
+    }
 
 
 def chains(jobs: Iterable[JobRecord]) -> list[list[JobRecord]]:
@@ -130,6 +147,30 @@ def chains(jobs: Iterable[JobRecord]) -> list[list[JobRecord]]:
     return chains
 
 
+def revoked_request(id: str, record: JobRecord | None) -> Context:
+    """The request to revoke a queued job with: its Celery result then keeps the job's
+    name and arguments, and what its earlier attempts left (as a worker's would)."""
+    if record is None:
+        return Context(id=id, task=None)
+    stamps: dict[str, Any] = {
+        MAX_ATTEMPTS: record.max_attempts,
+        LOST: record.lost,
+        AFTER: record.after,
+        STARTED_AT: record.started_at.isoformat() if record.started_at else None,
+        TRACEBACK: record.traceback,
+    }
+    return Context(
+        id=id,
+        task=record.name,
+        args=record.args,
+        kwargs=record.kwargs,
+        # A revoked message's retries are the attempts made before it (see to_record).
+        retries=record.attempts - record.lost,
+        stamps=stamps,
+        stamped_headers=list(stamps),
+    )
+
+
 def errands_fields(meta: dict[str, Any]) -> dict[str, Any] | None:
     """errands' own fields in a Celery result (written by ``meta``), or None.
 
@@ -139,6 +180,60 @@ def errands_fields(meta: dict[str, Any]) -> dict[str, Any] | None:
         return None
     fields = result.get("errands")
     return fields if isinstance(fields, dict) else None
+
+
+#: The stamp that keeps each of errands' fields in a Celery result.
+_STAMP = {
+    "max_attempts": MAX_ATTEMPTS,
+    "lost": LOST,
+    "after": AFTER,
+    "started_at": STARTED_AT,
+    "run_at": RUN_AT,
+    "error": ERROR,
+    "traceback": TRACEBACK,
+}
+
+
+# What each field of a job record holds in Celery mode. Those Celery's result keeps
+# (status, args, kwargs, result, finished_at) come from it; the rest from errands'
+# own PENDING/STARTED records, then from the stamps a finished task's result keeps:
+#
+# - attempts: attempts started, those lost with their workers included (as in the
+#   other modes). A finished, failed or retrying task's count is Celery's
+#   ``retries + 1`` plus the stamp ``errands_lost``; a revoked one's, the attempts
+#   made before its message (``retries``). An attempt counts as lost when its
+#   message comes back redelivered and its STARTED record is of that attempt (so
+#   one that died within its first 10 ms, before STARTED is written, is not).
+# - max_attempts: the task's ``retries + 1``: from the record the web process wrote
+#   when it published the job, then from the worker's stamp (the worker's policy is
+#   the one that retries it).
+# - error, traceback: a failed or retrying attempt's, from Celery's result; a
+#   success after retries keeps the last failed attempt's, stamped on the retry's
+#   message (cut to 2,000 and 8,000 characters, with a marker: AMQP headers are
+#   small). A cancelled job's error is the reason it was revoked for; once a worker
+#   has discarded its message, Celery's own reason, "revoked".
+# - created_at: from the job's id (errands ids start with their creation time, in
+#   ms). started_at: the latest attempt's start. finished_at: Celery's date_done.
+# - durable: True: the job is on the broker and its record in the result backend.
+#
+# And those Celery cannot give as the other modes do:
+#
+# - owner: the Celery worker's node name (``celery@host``) while an attempt runs
+#   (and has run 10 ms, like ``running``); None otherwise, as in the other modes
+#   once a job is no longer running.
+# - lease_until: always None. Celery holds a job by its message: on RabbitMQ until
+#   the worker's connection drops, on Redis by the visibility timeout, which errands'
+#   workers renew for the messages they hold (see ``_redis.py``), not per job.
+# - lost: see attempts.
+# - after: the job added before this one in the same request (None for the first):
+#   in the records the web process writes, then a stamp on the message the worker
+#   that finished that job published.
+# - run_at: when the job was due: its creation (jobs are published before the
+#   response, never held back), or after a failed attempt when its retry is due.
+#   Never None.
+#
+# A job whose worker died reads ``running`` until another worker starts it again:
+# Celery keeps no lease that could say the attempt is over.
 
 
 def to_record(id: str, meta: dict[str, Any]) -> JobRecord | None:
@@ -151,32 +246,62 @@ def to_record(id: str, meta: dict[str, Any]) -> JobRecord | None:
     status = _STATUS.get(state, JobStatus.QUEUED)
     record = JobRecord(id=id, name=meta.get("name") or "", status=status, durable=True)
     record.created_at = id_time(id) or record.created_at
+    # errands' own fields while the job waits or runs; else the stamps of the last
+    # request, which a finished (or retrying, or revoked) task's result keeps.
+    known = fields if fields is not None else {f: meta.get(s) for f, s in _STAMP.items()}
     if fields is not None:
         record.name = fields.get("name", record.name)
         record.args = fields.get("args", [])
         record.kwargs = fields.get("kwargs", {})
-        record.attempts = fields.get("attempts", 0)
+        record.attempts = count(fields.get("attempts"))
+        record.owner = fields.get("owner") if state == states.STARTED else None
     else:
         record.args = meta.get("args") or []
         record.kwargs = meta.get("kwargs") or {}
-    started = (fields or {}).get("started_at") or meta.get(STARTED_AT)
-    if isinstance(started, str):
-        record.started_at = datetime.fromisoformat(started)
+    record.max_attempts = count(known.get("max_attempts")) or 1
+    record.lost = count(known.get("lost"))
+    record.after = known.get("after")
+    record.started_at = _time(known.get("started_at"))
+    record.run_at = _time(known.get("run_at")) or record.created_at
     retries = meta.get("retries")
-    if isinstance(retries, int):
-        # RETRY is stored before the retry is sent: its count is of attempts made.
-        record.attempts = max(record.attempts, retries + 1)
+    if fields is None and isinstance(retries, int):
+        # RETRY is stored before the retry is sent: its count is of attempts made; a
+        # revoked message's, of those made before it.
+        made = retries if state == states.REVOKED else retries + 1
+        record.attempts = made + record.lost
+    record.error = known.get("error")
+    record.traceback = known.get("traceback")
     if state == states.SUCCESS:
         record.result = result
-    elif state in (states.FAILURE, states.RETRY, states.REVOKED, states.REJECTED):
+    elif state == states.REVOKED:
+        record.error = str(result) if isinstance(result, BaseException) else record.error
+    elif state in (states.FAILURE, states.RETRY, states.REJECTED):
         if isinstance(result, BaseException):
             message = str(result)
             kind = type(result).__name__
             record.error = f"{kind}: {message}" if message else kind
         elif result is not None:
             record.error = str(result)
-        record.traceback = meta.get("traceback")
+        # A retry's own stamp is the attempt's traceback alone; Celery's adds the
+        # Retry exception raised from it.
+        record.traceback = (state == states.RETRY and record.traceback) or meta.get("traceback")
     done = meta.get("date_done")
     if status.finished and done:
         record.finished_at = datetime.fromisoformat(done) if isinstance(done, str) else done
     return record
+
+
+def _time(value: Any) -> datetime | None:
+    if isinstance(value, datetime):
+        return value
+    if isinstance(value, str) and value:
+        try:
+            return datetime.fromisoformat(value)
+        except ValueError:
+            return None
+    return None
+
+
+def count(value: Any) -> int:
+    """``value`` if it is a count (an int), else 0."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0

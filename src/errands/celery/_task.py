@@ -29,10 +29,11 @@ from celery import states
 from celery.exceptions import Reject
 
 from .._attempt import attempt_blocking, log_outcome
-from .._record import JobStatus, utcnow
+from .._record import JobStatus
 from .._tuning import CELERY_RUNNING_AFTER, MIN_CELERY_RETRY_DELAY
+from . import _redis, _stamps
 from ._publish import CeleryStore
-from ._results import CHAIN, STARTED_AT
+from ._results import CHAIN
 
 if TYPE_CHECKING:
     import celery
@@ -42,8 +43,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger("errands")
 
 
-def bind(store: CeleryStore, task: Task[Any, Any], *, max_result: int) -> None:
+def bind(store: CeleryStore, task: Task[Any, Any], *, max_result: int, lease: float) -> None:
     """Register ``task`` on the store's Celery app, under its errands name."""
+    _redis.configure(store.app, task, lease)  # Redis broker: errands' defaults, renewal
 
     def run(self: celery.Task[Any, Any], *args: Any, **kwargs: Any) -> Any:
         return _run(self, store, task, list(args), kwargs, max_result)
@@ -73,21 +75,7 @@ def _run(
 ) -> Any:
     request = ctask.request
     attempt = request.retries + 1
-    started_at = utcnow().isoformat()
-    # Celery's result of a finished task keeps the request's stamps (result_extended),
-    # and nothing else of ours: the start time travels there.
-    request.stamps = {**(getattr(request, "stamps", None) or {}), STARTED_AT: started_at}
-    request.stamped_headers = [
-        *(h for h in getattr(request, "stamped_headers", None) or () if h != STARTED_AT),
-        STARTED_AT,
-    ]
-    running = {
-        "name": task.name,
-        "args": args,
-        "kwargs": kwargs,
-        "attempts": attempt,
-        "started_at": started_at,
-    }
+    running = _stamps.begin(request, task, store)  # and the start, stamped on the request
     attempt_running = _RUNNING.add(store, str(request.id), running)
     outcome = attempt_blocking(task, args, kwargs, failures=attempt - 1, max_result=max_result)
     attempt_running.ended()
@@ -184,6 +172,7 @@ def _retry(ctask: celery.Task[Any, Any], exc: Exception, delay: float, retries: 
     # Celery records RETRY just after sending the retry: a retry that could start
     # sooner than that might see its own final state overwritten by it.
     countdown = max(delay, MIN_CELERY_RETRY_DELAY)
+    _stamps.failed(ctask.request, exc, countdown)  # the retry's message carries them on
     try:
         raise ctask.retry(exc=exc, countdown=countdown, max_retries=retries) from exc
     except Reject as rejected:

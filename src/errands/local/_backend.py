@@ -203,9 +203,11 @@ class LocalBackend(Backend):
             return
         self._wanted()
 
-    def cancel(self, records: Sequence[JobRecord], reason: str) -> None:
-        for id in self.store.cancel([r.id for r in records], reason):
+    def cancel(self, ids: Sequence[str], reason: str) -> list[str]:
+        cancelled = self.store.cancel(ids, reason)
+        for id in cancelled:
             self._finished(id)
+        return cancelled
 
     def _wanted(self) -> None:
         claims = self._claims  # read once: the worker may stop in another thread

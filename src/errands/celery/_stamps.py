@@ -1,0 +1,120 @@
+"""Celery mode: what an attempt leaves for the job record, on its Celery request.
+
+A finished task's Celery result keeps its request's stamps (``result_extended``),
+and a retry's message keeps the stamps of the request it came from
+(``Task.retry`` -> ``signature_from_request`` -> ``as_execution_options``). So
+what a record needs beyond Celery's own fields travels as stamps: set on the
+request when an attempt starts or fails, read back by ``to_record``.
+
+Stamps are message headers, and AMQP headers must stay small (RabbitMQ puts them
+in one frame, 128 KiB by default): the error and traceback carried to the next
+attempt are cut to ``MAX_ERROR`` and ``MAX_TRACEBACK`` characters, with a marker.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from celery import states
+
+from .._record import describe_error, utcnow
+from ._results import (
+    AFTER,
+    ERROR,
+    LOST,
+    MAX_ATTEMPTS,
+    RUN_AT,
+    STARTED_AT,
+    TRACEBACK,
+    count,
+    errands_fields,
+)
+
+if TYPE_CHECKING:
+    from .._task import Task
+    from ._publish import CeleryStore
+
+#: The longest error, and traceback, a retry's message carries to the next attempt.
+MAX_ERROR = 2_000
+MAX_TRACEBACK = 8_000
+
+
+def begin(request: Any, task: Task[Any, Any], store: CeleryStore) -> dict[str, Any]:
+    """Stamp the start of an attempt on ``request``; errands' fields of the job while
+    it runs (its ``STARTED`` record)."""
+    stamps = dict(getattr(request, "stamps", None) or {})
+    lost = count(stamps.get(LOST))
+    if _redelivered(request):
+        lost = max(lost, _lost_so_far(store, str(request.id), request.retries))
+    stamps[STARTED_AT] = utcnow().isoformat()
+    stamps[MAX_ATTEMPTS] = task.policy.max_attempts
+    stamps[LOST] = lost
+    _stamp(request, stamps)
+    return {
+        "name": task.name,
+        "args": list(request.args or ()),
+        "kwargs": dict(request.kwargs or {}),
+        "attempts": request.retries + 1 + lost,
+        "max_attempts": task.policy.max_attempts,
+        "started_at": stamps[STARTED_AT],
+        "owner": getattr(request, "hostname", None),
+        "error": stamps.get(ERROR),
+        "traceback": stamps.get(TRACEBACK),
+        "run_at": stamps.get(RUN_AT),
+        "after": stamps.get(AFTER),
+        "lost": lost,
+    }
+
+
+def failed(request: Any, exc: BaseException, countdown: float) -> None:
+    """Stamp a failed attempt's error, and when the next one is due, on ``request``
+    before it is retried: the retry's message carries them on."""
+    error, traceback = describe_error(exc)
+    stamps = dict(getattr(request, "stamps", None) or {})
+    stamps[ERROR] = cut(error, MAX_ERROR)
+    stamps[TRACEBACK] = cut(traceback, MAX_TRACEBACK, keep_end=True)
+    stamps[RUN_AT] = (utcnow() + timedelta(seconds=countdown)).isoformat()
+    _stamp(request, stamps)
+
+
+def cut(text: str, limit: int, *, keep_end: bool = False) -> str:
+    """``text`` in at most about ``limit`` characters, saying how many were cut. A
+    traceback keeps its end (where the exception is) and its first line."""
+    if len(text) <= limit:
+        return text
+    marker = f"\n[... {len(text) - limit:,} characters cut by errands ...]\n"
+    if not keep_end:
+        return text[:limit] + marker
+    first, _, _ = text.partition("\n")
+    first = first[: limit // 4]
+    return first + marker + text[-(limit - len(first)) :]
+
+
+def _stamp(request: Any, stamps: dict[str, Any]) -> None:
+    request.stamps = stamps
+    request.stamped_headers = [
+        *(h for h in getattr(request, "stamped_headers", None) or () if h not in stamps),
+        *stamps,
+    ]
+
+
+def _redelivered(request: Any) -> bool:
+    info = getattr(request, "delivery_info", None) or {}
+    return bool(info.get("redelivered"))
+
+
+def _lost_so_far(store: CeleryStore, id: str, retries: int) -> int:
+    """Attempts of a redelivered job lost with their workers, this one's included if
+    it had already started on a worker that died (the ``STARTED`` record is of this
+    very attempt): it counts as lost, as a job whose lease ran out does in the other
+    modes. A message a dead worker had only reserved never started: not counted."""
+    try:
+        meta = store.app.backend.get_task_meta(id)
+    except Exception:
+        return 0  # not worth failing the attempt for: only the count is off
+    fields = errands_fields(meta) if meta.get("status") == states.STARTED else None
+    if not fields:
+        return 0
+    lost = count(fields.get("lost"))
+    return lost + 1 if count(fields.get("attempts")) - lost == retries + 1 else 0
