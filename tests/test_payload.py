@@ -12,7 +12,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from errands import Errands, ErrandsError, JobStatus, NotSerializable, Task
-from errands._payload import MAX_DEPTH, encode_result
+from errands._payload import encode_result
+from errands._tuning import MAX_DEPTH
 from errands.exceptions import ResultTooLarge
 
 pytestmark = pytest.mark.anyio

@@ -8,9 +8,8 @@ import asyncio
 import threading
 import time
 
+from ._tuning import BACKLOG_POLL
 from .exceptions import BacklogFull
-
-_POLL = 0.005
 
 
 class Backlog:
@@ -65,7 +64,7 @@ class Backlog:
             raise self._full(n)
         deadline = time.monotonic() + self.timeout
         while time.monotonic() < deadline:
-            await asyncio.sleep(_POLL)
+            await asyncio.sleep(BACKLOG_POLL)
             with self._changed:
                 if self._try(n):
                     return

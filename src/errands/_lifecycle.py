@@ -103,7 +103,7 @@ async def run_until_signalled(core: Core) -> None:
             worker.on_failure = on_failure
             logger.info(
                 "worker running on %s with %d task(s): %s",
-                describe(core),
+                where_jobs_go(core),
                 len(core.tasks),
                 ", ".join(sorted(core.tasks)) or "none registered",
             )
@@ -117,7 +117,7 @@ async def run_until_signalled(core: Core) -> None:
         raise SystemExit(f"errands: {failure[0]}")
 
 
-def describe(core: Core) -> str:
+def where_jobs_go(core: Core) -> str:
     """Where the instance's jobs are, for the log lines at start."""
     store = getattr(core.backend, "store", None)
     location = getattr(store, "location", None)
@@ -130,11 +130,13 @@ async def web_lifespan(core: Core, app: object, *, worker: bool) -> AsyncIterato
     """The app's lifespan: default handlers, a line saying where jobs go, the worker."""
     add_default_handlers(app)
     if not worker:
-        announce("errands: jobs go to %s; no worker runs in this process", describe(core))
+        announce("errands: jobs go to %s; no worker runs in this process", where_jobs_go(core))
         yield
         return
     async with serving(core):
-        announce("errands: worker running on %s with %d task(s)", describe(core), len(core.tasks))
+        announce(
+            "errands: worker running on %s with %d task(s)", where_jobs_go(core), len(core.tasks)
+        )
         yield
 
 

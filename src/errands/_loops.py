@@ -13,7 +13,7 @@ T = TypeVar("T")
 PerLoop = weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, T]
 
 
-def for_loop(table: PerLoop[T], make: Callable[[], T]) -> T:
+def loop_entry(table: PerLoop[T], make: Callable[[], T]) -> T:
     """The running loop's entry of ``table``, made by ``make`` on first use."""
     loop = asyncio.get_running_loop()
     value = table.get(loop)

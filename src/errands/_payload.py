@@ -16,15 +16,8 @@ import math
 import sys
 from typing import Any
 
+from ._tuning import MAX_DEPTH
 from .exceptions import InvalidArguments, NotSerializable, ResultTooLarge
-
-#: How deep lists and dicts may nest inside one another. Real data is a few levels
-#: deep, a few dozen at most; hundreds of levels is a mistake or an attack. What a
-#: job's data passes through recurses once a level and gives up near 1000 levels:
-#: json.dumps and json.loads (the interpreter's recursion limit, part of which the
-#: caller's own frames already use), SQLite's JSON functions, the cjson of Redis's
-#: scripts in Celery mode. 256 stays well inside all of them.
-MAX_DEPTH = 256
 
 _NONE = type(None)
 _PLAIN = frozenset({str, bool, _NONE})

@@ -37,7 +37,7 @@ from typing import Any
 
 import anyio
 
-from ._loops import PerLoop, for_loop
+from ._loops import PerLoop, loop_entry
 from ._payload import encode_result
 from ._record import describe_error
 from .exceptions import ErrandsError, NotSerializable, TaskTimeout
@@ -204,7 +204,7 @@ class ProcessRunner:
     ) -> Any:
         self._in_use += 1
         try:
-            async with for_loop(self._slots, lambda: asyncio.Semaphore(self.processes)):
+            async with loop_entry(self._slots, lambda: asyncio.Semaphore(self.processes)):
                 return await self._run_one(module, qualname, payload, timeout, name)
         finally:
             self._in_use -= 1

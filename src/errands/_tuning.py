@@ -45,6 +45,14 @@ KEEP_FINISHED = 10_000
 #: How often a request waiting for room in a full backlog looks again.
 BACKLOG_POLL = 0.005
 
+# -- arguments and results ---------------------------------------------------------
+
+#: How deep lists and dicts may nest in a job's arguments or result. Real data is a
+#: few levels deep (a few dozen at most); far deeper data is a mistake or an attack,
+#: and everything on a job's way (json, SQLite's JSON, Redis's cjson) gives up near
+#: 1000 levels.
+MAX_DEPTH = 256
+
 # -- waiting ---------------------------------------------------------------------
 
 #: How often ``Job.wait()`` reads the store for jobs finished by other processes.
@@ -69,3 +77,16 @@ CELERY_TRACKED = 100_000
 CELERY_RECENT = 1_000
 #: An attempt is recorded as running once it has run this long (seconds).
 CELERY_RUNNING_AFTER = 0.01
+#: How long ``stats()`` waits for live workers to answer ``celery inspect``.
+CELERY_INSPECT_TIMEOUT = 1.0
+#: kombu's retries of a publish whose connection failed (bounded by publish_timeout).
+CELERY_PUBLISH_RETRIES = {
+    "max_retries": 2,
+    "interval_start": 0,
+    "interval_step": 0.2,
+    "interval_max": 0.5,
+}
+#: The longest error and traceback of a failed attempt that travel with its retry's
+#: message (AMQP headers must stay small): longer ones are cut, with a marker.
+CELERY_MAX_ERROR = 2_000
+CELERY_MAX_TRACEBACK = 8_000

@@ -22,10 +22,11 @@ from celery import Celery
 
 from .._backend import Backend
 from .._group_commit import GroupCommit
-from .._loops import PerLoop, for_loop
+from .._loops import PerLoop, loop_entry
 from .._options import Runtime
 from .._record import JobRecord, JobStatus
 from .._stats import Stats, WorkerInfo
+from .._tuning import CELERY_INSPECT_TIMEOUT
 from .._waiters import WAITERS
 from ..exceptions import ConfigurationError
 from ._publish import CeleryStore
@@ -36,9 +37,6 @@ if TYPE_CHECKING:
     from .._task import Task
 
 logger = logging.getLogger("errands")
-
-#: How long ``stats()`` waits for live workers to answer ``inspect``.
-INSPECT_TIMEOUT = 1.0
 
 
 class CeleryBackend(Backend):
@@ -90,7 +88,7 @@ class CeleryBackend(Backend):
                 raise publisher.timed_out(records)
             publisher.enqueue(records)
 
-        group = for_loop(self._groups, lambda: GroupCommit(contextlib.nullcontext))
+        group = loop_entry(self._groups, lambda: GroupCommit(contextlib.nullcontext))
         published = group.submit(publish)
         try:
             await asyncio.wait_for(asyncio.shield(published), publisher.publish_timeout)
@@ -144,7 +142,7 @@ class CeleryBackend(Backend):
         for record in self.publisher.jobs(None, 10**9):
             by_status = tasks.setdefault(record.name, {})
             by_status[record.status] = by_status.get(record.status, 0) + 1
-        registered = self.app.control.inspect(timeout=INSPECT_TIMEOUT).registered() or {}
+        registered = self.app.control.inspect(timeout=CELERY_INSPECT_TIMEOUT).registered() or {}
         workers = [
             WorkerInfo(node, node.partition("@")[2], None, tuple(sorted(names)), None, None)
             for node, names in sorted(registered.items())

@@ -31,7 +31,7 @@ from celery import Celery, states
 from celery.backends.redis import RedisBackend
 
 from .._record import JobRecord, JobStatus
-from .._tuning import CELERY_RECENT, CELERY_TRACKED
+from .._tuning import CELERY_PUBLISH_RETRIES, CELERY_RECENT, CELERY_TRACKED
 from ..exceptions import BrokerUnavailable, ConfigurationError, StoreError
 from ._results import (
     AFTER,
@@ -41,9 +41,9 @@ from ._results import (
     SET_UNLESS_FINAL,
     chains,
     check_app,
-    describe,
     errands_fields,
     expires_args,
+    message_body,
     meta,
     ours,
     revoked_request,
@@ -51,9 +51,6 @@ from ._results import (
 )
 
 logger = logging.getLogger("errands")
-
-#: kombu's retries of a publish whose connection failed (bounded by publish_timeout).
-RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
 
 
 class CeleryStore:
@@ -121,7 +118,7 @@ class CeleryStore:
                 ) from exc
             sent = False
             try:
-                self.send(describe(head), (chain_id, 0) if chain_id else None)
+                self.send(message_body(head), (chain_id, 0) if chain_id else None)
                 sent = True
             except Exception as exc:
                 raise BrokerUnavailable(
@@ -154,7 +151,9 @@ class CeleryStore:
             for job in jobs
         ]
         if chain_id is not None:
-            entries.append((chain_id, states.PENDING, {"chain": [describe(j) for j in jobs[1:]]}))
+            entries.append(
+                (chain_id, states.PENDING, {"chain": [message_body(j) for j in jobs[1:]]})
+            )
         return self.begin_states(entries, only_new=True)
 
     def read_chain(self, chain_id: str) -> list[dict[str, Any]] | None:
@@ -329,7 +328,7 @@ class CeleryStore:
                 name,
                 message,
                 retry=True,
-                retry_policy=RETRY_POLICY,
+                retry_policy=CELERY_PUBLISH_RETRIES,
                 # RabbitMQ: the confirm, and a blocked connection (a memory or disk
                 # alarm), may not take longer than this.
                 timeout=self.publish_timeout,

@@ -145,7 +145,7 @@ def _check(state: _App) -> None:
     timeout = state.visibility_timeout
     if state.renews:
         logger.info(
-            "errands: Redis broker: this worker renews the messages it holds every %g s; "
+            "Redis broker: this worker renews the messages it holds every %g s; "
             "those of a worker that dies run again after visibility_timeout=%g s, "
             "looked for every %g s",
             timeout / 3,
@@ -160,7 +160,7 @@ def _check(state: _App) -> None:
     ]
     if unsafe:
         logger.warning(
-            "errands: Redis broker without renewal of held messages (this kombu version "
+            "Redis broker without renewal of held messages (this kombu version "
             "lacks what errands uses): an attempt of %s may run, or wait for its retry, "
             "longer than visibility_timeout=%g s, and would then be delivered again and "
             "run twice; give each a timeout= (and a backoff) whose sum stays under it, "
@@ -229,7 +229,7 @@ def _renew(channel: Any, stop: threading.Event) -> None:
         except Exception as exc:
             if not failing:
                 logger.warning(
-                    "errands: renewing this worker's %d held message(s) on Redis failed "
+                    "renewing this worker's %d held message(s) on Redis failed "
                     "(%s: %s); if it goes on past the visibility timeout, other workers "
                     "will run them again",
                     len(held),

@@ -122,7 +122,7 @@ def meta(id: str, state: str, ours: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def describe(job: JobRecord) -> dict[str, Any]:
+def message_body(job: JobRecord) -> dict[str, Any]:
     return {
         "id": job.id,
         "name": job.name,

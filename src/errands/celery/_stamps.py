@@ -8,7 +8,8 @@ request when an attempt starts or fails, read back by ``to_record``.
 
 Stamps are message headers, and AMQP headers must stay small (RabbitMQ puts them
 in one frame, 128 KiB by default): the error and traceback carried to the next
-attempt are cut to ``MAX_ERROR`` and ``MAX_TRACEBACK`` characters, with a marker.
+attempt are cut to ``CELERY_MAX_ERROR`` and ``CELERY_MAX_TRACEBACK`` (``_tuning``)
+characters, with a marker.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from celery import states
 
 from .._record import describe_error, utcnow
+from .._tuning import CELERY_MAX_ERROR, CELERY_MAX_TRACEBACK
 from ._results import (
     AFTER,
     ERROR,
@@ -34,10 +36,6 @@ from ._results import (
 if TYPE_CHECKING:
     from .._task import Task
     from ._publish import CeleryStore
-
-#: The longest error, and traceback, a retry's message carries to the next attempt.
-MAX_ERROR = 2_000
-MAX_TRACEBACK = 8_000
 
 
 def begin(request: Any, task: Task[Any, Any], store: CeleryStore) -> dict[str, Any]:
@@ -72,8 +70,8 @@ def failed(request: Any, exc: BaseException, countdown: float) -> None:
     before it is retried: the retry's message carries them on."""
     error, traceback = describe_error(exc)
     stamps = dict(getattr(request, "stamps", None) or {})
-    stamps[ERROR] = cut(error, MAX_ERROR)
-    stamps[TRACEBACK] = cut(traceback, MAX_TRACEBACK, keep_end=True)
+    stamps[ERROR] = cut(error, CELERY_MAX_ERROR)
+    stamps[TRACEBACK] = cut(traceback, CELERY_MAX_TRACEBACK, keep_end=True)
     stamps[RUN_AT] = (utcnow() + timedelta(seconds=countdown)).isoformat()
     _stamp(request, stamps)
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from .._attempt import Outcome, attempt, log_outcome
 from .._backend import Backend, Source
 from .._group_commit import GroupCommit
-from .._loops import PerLoop, for_loop
+from .._loops import PerLoop, loop_entry
 from .._options import Runtime
 from .._record import JobRecord, JobStatus, describe_error, utcnow
 from .._stats import Stats, WorkerInfo
@@ -96,10 +96,10 @@ class LocalBackend(Backend):
 
     def group(self) -> GroupCommit:
         """This event loop's group commit."""
-        return for_loop(self._groups, lambda: GroupCommit(self.store.batch))
+        return loop_entry(self._groups, lambda: GroupCommit(self.store.batch))
 
     def liveness(self) -> Liveness:
-        return for_loop(self._liveness, lambda: Liveness(self))
+        return loop_entry(self._liveness, lambda: Liveness(self))
 
     async def write(self, operation: Callable[[], T]) -> T:
         """A store write: at once for the memory store, grouped for a durable one."""

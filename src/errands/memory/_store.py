@@ -134,7 +134,7 @@ class MemoryStore:
                 if current is None:
                     lost.append(job.id)
                 else:
-                    self._hold_lease(current, until)
+                    self._set_lease(current, until)
         return lost
 
     def complete(self, job: JobRecord, result: Any) -> bool:
@@ -337,7 +337,7 @@ class MemoryStore:
         job.status = JobStatus.RUNNING
         job.attempts += 1
         job.owner = owner
-        self._hold_lease(job, now + timedelta(seconds=lease))
+        self._set_lease(job, now + timedelta(seconds=lease))
         job.started_at = now
         claimed = job.copy()
         # Each attempt gets arguments of its own: a task that changes them in place
@@ -372,7 +372,7 @@ class MemoryStore:
                 else:
                     self._back_to_queue(job, now)
 
-    def _hold_lease(self, job: JobRecord, until: datetime) -> None:
+    def _set_lease(self, job: JobRecord, until: datetime) -> None:
         job.lease_until = until
         heapq.heappush(self._leases, (until, next(self._tiebreak), job.id))
 
