@@ -220,3 +220,39 @@ def test_a_store_that_cannot_work_ends_the_worker_with_one_line(
     assert done.returncode == 1
     assert problem in done.stderr and "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_a_worker_says_where_its_jobs_are_with_the_files_absolute_path(tmp_path: Path) -> None:
+    write(tmp_path, app=APP)
+    log = tmp_path / "worker.log"
+    with log.open("w") as out:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "errands", "worker", "app:errands"],
+            cwd=tmp_path,
+            env=ENV,
+            stderr=out,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while "worker running" not in log.read_text():
+            assert worker.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=30)
+    assert f"sqlite:///jobs.db ({tmp_path / 'jobs.db'})" in log.read_text()
+
+
+def test_a_task_registered_under_main_is_named_in_a_warning(tmp_path: Path) -> None:
+    script = (
+        "from errands import Errands\n"
+        "errands = Errands('sqlite:///jobs.db')\n"
+        "@errands.task\n"
+        "def send_welcome(email: str) -> None: ...\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=ENV, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert "'__main__.send_welcome' is registered under __main__" in done.stderr
+    assert "name='send_welcome'" in done.stderr

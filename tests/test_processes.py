@@ -340,3 +340,15 @@ def test_a_worker_whose_file_turns_corrupt_exits_with_one_line(
     out = output.decode(errors="replace")
     assert "not a database" in out or "malformed" in out, out
     assert "Traceback" not in out and len(out.splitlines()) < 20, out
+
+
+def test_a_served_app_says_where_its_jobs_go_in_uvicorns_log(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    server = Server(
+        "tests.apps.durable:app", env={**env, "SERVER_WORKER": "1"}, args=("--log-level", "info")
+    )
+    output = server.stop()
+    assert f"errands: worker running on sqlite:///{tmp_path}/jobs.db ({tmp_path}/jobs.db)" in (
+        output
+    )
