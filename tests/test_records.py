@@ -60,13 +60,22 @@ class Running:
             time.sleep(0.02)
 
 
-def add_pair_endpoint(app: FastAPI, mode: modes.Mode) -> None:
+def add_pair_endpoints(app: FastAPI, mode: modes.Mode) -> None:
     @app.post("/pair/{tag}")
     async def pair(tag: str, background: BackgroundTasks) -> dict[str, list[str]]:
         """Two jobs in one request: the second waits for the first (1.5 s)."""
         jobs = [
             background.add_task(mode.slow, f"{tag}-1", 1.5),
             background.add_task(mode.record, f"{tag}-2"),
+        ]
+        return {"jobs": [job.id for job in jobs]}
+
+    @app.post("/retried-pair/{tag}")
+    async def retried_pair(tag: str, background: BackgroundTasks) -> dict[str, list[str]]:
+        """Two jobs in one request: the first fails once, then succeeds."""
+        jobs = [
+            background.add_task(mode.flaky, tag, 1),
+            background.add_task(mode.record, f"{tag}-next"),
         ]
         return {"jobs": [job.id for job in jobs]}
 
@@ -87,7 +96,7 @@ def running(
             if name == "celery-rabbitmq":
                 require_service("rabbitmq")
         mode = modes.make(name, path=str(folder / "jobs.db"), queue=queue)
-        add_pair_endpoint(mode.app, mode)
+        add_pair_endpoints(mode.app, mode)
         if mode.celery is not None:
             worker = CeleryWorker(name, queue, folder / "log")
         with TestClient(mode.app) as client:
@@ -226,3 +235,12 @@ def test_a_failure_after_retries(running: Running) -> None:
     assert record.traceback and record.error in record.traceback
     assert at_or_after(record.finished_at, record.started_at)
     assert record.owner is None
+
+
+def test_the_next_job_of_a_request_starts_after_the_first_finished(running: Running) -> None:
+    t = tag()
+    first, second = running.client.post(f"/retried-pair/{t}").json()["jobs"]
+    before, after = running.finished(first), running.finished(second)
+    assert before.status is after.status is JobStatus.SUCCEEDED
+    assert before.attempts == 2 and after.after == first
+    assert at_or_after(after.started_at, before.finished_at)

@@ -106,9 +106,11 @@ def _run(
         logger.error(
             "errands: job %s (%s) failed after %d attempt(s)", request.id, task.name, attempt
         )
+        _stamps.ended(request)
         _publish_next(store, request)
         raise
     attempt_running.ended()
+    _stamps.ended(request)
     _publish_next(store, request)
     return result
 
