@@ -82,7 +82,7 @@ def start_worker(concurrency: int) -> subprocess.Popen[bytes]:
             "warning",
         ],
         cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT}/src"},
     )
 
 
@@ -123,7 +123,7 @@ def huey_end_to_end(n: int) -> float:
             "-q",
         ],
         cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT}/src"},
     )
     time.sleep(1.5)
     started = time.perf_counter()

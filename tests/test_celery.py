@@ -72,6 +72,11 @@ def queue() -> Iterator[str]:
                     connection.default_channel  # noqa: B018 (a fresh channel for the next)
 
 
+def status(errands: Errands, id: str) -> JobStatus | None:
+    record = errands.get(id)
+    return record.status if record is not None else None
+
+
 def finished(errands: Errands, id: str, timeout: float = 30) -> JobRecord:
     record: JobRecord = wait_finished(errands, id, timeout)
     return record
@@ -454,6 +459,8 @@ def test_a_worker_killed_mid_task_loses_nothing(
         wait_until(lambda: any(line.startswith(f"{tag} start") for line in modes.lines()), 20)
         first = next(line for line in modes.lines() if line.startswith(f"{tag} start"))
         victim = first.split()[-1]
+        # Killed once its attempt is recorded as running (10 ms in): a lost attempt.
+        wait_until(lambda: status(mode.errands, long_job.id) is JobStatus.RUNNING, 20)
         if broker is not None:
             ids = [long_job.id, *quick]
             wait_until(lambda: no_message_in_flight(mode, broker.url, queue, ids), 20)
@@ -480,9 +487,12 @@ def test_a_killed_redis_worker_s_jobs_run_on_another_within_a_lease(
 ) -> None:
     """errands' defaults on a Redis broker, for an app that sets nothing: a worker is
     SIGKILLed while it runs one job and holds two more it has reserved; the other
-    worker runs all three within the lease plus the sweep interval. The job it runs
-    for longer than the lease runs once (the worker renews what it holds)."""
-    lease, sweep = 6.0, 1.0  # the sweep: a tenth of the lease, at least 1 s
+    worker runs all three within the lease plus the sweep interval (plus the sweep's
+    lock's expiry, should the worker have died holding it). The job it runs for
+    longer than the lease runs once (the worker renews what it holds)."""
+    # The sweep: a tenth of the lease, at least 1 s; its lock: a third, at least 5 s
+    # (it bounds the wait too should the worker die while it sweeps).
+    lease, sweep, lock = 6.0, 1.0, 5.0
     broker = OwnRedis(tmp_path)
     broker.start()
     for name, value in [
@@ -526,7 +536,7 @@ def test_a_killed_redis_worker_s_jobs_run_on_another_within_a_lease(
             record = finished(mode.errands, id, timeout=60)
             assert record.status is JobStatus.SUCCEEDED
             assert record.started_at is not None
-            assert record.started_at.timestamp() - killed < lease + sweep + 3  # 3 s slack
+            assert record.started_at.timestamp() - killed < lease + sweep + lock + 2  # slack
         record = finished(mode.errands, long_job.id)
         assert record.result == "b" and (record.attempts, record.lost) == (2, 1)
         assert modes.lines().count(f"{tag} start b") == 1  # renewed: not run twice

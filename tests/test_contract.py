@@ -160,6 +160,15 @@ def test_a_failure_after_retries(running: Running) -> None:
     assert record.owner is None
 
 
+def test_the_next_job_of_a_request_starts_after_the_first_finished(running: Running) -> None:
+    t = tag()
+    first, second = running.client.post(f"/retried-pair/{t}").json()["jobs"]
+    before, after = running.finished(first), running.finished(second)
+    assert before.status is after.status is JobStatus.SUCCEEDED
+    assert before.attempts == 2 and after.after == first
+    assert at_or_after(after.started_at, before.finished_at)
+
+
 def test_jobs_lists_by_status_name_in_every_mode(running: Running) -> None:
     job = running.errands.add_task(running.mode.add, 20, 22)
     assert running.finished(job.id).result == 42

@@ -228,6 +228,15 @@ def make(mode: str, *, path: str = "", queue: str = "errands-modes") -> Mode:
         ]
         return {"jobs": [job.id for job in jobs]}
 
+    @app.post("/retried-pair/{tag}")
+    async def retried_pair(tag: str, background: BackgroundTasks) -> dict[str, list[str]]:
+        """Two jobs in one request: the first fails once, then succeeds."""
+        jobs = [
+            background.add_task(tasks.flaky, tag, 1),
+            background.add_task(tasks.record, f"{tag}-next"),
+        ]
+        return {"jobs": [job.id for job in jobs]}
+
     @app.post("/slow/{tag}")
     def slow_endpoint(tag: str, background: BackgroundTasks) -> dict[str, str]:
         return {"job": background.add_task(tasks.slow, tag, 1.0).id}

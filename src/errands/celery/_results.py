@@ -23,10 +23,12 @@ from ..exceptions import ConfigurationError
 CHAIN = "errands_chain"
 
 #: Stamps (see ``_stamps.py``): what a job record needs that Celery's result does not
-#: keep. When the latest attempt started; the task's ``max_attempts``; attempts lost
+#: keep. When the latest attempt started, and when the last one ended; the task's
+#: ``max_attempts``; attempts lost
 #: with their workers; the last failed attempt's error and traceback, and when the
 #: attempt after it was due; the job added before this one in its request.
 STARTED_AT = "errands_started_at"
+FINISHED_AT = "errands_finished_at"
 MAX_ATTEMPTS = "errands_max_attempts"
 LOST = "errands_lost"
 ERROR = "errands_error"
@@ -213,7 +215,9 @@ _STAMP = {
 #   small). A cancelled job's error is the reason it was revoked for; once a worker
 #   has discarded its message, Celery's own reason, "revoked".
 # - created_at: from the job's id (errands ids start with their creation time, in
-#   ms). started_at: the latest attempt's start. finished_at: Celery's date_done.
+#   ms). started_at: the latest attempt's start. finished_at: when the last attempt
+#   ended (a stamp, set before the next job of the request is published, so that it
+#   starts after it as in the other modes), else Celery's date_done.
 # - durable: True: the job is on the broker and its record in the result backend.
 #
 # And those Celery cannot give as the other modes do:
@@ -285,9 +289,8 @@ def to_record(id: str, meta: dict[str, Any]) -> JobRecord | None:
         # A retry's own stamp is the attempt's traceback alone; Celery's adds the
         # Retry exception raised from it.
         record.traceback = (state == states.RETRY and record.traceback) or meta.get("traceback")
-    done = meta.get("date_done")
-    if status.finished and done:
-        record.finished_at = datetime.fromisoformat(done) if isinstance(done, str) else done
+    if status.finished:
+        record.finished_at = _time(meta.get(FINISHED_AT)) or _time(meta.get("date_done"))
     return record
 
 

@@ -24,6 +24,7 @@ from .._tuning import CELERY_MAX_ERROR, CELERY_MAX_TRACEBACK
 from ._results import (
     AFTER,
     ERROR,
+    FINISHED_AT,
     LOST,
     MAX_ATTEMPTS,
     RUN_AT,
@@ -73,6 +74,15 @@ def failed(request: Any, exc: BaseException, countdown: float) -> None:
     stamps[ERROR] = cut(error, CELERY_MAX_ERROR)
     stamps[TRACEBACK] = cut(traceback, CELERY_MAX_TRACEBACK, keep_end=True)
     stamps[RUN_AT] = (utcnow() + timedelta(seconds=countdown)).isoformat()
+    _stamp(request, stamps)
+
+
+def ended(request: Any) -> None:
+    """Stamp the end of a job's last attempt, before the next job of its request is
+    published: Celery's own time (``date_done``) comes after, when the result is
+    stored, and the next job may have started by then."""
+    stamps = dict(getattr(request, "stamps", None) or {})
+    stamps[FINISHED_AT] = utcnow().isoformat()
     _stamp(request, stamps)
 
 

@@ -84,6 +84,7 @@ def _run(
     if outcome.status is JobStatus.QUEUED:
         assert outcome.exc is not None and outcome.retry_in is not None
         _retry(ctask, outcome.exc, outcome.retry_in, task.policy.retries)
+    _stamps.ended(request)  # when it ended: before the next job of its request starts
     _publish_next(store, request)
     if outcome.status is JobStatus.FAILED:
         assert outcome.exc is not None
