@@ -253,6 +253,8 @@ def test_an_unreachable_broker_fails_the_request_in_bounded_time(log: Path, queu
     assert response.status_code == 503
     assert "Celery broker" in response.json()["error"]
     assert "guest" not in response.json()["error"]
+    with pytest.raises(BrokerUnavailable, match="is the broker running"):
+        errands.stats()
 
 
 class OwnRedis:

@@ -6,6 +6,7 @@ retries, failed for good."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Callable
@@ -20,6 +21,12 @@ from tests.conftest import Running, wait_until
 
 def tag() -> str:
     return uuid.uuid4().hex[:8]
+
+
+def cancel(running: Running, id: str) -> list[str]:
+    """Cancel a queued job, as a request that failed after storing it does."""
+    cancelled: list[str] = asyncio.run(running.errands._core.backend.cancel([id], "dropped: test"))
+    return cancelled
 
 
 def get(running: Running, id: str) -> JobRecord:
@@ -62,7 +69,7 @@ def test_a_queued_job_and_then_a_cancelled_one(running: Running) -> None:
     assert record.durable is (running.mode.name != "memory")
     assert at_or_after(record.run_at, record.created_at)
 
-    assert running.errands._core.backend.cancel([second], "dropped: test") == [second]
+    assert cancel(running, second) == [second]
     record = get(running, second)
     assert record.status is JobStatus.CANCELLED
     assert record.error == "dropped: test"
@@ -128,7 +135,7 @@ def test_a_job_waiting_for_its_retry_and_then_cancelled(running: Running) -> Non
     assert record.run_at > record.started_at  # when the retry is due
     assert (record.owner, record.finished_at, record.result) == (None, None, None)
 
-    assert running.errands._core.backend.cancel([job.id], "dropped: test") == [job.id]
+    assert cancel(running, job.id) == [job.id]
     record = get(running, job.id)
     assert record.status is JobStatus.CANCELLED and record.error == "dropped: test"
     assert (record.attempts, record.max_attempts) == (1, 2)

@@ -60,7 +60,13 @@ def test_an_errands_instance_shows_exactly_the_documented_names() -> None:
     assert shown == ERRANDS
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     for name in ERRANDS:
-        assert f"errands.{name}" in readme or f".{name}(" in readme, name
+        assert f"errands.{name}" in readme, f"the README does not document errands.{name}"
+
+
+def test_every_exported_name_is_in_the_readme() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    for name in errands.__all__:
+        assert f"`{name}" in readme or f"errands.{name}" in readme, name
 
 
 def test_every_exception_derives_from_errands_error() -> None:

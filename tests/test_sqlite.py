@@ -362,3 +362,20 @@ def test_a_request_on_a_store_a_worker_has_run_on_does_not_warn(
     caplog.set_level(logging.WARNING, "errands")
     assert TestClient(make_app(errands, ran)).post("/greet/ada").status_code == 200
     assert "no worker" not in caplog.text
+
+
+def test_many_short_event_loops_leave_no_threads_or_connections_behind(tmp_path: Path) -> None:
+    import gc
+    import os
+    import threading
+
+    errands, ran = Errands(f"sqlite:///{tmp_path}/jobs.db", worker=False), []
+    client = TestClient(make_app(errands, ran))  # no lifespan: a new event loop a request
+    client.post("/greet/first")
+    gc.collect()
+    threads, files = threading.active_count(), len(os.listdir("/proc/self/fd"))
+    for i in range(60):
+        assert client.post(f"/greet/{i}").status_code == 200
+    gc.collect()
+    assert threading.active_count() <= threads + 2
+    assert len(os.listdir("/proc/self/fd")) <= files + 4

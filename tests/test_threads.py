@@ -108,3 +108,79 @@ async def test_a_worker_with_every_thread_stuck_leaves_def_jobs_queued_until_one
         gate.set()
         done = await waiting.wait(timeout=10)
     assert done.status is JobStatus.SUCCEEDED and done.result == 2
+
+
+async def test_a_call_withdrawn_before_it_starts_never_runs() -> None:
+    threads = Threads(1)
+    gate, ran = threading.Event(), []
+    first = asyncio.ensure_future(threads.run(gate.wait, (5,), {}))
+    second = asyncio.ensure_future(threads.run(ran.append, (1,), {}))
+    await asyncio.sleep(0.05)
+    second.cancel()  # still waiting for the only thread
+    await asyncio.sleep(0.05)
+    gate.set()
+    await first
+    await asyncio.sleep(0.1)
+    assert ran == [] and threads.free() == 1
+
+
+async def test_a_task_that_calls_sys_exit_fails_and_the_worker_goes_on() -> None:
+    import sys
+
+    errands = Errands("memory://")
+
+    @errands.task
+    def quits() -> None:
+        sys.exit(2)
+
+    @errands.task
+    async def quits_too() -> None:
+        raise SystemExit(3)
+
+    jobs = [errands.add_task(quits), errands.add_task(quits_too)]
+    await errands.join(timeout=10)
+    for job, code in zip(jobs, (2, 3), strict=True):
+        record = errands.get(job.id)
+        assert record is not None and record.status is JobStatus.FAILED
+        assert record.error == (
+            f"RuntimeError: the task raised SystemExit({code}), which would stop the process "
+            f"running it; raise an exception instead"
+        )
+
+
+@pytest.mark.parametrize("mode", ["memory", "sqlite"])
+async def test_a_worker_runs_no_more_def_jobs_at_once_than_it_has_threads(
+    mode: str, tmp_path: object
+) -> None:
+    url = "memory://" if mode == "memory" else f"sqlite:///{tmp_path}/jobs.db"
+    errands = Errands(url, threads=2)
+
+    @errands.task
+    def nap(i: int) -> int:
+        time.sleep(0.5)
+        return i
+
+    jobs = [errands.add_task(nap, i) for i in range(10)]
+    async with errands.lifespan():
+        most = 0
+        for _ in range(40):
+            await asyncio.sleep(0.05)
+            running = [errands.get(job.id) for job in jobs]
+            most = max(most, sum(r is not None and r.status is JobStatus.RUNNING for r in running))
+        await errands.join(timeout=30)
+    assert most == 2  # claimed only when a thread is free: no lease held on a waiting job
+
+
+@pytest.mark.parametrize("mode", ["memory", "sqlite"])
+async def test_joining_twice_runs_the_def_jobs_added_between(mode: str, tmp_path: object) -> None:
+    url = "memory://" if mode == "memory" else f"sqlite:///{tmp_path}/jobs.db"
+    errands = Errands(url)
+
+    @errands.task
+    def double(i: int) -> int:
+        return 2 * i
+
+    for round in range(5):
+        jobs = [errands.add_task(double, round), errands.add_task(lambda: None)]
+        await errands.join(timeout=10)
+        assert all((r := errands.get(j.id)) is not None and r.finished for j in jobs)

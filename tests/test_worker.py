@@ -3,6 +3,7 @@
 import asyncio
 import threading
 import time
+from typing import Any
 
 import anyio
 import pytest
@@ -308,3 +309,66 @@ def test_an_apps_own_handler_wins_over_errands_default() -> None:
         refused = client.get("/")
         gate.set()
     assert refused.status_code == 429 and refused.json() == {"mine": True}
+
+
+def test_errands_leaves_the_apps_middleware_and_its_state_alone() -> None:
+    built: list[object] = []
+
+    class Pool:
+        """A pure ASGI middleware that opens a pool when the app starts."""
+
+        def __init__(self, app: Any) -> None:
+            self.app, self.pool = app, None
+            built.append(self)
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            if scope["type"] == "lifespan":
+                self.pool = "connected"
+            elif scope["type"] == "http":
+                scope.setdefault("state", {})["pool"] = self.pool
+            await self.app(scope, receive, send)
+
+    errands = Errands("memory://")
+    app = FastAPI(lifespan=errands.lifespan)
+    app.add_middleware(Pool)
+
+    @app.get("/")
+    async def endpoint(request: Request, tasks: BackgroundTasks) -> dict[str, object]:
+        tasks.add_task(print, "x")
+        return {"pool": request.state.pool}
+
+    with TestClient(app) as client:
+        assert client.get("/").json() == {"pool": "connected"}
+    assert len(built) == 1
+
+
+def test_only_registered_refuses_plain_callables_in_an_app_that_runs_no_worker() -> None:
+    errands = Errands("memory://", worker=False, only_registered=True)
+    app = FastAPI(lifespan=errands.lifespan)
+
+    @app.get("/")
+    async def endpoint(tasks: BackgroundTasks) -> None:
+        tasks.add_task(print, "x")
+
+    with TestClient(app, raise_server_exceptions=False) as client:
+        response = client.get("/")
+    assert response.status_code == 500  # the endpoint's own error: a ConfigurationError
+
+
+def test_plain_jobs_that_never_started_are_cancelled_when_the_worker_stops() -> None:
+    errands = Errands("memory://", threads=1, concurrency=1, drain_timeout=0.1)
+
+    async def main() -> list[Any]:
+        gate = asyncio.Event()
+        async with errands.lifespan():
+            first = errands.add_task(gate.wait)
+            second = errands.add_task(print, "never")
+            await asyncio.sleep(0.1)
+        gate.set()
+        return [await job.wait(timeout=5) for job in (first, second)]
+
+    first, second = asyncio.run(main())
+    assert first.status is JobStatus.CANCELLED  # running at the end of the drain
+    assert second.status is JobStatus.CANCELLED and second.attempts == 0
+    assert second.error == "cancelled: the worker stopped before it ran"
+    assert errands.backlog == 0

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from ._payload import encode_result
 from ._process import ProcessRunner, TaskProcessError
 from ._record import JobStatus, describe_error
-from ._threads import Threads
+from ._threads import Threads, escaped
 from .exceptions import NotSerializable, ResultTooLarge, TaskTimeout
 
 if TYPE_CHECKING:
@@ -114,6 +114,8 @@ async def attempt(
         result = await calls.call(task, args, kwargs)
     except Exception as exc:
         return failed(task, failures + 1, exc, time.perf_counter() - start)
+    except SystemExit as exc:  # the task's, not the worker's to end
+        return failed(task, failures + 1, escaped(exc), time.perf_counter() - start)
     return succeeded(task, result, max_result, time.perf_counter() - start)
 
 
@@ -134,10 +136,6 @@ def attempt_blocking(
     return succeeded(task, result, max_result, time.perf_counter() - start)
 
 
-def timed_out(name: str, timeout: float) -> TaskTimeout:
-    return TaskTimeout(f"task {name!r} timed out after {timeout:g} s")
-
-
 async def bounded(coro: Coroutine[Any, Any, Any], timeout: float | None, name: str) -> Any:
     """Await ``coro``, cancelled past ``timeout`` seconds with ``TaskTimeout``."""
     if timeout is None:
@@ -149,7 +147,7 @@ async def bounded(coro: Coroutine[Any, Any, Any], timeout: float | None, name: s
     except TimeoutError:
         if not scope.expired():
             raise  # the task's own TimeoutError, not ours
-    raise timed_out(name, timeout)
+    raise TaskTimeout.after(name, timeout)
 
 
 _loops = threading.local()
@@ -181,7 +179,7 @@ def _call_blocking(task: Task[Any, Any], args: list[Any], kwargs: dict[str, Any]
             task.name,
             timeout,
         )
-        raise timed_out(task.name, timeout) from None
+        raise TaskTimeout.after(task.name, timeout) from None
 
 
 def _thread_runner() -> asyncio.Runner:

@@ -55,6 +55,9 @@ class Backend(ABC):
     remote_reads: bool = False
     #: Where jobs go, for logs and ``errands.url`` (no password).
     url: str
+    #: Where they are kept, for the log lines at start: a file's absolute path, a
+    #: broker's address (no password), or ``memory``.
+    location: str
 
     # -- tasks --------------------------------------------------------------------
 
@@ -78,7 +81,7 @@ class Backend(ABC):
         """The request's response has been sent in full: its jobs may run."""
 
     @abstractmethod
-    def cancel(self, ids: Sequence[str], reason: str) -> list[str]:
+    async def cancel(self, ids: Sequence[str], reason: str) -> list[str]:
         """Cancel the jobs that are still queued (a request failed after its jobs were
         committed: none of them runs); returns the ids cancelled."""
 
@@ -122,6 +125,3 @@ class Backend(ABC):
         self, core: Core, *, concurrency: int | None, extra: Sequence[str], log_level: str
     ) -> None:
         """Run a worker in this process until SIGINT or SIGTERM (``errands worker``)."""
-
-    def close(self) -> None:  # noqa: B027 (optional)
-        """Release connections (the instance is done with)."""

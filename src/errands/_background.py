@@ -34,6 +34,7 @@ from ._job import Job
 from ._lifecycle import running_core
 from ._plain import PlainJob, cancel_plain, new_plain_job, run_plain
 from ._record import JobRecord
+from ._refusals import refuse
 from ._task import Task
 from ._threads import Threads
 from ._waiters import WAITERS
@@ -70,12 +71,13 @@ class Tasks:
     themselves, and so do registered tasks; the two sequences run side by side.
     """
 
-    __slots__ = ("_entries", "_last_stored", "_phase")
+    __slots__ = ("_app", "_entries", "_last_stored", "_phase")
 
-    def __init__(self) -> None:
+    def __init__(self, app: object = None) -> None:
         self._entries: list[_Entry] = []
         self._last_stored: dict[int, str] = {}
         self._phase = _OPEN
+        self._app = app  # whose exception handlers say what a client gets if storing fails
 
     @classmethod
     def __get_pydantic_core_schema__(cls, source: Any, handler: Any) -> Any:
@@ -133,13 +135,17 @@ class Tasks:
         tb: TracebackType | None,
     ) -> bool:
         if exc is not None:
-            self._drop(self._entries, f"dropped: the endpoint raised {exc!r}")
+            await self._drop(self._entries, f"dropped: the endpoint raised {exc!r}")
             return False
         try:
             await self._commit()
         except BaseException as error:
             # The response will be an error: nothing of this request is kept.
-            self._drop(self._entries, f"dropped: storing the request's jobs failed: {error!r}")
+            await self._drop(
+                self._entries, f"dropped: storing the request's jobs failed: {error!r}"
+            )
+            if (refusal := refuse(error, self._app)) is not None:
+                raise refusal from error
             raise
         self._phase = _ACCEPTED
         return False
@@ -153,7 +159,7 @@ class Tasks:
         if self._phase == _DROPPED:
             return False
         if exc is not None and self._phase != _ACCEPTED:
-            self._drop(self._entries, f"dropped: the request failed with {exc!r}")
+            await self._drop(self._entries, f"dropped: the request failed with {exc!r}")
             return False
         # The endpoint returned and its jobs were stored: a client may hold their ids,
         # so they run even if something fails after the response (a dependency's
@@ -163,7 +169,8 @@ class Tasks:
             await self._commit()
         except Exception as error:
             late = [e for e in self._entries if not e.committed]
-            self._drop(late, f"dropped: storing tasks added after the endpoint failed: {error!r}")
+            reason = f"dropped: storing tasks added after the endpoint failed: {error!r}"
+            await self._drop(late, reason)
             logger.error("%d task(s) added after the endpoint were dropped: %s", len(late), error)
         await self._release()
         return False
@@ -181,16 +188,16 @@ class Tasks:
             if entry.core is None:
                 entry.committed = True  # nothing to store, no backlog to count against
         for core, entries in _by_instance((e.core, e) for e in pending if e.core is not None):
+            plain = [e for e in entries if e.plain is not None]
             stored = [e for e in entries if e.plain is None]
-            plain = [e.plain for e in entries if e.plain is not None]
+            if plain:  # first: their room is given back without a write, should storing fail
+                await core.backlog.reserve(len(plain))
+                core.plain.adopt([job for e in plain if (job := e.plain) is not None])
+                for entry in plain:
+                    entry.committed = True
             if stored:
                 await core.backend.commit([e.record for e in stored])
                 for entry in stored:
-                    entry.committed = True
-            if plain:
-                await core.backlog.reserve(len(plain))
-                core.plain.adopt(plain)
-                for entry in entries:
                     entry.committed = True
 
     async def _release(self) -> None:
@@ -204,23 +211,27 @@ class Tasks:
             if not entry.committed:
                 continue  # dropped
             core = entry.core
-            if core is None or core.runs_inline:
+            if entry.plain is None:
+                assert core is not None
+                if core.runs_inline:
+                    inline.append(entry)
+                else:
+                    to_release.append((core, entry.record.id))
+            elif core is None or core.worker is None or core.eager:
                 inline.append(entry)
-            elif entry.plain is None:
-                to_release.append((core, entry.record.id))
             else:
                 to_worker.append((core, entry.plain))
-        for core, ids in _by_instance(to_release):
-            await core.backend.release(ids)
         for core, lane in _by_instance(to_worker):
             core.hand_over(lane[0] if len(lane) == 1 else lane)
+        for core, ids in _by_instance(to_release):
+            await core.backend.release(ids)
         if inline:
             # Like FastAPI, in the request itself; unlike it, a client that goes away
             # does not cancel them.
             with anyio.CancelScope(shield=True):
                 await _run_inline(inline)
 
-    def _drop(self, entries: list[_Entry], reason: str) -> None:
+    async def _drop(self, entries: list[_Entry], reason: str) -> None:
         if entries is self._entries:
             self._phase = _DROPPED
         committed_stored = (
@@ -229,7 +240,11 @@ class Tasks:
             if e.plain is None and e.committed and e.core is not None
         )
         for core, records in _by_instance(committed_stored):
-            core.backend.cancel([r.id for r in records], reason)
+            try:
+                await core.backend.cancel([r.id for r in records], reason)
+            except Exception as exc:  # the request fails either way; say what may still run
+                ids = ", ".join(r.id for r in records)
+                logger.error("taking back jobs %s of a failed request failed: %s", ids, exc)
         for entry in entries:
             if entry.plain is not None:
                 if entry.committed and entry.core is not None:
@@ -261,7 +276,7 @@ async def _run_inline(entries: list[_Entry]) -> None:
 
 
 async def _provide_tasks(connection: HTTPConnection) -> Tasks:
-    tasks = Tasks()
+    tasks = Tasks(connection.scope.get("app"))
     try:
         function_stack = connection.scope["fastapi_function_astack"]
         request_stack = connection.scope["fastapi_inner_astack"]

@@ -197,7 +197,7 @@ class Errands:
         wanted = None if status is None else JobStatus.of(status)
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
             raise ValueError(f"limit must be an int >= 0, got {limit!r}")
-        merged = self._core.backend.jobs(wanted, limit) + self._core.plain.jobs(wanted)
+        merged = self._core.backend.jobs(wanted, limit) + self._core.plain.jobs(wanted, limit)
         merged.sort(key=lambda r: r.created_at, reverse=True)
         return merged[:limit]
 
@@ -268,7 +268,7 @@ class Errands:
             left = await idle()
         else:
             # The temporary worker stops at once: join's timeout bounds the whole call.
-            async with serving(core, drain_timeout=0):
+            async with serving(core, drain_timeout=0, keep_lanes=True):
                 left = await idle()
         if left:
             raise WaitTimeout(f"{left} jobs were still waiting or running after {timeout:g} s")

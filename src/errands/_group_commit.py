@@ -82,6 +82,14 @@ class GroupCommit:
         return done
 
     async def _flush(self) -> None:
+        try:
+            await self._flush_pending()
+        finally:
+            # A done task keeps its loop: this object (in a table keyed weakly by the
+            # loop) must not, or neither would ever go.
+            self._flusher = None
+
+    async def _flush_pending(self) -> None:
         while self._pending:
             batch, self._pending = self._pending, []
             try:

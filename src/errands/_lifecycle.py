@@ -8,23 +8,22 @@ import asyncio
 import logging
 import os
 import signal
-import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import TYPE_CHECKING
 
 import anyio
 
 from ._worker import Worker
-from .exceptions import BacklogFull, ConfigurationError, StoreError
+from .exceptions import ConfigurationError
 
 if TYPE_CHECKING:
     from ._core import Core
 
 logger = logging.getLogger("errands")
 
-#: The instances whose worker runs on each event loop: where a request's plain
-#: callables go when nothing else names an instance.
+#: The instances serving on each event loop (their lifespan, or their worker, runs
+#: there): where a request's plain callables go when nothing else names an instance.
 _RUNNING: dict[asyncio.AbstractEventLoop, list[Core]] = {}
 
 
@@ -37,8 +36,28 @@ def running_core() -> Core | None:
     return cores[0] if cores else None
 
 
+@contextmanager
+def on_this_loop(core: Core) -> Iterator[None]:
+    """``core`` serves on the running loop while inside."""
+    loop = asyncio.get_running_loop()
+    _RUNNING.setdefault(loop, []).append(core)
+    try:
+        yield
+    finally:
+        cores = _RUNNING.get(loop, [])
+        if core in cores:
+            cores.remove(core)
+        if not cores:
+            _RUNNING.pop(loop, None)
+
+
 @asynccontextmanager
-async def serving(core: Core, drain_timeout: float | None = None) -> AsyncIterator[Worker]:
+async def serving(
+    core: Core, drain_timeout: float | None = None, *, keep_lanes: bool = False
+) -> AsyncIterator[Worker]:
+    """Run ``core``'s worker on this loop while inside. When it stops, the plain jobs
+    that never started are cancelled, unless ``keep_lanes`` (for a later worker of this
+    process: ``join()`` runs one for a while)."""
     if core.worker is not None:
         raise ConfigurationError(
             "this Errands instance's worker is already running; enter its lifespan once"
@@ -47,37 +66,36 @@ async def serving(core: Core, drain_timeout: float | None = None) -> AsyncIterat
     worker = Worker(concurrency=core.options.concurrency, plain=core.plain, threads=core.threads)
     worker.source = backend.source(worker)
     core.worker = worker
-    loop = asyncio.get_running_loop()
-    _RUNNING.setdefault(loop, []).append(core)
-    try:
-        await backend.started(worker)
-        worker.start_loop()
-        yield worker
-    finally:
+    with on_this_loop(core):
         try:
-            drain = core.options.drain_timeout if drain_timeout is None else drain_timeout
-            with anyio.CancelScope(shield=True):
-                drained = await worker.stop(drain)
-                if not drained:
-                    logger.warning(
-                        "jobs still running after drain_timeout=%g s were cancelled; "
-                        "registered ones go back to the queue",
-                        drain,
-                    )
-                await worker.close()
-                await backend.stopped()
+            await backend.started(worker)
+            worker.start_loop()
+            yield worker
         finally:
-            # Even if this task is cancelled natively while draining.
-            cores = _RUNNING.get(loop, [])
-            if core in cores:
-                cores.remove(core)
-            if not cores:
-                _RUNNING.pop(loop, None)
-            core.worker = None
-            core.threads.close()
-        left = core.backlog.size
-        if left and not backend.durable:
-            logger.warning("%d in-memory jobs had not run when the worker stopped", left)
+            try:
+                with anyio.CancelScope(shield=True):
+                    await _stop(core, worker, drain_timeout, keep_lanes)
+            finally:
+                # Even if this task is cancelled natively while draining.
+                core.worker = None
+                core.threads.close()
+    left = core.backlog.size
+    if left and not backend.durable:
+        logger.warning("%d in-memory jobs had not run when the worker stopped", left)
+
+
+async def _stop(core: Core, worker: Worker, drain_timeout: float | None, keep_lanes: bool) -> None:
+    drain = core.options.drain_timeout if drain_timeout is None else drain_timeout
+    if not await worker.stop(drain):
+        logger.warning(
+            "jobs still running after drain_timeout=%g s were cancelled; registered ones "
+            "go back to the queue",
+            drain,
+        )
+    await worker.close()
+    if not keep_lanes:
+        core.plain.cancel_waiting("cancelled: the worker stopped before it ran")
+    await core.backend.stopped()
 
 
 async def run_until_signalled(core: Core) -> None:
@@ -119,19 +137,17 @@ async def run_until_signalled(core: Core) -> None:
 
 def where_jobs_go(core: Core) -> str:
     """Where the instance's jobs are, for the log lines at start."""
-    store = getattr(core.backend, "store", None)
-    location = getattr(store, "location", None)
-    url = core.backend.url
-    return f"{url} ({location})" if location and location != "memory" else url
+    backend = core.backend
+    return backend.url if backend.location == "memory" else f"{backend.url} ({backend.location})"
 
 
 @asynccontextmanager
 async def web_lifespan(core: Core, app: object, *, worker: bool) -> AsyncIterator[None]:
-    """The app's lifespan: default handlers, a line saying where jobs go, the worker."""
-    add_default_handlers(app)
+    """The app's lifespan: a line saying where jobs go, and the worker."""
     if not worker:
         announce("errands: jobs go to %s; no worker runs in this process", where_jobs_go(core))
-        yield
+        with on_this_loop(core):  # its requests' plain callables are its (only_registered)
+            yield
         return
     async with serving(core):
         announce(
@@ -150,51 +166,3 @@ def announce(message: str, *args: object) -> None:
             server.info(message, *args)
             return
     ours.info(message.removeprefix("errands: "), *args)
-
-
-# -- default exception handlers ---------------------------------------------------------
-
-#: What a client gets when errands cannot take a request's jobs: try again later.
-_REFUSALS: dict[type[Exception], tuple[str, int]] = {
-    BacklogFull: ("too many background jobs are waiting; try again shortly", 1),
-    StoreError: ("background jobs cannot be stored right now; try again later", 5),
-}
-_last_logged = [0.0, 0]
-
-
-def add_default_handlers(app: object) -> None:
-    """Answer ``BacklogFull`` and ``StoreError`` with 503 and ``Retry-After``, unless the
-    app has its own handler for them (or for a base class of theirs)."""
-    handlers = getattr(app, "exception_handlers", None)
-    add = getattr(app, "add_exception_handler", None)
-    if not isinstance(handlers, dict) or add is None:
-        return  # not a Starlette app
-    added = False
-    for error in _REFUSALS:
-        if not any(isinstance(k, type) and issubclass(error, k) and k is not Exception
-                   for k in handlers):  # fmt: skip
-            add(error, _refuse)
-            added = True
-    if added and getattr(app, "middleware_stack", None) is not None:
-        # Starlette built its middleware (with a copy of the handlers) on the lifespan's
-        # first call: build it again, with ours, on the next request.
-        app.middleware_stack = None  # type: ignore[attr-defined]
-
-
-async def _refuse(request: Any, exc: Exception) -> Any:
-    from starlette.responses import JSONResponse
-
-    detail, retry_after = next(v for k, v in _REFUSALS.items() if isinstance(exc, k))
-    now = time.monotonic()
-    _last_logged[1] += 1
-    if now - _last_logged[0] >= 5:  # one line every 5 s at most, however many requests
-        logger.warning(
-            "answered %d request(s) with 503 in the last %.0f s: %s",
-            _last_logged[1],
-            now - _last_logged[0] if _last_logged[0] else 0,
-            exc,
-        )
-        _last_logged[0], _last_logged[1] = now, 0
-    return JSONResponse(
-        {"detail": detail}, status_code=503, headers={"Retry-After": str(retry_after)}
-    )

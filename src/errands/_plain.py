@@ -23,7 +23,7 @@ from ._attempt import job_logger
 from ._backlog import Backlog
 from ._record import JobRecord, JobStatus, describe_error, new_job_id, utcnow
 from ._task import callable_name, is_async_callable
-from ._threads import Threads
+from ._threads import Threads, escaped
 from ._tuning import KEEP_FINISHED
 from ._waiters import WAITERS
 from .exceptions import ConfigurationError
@@ -98,7 +98,9 @@ async def run_plain(job: PlainJob, threads: Threads) -> None:
         job.error = "cancelled: the worker stopped while the job ran"
         _finish(job, JobStatus.CANCELLED)
         raise
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
+        if not isinstance(exc, Exception):
+            exc = escaped(exc)  # the task's, not the worker's to end
         job.error, job.traceback = describe_error(exc)
         job_logger.error("job %s (%s) failed: %s", job.id, job.name, job.error, exc_info=exc)
         _finish(job, JobStatus.FAILED)
@@ -146,9 +148,16 @@ class PlainJobs:
         job = self._records.get(id)
         return job.copy() if job is not None else None
 
-    def jobs(self, status: JobStatus | None) -> list[JobRecord]:
+    def jobs(self, status: JobStatus | None, limit: int) -> list[JobRecord]:
+        """The latest ``limit`` records (with ``status``), newest first."""
+        found: list[JobRecord] = []
         with self._lock:
-            return [r.copy() for r in self._records.values() if status in (None, r.status)]
+            for record in reversed(self._records.values()):
+                if len(found) >= limit:
+                    break
+                if status in (None, record.status):
+                    found.append(record.copy())
+        return found
 
     def finished(self, job: PlainJob) -> None:
         """Bookkeeping once an adopted job reached a final state."""
@@ -163,6 +172,13 @@ class PlainJobs:
         """Drop an adopted job that has not started (its request failed)."""
         if cancel_plain(job, reason):
             self.finished(job)
+
+    def cancel_waiting(self, reason: str) -> None:
+        """Cancel every job still waiting in a lane (no worker will run them)."""
+        while self.lanes:
+            lane = self.lanes.popleft()
+            for job in [lane] if isinstance(lane, PlainJob) else lane:
+                self.cancel(job, reason)
 
     async def run(self, job: PlainJob, threads: Threads) -> None:
         """Run an adopted job, then do its bookkeeping (also when it is cancelled)."""

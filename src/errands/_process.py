@@ -230,10 +230,9 @@ class ProcessRunner:
             with anyio.move_on_after(timeout) as scope:
                 message = await reply
             if scope.cancelled_caught:
+                assert timeout is not None
                 started.kill()
-                raise TaskTimeout(
-                    f"task {name!r} timed out after {timeout:g} s; its process was killed"
-                )
+                raise TaskTimeout.after(name, timeout, "; its process was killed")
         finally:
             sender.close()
             if process is not None:

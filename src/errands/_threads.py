@@ -29,7 +29,7 @@ from .exceptions import TaskTimeout
 
 logger = logging.getLogger("errands")
 
-_QUEUED, _RUNNING, _DONE, _ABANDONED = range(4)
+_QUEUED, _RUNNING, _DONE, _ABANDONED, _CANCELLED = range(5)
 
 
 class _Call:
@@ -99,29 +99,40 @@ class Threads:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         call = _Call(func, args, kwargs, future)
         self._submit(call)
-        if timeout is None:
-            return await future
-        while True:
-            started = call.started
-            left = timeout if started is None else started + timeout - time.monotonic()
-            if started is not None and left <= 0 and self._abandon(call):
-                logger.warning(
-                    "%s timed out after %g s; its thread cannot be stopped and runs on "
-                    "until the function returns (another thread takes its place)",
-                    name,
-                    timeout,
-                )
-                raise TaskTimeout(f"task {name!r} timed out after {timeout:g} s")
-            done, _ = await asyncio.wait({future}, timeout=max(left, 0))
-            if done:
-                return future.result()
+        try:
+            if timeout is None:
+                return await future
+            while True:
+                started = call.started
+                left = timeout if started is None else started + timeout - time.monotonic()
+                if started is not None and left <= 0 and self._abandon(call):
+                    logger.warning(
+                        "%s timed out after %g s; its thread cannot be stopped and runs on "
+                        "until the function returns (another thread takes its place)",
+                        name,
+                        timeout,
+                    )
+                    raise TaskTimeout.after(name, timeout)
+                done, _ = await asyncio.wait({future}, timeout=max(left, 0))
+                if done:
+                    return future.result()
+        except asyncio.CancelledError:
+            self._withdraw(call)  # a call that has not started never will
+            raise
 
     def close(self) -> None:
         """Let idle threads end; calls still running finish on their own."""
         with self._lock:
             idle, self._idle = self._idle, 0
+            self._threads -= idle  # each idle thread gets one None, and ends
         for _ in range(idle):
             self._work.put(None)
+
+    def _withdraw(self, call: _Call) -> None:
+        with self._lock:
+            if call.state == _QUEUED:
+                call.state = _CANCELLED
+                self._busy -= 1
 
     def _submit(self, call: _Call) -> None:
         start = False
@@ -178,23 +189,27 @@ class Threads:
         while True:
             call = work.get()
             if call is None:
-                with self._lock:
-                    self._threads -= 1
-                return
+                return  # close() has counted this thread out
             with self._lock:
-                call.state = _RUNNING
-                call.started = time.monotonic()
-            try:
-                ok, value = True, call.context.run(call.func, *call.args, **call.kwargs)
-            except BaseException as exc:
-                ok, value = False, exc
+                skip = call.state == _CANCELLED  # withdrawn while it waited
+                if not skip:
+                    call.state = _RUNNING
+                    call.started = time.monotonic()
+            ok, value = True, None
+            if not skip:
+                try:
+                    value = call.context.run(call.func, *call.args, **call.kwargs)
+                except Exception as exc:
+                    ok, value = False, exc
+                except BaseException as exc:  # SystemExit, KeyboardInterrupt: not ours to end
+                    ok, value = False, escaped(exc)
             with self._lock:
                 abandoned = call.state == _ABANDONED
                 if abandoned:
                     self._abandoned -= 1
                     if self._abandoned < self.spare:
                         self._warned = False
-                else:
+                elif not skip:
                     call.state = _DONE
                     self._busy -= 1
                 # One thread too many once an abandoned call has returned: this one
@@ -206,10 +221,21 @@ class Threads:
                     self._waiting -= 1
                 else:
                     self._idle += 1
-            if not abandoned:
+            if not abandoned and not skip:
                 # Its event loop may have closed: then nobody waits for it any more.
                 with contextlib.suppress(RuntimeError):
                     call.loop.call_soon_threadsafe(_settle, call.future, ok, value)
             del call, value
             if leave:
                 return
+
+
+def escaped(exc: BaseException) -> Exception:
+    """A ``SystemExit`` or ``KeyboardInterrupt`` a task raised, as the task's failure:
+    it must not end the worker that awaits it."""
+    error = RuntimeError(
+        f"the task raised {type(exc).__name__}({exc}), which would stop the process "
+        f"running it; raise an exception instead"
+    )
+    error.__cause__ = exc
+    return error

@@ -109,6 +109,11 @@ class ResultTooLarge(ErrandsError):
 class TaskTimeout(ErrandsError):
     """An attempt of a registered task ran longer than the task's ``timeout``."""
 
+    @classmethod
+    def after(cls, task: str, timeout: float, more: str = "") -> TaskTimeout:
+        """The error an attempt of ``task`` records when it ran past ``timeout`` s."""
+        return cls(f"task {task!r} timed out after {timeout:g} s{more}")
+
 
 class WaitTimeout(ErrandsError, TimeoutError):
     """``Job.wait()`` or ``Errands.join()`` reached its timeout first."""

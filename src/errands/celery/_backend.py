@@ -18,6 +18,7 @@ import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import anyio
 from celery import Celery
 
 from .._backend import Backend
@@ -28,8 +29,8 @@ from .._record import JobRecord, JobStatus
 from .._stats import Stats, WorkerInfo
 from .._tuning import CELERY_INSPECT_TIMEOUT
 from .._waiters import WAITERS
-from ..exceptions import ConfigurationError
-from ._publish import CeleryStore
+from ..exceptions import BrokerUnavailable, ConfigurationError
+from ._publish import Publisher
 from ._task import bind
 
 if TYPE_CHECKING:
@@ -46,7 +47,8 @@ class CeleryBackend(Backend):
     def __init__(self, app: Celery, runtime: Runtime) -> None:
         self.app = app
         self.url = f"celery://{app.main or 'celery'}"
-        self.publisher = CeleryStore(app, publish_timeout=runtime.options.publish_timeout)
+        self.publisher = Publisher(app, publish_timeout=runtime.options.publish_timeout)
+        self.location = self.publisher.broker
         self._options = runtime.options
         self._tasks = runtime.tasks
         # Requests' publishes gather while one batch is being sent, like a group
@@ -92,24 +94,25 @@ class CeleryBackend(Backend):
         published = group.submit(publish)
         try:
             await asyncio.wait_for(asyncio.shield(published), publisher.publish_timeout)
-        except TimeoutError:
-            # It may still reach the broker; its jobs then run (at least once).
-            raise publisher.timed_out(records) from None
-        except asyncio.CancelledError:
-            # The request failed while its jobs were being published: once they are,
-            # revoke them, so that a failed request leaves nothing to run.
+        except (TimeoutError, asyncio.CancelledError) as exc:
+            # The request fails (the client is told to try again, or has gone): should
+            # its jobs reach the broker after all, revoke them, so that it leaves
+            # nothing to run (best effort: a worker may start one first).
             ids = [r.id for r in records]
             revoke = functools.partial(publisher.cancel, ids, "dropped: request failed")
             published.add_done_callback(
                 lambda done: None if done.cancelled() or done.exception() else group.submit(revoke)
             )
+            if isinstance(exc, TimeoutError):
+                raise publisher.timed_out(records) from None
             raise
 
     async def release(self, ids: Sequence[str]) -> None:
         """Nothing to do: the jobs were published before the response."""
 
-    def cancel(self, ids: Sequence[str], reason: str) -> list[str]:
-        cancelled = self.publisher.cancel(ids, reason)
+    async def cancel(self, ids: Sequence[str], reason: str) -> list[str]:
+        cancel = functools.partial(self.publisher.cancel, ids, reason)
+        cancelled = await anyio.to_thread.run_sync(cancel)  # the broker and backend
         for id in cancelled:
             WAITERS.notify(id)
         return cancelled
@@ -142,7 +145,14 @@ class CeleryBackend(Backend):
         for record in self.publisher.jobs(None, 10**9):
             by_status = tasks.setdefault(record.name, {})
             by_status[record.status] = by_status.get(record.status, 0) + 1
-        registered = self.app.control.inspect(timeout=CELERY_INSPECT_TIMEOUT).registered() or {}
+        try:
+            inspect = self.app.control.inspect(timeout=CELERY_INSPECT_TIMEOUT)
+            registered = inspect.registered() or {}
+        except Exception as exc:
+            raise BrokerUnavailable(
+                f"asking the Celery workers what they run failed ({type(exc).__name__}: "
+                f"{exc}); is the broker running at {self.publisher.broker}?"
+            ) from exc
         workers = [
             WorkerInfo(node, node.partition("@")[2], None, tuple(sorted(names)), None, None)
             for node, names in sorted(registered.items())

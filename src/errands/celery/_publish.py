@@ -1,9 +1,9 @@
-"""Celery mode: jobs go to a Celery broker; Celery's workers run them.
+"""Celery mode's plumbing: publishing jobs to a Celery broker, and errands' own
+records in Celery's result backend, read back as job records.
 
-The web side of it. ``enqueue`` publishes; ``get`` reads Celery's result backend.
-Nothing here claims jobs: ``claims`` is False, and the in-process worker runs only
-plain callables. The worker side (the Celery task each registered task becomes)
-is in ``errands._celery``.
+``Publisher.enqueue`` publishes; ``get`` and ``jobs`` read the result backend. The
+backend (``_backend.py``) and the worker side (``_task.py``, the Celery task each
+registered task becomes) both use it.
 
 A request's registered jobs run one after another: only the first is published,
 and the rest are kept in the result backend beside it (its header ``errands_chain``
@@ -53,7 +53,7 @@ from ._results import (
 logger = logging.getLogger("errands")
 
 
-class CeleryStore:
+class Publisher:
     """Publishing to a Celery app's broker, and errands' records in its result backend."""
 
     def __init__(self, app: Celery, *, publish_timeout: float = 5.0) -> None:
@@ -85,7 +85,7 @@ class CeleryStore:
         self._local = threading.local()
 
     def __repr__(self) -> str:
-        return f"<CeleryStore {self.app.main or 'celery'}>"
+        return f"<Publisher {self.app.main or 'celery'}>"
 
     # -- publishing -------------------------------------------------------------
 

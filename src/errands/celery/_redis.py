@@ -1,57 +1,13 @@
 """Celery mode on a Redis broker: a job a dead worker held runs again within about a
 lease, and one a live worker holds does not run twice.
 
-kombu's Redis transport emulates acknowledgements. A worker takes a message off its
-queue (``BRPOP``), then records it as unacknowledged (a hash of messages and a
-sorted set scored by delivery time); an acknowledgement deletes the record. Every
-worker sweeps the sorted set now and then (``unacked_restore_interval``, under a lock
-that expires after ``unacked_mutex_expire``) and puts back on their queues the
-messages recorded longer ago than ``visibility_timeout``: that is the only way the
-jobs of a worker that died come back. kombu's defaults are one hour, 10 s (every 10th
-time: 100 s) and 300 s.
-
-A shorter visibility timeout alone brings them back sooner, but it also puts back a
-message whose worker is alive and still holds it: a job running longer than the
-timeout, or waiting in the worker for its retry (an ETA) longer than it, or reserved
-behind other jobs that long. The job then runs twice. So errands' workers renew
-the records of the messages they hold (running, reserved, or waiting for their retry)
-every third of the timeout, as the other modes renew a job's lease: the timeout then
-bounds how long a dead worker's jobs wait, not how long a job may take.
-
-Unless the app sets them, errands applies (``configure``):
-
-- ``visibility_timeout``: the Errands instance's ``lease`` (30 s), renewed every
-  third of it by each worker for what it holds (``Renewal``);
-- ``unacked_restore_interval``: a tenth of the timeout (1 s to 10 s), with
-  ``unacked_restore_throttle=1`` (each time sweeps);
-- ``unacked_mutex_expire``: a third of the timeout (5 s to 300 s), so that a worker
-  killed while it sweeps blocks the others' sweeps that long, not 300 s;
-- ``unacked_key``, ``unacked_index_key``, ``unacked_mutex_key``: errands' own, when it
-  sets the timeout: kombu's records are shared by every Celery app on the Redis
-  database, and a short timeout must not put back other apps' messages, which nobody
-  renews;
-- ``worker_prefetch_multiplier=1``: with late acknowledgement a worker keeps each
-  message it has reserved until it runs it, renewed, so reserving more than it can
-  run would leave jobs waiting behind long ones while other workers are idle, and a
-  killed worker would take more of them down for a lease.
-
-A dead worker's jobs then run on another worker within ``visibility_timeout`` plus
-``unacked_restore_interval`` (33 s with the defaults), plus ``unacked_mutex_expire``
-should it die while sweeping. Duplicate runs remain possible when a live worker does
-not renew in time: its process stopped (paused, swapped out) or cut off from Redis
-for longer than two thirds of the timeout, or its clock behind the sweeping worker's
-by that much (the records are scored by each worker's clock), or, in a gevent or
-eventlet pool, a task computing that long without yielding. Upgrading: workers of an
-earlier errands record in kombu's keys, which only they sweep; stop them gracefully
-(SIGTERM puts back what they hold) rather than kill them.
-
-What no setting covers: kombu takes a message off the queue before it records it as
-unacknowledged, so a worker killed between the two loses that message: the reply to
-its ``BRPOP`` is on its way or not yet read (1.7 ms at the median, 12 ms at the 99th
-percentile, measured on a busy 2-core machine), each time it takes a message. At
-most one a killed worker process; RabbitMQ has no such gap. Closing that gap takes a
-change in kombu (taking and recording in one step on the server), not a setting.
-Graceful shutdowns (SIGTERM) read that reply and put back all a worker holds.
+kombu emulates acknowledgements on Redis: a taken message is recorded as unacknowledged,
+and a sweep puts back those recorded longer ago than ``visibility_timeout`` (an hour by
+default). errands sets that timeout to the instance's ``lease``, and its workers renew
+the records of the messages they hold every third of it (``Renewal``), as the other
+modes renew a job's lease; ``configure`` says what else it sets, and only where the
+app set nothing. docs/celery.md explains it all: the settings, the duplicate-run
+trade-off, and kombu's gap that no setting covers.
 """
 
 from __future__ import annotations

@@ -36,10 +36,10 @@ from ._results import (
 
 if TYPE_CHECKING:
     from .._task import Task
-    from ._publish import CeleryStore
+    from ._publish import Publisher
 
 
-def begin(request: Any, task: Task[Any, Any], store: CeleryStore) -> dict[str, Any]:
+def begin(request: Any, task: Task[Any, Any], store: Publisher) -> dict[str, Any]:
     """Stamp the start of an attempt on ``request``; errands' fields of the job while
     it runs (its ``STARTED`` record)."""
     stamps = dict(getattr(request, "stamps", None) or {})
@@ -112,7 +112,7 @@ def _redelivered(request: Any) -> bool:
     return bool(info.get("redelivered"))
 
 
-def _lost_so_far(store: CeleryStore, id: str, retries: int) -> int:
+def _lost_so_far(store: Publisher, id: str, retries: int) -> int:
     """Attempts of a redelivered job lost with their workers, this one's included if
     it had already started on a worker that died (the ``STARTED`` record is of this
     very attempt): it counts as lost, as a job whose lease ran out does in the other

@@ -32,7 +32,7 @@ from .._attempt import attempt_blocking, log_outcome
 from .._record import JobStatus
 from .._tuning import CELERY_RUNNING_AFTER, MIN_CELERY_RETRY_DELAY
 from . import _redis, _stamps
-from ._publish import CeleryStore
+from ._publish import Publisher
 from ._results import CHAIN
 
 if TYPE_CHECKING:
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("errands")
 
 
-def bind(store: CeleryStore, task: Task[Any, Any], *, max_result: int, lease: float) -> None:
+def bind(store: Publisher, task: Task[Any, Any], *, max_result: int, lease: float) -> None:
     """Register ``task`` on the store's Celery app, under its errands name."""
     _redis.configure(store.app, task, lease)  # Redis broker: errands' defaults, renewal
 
@@ -67,7 +67,7 @@ def bind(store: CeleryStore, task: Task[Any, Any], *, max_result: int, lease: fl
 
 def _run(
     ctask: celery.Task[Any, Any],
-    store: CeleryStore,
+    store: Publisher,
     task: Task[Any, Any],
     args: list[Any],
     kwargs: dict[str, Any],
@@ -95,7 +95,7 @@ def _run(
 class _Attempt:
     __slots__ = ("id", "meta", "over", "store")
 
-    def __init__(self, store: CeleryStore, id: str, meta: dict[str, Any]) -> None:
+    def __init__(self, store: Publisher, id: str, meta: dict[str, Any]) -> None:
         self.store, self.id, self.meta, self.over = store, id, meta, False
 
     def ended(self) -> None:
@@ -124,7 +124,7 @@ class _Running:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def add(self, store: CeleryStore, id: str, meta: dict[str, Any]) -> _Attempt:
+    def add(self, store: Publisher, id: str, meta: dict[str, Any]) -> _Attempt:
         attempt = _Attempt(store, id, meta)
         with self._lock:
             if self._thread is None:
@@ -182,7 +182,7 @@ def _retry(ctask: celery.Task[Any, Any], exc: Exception, delay: float, retries: 
         raise Reject(getattr(rejected, "reason", exc), requeue=True) from exc
 
 
-def _publish_next(store: CeleryStore, request: Any) -> None:
+def _publish_next(store: Publisher, request: Any) -> None:
     ref = getattr(request, CHAIN, None)
     if not ref:
         return

@@ -19,7 +19,7 @@ import time
 import uuid
 import weakref
 from collections.abc import Callable, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._attempt import Outcome, attempt, log_outcome
@@ -50,6 +50,7 @@ class LocalBackend(Backend):
     def __init__(self, store: Store, runtime: Runtime, url: str) -> None:
         self.store = store
         self.url = url
+        self.location = store.location
         self.durable = store.durable
         self.tasks = runtime.tasks
         self.calls = runtime.calls
@@ -129,13 +130,17 @@ class LocalBackend(Backend):
             record.run_at = now
         if not self.durable:
             self._backlog.reserve_blocking(len(records))
+        self._enqueue(records)
+        self._wanted()
+
+    def _enqueue(self, records: Sequence[JobRecord]) -> None:
+        """Enqueue at once; the memory store's room is given back if that fails."""
         try:
             self.store.enqueue(records)
         except BaseException:
             if not self.durable:
                 self._backlog.release(len(records))
             raise
-        self._wanted()
 
     async def commit(self, records: Sequence[JobRecord]) -> None:
         owner = self.process_id
@@ -147,11 +152,7 @@ class LocalBackend(Backend):
             record.run_at = until
         if not self.durable:
             await self._backlog.reserve(len(records))
-            try:
-                self.store.enqueue(records)
-            except BaseException:
-                self._backlog.release(len(records))
-                raise
+            self._enqueue(records)
             return
         self.liveness().beat()
         stored = self.group().submit_bulk(self.store.enqueue, records)
@@ -203,8 +204,8 @@ class LocalBackend(Backend):
             return
         self._wanted()
 
-    def cancel(self, ids: Sequence[str], reason: str) -> list[str]:
-        cancelled = self.store.cancel(ids, reason)
+    async def cancel(self, ids: Sequence[str], reason: str) -> list[str]:
+        cancelled = await self.write(functools.partial(self.store.cancel, ids, reason))
         for id in cancelled:
             self._finished(id)
         return cancelled
@@ -297,6 +298,12 @@ class LocalBackend(Backend):
     async def run(self, job: JobRecord) -> float | None:
         """Run a claimed job's attempt and record it; when a retry is due
         (``time.monotonic()``), if there is one."""
+        outcome = await self._attempt(job)
+        return await self._record(job, outcome)
+
+    async def _attempt(self, job: JobRecord) -> Outcome:
+        """One attempt of a claimed job, its lease renewed meanwhile; given back (not
+        counted) if it is cancelled."""
         task = self.tasks[job.name]  # claims take only registered names
         liveness = self.liveness()
         liveness.track(job)
@@ -311,12 +318,12 @@ class LocalBackend(Backend):
             )
         except asyncio.CancelledError:
             liveness.untrack(job)
-            self._give_back(job)
+            self.give_back(job)
             raise
         log_outcome(job.id, task, job.attempts, outcome)
-        return await self._record(job, outcome)
+        return outcome
 
-    def _give_back(self, job: JobRecord) -> None:
+    def give_back(self, job: JobRecord) -> None:
         # Written at once, on the loop: the loop may be closing (a shutdown past its
         # drain); this is rare.
         try:
@@ -324,14 +331,21 @@ class LocalBackend(Backend):
         except Exception as exc:
             logger.error("giving back job %s failed (%s); it runs when its lease ends", job.id, exc)
 
-    async def _record(self, job: JobRecord, outcome: Outcome) -> float | None:
+    async def _record(
+        self, job: JobRecord, outcome: Outcome, *, retry_at: datetime | None = None
+    ) -> float | None:
         """Record ``outcome``; tried again while the store refuses (the lease kept
-        meanwhile), never by running the task again."""
-        retry_at = None
+        meanwhile), never by running the task again. A retry is due ``retry_at``
+        (default: after the outcome's backoff); returns when, as ``time.monotonic()``.
+
+        Cancelled meanwhile (a shutdown), the job keeps its last state: running, until
+        its lease runs out and another worker runs it again.
+        """
         liveness = self.liveness()
         delay = 0.0
+        fell_back = False
         while True:
-            write = self._write_for(job, outcome)
+            write = self._write_for(job, outcome, retry_at)
             # The attempt is over: no renewal may race the write that records it (it
             # would read the job as lost).
             liveness.untrack(job)
@@ -345,8 +359,9 @@ class LocalBackend(Backend):
                 continue
             except Exception as exc:  # the store cannot take this outcome: fail the job
                 logger.exception("recording the outcome of job %s failed", job.id)
-                if outcome.status is JobStatus.FAILED and outcome.exc is exc:
-                    return None  # not even that: its lease runs out, and it is lost
+                if fell_back:
+                    return None  # not even that: its lease runs out, and it runs again
+                fell_back = True
                 outcome = _unrecordable(outcome, exc)
                 continue
             break
@@ -354,51 +369,49 @@ class LocalBackend(Backend):
             self._recording.succeeded()
         if outcome.status is JobStatus.QUEUED:
             assert outcome.retry_in is not None
-            retry_at = time.monotonic() + outcome.retry_in
-        elif kept:
+            return time.monotonic() + outcome.retry_in
+        if kept:
             self._finished(job.id)
-        return retry_at
+        return None
 
-    def _write_for(self, job: JobRecord, outcome: Outcome) -> Callable[[], bool]:
+    def _write_for(
+        self, job: JobRecord, outcome: Outcome, retry_at: datetime | None
+    ) -> Callable[[], bool]:
         store = self.store
         if outcome.status is JobStatus.SUCCEEDED:
             return functools.partial(store.complete, job, outcome.result)
-        if outcome.status is JobStatus.QUEUED:
-            assert outcome.retry_in is not None and outcome.traceback is not None
-            run_at = utcnow() + timedelta(seconds=outcome.retry_in)
-            assert outcome.error is not None
-            return functools.partial(store.retry, job, outcome.error, outcome.traceback, run_at)
         assert outcome.error is not None
+        if outcome.status is JobStatus.QUEUED:
+            assert outcome.retry_in is not None
+            when = retry_at or utcnow() + timedelta(seconds=outcome.retry_in)
+            return functools.partial(store.retry, job, outcome.error, outcome.traceback or "", when)
         return functools.partial(store.fail, job, outcome.error, outcome.traceback)
 
     async def run_here(self, record: JobRecord) -> None:
         owner = f"{self.process_id}-eager"
-        store = self.store
         while True:
-            claimed = store.claim_ids(owner, self.lease, [record.id])
+            try:
+                claimed = await self.write(
+                    functools.partial(self.store.claim_ids, owner, self.lease, [record.id])
+                )
+            except StoreError as exc:
+                logger.error("running job %s in the request failed: %s", record.id, exc)
+                return  # it stays in the store: a worker runs it
             if not claimed:
                 # Cancelled meanwhile, or a worker has it; if it is still waiting (its
                 # predecessor went to a worker), let the workers have it.
-                store.release([record.id])
-                self._wanted()
+                await self.release([record.id])
                 return
             job = claimed[0]
-            task = self.tasks[job.name]
-            outcome = await attempt(
-                self.calls, task, job.args, job.kwargs, failures=job.failures - 1,
-                max_result=self._options.max_result,
-            )  # fmt: skip
-            log_outcome(job.id, task, job.attempts, outcome)
+            outcome = await self._attempt(job)
             if outcome.status is not JobStatus.QUEUED:
                 await self._record(job, outcome)
                 return
             # This request waits out the backoff itself; should this process die
             # meanwhile, any worker retries the job after the hold.
-            assert outcome.retry_in is not None and outcome.error is not None
-            until = utcnow() + timedelta(seconds=outcome.retry_in + self._options.hold)
-            await self.write(
-                functools.partial(store.retry, job, outcome.error, outcome.traceback or "", until)
-            )
+            assert outcome.retry_in is not None
+            hold = timedelta(seconds=outcome.retry_in + self._options.hold)
+            await self._record(job, outcome, retry_at=utcnow() + hold)
             await asyncio.sleep(outcome.retry_in)
 
     def run_worker(
@@ -412,9 +425,6 @@ class LocalBackend(Backend):
                 f"on Celery ({self.url})"
             )
         asyncio.run(run_until_signalled(core))
-
-    def close(self) -> None:
-        self.store.close()
 
 
 def _unrecordable(outcome: Outcome, exc: Exception) -> Outcome:

@@ -19,7 +19,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .._record import JobRecord
@@ -53,12 +53,19 @@ class Backoff:
         return self._delay
 
     def note(self, exc: Exception, delay: float) -> None:
-        """Log a failure that pauses ``delay`` seconds, if it is a new step."""
+        """Log a failure that pauses ``delay`` seconds, if it is a new step (with its
+        traceback if it is not the store's own error: that is a bug to see)."""
         now = time.monotonic()
         logged_delay, logged_at = self._logged
         if delay > logged_delay or now - logged_at >= 60:
             self._logged = (delay, now)
-            logger.warning("%s failed (%s); trying again in %g s", self.what, exc, delay)
+            logger.warning(
+                "%s failed (%s); trying again in %g s",
+                self.what,
+                exc,
+                delay,
+                exc_info=None if isinstance(exc, StoreError) else exc,
+            )
 
     def succeeded(self) -> None:
         if self._logged[0]:
@@ -92,6 +99,8 @@ class Claims:
         self._backoff = Backoff("claiming jobs")
         self._names: dict[Kind, tuple[str, ...]] = {}
         self._registered = -1
+        # Jobs claimed and not yet handed to their pool: not counted in its free().
+        self._starting: dict[Kind, int] = {"async": 0, "thread": 0, "process": 0}
         self.failure: StoreError | None = None  # set when the store will not heal
 
     def wanted(self) -> None:
@@ -123,9 +132,10 @@ class Claims:
         calls = self._backend.calls
         wants: list[Want] = []
         # Kinds bounded by their own pools first; async jobs take the rest.
+        starting = self._starting
         kinds: tuple[tuple[Kind, int, int], ...] = (
-            ("thread", calls.threads.free(), calls.threads.size),
-            ("process", calls.processes.free(), calls.processes.processes),
+            ("thread", calls.threads.free() - starting["thread"], calls.threads.size),
+            ("process", calls.processes.free() - starting["process"], calls.processes.processes),
             ("async", free, self._worker.concurrency),
         )
         for kind, capacity, size in kinds:
@@ -164,37 +174,30 @@ class Claims:
             logger.error("%s; this process's worker stops taking jobs", exc)
             worker.failed(exc)
             return
-        except StoreError as exc:
+        except Exception as exc:  # a store error that may pass, or a bug: back off either way
             worker.wake_at(time.monotonic() + self._backoff.failed(exc))
-            self._dirty = True
-            return
-        except Exception:
-            logger.exception("claiming jobs failed; trying again")
             self._dirty = True
             return
         self._backoff.succeeded()
         if worker.stopping:
-            self._give_back(claimed)
+            for job in claimed:  # stopped while the claim was written: back, untouched
+                self._backend.give_back(job)
             return
         if len(claimed) == total:
             self._dirty = True  # there may be more
+        tasks = self._backend.tasks
         for job in claimed:
-            worker.start(self._run(job))
+            kind = tasks[job.name].kind
+            self._starting[kind] += 1
+            worker.start(self._run(job, kind))
         if later:
             worker.fill()  # slots the claim held and did not use; work offered meanwhile
 
-    async def _run(self, job: JobRecord) -> None:
+    async def _run(self, job: JobRecord, kind: Kind) -> None:
+        # Handed to its pool within this first step of the task (run() does not
+        # suspend before it): from here the pool's free() counts it.
+        self._starting[kind] -= 1
         retry_at = await self._backend.run(job)
         self._dirty = True  # the next job of its request may be claimable now
         if retry_at is not None:
             self._worker.wake_at(retry_at)
-
-    def _give_back(self, jobs: Sequence[JobRecord]) -> None:
-        """Stopped while the claim was being written: the jobs go back untouched."""
-        for job in jobs:
-            try:
-                self._backend.store.requeue(job)
-            except Exception as exc:
-                logger.error(
-                    "giving back job %s failed (%s); it runs when its lease ends", job.id, exc
-                )

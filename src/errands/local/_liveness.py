@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import weakref
 from collections.abc import Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -35,7 +36,9 @@ class Liveness:
     def __init__(self, backend: LocalBackend) -> None:
         self._backend = backend
         self._running: dict[str, JobRecord] = {}
-        self._timer: asyncio.TimerHandle | None = None
+        # Weakly: a handle keeps its loop, and this object (in a table keyed weakly by
+        # the loop) must not, or neither would ever go.
+        self._timer: weakref.ref[asyncio.TimerHandle] | None = None
         self._beating = False  # this process has added jobs, or runs a worker, here
         self._sweeping = False  # this loop runs the worker
 
@@ -66,13 +69,15 @@ class Liveness:
         """Stop (the loop's worker has stopped)."""
         self._running.clear()
         self._beating = self._sweeping = False
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        timer = self._timer() if self._timer is not None else None
+        if timer is not None:
+            timer.cancel()
+        self._timer = None
 
     def _arm(self) -> None:
-        if self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self._backend.lease / 3, self._tick)
+        if self._timer is None or self._timer() is None:
+            timer = asyncio.get_running_loop().call_later(self._backend.lease / 3, self._tick)
+            self._timer = weakref.ref(timer)
 
     def _tick(self) -> None:
         self._timer = None
