@@ -6,6 +6,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -41,6 +42,7 @@ class Server:
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 (not a pipe: read at the end)
         self.process = subprocess.Popen(
             [
                 sys.executable,
@@ -55,7 +57,7 @@ class Server:
             ],
             cwd=ROOT,
             env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
-            stdout=subprocess.PIPE,
+            stdout=self.log,
             stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 20
@@ -78,11 +80,16 @@ class Server:
         if self.process.poll() is None:
             self.process.terminate()
         try:
-            out, _ = self.process.communicate(timeout=10)
+            self.process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.process.kill()
-            out, _ = self.process.communicate()
-        return out.decode(errors="replace")
+            self.process.wait()
+        if self.log.closed:
+            return ""
+        self.log.seek(0)
+        text = self.log.read().decode(errors="replace")
+        self.log.close()
+        return text
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -61,18 +62,28 @@ def wait_for(predicate: object, timeout: float = 15) -> None:
 
 class Worker:
     def __init__(self, env: dict[str, str], **extra: str) -> None:
+        # A file, not a pipe: a worker logs a line a job, and a pipe nobody reads
+        # would fill and stop it.
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 (closed by output())
         self.process = subprocess.Popen(
             [sys.executable, "-m", "errands", "worker", "tests.apps.durable:errands"],
             cwd=ROOT,
             env={**os.environ, **env, **extra},
-            stdout=subprocess.PIPE,
+            stdout=self.log,
             stderr=subprocess.STDOUT,
         )
 
     def signal(self, signum: int) -> str:
         self.process.send_signal(signum)
-        out, _ = self.process.communicate(timeout=30)
-        return out.decode(errors="replace")
+        return self.output(timeout=30)
+
+    def output(self, timeout: float) -> str:
+        """All it printed, once it has exited."""
+        self.process.wait(timeout=timeout)
+        self.log.seek(0)
+        text = self.log.read().decode(errors="replace")
+        self.log.close()
+        return text
 
 
 @pytest.fixture
@@ -82,6 +93,7 @@ def workers() -> Iterator[list[Worker]]:
     for worker in started:
         if worker.process.poll() is None:
             worker.signal(signal.SIGKILL)
+        worker.log.close()
 
 
 def app_module() -> ModuleType:
@@ -335,9 +347,8 @@ def test_a_worker_whose_file_turns_corrupt_exits_with_one_line(
         path = tmp_path / name
         if path.exists():
             path.write_bytes(b"this is not a database, not any more " * 200)
-    output, _ = worker.process.communicate(timeout=20)
+    out = worker.output(timeout=20)
     assert worker.process.returncode != 0
-    out = output.decode(errors="replace")
     assert "not a database" in out or "malformed" in out, out
     assert "Traceback" not in out and len(out.splitlines()) < 20, out
 

@@ -431,3 +431,12 @@ def test_purge_deletes_processes_stopped_before_the_cutoff(store: Store) -> None
     assert [p.id for p in store.processes()] == ["alive", "gone"]
     store.purge(now() + timedelta(seconds=1))
     assert [p.id for p in store.processes()] == ["alive"]
+
+
+def test_a_claim_takes_no_more_than_its_limit_in_all_of_what_is_due(store: Store) -> None:
+    store.enqueue([job(f"a{i}", name="a") for i in range(3)] + [job("b0", name="b")])
+    # Each want could take more than the limit together; the claim takes what is due.
+    claimed = store.claim("w", 30, [(("none",), 5), (("b",), 5), (("a",), 5)], limit=3)
+    assert ids(claimed) == ["b0", "a0", "a1"]
+    assert ids(store.claim("w", 30, [(("a",), 5)], limit=5)) == ["a2"]
+    assert store.claim("w", 30, [(("a",), 5)], limit=0) == []

@@ -184,3 +184,24 @@ async def test_joining_twice_runs_the_def_jobs_added_between(mode: str, tmp_path
         jobs = [errands.add_task(double, round), errands.add_task(lambda: None)]
         await errands.join(timeout=10)
         assert all((r := errands.get(j.id)) is not None and r.finished for j in jobs)
+
+
+@pytest.mark.parametrize("mode", ["memory", "sqlite"])
+async def test_every_kind_of_task_gets_slots_when_concurrency_is_below_the_threads(
+    mode: str, tmp_path: object
+) -> None:
+    url = "memory://" if mode == "memory" else f"sqlite:///{tmp_path}/jobs.db"
+    errands = Errands(url, concurrency=4)  # fewer slots than the 16 threads
+
+    @errands.task
+    def in_a_thread(i: int) -> int:
+        return i
+
+    @errands.task
+    async def on_the_loop(i: int) -> int:
+        return i
+
+    jobs = [errands.add_task(t, i) for i in range(6) for t in (on_the_loop, in_a_thread)]
+    async with errands.lifespan():
+        for job in jobs:
+            assert (await job.wait(timeout=20)).status is JobStatus.SUCCEEDED

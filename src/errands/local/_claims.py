@@ -101,6 +101,7 @@ class Claims:
         self._registered = -1
         # Jobs claimed and not yet handed to their pool: not counted in its free().
         self._starting: dict[Kind, int] = {"async": 0, "thread": 0, "process": 0}
+        self._turn = 0  # which kind asks first
         self.failure: StoreError | None = None  # set when the store will not heal
 
     def wanted(self) -> None:
@@ -115,9 +116,11 @@ class Claims:
         if not wants:
             return
         self._dirty = False
-        total = sum(limit for _, limit in wants)
+        total = min(free, sum(most for _, most in wants))
         backend = self._backend
-        claim = functools.partial(backend.store.claim, backend.process_id, backend.lease, wants)
+        claim = functools.partial(
+            backend.store.claim, backend.process_id, backend.lease, wants, total
+        )
         if not backend.durable:
             self._claimed(total, claim)
             return
@@ -128,24 +131,26 @@ class Claims:
         )
 
     def _wants(self, free: int, batch: bool) -> list[Want]:
+        """What to ask the store for: each kind of task up to what its pool can start
+        now (the claim takes ``free`` at most in all, of what is due). The kinds take
+        turns going first, so that none starves the others."""
         names = self._by_kind()
         calls = self._backend.calls
-        wants: list[Want] = []
-        # Kinds bounded by their own pools first; async jobs take the rest.
         starting = self._starting
-        kinds: tuple[tuple[Kind, int, int], ...] = (
+        kinds: list[tuple[Kind, int, int]] = [
             ("thread", calls.threads.free() - starting["thread"], calls.threads.size),
             ("process", calls.processes.free() - starting["process"], calls.processes.processes),
             ("async", free, self._worker.concurrency),
-        )
-        for kind, capacity, size in kinds:
-            limit = min(free, capacity)
-            if not names.get(kind) or limit <= 0:
+        ]
+        self._turn = (self._turn + 1) % len(kinds)
+        wants: list[Want] = []
+        for kind, capacity, size in kinds[self._turn :] + kinds[: self._turn]:
+            most = min(free, capacity)
+            if not names.get(kind) or most <= 0:
                 continue
-            if batch and self._quarter and limit < max(1, size // self._quarter):
+            if batch and self._quarter and most < max(1, size // self._quarter):
                 continue
-            wants.append((names[kind], limit))
-            free -= limit
+            wants.append((names[kind], most))
         return wants
 
     def _by_kind(self) -> dict[Kind, tuple[str, ...]]:

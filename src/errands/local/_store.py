@@ -90,10 +90,15 @@ class Store(Protocol):
     def cancel(self, ids: Collection[str], reason: str) -> list[str]:
         """Cancel the given jobs that are still queued; returns the ids cancelled."""
 
-    def claim(self, owner: str, lease: float, wants: Sequence[Want]) -> list[JobRecord]:
-        """Take claimable jobs for ``owner`` for ``lease`` seconds: for each
-        ``(names, limit)`` of ``wants``, up to ``limit`` jobs whose name is in
-        ``names``, by due time and then in the order added.
+    def claim(
+        self, owner: str, lease: float, wants: Sequence[Want], limit: int | None = None
+    ) -> list[JobRecord]:
+        """Take claimable jobs for ``owner`` for ``lease`` seconds: at most ``limit``
+        in all (if given); for each ``(names, most)`` of ``wants`` in turn, up to ``most`` (and
+        what is left of ``limit``) jobs whose name is in ``names``, by due time and
+        then in the order added. Wants may ask for more than ``limit`` together: the
+        claim takes what is due (a worker offers each kind of task all it could run,
+        and takes no more than it has room for).
 
         Claiming marks a job running, sets its owner, lease and ``started_at``, and
         counts an attempt. Expired leases are dealt with first (see the module's

@@ -96,15 +96,19 @@ class MemoryStore:
                     cancelled.append(id)
         return cancelled
 
-    def claim(self, owner: str, lease: float, wants: Sequence[Want]) -> list[JobRecord]:
+    def claim(
+        self, owner: str, lease: float, wants: Sequence[Want], limit: int | None = None
+    ) -> list[JobRecord]:
+        if limit is None:
+            limit = sum(most for _, most in wants)
         now = utcnow()
         claimed: list[JobRecord] = []
         with self._lock:
             self._expire_leases(now)
-            for names, limit in wants:
+            for names, most in wants:
                 heaps = [heap for name in names if (heap := self._due.get(name))]
                 taken = 0
-                while taken < limit and heaps:
+                while taken < most and len(claimed) < limit and heaps:
                     heap = min(heaps, key=self._earliest)
                     if not heap or heap[0][0] > now:
                         break  # the earliest due job of these names is not due yet

@@ -137,9 +137,13 @@ class SQLiteStore(Transactions):
         return cancelled
 
     @mapped
-    def claim(self, owner: str, lease: float, wants: Sequence[Want]) -> list[JobRecord]:
-        groups = [(tuple(names), limit) for names, limit in wants if limit > 0 and names]
-        if not groups:
+    def claim(
+        self, owner: str, lease: float, wants: Sequence[Want], limit: int | None = None
+    ) -> list[JobRecord]:
+        groups = [(tuple(names), most) for names, most in wants if most > 0 and names]
+        if limit is None:
+            limit = sum(most for _, most in groups)
+        if not groups or limit <= 0:
             return []
         now = utcnow().timestamp()
         wanted = tuple(dict.fromkeys(name for names, _ in groups for name in names))
@@ -156,14 +160,15 @@ class SQLiteStore(Transactions):
         with self._write() as db:
             if expired:
                 self._expire_leases(db, now)
-            for names, limit in groups:
-                if not names:
+            for names, most in groups:
+                left = min(most, limit - len(claimed))
+                if not names or left <= 0:
                     continue
                 values: list[Any] = [owner, now + lease, now]
                 for name in names:
-                    values += (name, now, limit)
+                    values += (name, now, left)
                 if len(names) > 1:
-                    values.append(limit)
+                    values.append(left)
                 # One statement takes the group's jobs (chosen before any is marked).
                 rows = db.execute(_claim_sql(len(names)), values).fetchall()
                 rows.sort(key=lambda row: (row[RUN_AT], row[0]))  # due time, then FIFO
