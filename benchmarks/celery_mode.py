@@ -52,8 +52,9 @@ backend = redis.Redis.from_url(bench.BACKEND)
 def purge(worker_running: bool = False) -> None:
     """Empty the queue and the result backend (and, with no worker, its unacked set)."""
     broker.delete(bench.QUEUE)
-    if not worker_running:
+    if not worker_running:  # kombu's records, and errands' own (celery/_redis.py)
         broker.delete("unacked", "unacked_index", "unacked_mutex")
+        broker.delete("errands_unacked", "errands_unacked_index", "errands_unacked_mutex")
     backend.flushdb()
 
 
