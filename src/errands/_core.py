@@ -16,6 +16,7 @@ import anyio
 from ._attempt import Calls
 from ._backlog import Backlog
 from ._job import Job
+from ._modes import open_backend, resolve_url
 from ._options import Options, Runtime
 from ._payload import decode_arguments, encode_arguments, plain_size
 from ._plain import Lane, PlainJobs, new_plain_job
@@ -60,8 +61,6 @@ class Core:
 
             self.backend: Backend = backend_for_app(celery, runtime)
         else:
-            from ._modes import open_backend, resolve_url
-
             self.backend = open_backend(resolve_url(url), runtime)
         self._eager = False
         self.eager = eager
