@@ -77,6 +77,11 @@ class Worker:
         self.process.send_signal(signum)
         return self.output(timeout=30)
 
+    def printed(self) -> str:
+        """What it printed so far (pread: the child shares the file's offset)."""
+        fd = self.log.fileno()
+        return os.pread(fd, os.fstat(fd).st_size, 0).decode(errors="replace")
+
     def output(self, timeout: float) -> str:
         """All it printed, once it has exited."""
         self.process.wait(timeout=timeout)
@@ -363,3 +368,37 @@ def test_a_served_app_says_where_its_jobs_go_in_uvicorns_log(
     assert f"errands: worker running on sqlite:///{tmp_path}/jobs.db ({tmp_path}/jobs.db)" in (
         output
     )
+
+
+def test_a_second_sigterm_still_drains_and_a_second_ctrl_c_does_not(
+    env: dict[str, str], workers: list[Worker]
+) -> None:
+    """`timeout` and `kill -- -PGID` deliver SIGTERM to the process and to its group:
+    twice. That must not cut the drain short; Ctrl-C twice is the way to."""
+    app = app_module()
+    errands, slow = app.errands, app.slow
+
+    job = errands.add_task(slow, "first", 1.5)
+    worker = Worker(env, DRAIN="10")
+    workers.append(worker)
+    wait_for(lambda: started(env, "first"))
+    worker.process.send_signal(signal.SIGTERM)
+    wait_for(lambda: "draining for up to" in worker.printed())  # two, not one merged
+    worker.process.send_signal(signal.SIGTERM)
+    output = worker.output(timeout=30)
+    assert worker.process.returncode == 0, output
+    assert "already stopping" in output
+    assert fresh().get(job.id).status is JobStatus.SUCCEEDED  # type: ignore[union-attr]
+
+    job = errands.add_task(slow, "second", 30)
+    worker = Worker(env, DRAIN="10")
+    workers.append(worker)
+    wait_for(lambda: started(env, "second"))
+    worker.process.send_signal(signal.SIGINT)
+    wait_for(lambda: "draining for up to" in worker.printed())
+    worker.process.send_signal(signal.SIGINT)
+    output = worker.output(timeout=5)  # well before the task or the drain ends
+    assert worker.process.returncode == 1, output
+    assert "second Ctrl-C; exiting without draining" in output
+    record = fresh().get(job.id)  # left running: it comes back after its lease
+    assert record is not None and record.status is JobStatus.RUNNING

@@ -103,19 +103,25 @@ async def run_until_signalled(core: Core) -> None:
     loop = asyncio.get_running_loop()
     failure: list[BaseException] = []
 
-    def on_signal() -> None:
-        if stop.is_set():  # a second signal: do not wait for the drain
-            logger.warning("second signal; exiting without draining")
+    def on_signal(signum: int) -> None:
+        if not stop.is_set():
+            stop.set()
+        elif signum == signal.SIGINT:  # Ctrl-C again: do not wait for the drain
+            logger.warning("second Ctrl-C; exiting without draining")
             logging.shutdown()
             os._exit(1)
-        stop.set()
+        else:
+            # A SIGTERM again is no order to hurry: `timeout`, `kill -- -PGID` and
+            # some supervisors signal the process and its group, so it comes twice
+            # (uvicorn, too, forces an exit only on a second SIGINT).
+            logger.info("already stopping; draining (Ctrl-C again to exit at once)")
 
     def on_failure(exc: BaseException) -> None:
         failure.append(exc)
         stop.set()
 
     for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, on_signal)
+        loop.add_signal_handler(signum, on_signal, signum)
     try:
         async with serving(core) as worker:
             worker.on_failure = on_failure
