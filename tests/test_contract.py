@@ -10,7 +10,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -217,3 +217,46 @@ def test_a_job_no_live_worker_knows_is_left_for_one_that_does(running: Running) 
     time.sleep(0.3)  # polls that could have taken it
     [record] = [r for r in running.errands.jobs(limit=1000) if r.name == name]
     assert record.status is JobStatus.QUEUED and record.attempts == 0
+
+
+def test_a_delayed_job_waits_for_its_time_then_runs_and_the_next_one_after_it(
+    running: Running,
+) -> None:
+    t = tag()
+    sent = datetime.now(UTC)
+    response = running.client.post(f"/delayed/{t}", params={"delay": 2.0})
+    answered = datetime.now(UTC)
+    first, second = response.json()["jobs"]
+    record = get(running, first)
+    assert record.status is JobStatus.QUEUED and record.attempts == 0
+    # Counted from the commit: after the request came in, before its answer.
+    assert record.scheduled_at is not None
+    assert sent + timedelta(seconds=2) <= record.scheduled_at <= answered + timedelta(seconds=2)
+    assert at_or_after(record.run_at, record.scheduled_at)
+    time.sleep(1.0)
+    assert get(running, first).status is JobStatus.QUEUED
+    assert get(running, second).status is JobStatus.QUEUED
+    assert f"{t}-1" not in modes.lines()
+
+    done = running.finished(first)
+    assert done.status is JobStatus.SUCCEEDED
+    assert at_or_after(done.started_at, done.scheduled_at)
+    after = running.finished(second)
+    assert after.status is JobStatus.SUCCEEDED and after.scheduled_at is None
+    assert at_or_after(after.started_at, done.finished_at)
+
+
+def test_a_job_added_for_a_time_outside_a_request_runs_then(running: Running) -> None:
+    t = tag()
+    when = datetime.now(UTC) + timedelta(seconds=1.5)
+    job = running.errands.add_task(running.mode.record.options(at=when), t)
+    record = get(running, job.id)
+    assert record.status is JobStatus.QUEUED and record.scheduled_at == when
+    done = running.finished(job.id)
+    assert done.status is JobStatus.SUCCEEDED and done.result == t
+    assert at_or_after(done.started_at, when)
+    # A time already past means at once.
+    past = running.errands.add_task(
+        running.mode.record.options(at=datetime.now(UTC) - timedelta(days=1)), f"{t}-past"
+    )
+    assert running.finished(past.id, timeout=10).status is JobStatus.SUCCEEDED

@@ -15,6 +15,7 @@ PUBLIC = {
     "Errands",
     "ErrandsError",
     "InvalidArguments",
+    "InvalidOption",
     "Job",
     "JobRecord",
     "JobStatus",

@@ -440,3 +440,43 @@ def test_a_claim_takes_no_more_than_its_limit_in_all_of_what_is_due(store: Store
     assert ids(claimed) == ["b0", "a0", "a1"]
     assert ids(store.claim("w", 30, [(("a",), 5)], limit=5)) == ["a2"]
     assert store.claim("w", 30, [(("a",), 5)], limit=0) == []
+
+
+def test_a_released_job_is_due_at_its_scheduled_time_however_it_is_released(
+    store: Store,
+) -> None:
+    later = now() + timedelta(seconds=3600)
+    store.beat(process("web-1"))
+    store.enqueue(
+        [
+            job("by-request", owner="web-1", scheduled_at=later),
+            job("by-stop", owner="web-1", scheduled_at=later),
+            job("past", owner="web-1", scheduled_at=now() - timedelta(seconds=5)),
+        ]
+    )
+    store.release(["by-request", "past"])
+    store.stopped("web-1")  # the web process went away before releasing the other
+    assert ids(store.claim("w", 30, T)) == ["past"]  # a time gone by means at once
+    for id in ("by-request", "by-stop"):
+        record = store.get(id)
+        assert record is not None and record.owner is None
+        assert record.run_at == later and record.scheduled_at == later
+
+
+def test_the_sqlite_store_adds_the_columns_a_file_of_an_earlier_build_lacks(
+    tmp_path: Path,
+) -> None:
+    store = SQLiteStore(tmp_path / "old.db")
+    store.enqueue([job("a")])
+    store.close()
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "old.db") as db:  # as the first release made it
+        db.execute("ALTER TABLE errands_jobs DROP COLUMN scheduled_at")
+    store = SQLiteStore(tmp_path / "old.db")
+    later = now() + timedelta(seconds=60)
+    store.enqueue([job("b", scheduled_at=later)])
+    old, new = store.get("a"), store.get("b")
+    assert old is not None and old.scheduled_at is None
+    assert new is not None and new.scheduled_at == later
+    store.close()

@@ -23,6 +23,8 @@ def endpoint(tasks: BackgroundTasks) -> None:
     tasks.add_task(plain)                    # line 16: missing argument
     errands.add_task(send, "x", nope=1)      # line 17: unknown keyword
     reveal_type(errands.add_task(plain, 1))  # line 18
+    later: Job[str] = tasks.add_task(send.options(delay=60), "a@b.c")
+    tasks.add_task(send.options(delay=60), 42)  # line 20: wrong type, options or not
 """
 
 
@@ -34,6 +36,6 @@ def test_mypy_checks_add_task_arguments_against_the_function(tmp_path: Path) -> 
     )
     errors = [line for line in out.splitlines() if ": error:" in line]
     lines = sorted(int(line.split(":")[1]) for line in errors)
-    assert lines == [15, 16, 17], out
+    assert lines == [15, 16, 17, 20], out
     assert 'Revealed type is "errands._job.Job[None]"' in out
     assert status == 1

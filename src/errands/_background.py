@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar, overload
 
@@ -33,7 +34,7 @@ from starlette.requests import HTTPConnection
 from ._job import Job
 from ._lifecycle import running_core
 from ._plain import PlainJob, cancel_plain, new_plain_job, run_plain
-from ._record import JobRecord
+from ._record import JobRecord, utcnow
 from ._refusals import refuse
 from ._task import Task
 from ._threads import Threads
@@ -61,6 +62,7 @@ class _Entry:
     plain: PlainJob | None  # set for plain callables
     core: Core | None  # the task's instance; for plain ones, the running one
     committed: bool = False
+    delay: float | None = None  # task.options(delay=...): counted from the commit
 
 
 class Tasks:
@@ -102,7 +104,8 @@ class Tasks:
             core = func._core
             record = core.new_record(func, args, kwargs, after=self._last_stored.get(id(core)))
             self._last_stored[id(core)] = record.id
-            self._entries.append(_Entry(record, None, core))
+            delay = func.start.delay if func.start is not None else None
+            self._entries.append(_Entry(record, None, core, delay=delay))
             return Job(record.id, record.name, core)
         # Sync endpoints and dependencies call this from a thread: the running
         # instance is looked up in _commit, on the event loop (and checked there too).
@@ -196,6 +199,10 @@ class Tasks:
                 for entry in plain:
                     entry.committed = True
             if stored:
+                now = utcnow()
+                for entry in stored:
+                    if entry.delay is not None:
+                        entry.record.scheduled_at = now + timedelta(seconds=entry.delay)
                 await core.backend.commit([e.record for e in stored])
                 for entry in stored:
                     entry.committed = True
@@ -207,14 +214,15 @@ class Tasks:
         inline: list[_Entry] = []
         to_release: list[tuple[Core, str]] = []
         to_worker: list[tuple[Core, PlainJob]] = []
+        now = utcnow()
         for entry in self._entries:
             if not entry.committed:
                 continue  # dropped
             core = entry.core
             if entry.plain is None:
                 assert core is not None
-                if core.runs_inline:
-                    inline.append(entry)
+                if core.eager or (core.runs_inline and not _later(entry.record, now)):
+                    inline.append(entry)  # eager runs delayed jobs now, as Celery's does
                 else:
                     to_release.append((core, entry.record.id))
             elif core is None or core.worker is None or core.eager:
@@ -252,6 +260,12 @@ class Tasks:
                 elif cancel_plain(entry.plain, reason):
                     WAITERS.notify(entry.plain.id)
             entry.committed = False  # never released
+
+
+def _later(record: JobRecord, now: datetime) -> bool:
+    """Whether a job is delayed past ``now`` (then it waits in the store, even with no
+    worker in this process: ``join`` or a worker runs it when it is due)."""
+    return record.scheduled_at is not None and record.scheduled_at > now
 
 
 def _by_instance(pairs: Iterable[tuple[Core, T]]) -> list[tuple[Core, list[T]]]:

@@ -141,7 +141,7 @@ class Core:
                     f"and pass a reference to it"
                 )
             json_args, json_kwargs = decode_arguments(payload)
-        return JobRecord(
+        record = JobRecord(
             id=new_job_id(),
             name=task.name,
             args=json_args,
@@ -150,6 +150,9 @@ class Core:
             durable=self.backend.durable,
             after=after,
         )
+        if task.start is not None:  # in a request, a delay counts again from the commit
+            record.scheduled_at = task.start.scheduled(record.created_at)
+        return record
 
     def add_now(
         self, func: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any]

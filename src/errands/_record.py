@@ -124,6 +124,9 @@ class JobRecord:
     #: Attempts whose worker died (its lease ran out): counted in ``attempts``, not
     #: against the task's retries.
     lost: int = 0
+    #: When the job was asked to start (``task.options(delay=...)`` or ``at=``), or
+    #: None for at once. ``run_at`` is never earlier.
+    scheduled_at: datetime | None = None
 
     @property
     def finished(self) -> bool:
@@ -156,4 +159,5 @@ class JobRecord:
             self.owner,
             self.lease_until,
             self.lost,
+            self.scheduled_at,
         )

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
+import math
 from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar
 
 from ._policy import Policy
+from .exceptions import InvalidOption
 
 if TYPE_CHECKING:
     from ._core import Core
@@ -37,6 +42,58 @@ def callable_name(func: Any) -> str:
     return f"{module}.{qualname}" if module else qualname
 
 
+@dataclass(frozen=True, slots=True)
+class Start:
+    """When the jobs of a call may start (``Task.options``): ``delay`` seconds after
+    the job is kept (in a request: committed, as the endpoint returns), or ``at``."""
+
+    delay: float | None = None
+    at: datetime | None = None
+
+    def scheduled(self, now: datetime) -> datetime:
+        """The earliest start of a job kept at ``now``."""
+        if self.at is not None:
+            return self.at
+        assert self.delay is not None
+        return now + timedelta(seconds=self.delay)
+
+
+def check_start(name: str, delay: object, at: object) -> Start | None:
+    """The ``Start`` of ``task.options(delay=, at=)``, or an error naming what is wrong."""
+    if delay is not None and at is not None:
+        raise InvalidOption(
+            f"task {name!r}: give delay= or at=, not both (delay={delay!r}, at={at!r})"
+        )
+    if delay is not None:
+        if isinstance(delay, timedelta):
+            seconds = delay.total_seconds()
+        elif isinstance(delay, int | float) and not isinstance(delay, bool):
+            seconds = float(delay)
+        else:
+            raise InvalidOption(
+                f"task {name!r}: delay must be seconds (an int or a float) or a timedelta, "
+                f"got {delay!r}"
+            )
+        if not math.isfinite(seconds) or seconds < 0:
+            raise InvalidOption(
+                f"task {name!r}: delay must be 0 or more seconds, got {delay!r}; for a time "
+                f"of day, give at= an aware datetime"
+            )
+        return Start(delay=seconds)
+    if at is not None:
+        if not isinstance(at, datetime):
+            raise InvalidOption(
+                f"task {name!r}: at must be a datetime with a time zone, got {at!r}"
+            )
+        if at.utcoffset() is None:
+            raise InvalidOption(
+                f"task {name!r}: at={at!r} is a naive datetime (no time zone), which could "
+                f"mean any zone; give an aware one, e.g. datetime(..., tzinfo=UTC)"
+            )
+        return Start(at=at)
+    return None
+
+
 class Task(Generic[P, R]):
     """A function registered with ``@errands.task``.
 
@@ -44,6 +101,9 @@ class Task(Generic[P, R]):
     that is stored under ``name``, retried and timed out by ``policy``, and run by
     the workers of the Errands instance it was registered on.
     """
+
+    #: When the jobs of this call may start: set by ``options``, None for at once.
+    start: Start | None = None
 
     def __init__(
         self,
@@ -87,6 +147,19 @@ class Task(Generic[P, R]):
         if not all(key in rest for key in kwargs):
             return False
         return all(name in kwargs for name in names[len(args) : self._required])
+
+    def options(
+        self, *, delay: float | timedelta | None = None, at: datetime | None = None
+    ) -> Task[P, R]:
+        """This task, for one call with options: pass what it returns to ``add_task``.
+
+        ``delay`` (seconds, or a ``timedelta``): the job starts no sooner, counted from
+        when it is kept (in a request, when the endpoint returns). ``at`` (an aware
+        ``datetime``): no sooner than then; a time already past means at once.
+        """
+        bound = copy.copy(self)
+        bound.start = check_start(self.name, delay, at)
+        return bound
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return self.func(*args, **kwargs)

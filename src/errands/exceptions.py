@@ -3,7 +3,9 @@
 ```
 ErrandsError
  ├── ConfigurationError      bad URL or option, a task name registered twice, a
- │                           registered task used with another Errands instance
+ │    │                      registered task used with another Errands instance
+ │    └── InvalidOption      task.options(...) given a value it cannot take (also a
+ │                           ValueError)
  ├── InvalidArguments        add_task() arguments that do not fit the task's signature
  │    ├── NotSerializable    an argument (or a result) that JSON cannot carry
  │    └── PayloadTooLarge    arguments larger than max_payload
@@ -32,6 +34,7 @@ __all__ = [
     "ConfigurationError",
     "ErrandsError",
     "InvalidArguments",
+    "InvalidOption",
     "NotSerializable",
     "PayloadTooLarge",
     "ResultTooLarge",
@@ -49,6 +52,10 @@ class ErrandsError(Exception):
 
 class ConfigurationError(ErrandsError):
     """An Errands instance or a task was set up in a way that cannot work."""
+
+
+class InvalidOption(ConfigurationError, ValueError):
+    """An option given to ``task.options(...)`` is not one errands can honour."""
 
 
 class InvalidArguments(ErrandsError, TypeError):

@@ -237,6 +237,15 @@ def make(mode: str, *, path: str = "", queue: str = "errands-modes") -> Mode:
         ]
         return {"jobs": [job.id for job in jobs]}
 
+    @app.post("/delayed/{tag}")
+    async def delayed(tag: str, delay: float, background: BackgroundTasks) -> dict[str, list[str]]:
+        """A delayed job, and one after it in the same request (it waits for it)."""
+        jobs = [
+            background.add_task(tasks.record.options(delay=delay), f"{tag}-1"),
+            background.add_task(tasks.record, f"{tag}-2"),
+        ]
+        return {"jobs": [job.id for job in jobs]}
+
     @app.post("/slow/{tag}")
     def slow_endpoint(tag: str, background: BackgroundTasks) -> dict[str, str]:
         return {"job": background.add_task(tasks.slow, tag, 1.0).id}

@@ -25,12 +25,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Collection, Sequence
+from datetime import datetime
 from typing import Any
 
 from celery import Celery, states
 from celery.backends.redis import RedisBackend
 
-from .._record import JobRecord, JobStatus
+from .._record import JobRecord, JobStatus, utcnow
 from .._tuning import CELERY_PUBLISH_RETRIES, CELERY_RECENT, CELERY_TRACKED
 from ..exceptions import BrokerUnavailable, ConfigurationError, StoreError
 from ._results import (
@@ -38,6 +39,7 @@ from ._results import (
     CHAIN,
     FINAL,
     MAX_ATTEMPTS,
+    SCHEDULED_AT,
     SET_UNLESS_FINAL,
     chains,
     check_app,
@@ -308,6 +310,14 @@ class Publisher:
         stamps = {MAX_ATTEMPTS: described.get("max_attempts") or 1}
         if described.get("after"):
             stamps[AFTER] = described["after"]
+        eta = None
+        if scheduled := described.get("scheduled_at"):
+            stamps[SCHEDULED_AT] = scheduled
+            # Celery's countdown: the worker that takes the message holds it (on Redis,
+            # renewing it; see _redis.py) and starts it no sooner.
+            eta = datetime.fromisoformat(scheduled)
+            if eta <= utcnow():
+                eta = None
         message = amqp.create_task_message(
             described["id"],
             name,
@@ -316,6 +326,7 @@ class Publisher:
             reply_to=app.thread_oid,
             create_sent_event=app.conf.task_send_sent_event,
             stamped_headers=list(stamps),
+            eta=eta,
             **stamps,
             **options,
         )
@@ -409,4 +420,7 @@ class Publisher:
 
 def _queued(job: JobRecord) -> dict[str, Any]:
     """What a queued job's record keeps beyond its name and arguments."""
-    return {"max_attempts": job.max_attempts, "after": job.after}
+    kept: dict[str, Any] = {"max_attempts": job.max_attempts, "after": job.after}
+    if job.scheduled_at is not None:
+        kept["scheduled_at"] = job.scheduled_at.isoformat()
+    return kept

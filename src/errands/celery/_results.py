@@ -35,6 +35,7 @@ ERROR = "errands_error"
 TRACEBACK = "errands_traceback"
 RUN_AT = "errands_run_at"
 AFTER = "errands_after"
+SCHEDULED_AT = "errands_scheduled_at"
 
 _STATUS = {
     states.PENDING: JobStatus.QUEUED,
@@ -132,6 +133,7 @@ def message_body(job: JobRecord) -> dict[str, Any]:
         "kwargs": job.kwargs,
         "max_attempts": job.max_attempts,
         "after": job.after,
+        "scheduled_at": job.scheduled_at.isoformat() if job.scheduled_at else None,
     }
 
 
@@ -191,6 +193,7 @@ _STAMP = {
     "after": AFTER,
     "started_at": STARTED_AT,
     "run_at": RUN_AT,
+    "scheduled_at": SCHEDULED_AT,
     "error": ERROR,
     "traceback": TRACEBACK,
 }
@@ -233,8 +236,9 @@ _STAMP = {
 #   in the records the web process writes, then a stamp on the message the worker
 #   that finished that job published.
 # - run_at: when the job was due: its creation (jobs are published before the
-#   response, never held back), or after a failed attempt when its retry is due.
-#   Never None.
+#   response, never held back) or its scheduled time, or after a failed attempt
+#   when its retry is due. Never None.
+# - scheduled_at: from the records the web process writes, then a stamp.
 #
 # A job whose worker died reads ``running`` until another worker starts it again:
 # Celery keeps no lease that could say the attempt is over.
@@ -266,7 +270,10 @@ def to_record(id: str, meta: dict[str, Any]) -> JobRecord | None:
     record.lost = count(known.get("lost"))
     record.after = known.get("after")
     record.started_at = _time(known.get("started_at"))
-    record.run_at = _time(known.get("run_at")) or record.created_at
+    record.scheduled_at = _time(known.get("scheduled_at"))
+    record.run_at = _time(known.get("run_at")) or max(
+        record.created_at, record.scheduled_at or record.created_at
+    )
     retries = meta.get("retries")
     if fields is None and isinstance(retries, int):
         # RETRY is stored before the retry is sent: its count is of attempts made; a

@@ -28,6 +28,7 @@ from ._results import (
     LOST,
     MAX_ATTEMPTS,
     RUN_AT,
+    SCHEDULED_AT,
     STARTED_AT,
     TRACEBACK,
     count,
@@ -60,7 +61,8 @@ def begin(request: Any, task: Task[Any, Any], store: Publisher) -> dict[str, Any
         "owner": getattr(request, "hostname", None),
         "error": stamps.get(ERROR),
         "traceback": stamps.get(TRACEBACK),
-        "run_at": stamps.get(RUN_AT),
+        "run_at": stamps.get(RUN_AT) or stamps.get(SCHEDULED_AT),
+        "scheduled_at": stamps.get(SCHEDULED_AT),
         "after": stamps.get(AFTER),
         "lost": lost,
     }

@@ -127,7 +127,8 @@ class LocalBackend(Backend):
     def add(self, records: Sequence[JobRecord]) -> None:
         now = utcnow()
         for record in records:
-            record.run_at = now
+            scheduled = record.scheduled_at
+            record.run_at = now if scheduled is None or scheduled < now else scheduled
         if not self.durable:
             self._backlog.reserve_blocking(len(records))
         self._enqueue(records)
@@ -149,7 +150,10 @@ class LocalBackend(Backend):
         until = utcnow() + timedelta(seconds=self._options.hold)
         for record in records:
             record.owner = owner
-            record.run_at = until
+            # Released, a job is due at its scheduled time (or at once); a job never
+            # released is due when its hold ends, never before its scheduled time.
+            scheduled = record.scheduled_at
+            record.run_at = until if scheduled is None or scheduled < until else scheduled
         if not self.durable:
             await self._backlog.reserve(len(records))
             self._enqueue(records)

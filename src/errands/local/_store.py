@@ -85,7 +85,8 @@ class Store(Protocol):
 
     def release(self, ids: Collection[str]) -> None:
         """Make unreleased jobs claimable now (their request's response has been
-        sent): ``run_at`` becomes now, ``owner`` None. Other jobs are left alone."""
+        sent): ``run_at`` becomes now (or the job's ``scheduled_at``, if later), ``owner``
+        None. Other jobs are left alone. Releasing a gone process's jobs does the same."""
 
     def cancel(self, ids: Collection[str], reason: str) -> list[str]:
         """Cancel the given jobs that are still queued; returns the ids cancelled."""

@@ -322,7 +322,8 @@ class MemoryStore:
         )
 
     def _release(self, job: JobRecord, now: datetime) -> None:
-        job.run_at = now
+        scheduled = job.scheduled_at
+        job.run_at = now if scheduled is None or scheduled < now else scheduled
         job.owner = None
         if job.id not in self._blocked:
             self._schedule(job)

@@ -54,7 +54,8 @@ def _json(text: str | None, column: str) -> Any:
 def record(row: Row) -> JobRecord:
     """The record of a row of ``COLUMNS``; ``Unreadable`` if it cannot be one."""
     (id, name, status, args, kwargs, attempts, max_attempts, result, error, trace, created_at,
-     started_at, finished_at, run_at, after, owner, lease_until, lost) = row  # fmt: skip
+     started_at, finished_at, run_at, after, owner, lease_until, lost, scheduled_at,
+     ) = row  # fmt: skip
     try:
         state = JobStatus(status)
     except ValueError:
@@ -80,6 +81,7 @@ def record(row: Row) -> JobRecord:
             owner=owner,
             lease_until=dt(lease_until),
             lost=lost,
+            scheduled_at=dt(scheduled_at),
         )
     except (TypeError, OverflowError, OSError) as exc:  # a time that is not a number
         raise Unreadable(f"a time in it is not a timestamp ({exc})") from None

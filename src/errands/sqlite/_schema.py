@@ -22,7 +22,8 @@ CREATE TABLE IF NOT EXISTS errands_jobs (
     after TEXT,
     owner TEXT,
     lease_until REAL,
-    lost INTEGER NOT NULL DEFAULT 0
+    lost INTEGER NOT NULL DEFAULT 0,
+    scheduled_at REAL
 );
 DROP INDEX IF EXISTS errands_jobs_due;
 DROP INDEX IF EXISTS errands_jobs_lease;
@@ -57,11 +58,16 @@ CREATE TABLE IF NOT EXISTS errands_processes (
 
 COLUMNS = (
     "id, name, status, args, kwargs, attempts, max_attempts, result, error, traceback, "
-    "created_at, started_at, finished_at, run_at, after, owner, lease_until, lost"
+    "created_at, started_at, finished_at, run_at, after, owner, lease_until, lost, "
+    "scheduled_at"
 )
+#: Columns added since the first release, each with its definition: a file made by an
+#: earlier build gets them when opened (earlier builds ignore them: they name their
+#: columns, and a job they add has none of what these record).
+ADDED = {"scheduled_at": "REAL"}
 #: Where ``run_at`` is in a row of ``seq, {COLUMNS}``.
 RUN_AT = 1 + COLUMNS.split(", ").index("run_at")
-INSERT = f"INSERT INTO errands_jobs ({COLUMNS}) VALUES ({', '.join('?' * 18)})"
+INSERT = f"INSERT INTO errands_jobs ({COLUMNS}) VALUES ({', '.join('?' * 19)})"
 
 UNFINISHED = "('queued', 'running')"
 #: A job waiting for the job added before it in its request.

@@ -26,7 +26,7 @@ from .._tuning import BUSY_TIMEOUT, MAX_LOST_LEASES, PURGE_CHUNK
 from ..exceptions import ConfigurationError
 from ..local._store import ProcessInfo, Want, poison_error
 from ._rows import Row, Unreadable, corrupt_error, dumps, process_info, record, ts, unreadable
-from ._schema import BLOCKED, COLUMNS, INSERT, PROCESS_COLUMNS, RUN_AT, SCHEMA
+from ._schema import ADDED, BLOCKED, COLUMNS, INSERT, PROCESS_COLUMNS, RUN_AT, SCHEMA
 from ._transactions import Transactions, mapped
 
 logger = logging.getLogger("errands")
@@ -38,6 +38,10 @@ _CLAIMABLE = (
     "FROM errands_jobs j WHERE j.status = 'queued' AND j.name = ? AND j.run_at <= ? "
     f"AND NOT {BLOCKED}"
 )
+
+
+#: A released job is due now (parameter), or at its scheduled time if that is later.
+_RELEASED_RUN_AT = "MAX(?, COALESCE(scheduled_at, 0))"
 
 
 @functools.lru_cache(maxsize=64)
@@ -89,7 +93,18 @@ class SQLiteStore(Transactions):
         super().__init__(path, busy_timeout)
         self._warned: set[str] = set()
         try:
-            self._db().executescript(SCHEMA)
+            db = self._db()
+            db.executescript(SCHEMA)
+            have = {row[1] for row in db.execute("PRAGMA table_info(errands_jobs)")}
+            for column, definition in ADDED.items():
+                if column not in have:  # a file made by an earlier build
+                    with self._write() as write:
+                        if column not in {
+                            row[1] for row in write.execute("PRAGMA table_info(errands_jobs)")
+                        }:
+                            write.execute(
+                                f"ALTER TABLE errands_jobs ADD COLUMN {column} {definition}"
+                            )
         except sqlite3.Error as exc:
             self.close()
             raise self._error(exc) from exc
@@ -104,7 +119,7 @@ class SQLiteStore(Transactions):
                 dumps(job.kwargs, "{}"), job.attempts, job.max_attempts, None, job.error,
                 job.traceback,
                 job.created_at.timestamp(), ts(job.started_at), ts(job.finished_at),
-                ts(job.run_at), job.after, job.owner, None, job.lost,
+                ts(job.run_at), job.after, job.owner, None, job.lost, ts(job.scheduled_at),
             )
             for job in jobs
         ]  # fmt: skip
@@ -116,7 +131,7 @@ class SQLiteStore(Transactions):
         now = utcnow().timestamp()
         with self._write() as db:
             db.executemany(
-                "UPDATE errands_jobs SET run_at = ?, owner = NULL WHERE id = ? "
+                f"UPDATE errands_jobs SET run_at = {_RELEASED_RUN_AT}, owner = NULL WHERE id = ? "
                 "AND status = 'queued' AND attempts = 0 AND owner IS NOT NULL",
                 [(now, id) for id in ids],
             )
@@ -347,8 +362,8 @@ class SQLiteStore(Transactions):
         jobs (no index by owner: it would cost every enqueue, for a rare event)."""
         marks = ", ".join("?" * len(owners))
         db.execute(
-            "UPDATE errands_jobs INDEXED BY errands_claimable SET run_at = ?, owner = NULL "
-            f"WHERE status = 'queued' AND attempts = 0 AND owner IN ({marks})",
+            f"UPDATE errands_jobs INDEXED BY errands_claimable SET run_at = {_RELEASED_RUN_AT}, "
+            f"owner = NULL WHERE status = 'queued' AND attempts = 0 AND owner IN ({marks})",
             (now, *owners),
         )
 
