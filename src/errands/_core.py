@@ -73,6 +73,8 @@ class Core:
 
     @eager.setter
     def eager(self, value: bool) -> None:
+        if not isinstance(value, bool):
+            raise ConfigurationError(f"eager must be True or False, got {value!r}")
         if value:
             self.backend.check_eager()
         self._eager = value

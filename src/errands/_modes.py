@@ -31,6 +31,11 @@ MODES: dict[str, tuple[str, str, str | None]] = {
 
 def resolve_url(url: str | None) -> str:
     """The explicit URL, else ``$ERRANDS_URL``, else the default."""
+    if url is not None and (not isinstance(url, str) or not url):
+        raise ConfigurationError(
+            f"the errands URL must be a non-empty str, got {url!r}; leave it out (None) "
+            f"for ${ENV_VAR} or {DEFAULT_URL}"
+        )
     return url or os.environ.get(ENV_VAR) or DEFAULT_URL
 
 

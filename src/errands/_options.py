@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ._tuning import HOLD
+from ._tuning import HOLD, MAX_SECONDS, MIN_LEASE
 from .exceptions import ConfigurationError
 
 if TYPE_CHECKING:
@@ -36,6 +37,14 @@ class Options:
     only_registered: bool = False
 
     def __post_init__(self) -> None:
+        check_whole(
+            concurrency=self.concurrency,
+            threads=self.threads,
+            max_backlog=self.max_backlog,
+            max_payload=self.max_payload,
+            max_result=self.max_result,
+            processes=self.processes,
+        )
         check_positive(
             concurrency=self.concurrency,
             threads=self.threads,
@@ -52,6 +61,20 @@ class Options:
             drain_timeout=self.drain_timeout,
             processes=self.processes,
         )
+        check_seconds(
+            lease=self.lease,
+            hold=self.hold,
+            retention=self.retention,
+            publish_timeout=self.publish_timeout,
+            backlog_timeout=self.backlog_timeout,
+            drain_timeout=self.drain_timeout,
+        )
+        if self.lease < MIN_LEASE:
+            raise ConfigurationError(
+                f"lease must be at least {MIN_LEASE} s (it is renewed every third of it), "
+                f"got {self.lease!r}"
+            )
+        check_flags(worker=self.worker, only_registered=self.only_registered)
         if not self.processes:
             self.processes = os.cpu_count() or 1
 
@@ -70,9 +93,33 @@ def check_not_negative(**values: Any) -> None:
             raise ConfigurationError(f"{name} must be >= 0, got {value!r}")
 
 
+def check_whole(**values: Any) -> None:
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigurationError(f"{name} must be a whole number (an int), got {value!r}")
+
+
+def check_seconds(**values: Any) -> None:
+    """Durations: at most ``MAX_SECONDS`` (times past it are beyond what a date holds)."""
+    for name, value in values.items():
+        _check_number(name, value)
+        if value > MAX_SECONDS:
+            raise ConfigurationError(
+                f"{name} must be at most {MAX_SECONDS:,} s (ten years), got {value!r}"
+            )
+
+
+def check_flags(**values: Any) -> None:
+    for name, value in values.items():
+        if not isinstance(value, bool):
+            raise ConfigurationError(f"{name} must be True or False, got {value!r}")
+
+
 def _check_number(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+    if isinstance(value, bool) or not isinstance(value, int | float):
         raise ConfigurationError(f"{name} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ConfigurationError(f"{name} must be a finite number, got {value!r}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 
-from ._tuning import MAX_BACKOFF
+from ._tuning import MAX_BACKOFF, MAX_SECONDS
 from .exceptions import ConfigurationError
 
 
@@ -19,13 +20,16 @@ class Policy:
     timeout: float | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.retries, int) or self.retries < 0:
+        if isinstance(self.retries, bool) or not isinstance(self.retries, int) or self.retries < 0:
             raise ConfigurationError(f"retries must be an int >= 0, got {self.retries!r}")
-        if self.backoff < 0:
-            raise ConfigurationError(f"backoff must be >= 0 seconds, got {self.backoff!r}")
-        if self.timeout is not None and self.timeout <= 0:
+        if not _seconds(self.backoff) or self.backoff < 0:
             raise ConfigurationError(
-                f"timeout must be > 0 seconds or None (no limit), got {self.timeout!r}"
+                f"backoff must be a finite number of seconds >= 0, got {self.backoff!r}"
+            )
+        if self.timeout is not None and (not _seconds(self.timeout) or self.timeout <= 0):
+            raise ConfigurationError(
+                f"timeout must be a finite number of seconds > 0 (at most {MAX_SECONDS:,}), "
+                f"or None for no limit, got {self.timeout!r}"
             )
 
     @property
@@ -42,3 +46,13 @@ class Policy:
             return None
         ceiling = min(MAX_BACKOFF, self.backoff * 2 ** (attempts - 1))
         return random.uniform(0, ceiling)
+
+
+def _seconds(value: object) -> bool:
+    """A number of seconds a date can hold: finite, at most ``MAX_SECONDS``."""
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and abs(value) <= MAX_SECONDS
+    )

@@ -90,3 +90,9 @@ CELERY_PUBLISH_RETRIES = {
 #: message (AMQP headers must stay small): longer ones are cut, with a marker.
 CELERY_MAX_ERROR = 2_000
 CELERY_MAX_TRACEBACK = 8_000
+
+#: The longest duration an option or a task's timeout may give (ten years): a date
+#: further ahead than this is of no use, and far enough ahead is none a date can hold.
+MAX_SECONDS = 10 * 365 * 24 * 3600
+#: The shortest ``lease`` (renewed every third of it).
+MIN_LEASE = 0.1

@@ -18,4 +18,10 @@ def open_backend(url: str, runtime: Runtime) -> LocalBackend:
             f"invalid errands URL {url!r}: give the database file as sqlite:///jobs.db "
             f"(relative) or sqlite:////var/lib/app/jobs.db (absolute)"
         )
+    if path == ":memory:" or path.startswith("file:") or "\x00" in path:
+        raise ConfigurationError(
+            f"invalid errands URL {url!r}: give a file's path. An in-memory SQLite database "
+            f"is private to one connection, and errands uses one a thread; for jobs kept in "
+            f"this process only, use memory://"
+        )
     return LocalBackend(SQLiteStore(path), runtime, url)
