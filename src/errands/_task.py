@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar
 
 from ._policy import Policy
+from ._tuning import MAX_SECONDS
 from .exceptions import InvalidOption
 
 if TYPE_CHECKING:
@@ -74,10 +75,10 @@ def check_start(name: str, delay: object, at: object) -> Start | None:
                 f"task {name!r}: delay must be seconds (an int or a float) or a timedelta, "
                 f"got {delay!r}"
             )
-        if not math.isfinite(seconds) or seconds < 0:
+        if not math.isfinite(seconds) or not 0 <= seconds <= MAX_SECONDS:
             raise InvalidOption(
-                f"task {name!r}: delay must be 0 or more seconds, got {delay!r}; for a time "
-                f"of day, give at= an aware datetime"
+                f"task {name!r}: delay must be 0 or more seconds, at most {MAX_SECONDS:,} "
+                f"(ten years), got {delay!r}; for a time of day, give at= an aware datetime"
             )
         return Start(delay=seconds)
     if at is not None:
