@@ -14,7 +14,7 @@ import anyio
 from ._core import Core
 from ._job import Job
 from ._lifecycle import serving, web_lifespan
-from ._options import Options, check_positive
+from ._options import Options, check_count
 from ._policy import Policy
 from ._record import JobRecord, JobStatus
 from ._stats import Stats
@@ -97,7 +97,7 @@ class Errands:
             only_registered=only_registered,
         )
         if processes is not None:
-            check_positive(processes=processes)
+            check_count("processes", processes, least=1)
         self._core = Core(options, url=url, celery=celery, eager=eager)
 
     def __repr__(self) -> str:
@@ -237,10 +237,10 @@ class Errands:
         """
         core = self._core
         if concurrency is not None:
-            check_positive(concurrency=concurrency)
+            check_count("concurrency", concurrency, least=1)
             core.options.concurrency = concurrency
         if processes is not None:
-            check_positive(processes=processes)
+            check_count("processes", processes, least=1)
             core.processes.processes = processes
         core.backend.run_worker(
             core, concurrency=concurrency, extra=celery_args, log_level=log_level

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ._policy import is_seconds
 from ._tuning import HOLD, MAX_SECONDS, MIN_LEASE
 from .exceptions import ConfigurationError
 
@@ -37,89 +37,48 @@ class Options:
     only_registered: bool = False
 
     def __post_init__(self) -> None:
-        check_whole(
-            concurrency=self.concurrency,
-            threads=self.threads,
-            max_backlog=self.max_backlog,
-            max_payload=self.max_payload,
-            max_result=self.max_result,
-            processes=self.processes,
-        )
-        check_positive(
-            concurrency=self.concurrency,
-            threads=self.threads,
-            max_backlog=self.max_backlog,
-            lease=self.lease,
-            hold=self.hold,
-            max_payload=self.max_payload,
-            max_result=self.max_result,
-            retention=self.retention,
-            publish_timeout=self.publish_timeout,
-        )
-        check_not_negative(
-            backlog_timeout=self.backlog_timeout,
-            drain_timeout=self.drain_timeout,
-            processes=self.processes,
-        )
-        check_seconds(
-            lease=self.lease,
-            hold=self.hold,
-            retention=self.retention,
-            publish_timeout=self.publish_timeout,
-            backlog_timeout=self.backlog_timeout,
-            drain_timeout=self.drain_timeout,
-        )
+        for name in ("concurrency", "threads", "max_backlog", "max_payload", "max_result"):
+            check_count(name, getattr(self, name), least=1)
+        check_count("processes", self.processes, least=0)
+        for name in ("lease", "hold", "retention", "publish_timeout"):
+            check_seconds(name, getattr(self, name), zero=False)
+        for name in ("backlog_timeout", "drain_timeout"):
+            check_seconds(name, getattr(self, name), zero=True)
         if self.lease < MIN_LEASE:
             raise ConfigurationError(
                 f"lease must be at least {MIN_LEASE} s (it is renewed every third of it), "
                 f"got {self.lease!r}"
             )
-        check_flags(worker=self.worker, only_registered=self.only_registered)
+        for name in ("worker", "only_registered"):
+            check_flag(name, getattr(self, name))
         if not self.processes:
             self.processes = os.cpu_count() or 1
 
 
-def check_positive(**values: Any) -> None:
-    for name, value in values.items():
-        _check_number(name, value)
-        if value <= 0:
-            raise ConfigurationError(f"{name} must be > 0, got {value!r}")
+def check_count(name: str, value: Any, *, least: int) -> None:
+    """A whole number of things (jobs, threads, bytes), ``least`` or more."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigurationError(f"{name} must be a whole number (an int), got {value!r}")
+    if value < least:
+        raise ConfigurationError(f"{name} must be >= {least}, got {value!r}")
 
 
-def check_not_negative(**values: Any) -> None:
-    for name, value in values.items():
-        _check_number(name, value)
-        if value < 0:
-            raise ConfigurationError(f"{name} must be >= 0, got {value!r}")
-
-
-def check_whole(**values: Any) -> None:
-    for name, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigurationError(f"{name} must be a whole number (an int), got {value!r}")
-
-
-def check_seconds(**values: Any) -> None:
-    """Durations: at most ``MAX_SECONDS`` (times past it are beyond what a date holds)."""
-    for name, value in values.items():
-        _check_number(name, value)
-        if value > MAX_SECONDS:
-            raise ConfigurationError(
-                f"{name} must be at most {MAX_SECONDS:,} s (ten years), got {value!r}"
-            )
-
-
-def check_flags(**values: Any) -> None:
-    for name, value in values.items():
-        if not isinstance(value, bool):
-            raise ConfigurationError(f"{name} must be True or False, got {value!r}")
-
-
-def _check_number(name: str, value: Any) -> None:
+def check_seconds(name: str, value: Any, *, zero: bool) -> None:
+    """A duration in seconds: > 0 (or >= 0 with ``zero``), at most ``MAX_SECONDS``."""
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigurationError(f"{name} must be a number, got {value!r}")
-    if not math.isfinite(value):
-        raise ConfigurationError(f"{name} must be a finite number, got {value!r}")
+        raise ConfigurationError(f"{name} must be a number of seconds, got {value!r}")
+    if not is_seconds(value):
+        raise ConfigurationError(
+            f"{name} must be a finite number of seconds, at most {MAX_SECONDS:,} (ten "
+            f"years), got {value!r}"
+        )
+    if value < 0 or (value == 0 and not zero):
+        raise ConfigurationError(f"{name} must be {'>=' if zero else '>'} 0, got {value!r}")
+
+
+def check_flag(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ConfigurationError(f"{name} must be True or False, got {value!r}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,11 +22,11 @@ class Policy:
     def __post_init__(self) -> None:
         if isinstance(self.retries, bool) or not isinstance(self.retries, int) or self.retries < 0:
             raise ConfigurationError(f"retries must be an int >= 0, got {self.retries!r}")
-        if not _seconds(self.backoff) or self.backoff < 0:
+        if not is_seconds(self.backoff) or self.backoff < 0:
             raise ConfigurationError(
                 f"backoff must be a finite number of seconds >= 0, got {self.backoff!r}"
             )
-        if self.timeout is not None and (not _seconds(self.timeout) or self.timeout <= 0):
+        if self.timeout is not None and (not is_seconds(self.timeout) or self.timeout <= 0):
             raise ConfigurationError(
                 f"timeout must be a finite number of seconds > 0 (at most {MAX_SECONDS:,}), "
                 f"or None for no limit, got {self.timeout!r}"
@@ -48,8 +48,9 @@ class Policy:
         return random.uniform(0, ceiling)
 
 
-def _seconds(value: object) -> bool:
-    """A number of seconds a date can hold: finite, at most ``MAX_SECONDS``."""
+def is_seconds(value: object) -> bool:
+    """A duration a date can hold: a finite int or float of at most ``MAX_SECONDS``
+    either way (a bool is no duration)."""
     return (
         isinstance(value, int | float)
         and not isinstance(value, bool)

@@ -132,6 +132,12 @@ class JobRecord:
     def finished(self) -> bool:
         return self.status.finished
 
+    def due(self, now: datetime) -> datetime:
+        """When the job may start if let go at ``now``: then, or when it is scheduled
+        (``scheduled_at``), whichever is later."""
+        scheduled = self.scheduled_at
+        return now if scheduled is None or scheduled < now else scheduled
+
     @property
     def failures(self) -> int:
         """Attempts that ran to a failure (not counting those whose worker died)."""

@@ -5,13 +5,12 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar
 
-from ._policy import Policy
+from ._policy import Policy, is_seconds
 from ._tuning import MAX_SECONDS
 from .exceptions import InvalidOption
 
@@ -75,7 +74,7 @@ def check_start(name: str, delay: object, at: object) -> Start | None:
                 f"task {name!r}: delay must be seconds (an int or a float) or a timedelta, "
                 f"got {delay!r}"
             )
-        if not math.isfinite(seconds) or not 0 <= seconds <= MAX_SECONDS:
+        if not is_seconds(seconds) or seconds < 0:
             raise InvalidOption(
                 f"task {name!r}: delay must be 0 or more seconds, at most {MAX_SECONDS:,} "
                 f"(ten years), got {delay!r}; for a time of day, give at= an aware datetime"

@@ -127,8 +127,7 @@ class LocalBackend(Backend):
     def add(self, records: Sequence[JobRecord]) -> None:
         now = utcnow()
         for record in records:
-            scheduled = record.scheduled_at
-            record.run_at = now if scheduled is None or scheduled < now else scheduled
+            record.run_at = record.due(now)
         if not self.durable:
             self._backlog.reserve_blocking(len(records))
         self._enqueue(records)
@@ -152,8 +151,7 @@ class LocalBackend(Backend):
             record.owner = owner
             # Released, a job is due at its scheduled time (or at once); a job never
             # released is due when its hold ends, never before its scheduled time.
-            scheduled = record.scheduled_at
-            record.run_at = until if scheduled is None or scheduled < until else scheduled
+            record.run_at = record.due(until)
         if not self.durable:
             await self._backlog.reserve(len(records))
             self._enqueue(records)

@@ -322,8 +322,7 @@ class MemoryStore:
         )
 
     def _release(self, job: JobRecord, now: datetime) -> None:
-        scheduled = job.scheduled_at
-        job.run_at = now if scheduled is None or scheduled < now else scheduled
+        job.run_at = job.due(now)
         job.owner = None
         if job.id not in self._blocked:
             self._schedule(job)

@@ -40,7 +40,14 @@ _CLAIMABLE = (
 )
 
 
-#: A released job is due now (parameter), or at its scheduled time if that is later.
+def _missing(db: sqlite3.Connection) -> list[str]:
+    """The columns of ``ADDED`` that the file's job table lacks."""
+    have = {row[1] for row in db.execute("PRAGMA table_info(errands_jobs)")}
+    return [column for column in ADDED if column not in have]
+
+
+#: A released job is due now (parameter), or at its scheduled time if that is later
+#: (``JobRecord.due`` in SQL).
 _RELEASED_RUN_AT = "MAX(?, COALESCE(scheduled_at, 0))"
 
 
@@ -93,18 +100,11 @@ class SQLiteStore(Transactions):
         super().__init__(path, busy_timeout)
         self._warned: set[str] = set()
         try:
-            db = self._db()
-            db.executescript(SCHEMA)
-            have = {row[1] for row in db.execute("PRAGMA table_info(errands_jobs)")}
-            for column, definition in ADDED.items():
-                if column not in have:  # a file made by an earlier build
-                    with self._write() as write:
-                        if column not in {
-                            row[1] for row in write.execute("PRAGMA table_info(errands_jobs)")
-                        }:
-                            write.execute(
-                                f"ALTER TABLE errands_jobs ADD COLUMN {column} {definition}"
-                            )
+            self._db().executescript(SCHEMA)
+            if _missing(self._db()):  # a file made by an earlier build
+                with self._write() as db:
+                    for column in _missing(db):  # again: another process may have added it
+                        db.execute(f"ALTER TABLE errands_jobs ADD COLUMN {column} {ADDED[column]}")
         except sqlite3.Error as exc:
             self.close()
             raise self._error(exc) from exc
