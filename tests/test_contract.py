@@ -260,3 +260,35 @@ def test_a_job_added_for_a_time_outside_a_request_runs_then(running: Running) ->
         running.mode.record.options(at=datetime.now(UTC) - timedelta(days=1)), f"{t}-past"
     )
     assert running.finished(past.id, timeout=10).status is JobStatus.SUCCEEDED
+
+
+def test_a_caller_chosen_id_keeps_one_job_however_often_it_is_added(running: Running) -> None:
+    key = f"once:{tag()}"
+    first = running.client.post(f"/once/{key}").json()
+    assert first == {"id": key, "created": True, "again": False}  # the same id twice
+    record = running.finished(key)
+    assert record.status is JobStatus.SUCCEEDED and record.result == f"once-{key}"
+    assert running.client.post(f"/once/{key}").json() == {
+        "id": key,
+        "created": False,
+        "again": False,
+    }
+    # Outside a request too: a handle to the job kept, and nothing added.
+    job = running.errands.add_task(running.mode.record.options(job_id=key), "other")
+    assert (job.id, job.created) == (key, False)
+    time.sleep(0.5)  # time enough to run, were anything added
+    assert modes.lines().count(f"once-{key}") == 1
+    assert "never" not in modes.lines() and "other" not in modes.lines()
+    assert get(running, key).args == [f"once-{key}"]
+    fresh = running.errands.add_task(running.mode.record.options(job_id=f"{key}-b"), "b")
+    assert fresh.created and running.finished(fresh.id).result == "b"
+
+
+def test_a_jobs_priority_is_in_its_record(running: Running) -> None:
+    t = tag()
+    job = running.errands.add_task(running.mode.record.options(priority=7), t)
+    assert get(running, job.id).priority == 7
+    done = running.finished(job.id)
+    assert done.status is JobStatus.SUCCEEDED and done.priority == 7
+    plain = running.errands.add_task(running.mode.record, f"{t}-plain")
+    assert running.finished(plain.id).priority == 0

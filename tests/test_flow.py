@@ -46,6 +46,18 @@ def test_options_give_the_same_task_for_one_call_and_leave_the_task_alone() -> N
             {"delay": 5, "at": datetime(2030, 1, 1, tzinfo=UTC)},
             "give delay= or at=, not both",
         ),
+        ({"job_id": ""}, "job_id must be 1 to 200 characters, got 0"),
+        ({"job_id": "x" * 201}, "job_id must be 1 to 200 characters, got 201"),
+        ({"job_id": 42}, "job_id must be a str, got 42"),
+        ({"job_id": "a\nb"}, "holds a control character or a lone surrogate"),
+        ({"job_id": "a\udcffb"}, "holds a control character or a lone surrogate"),
+        (
+            {"priority": "high"},
+            "priority must be an int (higher runs first, default 0), got 'high'",
+        ),
+        ({"priority": 1.5}, "priority must be an int"),
+        ({"priority": True}, "priority must be an int"),
+        ({"priority": 10**7}, "priority must be from -1,000,000 to 1,000,000, got 10000000"),
     ],
 )
 def test_bad_options_are_refused_naming_the_value_and_what_is_valid(
@@ -127,3 +139,73 @@ def test_a_delay_survives_a_restart_of_the_process_on_sqlite(tmp_path: Path) -> 
     stored = again.get(job.id)
     assert stored is not None and stored.status is JobStatus.QUEUED
     assert stored.scheduled_at == when and stored.run_at == when
+
+
+def test_a_tasks_priority_is_the_default_of_its_jobs_and_a_call_may_change_it() -> None:
+    errands = Errands("memory://")
+
+    @errands.task(name="urgent", priority=5)
+    def urgent(x: int) -> int:
+        return x
+
+    assert urgent.priority == 5 and urgent.options(priority=-2).priority == -2
+    assert errands.get(errands.add_task(urgent, 1).id).priority == 5  # type: ignore[union-attr]
+    job = errands.add_task(urgent.options(priority=9, job_id="u-9"), 2)
+    assert job.id == "u-9" and errands.get("u-9").priority == 9  # type: ignore[union-attr]
+    with pytest.raises(InvalidOption, match="'bad': priority must be an int"):
+        errands.task(name="bad", priority="high")(lambda: None)  # type: ignore[call-overload]
+    assert "bad" not in errands._core.tasks
+
+
+@pytest.mark.parametrize("url", ["memory://", "sqlite"])
+def test_due_jobs_run_highest_priority_first_and_a_request_keeps_its_order(
+    url: str, tmp_path: Path
+) -> None:
+    errands = Errands(url if url == "memory://" else f"sqlite:///{tmp_path}/j.db", concurrency=1)
+    app = FastAPI()
+    ran: list[str] = []
+
+    @errands.task(name="record")
+    async def record(x: str) -> None:
+        ran.append(x)
+
+    @app.post("/")
+    def endpoint(tasks: BackgroundTasks) -> None:
+        tasks.add_task(record, "request-1")
+        tasks.add_task(record.options(priority=100), "request-2")  # waits for request-1
+
+    for name, priority in [("low", -1), ("plain", 0), ("high", 10), ("higher", 20)]:
+        errands.add_task(record.options(priority=priority), name)
+    # No lifespan: on SQLite its jobs wait in the store; on memory they run in the
+    # request, as FastAPI's do.
+    TestClient(app).post("/")
+    errands.add_task(record.options(priority=10), "high-2")
+    anyio.run(errands.join, 10)
+    if url == "memory://":
+        assert ran == ["request-1", "request-2", "higher", "high", "high-2", "plain", "low"]
+    else:
+        assert ran == ["higher", "high", "high-2", "plain", "request-1", "request-2", "low"]
+
+
+def test_a_job_after_one_whose_id_was_kept_waits_for_the_kept_job() -> None:
+    errands = Errands("memory://")
+    app = FastAPI()
+    ran: list[str] = []
+
+    @errands.task(name="record")
+    def record(x: str) -> None:
+        ran.append(x)
+
+    @app.post("/")
+    def endpoint(tasks: BackgroundTasks) -> list[object]:
+        charge = tasks.add_task(record.options(job_id="charge:1"), "charge")
+        receipt = tasks.add_task(record, "receipt")
+        return [charge.created, receipt.id]
+
+    client = TestClient(app)
+    assert client.post("/").json()[0] is True
+    created, receipt = client.post("/").json()
+    assert created is False
+    assert errands.get(receipt).after == "charge:1"  # type: ignore[union-attr]
+    anyio.run(errands.join, 10)
+    assert ran[:1] == ["charge"] and ran.count("charge") == 1 and ran.count("receipt") == 2

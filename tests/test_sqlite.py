@@ -221,16 +221,17 @@ def test_concurrent_requests_share_transactions_and_one_bad_one_fails_alone(
 
     async def main() -> list[BaseException | None]:
         await core.backend.commit([records[0]])
-        clash = dataclasses.replace(records[1], id=records[0].id)  # the same id again
+        bad = dataclasses.replace(records[1], id="bad", name=None)  # NOT NULL: refused
         results = await asyncio.gather(
-            *(core.backend.commit([r]) for r in [*records[1:100], clash, *records[100:]]),
+            *(core.backend.commit([r]) for r in [*records[1:100], bad, *records[100:]]),
             return_exceptions=True,
         )
         return list(results)
 
     results = asyncio.run(main())
-    failures = [r for r in results if r is not None]
+    failures = [r for r in results if not isinstance(r, list)]
     assert len(failures) == 1 and isinstance(failures[0], StoreError)
+    assert all(r == [] for r in results if isinstance(r, list))  # each kept its jobs
     assert len(store.jobs(limit=1000)) == 200
     assert 1 < len(transactions) < 100  # requests were written together
 

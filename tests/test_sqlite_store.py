@@ -232,13 +232,17 @@ def test_a_bad_write_in_a_merged_group_fails_alone(tmp_path: Path) -> None:
     def held(id: str) -> JobRecord:
         return JobRecord(id=id, name="t", owner="web", run_at=now() + timedelta(seconds=60))
 
-    writes = [_Write(None, store.enqueue, [held(id)]) for id in ("a", "taken", "b")] + [
-        _Write(None, store.release, ["a"]),
-        _Write(None, store.release, ["b", "taken"]),
-    ]
+    bad = held("bad")
+    bad.args = [object()]  # cannot be stored
+    again = held("taken")
+    writes = [_Write(None, store.enqueue, [job]) for job in (held("a"), bad, held("b"), again)]
+    writes += [_Write(None, store.release, ["a"]), _Write(None, store.release, ["b", "taken"])]
     outcomes = GroupCommit(store.batch)._run(writes)
-    assert [ok for ok, _ in outcomes] == [True, False, True, True, True]
-    assert "UNIQUE" in str(outcomes[1][1])
+    assert [ok for ok, _ in outcomes] == [True, False, True, True, True, True]
+    assert "not JSON serializable" in str(outcomes[1][1])
+    # A job whose id is kept is not added: its write says so, and the others' do not.
+    assert [value for _, value in outcomes[2:4]] == [[], [again]]
+    assert store.get("bad") is None
     for id in ("a", "b"):
         record = store.get(id)  # stored, then released
         assert record is not None and record.owner is None
@@ -320,8 +324,27 @@ PREVIOUS_BUILD = """
         WHERE finished_at IS NOT NULL;
 """
 
+# The build before priorities: scheduled_at, and claims by name in due order.
+BEFORE_PRIORITIES = """
+    CREATE TABLE errands_jobs (
+        seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE,
+        name TEXT NOT NULL, status TEXT NOT NULL, args TEXT NOT NULL, kwargs TEXT NOT NULL,
+        attempts INTEGER NOT NULL, max_attempts INTEGER NOT NULL, result TEXT, error TEXT,
+        traceback TEXT, created_at REAL NOT NULL, started_at REAL, finished_at REAL,
+        run_at REAL, after TEXT, owner TEXT, lease_until REAL,
+        lost INTEGER NOT NULL DEFAULT 0, scheduled_at REAL);
+    CREATE INDEX errands_claimable ON errands_jobs (name, run_at, seq) WHERE status = 'queued';
+    CREATE INDEX errands_running ON errands_jobs (lease_until) WHERE status = 'running';
+    CREATE INDEX errands_finished ON errands_jobs (status, finished_at)
+        WHERE finished_at IS NOT NULL;
+"""
 
-@pytest.mark.parametrize("schema", [FIRST_BUILD, PREVIOUS_BUILD], ids=["first", "previous"])
+
+@pytest.mark.parametrize(
+    "schema",
+    [FIRST_BUILD, PREVIOUS_BUILD, BEFORE_PRIORITIES],
+    ids=["first", "previous", "before-priorities"],
+)
 def test_a_file_from_an_earlier_build_gets_the_new_indexes_and_tables(
     tmp_path: Path, schema: str
 ) -> None:
@@ -343,8 +366,12 @@ def test_a_file_from_an_earlier_build_gets_the_new_indexes_and_tables(
         )
     }
     assert indexes == {"errands_claimable", "errands_running", "errands_finished"}
-    store.enqueue([job("new")])
-    assert [j.id for j in store.claim("w", 30, T)] == ["waiting", "new"]
+    claimable = [row[2] for row in store._db().execute("PRAGMA index_info(errands_claimable)")]
+    assert claimable == ["name", "priority", "run_at", "seq"]
+    store.enqueue([job("new"), job("first", priority=1)])
+    assert [j.id for j in store.claim("w", 30, T)] == ["first", "waiting", "new"]
+    waiting = store.get("waiting")
+    assert waiting is not None and waiting.priority == 0 and waiting.cancel_requested_at is None
     store.beat(ProcessInfo("web", "web", "host", 1, (), now(), now()))
     assert [p.id for p in store.processes()] == ["web"]
     store.close()

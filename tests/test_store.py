@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from errands import JobRecord, JobStatus, StoreError
+from errands import JobRecord, JobStatus
 from errands.local import Store
 from errands.local._store import ProcessInfo
 from errands.memory import MemoryStore
@@ -62,14 +62,50 @@ def test_enqueued_jobs_can_be_read_back_as_copies(store: Store) -> None:
     assert store.get("missing") is None
 
 
-def test_a_job_id_already_stored_is_refused_and_nothing_of_the_call_is_kept(
+def test_a_job_whose_id_is_kept_is_not_added_and_is_returned_the_others_are_added(
     store: Store,
 ) -> None:
-    store.enqueue([job("a")])
-    with pytest.raises(StoreError):
-        store.enqueue([job("b"), job("a")])
-    assert store.get("b") is None
-    assert store.unfinished() == 1
+    first = job("a", args=["first"])
+    assert store.enqueue([first]) == []
+    again, other, twice = job("a", args=["again"]), job("b"), job("b", args=["twice"])
+    assert store.enqueue([again, other, twice]) == [again, twice]  # the very records
+    kept = store.get("a")
+    assert kept is not None and kept.args == ["first"]  # what was kept stands
+    b = store.get("b")
+    assert b is not None and b.args == []
+    assert store.unfinished() == 2
+    # A finished job keeps its id too (until it is purged).
+    [claimed] = store.claim("w", 30, T, 1)
+    assert store.complete(claimed, "done")
+    assert store.enqueue([job(claimed.id)]) != []
+    assert store.purge(now() + timedelta(seconds=1)) == 1
+    assert store.enqueue([job(claimed.id)]) == []
+
+
+def test_due_jobs_are_claimed_highest_priority_first_then_in_due_order(store: Store) -> None:
+    old = job("old")
+    old.run_at = now() - timedelta(seconds=5)  # due sooner: first of its priority
+    later = now() + timedelta(hours=1)
+    store.enqueue(
+        [
+            job("low", priority=-1),
+            job("plain-1"),
+            job("high", priority=10),
+            job("plain-2"),
+            old,
+            job("urgent-later", owner="web", priority=50, scheduled_at=later),
+            job("also-high", priority=10),
+        ]
+    )
+    store.release(["urgent-later"])  # not due for an hour: priority does not make it due
+    order = []
+    while claimed := store.claim("w", 30, [(("t",), 2)], 2):
+        order += ids(claimed)
+    assert order == ["high", "also-high", "old", "plain-1", "plain-2", "low"]
+    # Across names, the same order.
+    store.enqueue([job("x1", name="x"), job("y1", name="y", priority=3), job("x2", name="x")])
+    both = [(("x", "y"), 3)]
+    assert ids(store.claim("w", 30, both, 3)) == ["y1", "x1", "x2"]
 
 
 def test_the_store_says_where_its_jobs_are(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -20,7 +20,7 @@ and records its ``Outcome`` in its own way.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ._record import JobRecord, JobStatus
@@ -67,14 +67,20 @@ class Backend(ABC):
     # -- adding jobs ----------------------------------------------------------------
 
     @abstractmethod
-    def add(self, records: Sequence[JobRecord]) -> None:
-        """Add jobs now, runnable at once (outside a request; any thread)."""
+    def add(self, records: Sequence[JobRecord], *, chosen: Collection[str] = ()) -> list[JobRecord]:
+        """Add jobs now, runnable at once (outside a request; any thread). Returns the
+        records not added because a job with their id is kept. ``chosen``: the ids
+        that callers chose (``job_id``); others are new ids, which no job has yet."""
 
     @abstractmethod
-    async def commit(self, records: Sequence[JobRecord]) -> None:
+    async def commit(
+        self, records: Sequence[JobRecord], *, chosen: Collection[str] = ()
+    ) -> list[JobRecord]:
         """Keep a request's jobs before its response leaves, in order (each record's
         ``after`` names the one before it). Raises ``StoreError`` if they could not
-        be kept: then nothing of them is."""
+        be kept: then nothing of them is. Returns, as ``add``, the records not added
+        because a job with their id is kept: those are not this request's to
+        release or cancel."""
 
     @abstractmethod
     async def release(self, ids: Sequence[str]) -> None:

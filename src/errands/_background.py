@@ -63,6 +63,11 @@ class _Entry:
     core: Core | None  # the task's instance; for plain ones, the running one
     committed: bool = False
     delay: float | None = None  # task.options(delay=...): counted from the commit
+    job: Job[Any] | None = None  # the handle given out (registered tasks)
+    #: Its id is the caller's (job_id=): at most one job is kept with it.
+    chosen: bool = False
+    #: Not stored at the commit: a job with its id was kept already.
+    duplicate: bool = False
 
 
 class Tasks:
@@ -102,11 +107,18 @@ class Tasks:
             return self._add_now(func, args, kwargs)
         if isinstance(func, Task):
             core = func._core
+            if func.job_id is not None and (kept := self._kept(func)) is not None:
+                # The request's next job waits for the one kept under this id (it
+                # stands for this call), as it would for one added here.
+                self._last_stored[id(core)] = kept.id
+                return kept
             record = core.new_record(func, args, kwargs, after=self._last_stored.get(id(core)))
             self._last_stored[id(core)] = record.id
             delay = func.start.delay if func.start is not None else None
-            self._entries.append(_Entry(record, None, core, delay=delay))
-            return Job(record.id, record.name, core)
+            handle: Job[Any] = Job(record.id, record.name, core)
+            chosen = func.job_id is not None
+            self._entries.append(_Entry(record, None, core, delay=delay, job=handle, chosen=chosen))
+            return handle
         # Sync endpoints and dependencies call this from a thread: the running
         # instance is looked up in _commit, on the event loop (and checked there too).
         job = new_plain_job(func, args, kwargs)
@@ -115,6 +127,19 @@ class Tasks:
             running.check_plain(job.name)
         self._entries.append(_Entry(job, job, None))
         return Job(job.id, job.name, None, job)
+
+    def _kept(self, task: Task[Any, Any]) -> Job[Any] | None:
+        """A handle to the job kept under the task's ``job_id``, added earlier in this
+        request or stored already; None if there is none (yet)."""
+        id = task.job_id
+        assert id is not None
+        for entry in self._entries:
+            if entry.record.id == id and entry.core is task._core:
+                return Job(id, entry.record.name, task._core, created=False)
+        record = task._core.backend.get(id)
+        if record is None:
+            return None
+        return Job(id, record.name, task._core, created=False)
 
     def _add_now(self, func: Callable[..., Any], args: Any, kwargs: Any) -> Job[Any]:
         # Added after the response was sent (e.g. in a dependency's teardown).
@@ -203,9 +228,12 @@ class Tasks:
                 for entry in stored:
                     if entry.delay is not None:
                         entry.record.scheduled_at = now + timedelta(seconds=entry.delay)
-                await core.backend.commit([e.record for e in stored])
+                chosen = {e.record.id for e in stored if e.chosen}
+                kept = await core.backend.commit([e.record for e in stored], chosen=chosen)
                 for entry in stored:
                     entry.committed = True
+                if kept:  # another request stored these ids first: theirs, not ours
+                    _duplicates(stored, kept)
 
     async def _release(self) -> None:
         if self._phase == _RELEASED:
@@ -216,8 +244,8 @@ class Tasks:
         to_worker: list[tuple[Core, PlainJob]] = []
         now = utcnow()
         for entry in self._entries:
-            if not entry.committed:
-                continue  # dropped
+            if not entry.committed or entry.duplicate:
+                continue  # dropped, or another request's job
             core = entry.core
             if entry.plain is None:
                 assert core is not None
@@ -245,7 +273,7 @@ class Tasks:
         committed_stored = (
             (e.core, e.record)
             for e in entries
-            if e.plain is None and e.committed and e.core is not None
+            if e.plain is None and e.committed and e.core is not None and not e.duplicate
         )
         for core, records in _by_instance(committed_stored):
             try:
@@ -260,6 +288,16 @@ class Tasks:
                 elif cancel_plain(entry.plain, reason):
                     WAITERS.notify(entry.plain.id)
             entry.committed = False  # never released
+
+
+def _duplicates(entries: list[_Entry], kept: list[JobRecord]) -> None:
+    """Mark the entries whose record was not stored (their id was kept already)."""
+    not_added = {id(record) for record in kept}
+    for entry in entries:
+        if id(entry.record) in not_added:
+            entry.duplicate = True
+            if entry.job is not None:
+                entry.job.created = False
 
 
 def _later(record: JobRecord, now: datetime) -> bool:

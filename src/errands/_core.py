@@ -82,7 +82,13 @@ class Core:
     # -- tasks --------------------------------------------------------------------------
 
     def register(
-        self, fn: Callable[P, R], *, name: str | None, policy: Policy, process: bool
+        self,
+        fn: Callable[P, R],
+        *,
+        name: str | None,
+        policy: Policy,
+        process: bool,
+        priority: int = 0,
     ) -> Task[P, R]:
         if isinstance(fn, Task):
             raise ConfigurationError(f"{fn!r} is already a registered task")
@@ -96,7 +102,9 @@ class Core:
             )
         if process:
             check_process_task(fn, task_name)
-        task = Task(fn, name=task_name, policy=policy, core=self, process=process)
+        task = Task(
+            fn, name=task_name, policy=policy, core=self, process=process, priority=priority
+        )
         self.backend.register(task)
         self.tasks[task_name] = task
         return task
@@ -144,13 +152,14 @@ class Core:
                 )
             json_args, json_kwargs = decode_arguments(payload)
         record = JobRecord(
-            id=new_job_id(),
+            id=task.job_id or new_job_id(),
             name=task.name,
             args=json_args,
             kwargs=json_kwargs,
             max_attempts=task.policy.max_attempts,
             durable=self.backend.durable,
             after=after,
+            priority=task.priority,
         )
         if task.start is not None:  # in a request, a delay counts again from the commit
             record.scheduled_at = task.start.scheduled(record.created_at)
@@ -164,8 +173,9 @@ class Core:
         if isinstance(func, Task):
             self.check_owner(func)
             record = self.new_record(func, args, kwargs)
-            self.backend.add([record])
-            return Job(record.id, record.name, self)
+            chosen = {record.id} if func.job_id is not None else set()
+            kept = self.backend.add([record], chosen=chosen)
+            return Job(record.id, record.name, self, created=not kept)
         job = new_plain_job(func, args, kwargs)
         self.check_plain(job.name)
         self.backlog.reserve_blocking(1)

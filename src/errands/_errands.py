@@ -137,6 +137,7 @@ class Errands:
         backoff: float = 1.0,
         timeout: float | None = None,
         process: bool = False,
+        priority: int = 0,
     ) -> TaskDecorator: ...
 
     def task(
@@ -149,6 +150,7 @@ class Errands:
         backoff: float = 1.0,
         timeout: float | None = None,
         process: bool = False,
+        priority: int = 0,
     ) -> Task[Any, Any] | TaskDecorator:
         """Register a function (``def`` or ``async def``) as a task of this instance.
 
@@ -157,12 +159,15 @@ class Errands:
         seconds, and each attempt is bounded by ``timeout`` seconds. Arguments and
         results must be JSON data. Calling the task still calls the function.
         With ``process=True`` (``def`` functions defined at module level) each attempt
-        runs in a process of its own, and a timeout kills it.
+        runs in a process of its own, and a timeout kills it. Among jobs that are due,
+        those of higher ``priority`` run first (``task.options(priority=)`` for a call).
         """
         policy = Policy(retries=retries, backoff=backoff, timeout=timeout)
 
         def register(fn: Callable[P, R], /) -> Task[P, R]:
-            return self._core.register(fn, name=name, policy=policy, process=process)
+            return self._core.register(
+                fn, name=name, policy=policy, process=process, priority=priority
+            )
 
         return register(func) if func is not None else register
 

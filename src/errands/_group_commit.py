@@ -41,7 +41,7 @@ class _Write:
     """One write: ``call()``, or ``bulk(items)`` that may be merged with others."""
 
     call: Callable[[], Any] | None
-    bulk: Callable[[Sequence[Any]], None] | None
+    bulk: Callable[[Sequence[Any]], Sequence[Any] | None] | None
     items: Sequence[Any]
 
 
@@ -67,10 +67,12 @@ class GroupCommit:
         return self._submit(_Write(operation, None, ()))
 
     def submit_bulk(
-        self, method: Callable[[Sequence[T]], None], items: Sequence[T]
-    ) -> asyncio.Future[None]:
+        self, method: Callable[[Sequence[T]], Sequence[T] | None], items: Sequence[T]
+    ) -> asyncio.Future[list[T]]:
         """Queue ``method(items)``, to be merged with the batch's other calls of
-        ``method`` (see the module's docstring for which writes may be)."""
+        ``method`` (see the module's docstring for which writes may be). ``method``
+        may return some of the items it was given (those it left alone, say): each
+        write's future gets those of its own items, as a list."""
         return self._submit(_Write(None, method, items))
 
     def _submit(self, write: _Write) -> asyncio.Future[Any]:
@@ -114,7 +116,7 @@ class GroupCommit:
 
     def _run(self, writes: list[_Write]) -> list[_Outcome]:
         outcomes: list[_Outcome | None] = [None] * len(writes)
-        bulks: dict[Callable[[Sequence[Any]], None], list[int]] = {}
+        bulks: dict[Callable[[Sequence[Any]], Sequence[Any] | None], list[int]] = {}
         for index, write in enumerate(writes):
             if write.bulk is not None:
                 bulks.setdefault(write.bulk, []).append(index)
@@ -123,17 +125,27 @@ class GroupCommit:
             for method, indexes in bulks.items():
                 if len(indexes) > 1:
                     merged = [item for i in indexes for item in writes[i].items]
-                    if _outcome(method, merged)[0]:
+                    ok, returned = _outcome(method, merged)
+                    if ok:
                         for i in indexes:
-                            outcomes[i] = (True, None)
+                            outcomes[i] = (True, _own(returned, writes[i].items))
                         continue
                 for i in indexes:  # alone, or again one by one after the merged call failed
-                    outcomes[i] = _outcome(method, writes[i].items)
+                    ok, returned = _outcome(method, writes[i].items)
+                    outcomes[i] = (ok, _own(returned, writes[i].items) if ok else returned)
             for index, write in enumerate(writes):
                 if write.call is not None:
                     outcomes[index] = _outcome(write.call)
         assert all(outcome is not None for outcome in outcomes)
         return outcomes  # type: ignore[return-value]
+
+
+def _own(returned: Sequence[Any] | None, items: Sequence[Any]) -> list[Any]:
+    """Of the items a bulk call returned, those of one write (by identity)."""
+    if not returned:
+        return []
+    mine = {id(item) for item in items}
+    return [item for item in returned if id(item) in mine]
 
 
 def _outcome(call: Callable[..., Any], *args: Any) -> _Outcome:

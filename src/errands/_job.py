@@ -25,15 +25,26 @@ class Job(Generic[R]):
     up later with ``errands.get(id)``.
     """
 
-    __slots__ = ("_core", "_local", "id", "name")
+    __slots__ = ("_core", "_local", "created", "id", "name")
 
     def __init__(
-        self, id: str, name: str, core: Core | None, local: JobRecord | None = None
+        self,
+        id: str,
+        name: str,
+        core: Core | None,
+        local: JobRecord | None = None,
+        *,
+        created: bool = True,
     ) -> None:
         self.id = id
         self.name = name
         self._core = core
         self._local = local
+        #: False when a job with this id (``task.options(job_id=...)``) was already
+        #: kept: this call added nothing, and the handle is that job's. In a request,
+        #: decided when ``add_task`` is called, and made sure when the endpoint
+        #: returns (a request racing with the same id may have stored it meanwhile).
+        self.created = created
 
     @property
     def durable(self) -> bool:

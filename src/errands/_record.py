@@ -127,6 +127,12 @@ class JobRecord:
     #: When the job was asked to start (``task.options(delay=...)`` or ``at=``), or
     #: None for at once. ``run_at`` is never earlier.
     scheduled_at: datetime | None = None
+    #: Among jobs that are due, higher runs first (the task's, or ``options(priority=)``);
+    #: equal priorities in the order they fell due, then were added.
+    priority: int = 0
+    #: When ``errands.cancel`` asked a running job to stop: it ends ``cancelled`` when
+    #: its attempt does (at once for ``async def``), whatever the attempt's outcome.
+    cancel_requested_at: datetime | None = None
 
     @property
     def finished(self) -> bool:
@@ -166,4 +172,6 @@ class JobRecord:
             self.lease_until,
             self.lost,
             self.scheduled_at,
+            self.priority,
+            self.cancel_requested_at,
         )

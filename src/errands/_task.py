@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar
 
 from ._policy import Policy, is_seconds
-from ._tuning import MAX_SECONDS
+from ._tuning import MAX_PRIORITY, MAX_SECONDS
 from .exceptions import InvalidOption
 
 if TYPE_CHECKING:
@@ -94,6 +94,51 @@ def check_start(name: str, delay: object, at: object) -> Start | None:
     return None
 
 
+#: The longest ``job_id`` a caller may choose.
+MAX_JOB_ID = 200
+
+
+def check_job_id(name: str, job_id: object) -> str:
+    """A caller-chosen job id: a non-empty str of at most ``MAX_JOB_ID`` characters."""
+    if not isinstance(job_id, str):
+        raise InvalidOption(f"task {name!r}: job_id must be a str, got {job_id!r}")
+    if not job_id or len(job_id) > MAX_JOB_ID:
+        raise InvalidOption(
+            f"task {name!r}: job_id must be 1 to {MAX_JOB_ID} characters, got "
+            f"{len(job_id)} ({job_id[:40]!r}{'...' if len(job_id) > 40 else ''}); e.g. "
+            f'f"charge:{{order_id}}"'
+        )
+    if not job_id.isprintable() or not _encodable(job_id):
+        raise InvalidOption(
+            f"task {name!r}: job_id {job_id!r} holds a control character or a lone "
+            f'surrogate; use printable text, e.g. f"charge:{{order_id}}"'
+        )
+    return job_id
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def check_priority(name: str, priority: object) -> int:
+    """A job's priority: an int from ``-MAX_PRIORITY`` to ``MAX_PRIORITY``."""
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise InvalidOption(
+            f"task {name!r}: priority must be an int (higher runs first, default 0), "
+            f"got {priority!r}"
+        )
+    if abs(priority) > MAX_PRIORITY:
+        raise InvalidOption(
+            f"task {name!r}: priority must be from {-MAX_PRIORITY:,} to {MAX_PRIORITY:,}, "
+            f"got {priority!r}"
+        )
+    return priority
+
+
 class Task(Generic[P, R]):
     """A function registered with ``@errands.task``.
 
@@ -104,6 +149,8 @@ class Task(Generic[P, R]):
 
     #: When the jobs of this call may start: set by ``options``, None for at once.
     start: Start | None = None
+    #: The id the job of this call gets (``options(job_id=)``), None for a new one.
+    job_id: str | None = None
 
     def __init__(
         self,
@@ -113,11 +160,14 @@ class Task(Generic[P, R]):
         policy: Policy,
         core: Core,
         process: bool = False,
+        priority: int = 0,
     ) -> None:
         self.func = func
         self.name = name
         self.policy = policy
         self._core = core
+        #: Among jobs that are due, higher runs first (``options(priority=)`` for a call).
+        self.priority = check_priority(name, priority)
         #: Each attempt runs in a process of its own.
         self.process = process
         self.is_async = is_async_callable(func)
@@ -149,16 +199,27 @@ class Task(Generic[P, R]):
         return all(name in kwargs for name in names[len(args) : self._required])
 
     def options(
-        self, *, delay: float | timedelta | None = None, at: datetime | None = None
+        self,
+        *,
+        delay: float | timedelta | None = None,
+        at: datetime | None = None,
+        job_id: str | None = None,
+        priority: int | None = None,
     ) -> Task[P, R]:
         """This task, for one call with options: pass what it returns to ``add_task``.
 
         ``delay`` (seconds, or a ``timedelta``): the job starts no sooner, counted from
         when it is kept (in a request, when the endpoint returns). ``at`` (an aware
         ``datetime``): no sooner than then; a time already past means at once.
+        ``job_id``: the job's id; while a job with that id is kept, adding another
+        adds nothing and gives a handle to it (``job.created`` is False).
+        ``priority``: among due jobs, higher runs first (default: the task's).
         """
         bound = copy.copy(self)
         bound.start = check_start(self.name, delay, at)
+        bound.job_id = None if job_id is None else check_job_id(self.name, job_id)
+        if priority is not None:
+            bound.priority = check_priority(self.name, priority)
         return bound
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:

@@ -96,3 +96,6 @@ CELERY_MAX_TRACEBACK = 8_000
 MAX_SECONDS = 10 * 365 * 24 * 3600
 #: The shortest ``lease`` (renewed every third of it).
 MIN_LEASE = 0.1
+#: Priorities run from -MAX_PRIORITY to MAX_PRIORITY (Celery's brokers map them onto
+#: their own few levels: see docs/celery.md).
+MAX_PRIORITY = 1_000_000

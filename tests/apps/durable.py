@@ -63,6 +63,12 @@ async def add_note(token: str, tasks: BackgroundTasks) -> str:
     return job.id
 
 
+@app.post("/once/{key}")
+async def add_once(key: str, tasks: BackgroundTasks) -> dict[str, object]:
+    job = tasks.add_task(note.options(job_id=key), key)
+    return {"id": job.id, "created": job.created}
+
+
 @app.post("/slow/{token}")
 async def add_slow(token: str, seconds: float, tasks: BackgroundTasks) -> str:
     return tasks.add_task(slow, token, seconds).id

@@ -246,6 +246,13 @@ def make(mode: str, *, path: str = "", queue: str = "errands-modes") -> Mode:
         ]
         return {"jobs": [job.id for job in jobs]}
 
+    @app.post("/once/{key}")
+    async def once(key: str, background: BackgroundTasks) -> dict[str, object]:
+        """A job with a caller-chosen id, then one after it in the same request."""
+        job = background.add_task(tasks.record.options(job_id=key), f"once-{key}")
+        again = background.add_task(tasks.record.options(job_id=key), "never")
+        return {"id": job.id, "created": job.created, "again": again.created}
+
     @app.post("/slow/{tag}")
     def slow_endpoint(tag: str, background: BackgroundTasks) -> dict[str, str]:
         return {"job": background.add_task(tasks.slow, tag, 1.0).id}

@@ -15,7 +15,7 @@ import functools
 import logging
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -77,35 +77,43 @@ class CeleryBackend(Backend):
 
     # -- adding jobs ------------------------------------------------------------------
 
-    def add(self, records: Sequence[JobRecord]) -> None:
-        self.publisher.enqueue(records)  # in the calling thread: it may block
+    def add(self, records: Sequence[JobRecord], *, chosen: Collection[str] = ()) -> list[JobRecord]:
+        return self.publisher.enqueue(records, chosen)  # in the calling thread: it may block
 
-    async def commit(self, records: Sequence[JobRecord]) -> None:
+    async def commit(
+        self, records: Sequence[JobRecord], *, chosen: Collection[str] = ()
+    ) -> list[JobRecord]:
         """Publish a request's jobs, within ``publish_timeout``."""
         publisher = self.publisher
         deadline = time.monotonic() + publisher.publish_timeout
 
-        def publish() -> None:
+        def publish() -> list[JobRecord]:
             if time.monotonic() > deadline:  # its request has failed already: skip it
                 raise publisher.timed_out(records)
-            publisher.enqueue(records)
+            return publisher.enqueue(records, chosen)
 
         group = loop_entry(self._groups, lambda: GroupCommit(contextlib.nullcontext))
         published = group.submit(publish)
         try:
-            await asyncio.wait_for(asyncio.shield(published), publisher.publish_timeout)
+            kept: list[JobRecord] = await asyncio.wait_for(
+                asyncio.shield(published), publisher.publish_timeout
+            )
         except (TimeoutError, asyncio.CancelledError) as exc:
             # The request fails (the client is told to try again, or has gone): should
             # its jobs reach the broker after all, revoke them, so that it leaves
             # nothing to run (best effort: a worker may start one first).
-            ids = [r.id for r in records]
-            revoke = functools.partial(publisher.cancel, ids, "dropped: request failed")
-            published.add_done_callback(
-                lambda done: None if done.cancelled() or done.exception() else group.submit(revoke)
-            )
+            def revoke(done: asyncio.Future[Any]) -> None:
+                if done.cancelled() or done.exception():
+                    return
+                skipped = {id(r) for r in done.result()}  # kept under their ids: not ours
+                ids = [r.id for r in records if id(r) not in skipped]
+                group.submit(functools.partial(publisher.cancel, ids, "dropped: request failed"))
+
+            published.add_done_callback(revoke)
             if isinstance(exc, TimeoutError):
                 raise publisher.timed_out(records) from None
             raise
+        return kept
 
     async def release(self, ids: Sequence[str]) -> None:
         """Nothing to do: the jobs were published before the response."""

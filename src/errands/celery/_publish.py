@@ -39,8 +39,10 @@ from ._results import (
     CHAIN,
     FINAL,
     MAX_ATTEMPTS,
+    PRIORITY,
     SCHEDULED_AT,
     SET_UNLESS_FINAL,
+    broker_priority,
     chains,
     check_app,
     errands_fields,
@@ -78,6 +80,8 @@ class Publisher:
             # kombu waits forever on a Redis broker that stops answering: bound it.
             options.setdefault("socket_timeout", publish_timeout)
         app.conf.broker_transport_options = options
+        self.driver = driver
+        self._warned_priority = False
         self.app = app
         self.publish_timeout = publish_timeout
         self._lock = threading.Lock()
@@ -91,15 +95,54 @@ class Publisher:
 
     # -- publishing -------------------------------------------------------------
 
-    def enqueue(self, jobs: Sequence[JobRecord]) -> None:
-        """Publish now, in this thread.
+    def enqueue(self, jobs: Sequence[JobRecord], chosen: Collection[str] = ()) -> list[JobRecord]:
+        """Publish now, in this thread; returns the jobs not published because a job
+        with their id (one of ``chosen``, the ids callers chose) is kept already.
 
         A broker that refuses connections fails it within about a second; one that
         stops answering, within the socket timeout (``publish_timeout``) of each of
         kombu's attempts. (Requests publish in a thread of the event loop's group
         commit and wait at most ``publish_timeout`` in all.)
         """
+        kept: list[JobRecord] = []
+        if chosen:
+            kept = self._taken([job for job in jobs if job.id in chosen])
+            if kept:
+                skipped = {id(job) for job in kept}
+                jobs = [job for job in jobs if id(job) not in skipped]
         self._publish_all(list(jobs))
+        return kept
+
+    def _taken(self, jobs: list[JobRecord]) -> list[JobRecord]:
+        """Of jobs with ids their callers chose, those whose id is kept already.
+
+        The others' ``PENDING`` records are written now, each only if no record has
+        that id (``SET NX``): of two processes adding the same id at once, one wins.
+        Their id stays taken while Celery keeps the job's result (``result_expires``).
+        """
+        backend = self.app.backend
+        if not isinstance(backend, RedisBackend):
+            raise ConfigurationError(
+                f"task.options(job_id=...) needs a Redis result backend in Celery mode (it "
+                f"takes each id atomically there); this app's is "
+                f"{type(backend).__name__}: set result_backend='redis://...'"
+            )
+        expires = expires_args(getattr(backend, "expires", None))
+        pipe = backend.client.pipeline(transaction=False)
+        for job in jobs:
+            value = json.dumps(
+                meta(job.id, states.PENDING, ours(job.name, job.args, job.kwargs, **_queued(job)))
+            )
+            pipe.set(
+                backend.get_key_for_task(job.id), value, nx=True, ex=expires[1] if expires else None
+            )
+        try:
+            replies = pipe.execute()
+        except Exception as exc:
+            raise StoreError(
+                f"taking job ids in the Celery result backend failed: {type(exc).__name__}: {exc}"
+            ) from exc
+        return [job for job, took in zip(jobs, replies, strict=True) if not took]
 
     def timed_out(self, jobs: Sequence[JobRecord]) -> BrokerUnavailable:
         return BrokerUnavailable(
@@ -310,6 +353,11 @@ class Publisher:
         stamps = {MAX_ATTEMPTS: described.get("max_attempts") or 1}
         if described.get("after"):
             stamps[AFTER] = described["after"]
+        priority = described.get("priority") or 0
+        if priority:
+            stamps[PRIORITY] = priority
+            self._check_priority(priority)
+        options["priority"] = broker_priority(priority, self.driver)
         eta = None
         if scheduled := described.get("scheduled_at"):
             stamps[SCHEDULED_AT] = scheduled
@@ -346,6 +394,21 @@ class Publisher:
                 confirm_timeout=self.publish_timeout,
                 **options,
             )
+
+    def _check_priority(self, priority: int) -> None:
+        """Say once if RabbitMQ will ignore priorities (its queues need a maximum)."""
+        conf = self.app.conf
+        if self._warned_priority or self.driver != "amqp" or conf.task_queue_max_priority:
+            return
+        if any(getattr(q, "max_priority", None) for q in conf.task_queues or ()):
+            return
+        self._warned_priority = True
+        logger.warning(
+            "a job has priority %d, but RabbitMQ ignores message priorities unless the "
+            "queue was declared with one: set task_queue_max_priority=10 on the Celery "
+            "app (and delete the existing queues, which RabbitMQ will not change)",
+            priority,
+        )
 
     def cancel(self, ids: Collection[str], reason: str) -> list[str]:
         """Revoke the jobs still queued (Celery's cancel, best effort: live workers skip
@@ -421,6 +484,8 @@ class Publisher:
 def _queued(job: JobRecord) -> dict[str, Any]:
     """What a queued job's record keeps beyond its name and arguments."""
     kept: dict[str, Any] = {"max_attempts": job.max_attempts, "after": job.after}
+    if job.priority:
+        kept["priority"] = job.priority
     if job.scheduled_at is not None:
         kept["scheduled_at"] = job.scheduled_at.isoformat()
     return kept

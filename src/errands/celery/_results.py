@@ -36,6 +36,7 @@ TRACEBACK = "errands_traceback"
 RUN_AT = "errands_run_at"
 AFTER = "errands_after"
 SCHEDULED_AT = "errands_scheduled_at"
+PRIORITY = "errands_priority"
 
 _STATUS = {
     states.PENDING: JobStatus.QUEUED,
@@ -134,7 +135,17 @@ def message_body(job: JobRecord) -> dict[str, Any]:
         "max_attempts": job.max_attempts,
         "after": job.after,
         "scheduled_at": job.scheduled_at.isoformat() if job.scheduled_at else None,
+        "priority": job.priority,
     }
+
+
+def broker_priority(priority: int, driver: str) -> int:
+    """A job's priority as a message priority: Celery's brokers have ten levels, and
+    errands' -5 to 4 map onto them (lower and higher ones to the ends), so that the
+    default, 0, leaves room on both sides. RabbitMQ runs higher levels first (its
+    queue needs ``x-max-priority``); kombu's Redis transport, lower ones."""
+    level = min(9, max(0, priority + 5))
+    return 9 - level if driver == "redis" else level
 
 
 def chains(jobs: Iterable[JobRecord]) -> list[list[JobRecord]]:
@@ -160,6 +171,7 @@ def revoked_request(id: str, record: JobRecord | None) -> Context:
         MAX_ATTEMPTS: record.max_attempts,
         LOST: record.lost,
         AFTER: record.after,
+        PRIORITY: record.priority,
         STARTED_AT: record.started_at.isoformat() if record.started_at else None,
         TRACEBACK: record.traceback,
     }
@@ -194,6 +206,7 @@ _STAMP = {
     "started_at": STARTED_AT,
     "run_at": RUN_AT,
     "scheduled_at": SCHEDULED_AT,
+    "priority": PRIORITY,
     "error": ERROR,
     "traceback": TRACEBACK,
 }
@@ -271,6 +284,7 @@ def to_record(id: str, meta: dict[str, Any]) -> JobRecord | None:
     record.after = known.get("after")
     record.started_at = _time(known.get("started_at"))
     record.scheduled_at = _time(known.get("scheduled_at"))
+    record.priority = count(known.get("priority"), signed=True)
     record.run_at = _time(known.get("run_at")) or max(
         record.created_at, record.scheduled_at or record.created_at
     )
@@ -312,6 +326,8 @@ def _time(value: Any) -> datetime | None:
     return None
 
 
-def count(value: Any) -> int:
-    """``value`` if it is a count (an int), else 0."""
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+def count(value: Any, *, signed: bool = False) -> int:
+    """``value`` if it is a count (an int, >= 0 unless ``signed``), else 0."""
+    if isinstance(value, int) and not isinstance(value, bool) and (signed or value >= 0):
+        return value
+    return 0

@@ -27,6 +27,7 @@ from ._results import (
     FINISHED_AT,
     LOST,
     MAX_ATTEMPTS,
+    PRIORITY,
     RUN_AT,
     SCHEDULED_AT,
     STARTED_AT,
@@ -63,6 +64,7 @@ def begin(request: Any, task: Task[Any, Any], store: Publisher) -> dict[str, Any
         "traceback": stamps.get(TRACEBACK),
         "run_at": stamps.get(RUN_AT) or stamps.get(SCHEDULED_AT),
         "scheduled_at": stamps.get(SCHEDULED_AT),
+        "priority": stamps.get(PRIORITY),
         "after": stamps.get(AFTER),
         "lost": lost,
     }

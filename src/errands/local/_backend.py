@@ -18,7 +18,7 @@ import socket
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -124,25 +124,33 @@ class LocalBackend(Backend):
 
     # -- adding jobs ------------------------------------------------------------------
 
-    def add(self, records: Sequence[JobRecord]) -> None:
+    def add(self, records: Sequence[JobRecord], *, chosen: Collection[str] = ()) -> list[JobRecord]:
+        # Every store refuses a second job with an id it keeps: ``chosen`` changes nothing.
         now = utcnow()
         for record in records:
             record.run_at = record.due(now)
         if not self.durable:
             self._backlog.reserve_blocking(len(records))
-        self._enqueue(records)
+        kept = self._enqueue(records)
         self._wanted()
+        return kept
 
-    def _enqueue(self, records: Sequence[JobRecord]) -> None:
-        """Enqueue at once; the memory store's room is given back if that fails."""
+    def _enqueue(self, records: Sequence[JobRecord]) -> list[JobRecord]:
+        """Enqueue at once; the memory store's room is given back for what it did not
+        add (a job with the same id was kept), or for all should it fail."""
         try:
-            self.store.enqueue(records)
+            kept = self.store.enqueue(records)
         except BaseException:
             if not self.durable:
                 self._backlog.release(len(records))
             raise
+        if kept and not self.durable:
+            self._backlog.release(len(kept))
+        return kept
 
-    async def commit(self, records: Sequence[JobRecord]) -> None:
+    async def commit(
+        self, records: Sequence[JobRecord], *, chosen: Collection[str] = ()
+    ) -> list[JobRecord]:
         owner = self.process_id
         # Unreleased until the response is out: only this process may let them go
         # sooner, and should it die, the next sweep does (see Liveness).
@@ -154,26 +162,30 @@ class LocalBackend(Backend):
             record.run_at = record.due(until)
         if not self.durable:
             await self._backlog.reserve(len(records))
-            self._enqueue(records)
-            return
+            return self._enqueue(records)
         self.liveness().beat()
         stored = self.group().submit_bulk(self.store.enqueue, records)
         try:
-            await asyncio.shield(stored)
+            kept = await asyncio.shield(stored)
         except asyncio.CancelledError:
             self._take_back(stored, records)
             raise
         if not self._checked_for_workers and self._claims is None:
             self._checked_for_workers = True
             self.group().submit(self._has_had_workers).add_done_callback(self._warn_no_workers)
+        return kept
 
-    def _take_back(self, stored: asyncio.Future[Any], records: Sequence[JobRecord]) -> None:
+    def _take_back(
+        self, stored: asyncio.Future[list[JobRecord]], records: Sequence[JobRecord]
+    ) -> None:
         """The request failed while its jobs were being stored: once they are, cancel
-        them, so that a failed request leaves nothing to run."""
-        ids = [r.id for r in records]
+        them, so that a failed request leaves nothing to run (but not the jobs kept
+        under their ids already: those are another's)."""
 
-        def cancel(done: asyncio.Future[Any]) -> None:
+        def cancel(done: asyncio.Future[list[JobRecord]]) -> None:
             if not done.cancelled() and done.exception() is None:
+                kept = {id(r) for r in done.result()}
+                ids = [r.id for r in records if id(r) not in kept]
                 cancel = functools.partial(self.store.cancel, ids, "dropped: request failed")
                 self.group().submit(cancel)
 

@@ -80,8 +80,12 @@ class Store(Protocol):
         """One transaction around the writes this thread makes inside it (group
         commit); a write that fails inside it is undone alone."""
 
-    def enqueue(self, jobs: Sequence[JobRecord]) -> None:
-        """Add new jobs (their ``owner`` set: unreleased, see the module's docstring)."""
+    def enqueue(self, jobs: Sequence[JobRecord]) -> list[JobRecord]:
+        """Add new jobs (their ``owner`` set: unreleased, see the module's docstring).
+
+        A job whose id is already kept (a caller-chosen id, ``task.options(job_id=)``,
+        or the same id twice in ``jobs``) is not added: those are returned, the others
+        added. Whatever is kept under that id, queued, running or finished, stands."""
 
     def release(self, ids: Collection[str]) -> None:
         """Make unreleased jobs claimable now (their request's response has been

@@ -20,12 +20,13 @@ from typing import Any
 
 from .._record import JobRecord, JobStatus, utcnow
 from .._tuning import KEEP_FINISHED, MAX_LOST_LEASES
-from ..exceptions import StoreError
 from ..local._store import ProcessInfo, Want, poison_error
 
-#: A heap entry: (due time, tiebreak, job id).
+#: A heap entry of a job not yet due: (due time, tiebreak, job id).
 _Entry = tuple[datetime, int, str]
-_NEVER = (datetime.max.replace(tzinfo=UTC), 0)
+#: Of a due job: (-priority, due time, tiebreak, job id): the first is claimed first.
+_Ready = tuple[int, datetime, int, str]
+_NEVER = (1 << 62, datetime.max.replace(tzinfo=UTC), 0)
 
 
 class MemoryStore:
@@ -37,10 +38,12 @@ class MemoryStore:
         self._lock = threading.Lock()
         self._jobs: dict[str, JobRecord] = {}
         # Queued, unblocked jobs with a run_at, by due time, one heap a task name (a
-        # claim takes only the names it wants). Entries go stale when a job changes
-        # state; claims skip those rather than search the heaps, and _compact drops
-        # them should they pile up (every held job leaves one when it is released).
+        # claim takes only the names it wants); once due, a claim moves them to the
+        # name's ready heap, by priority. Entries go stale when a job changes state;
+        # claims skip those rather than search the heaps, and _compact drops them
+        # should they pile up (every held job leaves one when it is released).
         self._due: dict[str, list[_Entry]] = {}
+        self._ready: dict[str, list[_Ready]] = {}
         self._entries = 0
         self._tiebreak = itertools.count()
         # Jobs waiting for the job added before them in their request.
@@ -57,15 +60,13 @@ class MemoryStore:
     def batch(self) -> contextlib.AbstractContextManager[None]:
         return contextlib.nullcontext()
 
-    def enqueue(self, jobs: Sequence[JobRecord]) -> None:
+    def enqueue(self, jobs: Sequence[JobRecord]) -> list[JobRecord]:
+        kept: list[JobRecord] = []
         with self._lock:
-            for job in jobs:  # all or nothing, as in a database store
-                if job.id in self._jobs:
-                    raise StoreError(
-                        f"a job with id {job.id!r} is already stored; nothing of this call "
-                        f"was stored"
-                    )
             for job in jobs:  # the store owns the records from here (see Store.enqueue)
+                if job.id in self._jobs:
+                    kept.append(job)
+                    continue
                 self._jobs[job.id] = job
                 if not job.finished:
                     self._unfinished += 1
@@ -75,6 +76,7 @@ class MemoryStore:
                     self._blocked.add(job.id)
                 elif job.run_at is not None:
                     self._schedule(job)
+        return kept
 
     def release(self, ids: Collection[str]) -> None:
         now = utcnow()
@@ -106,13 +108,13 @@ class MemoryStore:
         with self._lock:
             self._expire_leases(now)
             for names, most in wants:
-                heaps = [heap for name in names if (heap := self._due.get(name))]
+                heaps = [heap for name in names if (heap := self._ripe(name, now))]
                 taken = 0
                 while taken < most and len(claimed) < limit and heaps:
-                    heap = min(heaps, key=self._earliest)
-                    if not heap or heap[0][0] > now:
-                        break  # the earliest due job of these names is not due yet
-                    job = self._jobs[heapq.heappop(heap)[2]]
+                    heap = min(heaps, key=self._first)
+                    if not heap:
+                        break  # none of these names has a due job left
+                    job = self._jobs[heapq.heappop(heap)[3]]
                     self._entries -= 1
                     claimed.append(self._take(job, owner, lease, now))
                     taken += 1
@@ -264,6 +266,7 @@ class MemoryStore:
         with self._lock:
             self._jobs.clear()
             self._due.clear()
+            self._ready.clear()
             self._entries = 0
             self._dependents.clear()
             self._blocked.clear()
@@ -283,13 +286,27 @@ class MemoryStore:
         if self._entries > 2 * self._unfinished + 1024:
             self._compact()
 
-    def _earliest(self, heap: list[_Entry]) -> tuple[datetime, int]:
-        """The due time of the heap's first live entry (stale ones are dropped on the
+    def _ripe(self, name: str, now: datetime) -> list[_Ready] | None:
+        """The ready heap of ``name``, with its jobs that have fallen due moved in."""
+        due = self._due.get(name)
+        ready = self._ready.get(name)
+        while due and due[0][0] <= now:
+            run_at, tiebreak, id = heapq.heappop(due)
+            if not self._live(run_at, id):
+                self._entries -= 1
+                continue
+            if ready is None:
+                ready = self._ready[name] = []
+            heapq.heappush(ready, (-self._jobs[id].priority, run_at, tiebreak, id))
+        return ready
+
+    def _first(self, heap: list[_Ready]) -> tuple[int, datetime, int]:
+        """The rank of the heap's first live entry (stale ones are dropped on the
         way); empty heaps sort last."""
         while heap:
-            run_at, tiebreak, id = heap[0]
+            rank, run_at, tiebreak, id = heap[0]
             if self._live(run_at, id):
-                return run_at, tiebreak
+                return rank, run_at, tiebreak
             heapq.heappop(heap)
             self._entries -= 1
         return _NEVER
@@ -311,7 +328,16 @@ class MemoryStore:
                 self._due[name] = live
             else:
                 del self._due[name]
-        self._entries = sum(len(heap) for heap in self._due.values())
+        for name, ready in list(self._ready.items()):
+            kept = [entry for entry in ready if self._live(entry[1], entry[3])]
+            if kept:
+                heapq.heapify(kept)
+                self._ready[name] = kept
+            else:
+                del self._ready[name]
+        self._entries = sum(len(heap) for heap in self._due.values()) + sum(
+            len(heap) for heap in self._ready.values()
+        )
 
     def _unreleased(self, job: JobRecord) -> bool:
         # run_at None: held by a caller of the older kind, which set no owner.

@@ -55,7 +55,10 @@ def record(row: Row) -> JobRecord:
     """The record of a row of ``COLUMNS``; ``Unreadable`` if it cannot be one."""
     (id, name, status, args, kwargs, attempts, max_attempts, result, error, trace, created_at,
      started_at, finished_at, run_at, after, owner, lease_until, lost, scheduled_at,
+     priority, cancel_requested_at,
      ) = row  # fmt: skip
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise Unreadable(f"its priority {priority!r} is not an int")
     try:
         state = JobStatus(status)
     except ValueError:
@@ -82,6 +85,8 @@ def record(row: Row) -> JobRecord:
             lease_until=dt(lease_until),
             lost=lost,
             scheduled_at=dt(scheduled_at),
+            priority=priority,
+            cancel_requested_at=dt(cancel_requested_at),
         )
     except (TypeError, OverflowError, OSError) as exc:  # a time that is not a number
         raise Unreadable(f"a time in it is not a timestamp ({exc})") from None

@@ -23,19 +23,10 @@ CREATE TABLE IF NOT EXISTS errands_jobs (
     owner TEXT,
     lease_until REAL,
     lost INTEGER NOT NULL DEFAULT 0,
-    scheduled_at REAL
+    scheduled_at REAL,
+    priority INTEGER NOT NULL DEFAULT 0,
+    cancel_requested_at REAL
 );
-DROP INDEX IF EXISTS errands_jobs_due;
-DROP INDEX IF EXISTS errands_jobs_lease;
-DROP INDEX IF EXISTS errands_jobs_finished;
-DROP INDEX IF EXISTS errands_jobs_after;
-DROP INDEX IF EXISTS errands_queued;
-CREATE INDEX IF NOT EXISTS errands_claimable ON errands_jobs (name, run_at, seq)
-    WHERE status = 'queued';
-CREATE INDEX IF NOT EXISTS errands_running ON errands_jobs (lease_until)
-    WHERE status = 'running';
-CREATE INDEX IF NOT EXISTS errands_finished ON errands_jobs (status, finished_at)
-    WHERE finished_at IS NOT NULL;
 CREATE TABLE IF NOT EXISTS errands_processes (
     id TEXT PRIMARY KEY,
     role TEXT NOT NULL,
@@ -47,6 +38,26 @@ CREATE TABLE IF NOT EXISTS errands_processes (
     stopped_at REAL
 );
 """
+#: Made once the job table has every column (``ADDED``: a file of an earlier build
+#: gets them first).
+INDEXES = """
+DROP INDEX IF EXISTS errands_jobs_due;
+DROP INDEX IF EXISTS errands_jobs_lease;
+DROP INDEX IF EXISTS errands_jobs_finished;
+DROP INDEX IF EXISTS errands_jobs_after;
+DROP INDEX IF EXISTS errands_queued;
+CREATE INDEX IF NOT EXISTS errands_claimable ON errands_jobs (name, priority DESC, run_at, seq)
+    WHERE status = 'queued';
+CREATE INDEX IF NOT EXISTS errands_running ON errands_jobs (lease_until)
+    WHERE status = 'running';
+CREATE INDEX IF NOT EXISTS errands_finished ON errands_jobs (status, finished_at)
+    WHERE finished_at IS NOT NULL;
+"""
+#: The columns of ``errands_claimable`` (a file of an earlier build has it without
+#: ``priority``: it is made again).
+CLAIMABLE_COLUMNS = ["name", "priority", "run_at", "seq"]
+# Queued jobs are claimed highest priority first, then first due, then first added:
+# the claimable index is in that order within a name, so a claim reads its first rows.
 # Each index is partial: it holds only the rows its queries look for, so a job's
 # writes touch few index entries (a queued job is in one index, a running job in
 # another). Queued jobs are indexed by name first: a claim reads only the names it
@@ -59,15 +70,24 @@ CREATE TABLE IF NOT EXISTS errands_processes (
 COLUMNS = (
     "id, name, status, args, kwargs, attempts, max_attempts, result, error, traceback, "
     "created_at, started_at, finished_at, run_at, after, owner, lease_until, lost, "
-    "scheduled_at"
+    "scheduled_at, priority, cancel_requested_at"
 )
 #: Columns added since the first release, each with its definition: a file made by an
 #: earlier build gets them when opened (earlier builds ignore them: they name their
 #: columns, and a job they add has none of what these record).
-ADDED = {"scheduled_at": "REAL"}
+ADDED = {
+    "scheduled_at": "REAL",
+    "priority": "INTEGER NOT NULL DEFAULT 0",
+    "cancel_requested_at": "REAL",
+}
 #: Where ``run_at`` is in a row of ``seq, {COLUMNS}``.
 RUN_AT = 1 + COLUMNS.split(", ").index("run_at")
-INSERT = f"INSERT INTO errands_jobs ({COLUMNS}) VALUES ({', '.join('?' * 19)})"
+PRIORITY = 1 + COLUMNS.split(", ").index("priority")
+INSERT = (
+    f"INSERT INTO errands_jobs ({COLUMNS}) VALUES ({', '.join('?' * len(COLUMNS.split(', ')))})"
+)
+#: The same, for one row, doing nothing if its id is kept: returns a row if added.
+INSERT_NEW = f"{INSERT} ON CONFLICT (id) DO NOTHING RETURNING seq"
 
 UNFINISHED = "('queued', 'running')"
 #: A job waiting for the job added before it in its request.

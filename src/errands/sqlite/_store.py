@@ -26,7 +26,19 @@ from .._tuning import BUSY_TIMEOUT, MAX_LOST_LEASES, PURGE_CHUNK
 from ..exceptions import ConfigurationError
 from ..local._store import ProcessInfo, Want, poison_error
 from ._rows import Row, Unreadable, corrupt_error, dumps, process_info, record, ts, unreadable
-from ._schema import ADDED, BLOCKED, COLUMNS, INSERT, PROCESS_COLUMNS, RUN_AT, SCHEMA
+from ._schema import (
+    ADDED,
+    BLOCKED,
+    CLAIMABLE_COLUMNS,
+    COLUMNS,
+    INDEXES,
+    INSERT,
+    INSERT_NEW,
+    PRIORITY,
+    PROCESS_COLUMNS,
+    RUN_AT,
+    SCHEMA,
+)
 from ._transactions import Transactions, mapped
 
 logger = logging.getLogger("errands")
@@ -44,6 +56,18 @@ def _missing(db: sqlite3.Connection) -> list[str]:
     """The columns of ``ADDED`` that the file's job table lacks."""
     have = {row[1] for row in db.execute("PRAGMA table_info(errands_jobs)")}
     return [column for column in ADDED if column not in have]
+
+
+def _claim_order(row: Row) -> tuple[int, float, int]:
+    """Claimed rows in the order they were chosen: priority, due time, then FIFO."""
+    priority = row[PRIORITY]
+    return (-priority if isinstance(priority, int) else 0, row[RUN_AT], row[0])
+
+
+def _old_claimable(db: sqlite3.Connection) -> bool:
+    """Whether the claimable index is an earlier build's (not in priority order)."""
+    columns = [row[2] for row in db.execute("PRAGMA index_info(errands_claimable)")]
+    return bool(columns) and columns != CLAIMABLE_COLUMNS
 
 
 #: A released job is due now (parameter), or at its scheduled time if that is later
@@ -67,12 +91,13 @@ def _claim_sql(names: int) -> str:
     one name) ``limit``."""
     # One arm a name, each stopping at the limit: a claim reads at most names x limit
     # rows, however many jobs are due.
-    arm = f"SELECT j.seq, j.run_at {_CLAIMABLE} ORDER BY j.run_at, j.seq LIMIT ?"
+    order = "ORDER BY j.priority DESC, j.run_at, j.seq"
+    arm = f"SELECT j.seq, j.priority, j.run_at {_CLAIMABLE} {order} LIMIT ?"
     if names == 1:
-        chosen = f"SELECT j.seq {_CLAIMABLE} ORDER BY j.run_at, j.seq LIMIT ?"
+        chosen = f"SELECT j.seq {_CLAIMABLE} {order} LIMIT ?"
     else:
         arms = " UNION ALL ".join([f"SELECT * FROM ({arm})"] * names)
-        chosen = f"SELECT seq FROM ({arms}) ORDER BY run_at, seq LIMIT ?"
+        chosen = f"SELECT seq FROM ({arms}) ORDER BY priority DESC, run_at, seq LIMIT ?"
     return (
         "UPDATE errands_jobs SET status = 'running', attempts = attempts + 1, owner = ?, "
         f"lease_until = ?, started_at = ? WHERE seq IN ({chosen}) RETURNING seq, {COLUMNS}"
@@ -101,10 +126,13 @@ class SQLiteStore(Transactions):
         self._warned: set[str] = set()
         try:
             self._db().executescript(SCHEMA)
-            if _missing(self._db()):  # a file made by an earlier build
+            if _missing(self._db()) or _old_claimable(self._db()):  # made by an earlier build
                 with self._write() as db:
                     for column in _missing(db):  # again: another process may have added it
                         db.execute(f"ALTER TABLE errands_jobs ADD COLUMN {column} {ADDED[column]}")
+                    if _old_claimable(db):
+                        db.execute("DROP INDEX errands_claimable")
+            self._db().executescript(INDEXES)
         except sqlite3.Error as exc:
             self.close()
             raise self._error(exc) from exc
@@ -112,7 +140,7 @@ class SQLiteStore(Transactions):
     # -- writing ----------------------------------------------------------------
 
     @mapped
-    def enqueue(self, jobs: Sequence[JobRecord]) -> None:
+    def enqueue(self, jobs: Sequence[JobRecord]) -> list[JobRecord]:
         rows = [
             (
                 job.id, job.name, job.status.value, dumps(job.args, "[]"),
@@ -120,11 +148,26 @@ class SQLiteStore(Transactions):
                 job.traceback,
                 job.created_at.timestamp(), ts(job.started_at), ts(job.finished_at),
                 ts(job.run_at), job.after, job.owner, None, job.lost, ts(job.scheduled_at),
+                job.priority, ts(job.cancel_requested_at),
             )
             for job in jobs
         ]  # fmt: skip
         with self._write() as db:
-            db.executemany(INSERT, rows)
+            # One statement for all, in a savepoint of its own: an id already kept (a
+            # caller's, task.options(job_id=)) fails it, and then each row goes alone.
+            db.execute("SAVEPOINT errands_enqueue")
+            try:
+                db.executemany(INSERT, rows)
+            except sqlite3.IntegrityError:
+                db.execute("ROLLBACK TO errands_enqueue")
+                db.execute("RELEASE errands_enqueue")
+                return [
+                    job
+                    for job, row in zip(jobs, rows, strict=True)
+                    if db.execute(INSERT_NEW, row).fetchone() is None
+                ]
+            db.execute("RELEASE errands_enqueue")
+        return []
 
     @mapped
     def release(self, ids: Collection[str]) -> None:
@@ -186,7 +229,8 @@ class SQLiteStore(Transactions):
                     values.append(left)
                 # One statement takes the group's jobs (chosen before any is marked).
                 rows = db.execute(_claim_sql(len(names)), values).fetchall()
-                rows.sort(key=lambda row: (row[RUN_AT], row[0]))  # due time, then FIFO
+                # Priority first, then due time, then FIFO.
+                rows.sort(key=_claim_order)
                 claimed += self._records(db, rows, now)
         return claimed
 
