@@ -11,10 +11,11 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
-from errands import Errands, JobRecord, JobStatus
+from errands import Errands, ErrandsError, JobNotFound, JobRecord, JobStatus, Task
 from tests.apps import modes
 from tests.conftest import Running, wait_until
 
@@ -292,3 +293,84 @@ def test_a_jobs_priority_is_in_its_record(running: Running) -> None:
     assert done.status is JobStatus.SUCCEEDED and done.priority == 7
     plain = running.errands.add_task(running.mode.record, f"{t}-plain")
     assert running.finished(plain.id).priority == 0
+
+
+def task(running: Running, name: str) -> Task[..., Any]:
+    return running.errands._core.tasks[name]
+
+
+def test_cancel_of_a_queued_job_cancels_it_at_once_and_it_never_runs(running: Running) -> None:
+    t = tag()
+    job = running.errands.add_task(running.mode.record.options(delay=1.5), t)
+    record = running.errands.cancel(job.id)
+    assert record is not None and record.status is JobStatus.CANCELLED
+    assert record.error == "Cancelled: errands.cancel() was called before it ran"
+    assert record.attempts == 0 and record.args == [t]
+    time.sleep(2.5)  # past its time
+    assert get(running, job.id).status is JobStatus.CANCELLED and t not in modes.lines()
+    assert running.errands.cancel(job.id) == get(running, job.id)  # finished: left alone
+    assert running.errands.cancel("no-such-job") is None
+
+
+def test_cancel_stops_a_running_async_job_where_it_runs_with_no_retry(running: Running) -> None:
+    t = tag()
+    job = running.errands.add_task(task(running, "modes.nap"), t, 30)
+    seen(running, job.id, lambda r: r.status is JobStatus.RUNNING)
+    wait_until(lambda: f"{t} start" in modes.lines(), timeout=10)
+    asked = time.monotonic()
+    record = running.errands.cancel(job.id)
+    assert record is not None and record.status is JobStatus.RUNNING
+    assert record.cancel_requested_at is not None
+    done = running.finished(job.id, timeout=10)
+    assert time.monotonic() - asked < 5  # about a second, not the 30 s nap
+    assert done.status is JobStatus.CANCELLED and done.result is None
+    assert done.error == "Cancelled: errands.cancel() was called while it ran"
+    assert done.attempts == 1  # retries=2, and none was made
+    time.sleep(0.5)
+    assert f"{t} end" not in modes.lines() and modes.lines().count(f"{t} start") == 1
+
+
+def test_cancel_marks_a_running_def_job_which_may_stop_early(running: Running) -> None:
+    t = tag()
+    job = running.errands.add_task(task(running, "modes.polite"), t, 30)
+    seen(running, job.id, lambda r: r.status is JobStatus.RUNNING)
+    running.errands.cancel(job.id)
+    done = running.finished(job.id, timeout=10)
+    assert done.status is JobStatus.CANCELLED and done.result is None  # "stopped" discarded
+    assert done.error == "Cancelled: errands.cancel() was called while it ran"
+    assert f"{t} stopped early" in modes.lines() and done.attempts == 1
+    # One that does not look runs to its end, and still ends cancelled.
+    slow = running.errands.add_task(running.mode.slow, f"{t}-slow", 1.5)
+    seen(running, slow.id, lambda r: r.status is JobStatus.RUNNING)
+    running.errands.cancel(slow.id)
+    ended = running.finished(slow.id, timeout=10)
+    assert ended.status is JobStatus.CANCELLED and ended.result is None
+    assert f"{t}-slow end" in modes.lines()
+
+
+def test_retry_runs_a_failed_job_one_more_round_counting_on(running: Running) -> None:
+    t = tag()
+    job = running.errands.add_task(running.mode.flaky, t, 5)  # retries=3: fails all 4
+    failed = running.finished(job.id)
+    assert failed.status is JobStatus.FAILED and (failed.attempts, failed.max_attempts) == (4, 4)
+    again = running.errands.retry(job.id)
+    assert again.status is JobStatus.QUEUED and again.id == job.id
+    assert again.attempts == 4 and again.error == failed.error  # kept until a success
+    done = seen(running, job.id, lambda r: r.status is JobStatus.SUCCEEDED)
+    assert (done.attempts, done.max_attempts, done.result) == (6, 8, "ok")
+    assert modes.lines().count(t) == 6
+    with pytest.raises(ErrandsError, match="is succeeded: only a failed or cancelled job"):
+        running.errands.retry(job.id)
+    with pytest.raises(JobNotFound):
+        running.errands.retry("no-such-job")
+
+
+def test_retry_runs_a_cancelled_job_and_refuses_a_queued_one(running: Running) -> None:
+    t = tag()
+    job = running.errands.add_task(running.mode.record.options(delay=60), t)
+    with pytest.raises(ErrandsError, match="is queued"):
+        running.errands.retry(job.id)
+    running.errands.cancel(job.id)
+    assert running.errands.retry(job.id).status is JobStatus.QUEUED
+    done = running.finished(job.id)
+    assert done.status is JobStatus.SUCCEEDED and done.result == t and done.attempts == 1

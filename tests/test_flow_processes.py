@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -111,3 +112,40 @@ def test_one_job_id_from_concurrent_requests_to_two_servers_is_one_job(tmp_path:
     assert [r.id for r in reader.jobs(limit=100)] == [key]
     record = reader.get(key)
     assert record is not None and record.args == [key]
+
+
+def test_cancel_reaches_an_async_job_running_in_a_worker_process(tmp_path: Path) -> None:
+    from tests.test_processes import Worker
+
+    env = {"ERRANDS_URL": f"sqlite:///{tmp_path}/jobs.db", "DURABLE_LOG": str(tmp_path / "log")}
+    (tmp_path / "log").touch()
+    errands = Errands(env["ERRANDS_URL"])
+
+    @errands.task(name="slow")
+    async def slow(token: str, seconds: float) -> str: ...
+
+    @errands.task(name="slow_sync")
+    def slow_sync(token: str, seconds: float) -> str: ...
+
+    job = errands.add_task(slow, "nap", 60)
+    blocking = errands.add_task(slow_sync, "sync", 3)
+    worker = Worker(env)
+    try:
+        lines = lambda: (tmp_path / "log").read_text().splitlines()  # noqa: E731
+        wait_until(lambda: any(line.startswith("start nap ") for line in lines()), 20)
+        wait_until(lambda: any(line.startswith("start sync ") for line in lines()), 20)
+        asked = time.monotonic()
+        assert errands.cancel(job.id).status is JobStatus.RUNNING  # type: ignore[union-attr]
+        errands.cancel(blocking.id)
+        wait_until(lambda: errands.get(job.id).finished, 10)  # type: ignore[union-attr]
+        assert time.monotonic() - asked < 4  # about a second
+        record = errands.get(job.id)
+        assert record is not None and record.status is JobStatus.CANCELLED
+        assert "done nap" not in lines()
+        # The def one could not be interrupted: it ran to its end, and ended cancelled.
+        wait_until(lambda: errands.get(blocking.id).finished, 10)  # type: ignore[union-attr]
+        ended = errands.get(blocking.id)
+        assert ended is not None and ended.status is JobStatus.CANCELLED
+        assert ended.result is None and "done sync" in lines()
+    finally:
+        worker.signal(signal.SIGTERM)

@@ -17,6 +17,7 @@ PUBLIC = {
     "InvalidArguments",
     "InvalidOption",
     "Job",
+    "JobNotFound",
     "JobRecord",
     "JobStatus",
     "NotSerializable",
@@ -31,17 +32,20 @@ PUBLIC = {
     "Tasks",
     "WaitTimeout",
     "WorkerInfo",
+    "cancel_requested",
 }
 
 #: What an Errands instance shows: the README documents each.
 ERRANDS = {
     "add_task",
     "backlog",
+    "cancel",
     "eager",
     "get",
     "jobs",
     "join",
     "lifespan",
+    "retry",
     "run_worker",
     "stats",
     "task",

@@ -271,6 +271,62 @@ def test_renew_keeps_a_lease_alive(store: Store) -> None:
         time.sleep(0.1)
         assert store.renew([claimed], 0.2) == []
     assert store.claim("other", 30, T) == []
+    renewed = store.get("a")
+    assert renewed is not None and renewed.owner == "w" and renewed.lease_until is not None
+
+
+@pytest.mark.parametrize("ending", ["complete", "retry", "fail", "requeue", "lease"])
+def test_a_running_job_asked_to_stop_ends_cancelled_however_its_attempt_ends(
+    store: Store, ending: str
+) -> None:
+    store.enqueue([job("a"), job("b", after="a"), job("q")])
+    assert store.request_cancel("q")[1] is True  # queued: cancelled at once
+    q = store.get("q")
+    assert q is not None and q.status is JobStatus.CANCELLED and q.error.startswith("Cancelled")
+    [claimed] = store.claim("w", 0.1 if ending == "lease" else 30, T, 1)
+    assert store.cancelling(["a", "q", "missing"]) == []
+    record, cancelled = store.request_cancel("a")
+    assert not cancelled and record is not None and record.status is JobStatus.RUNNING
+    assert record.cancel_requested_at is not None
+    assert store.cancelling(["a", "q"]) == ["a"]
+    later = now() + timedelta(seconds=60)
+    if ending == "lease":  # its worker died: the next claim ends it, and takes the next
+        time.sleep(0.2)
+        assert ids(store.claim("w2", 30, T, 1)) == ["b"]
+    else:
+        status = {
+            "complete": lambda: store.complete(claimed, "result"),
+            "retry": lambda: store.retry(claimed, "E: x", "tb", later),
+            "fail": lambda: store.fail(claimed, "E: x", "tb"),
+            "requeue": lambda: store.requeue(claimed),
+        }[ending]()
+        assert status is JobStatus.CANCELLED
+        assert ids(store.claim("w", 30, T)) == ["b"]  # the next job of its request runs
+    done = store.get("a")
+    assert done is not None and done.status is JobStatus.CANCELLED and done.result is None
+    assert done.error == "Cancelled: errands.cancel() was called while it ran"
+    assert done.finished_at is not None and store.cancelling(["a"]) == []
+    assert store.request_cancel("missing") == (None, False)
+
+
+def test_requeue_finished_queues_a_failed_or_cancelled_job_for_another_round(
+    store: Store,
+) -> None:
+    store.enqueue([job("a"), job("ok")])
+    [a, ok] = store.claim("w", 30, T, 2)
+    assert store.fail(a, "E: bad", "tb") is JobStatus.FAILED
+    assert store.complete(ok, 1) is JobStatus.SUCCEEDED
+    assert store.unfinished() == 0
+    again = store.requeue_finished("a", 2)
+    assert again is not None and again.status is JobStatus.QUEUED
+    assert (again.attempts, again.max_attempts, again.error) == (1, 2, "E: bad")
+    assert again.finished_at is None and store.unfinished() == 1
+    [claimed] = store.claim("w", 30, T)
+    assert claimed.id == "a" and claimed.attempts == 2
+    assert store.complete(claimed, "now") is JobStatus.SUCCEEDED
+    succeeded = store.requeue_finished("ok", 2)  # left as it is
+    assert succeeded is not None and succeeded.status is JobStatus.SUCCEEDED
+    assert store.requeue_finished("missing", 2) is None
 
 
 def test_requeue_gives_the_job_back_without_spending_an_attempt(store: Store) -> None:

@@ -6,6 +6,7 @@ worker of its own off the request path.
 """
 
 from ._background import BackgroundTask, BackgroundTasks, Tasks
+from ._cancel import cancel_requested
 from ._errands import Errands
 from ._job import Job
 from ._record import JobRecord, JobStatus
@@ -18,6 +19,7 @@ from .exceptions import (
     ErrandsError,
     InvalidArguments,
     InvalidOption,
+    JobNotFound,
     NotSerializable,
     PayloadTooLarge,
     ResultTooLarge,
@@ -41,6 +43,7 @@ __all__ = [
     "InvalidArguments",
     "InvalidOption",
     "Job",
+    "JobNotFound",
     "JobRecord",
     "JobStatus",
     "NotSerializable",
@@ -55,4 +58,5 @@ __all__ = [
     "Tasks",
     "WaitTimeout",
     "WorkerInfo",
+    "cancel_requested",
 ]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
+import functools
 import json
 import logging
 import threading
@@ -22,9 +23,10 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ._cancel import CANCELLED_RUNNING, Stop, done, running
 from ._payload import encode_result
 from ._process import ProcessRunner, TaskProcessError
-from ._record import JobStatus, describe_error
+from ._record import JobRecord, JobStatus, describe_error
 from ._threads import Threads, escaped
 from .exceptions import NotSerializable, ResultTooLarge, TaskTimeout
 
@@ -43,7 +45,8 @@ _FINAL = (NotSerializable, ResultTooLarge)
 class Outcome:
     """What came of one attempt."""
 
-    #: ``SUCCEEDED``, ``FAILED`` (for good), or ``QUEUED`` (to be tried again).
+    #: ``SUCCEEDED``, ``FAILED`` (for good), ``QUEUED`` (to be tried again), or
+    #: ``CANCELLED`` (``errands.cancel`` stopped it).
     status: JobStatus
     result: Any = None
     error: str | None = None
@@ -99,6 +102,14 @@ class Calls:
         return await self.threads.run(task.func, args, kwargs, timeout=timeout, name=task.name)
 
 
+def round_failures(job: JobRecord, task: Task[Any, Any]) -> int:
+    """The failed attempts of ``job`` before the one starting now, in this round of
+    its task's retries: ``errands.retry`` gives a failed job one more round, raising
+    its ``max_attempts`` by the task's."""
+    earlier_rounds = max(0, job.max_attempts - task.policy.max_attempts)
+    return max(0, job.failures - 1 - earlier_rounds)
+
+
 async def attempt(
     calls: Calls,
     task: Task[Any, Any],
@@ -107,8 +118,12 @@ async def attempt(
     *,
     failures: int,
     max_result: int,
+    stop: Stop | None = None,
 ) -> Outcome:
-    """Run one attempt here, on the event loop; ``failures``: failed attempts before it."""
+    """Run one attempt here, on the event loop; ``failures``: failed attempts before it
+    (in this round); ``stop``: what ``errands.cancel_requested()`` reads in it."""
+    if stop is not None:
+        running(stop)  # in this job's own context (its task's), copied into its thread
     start = time.perf_counter()
     try:
         result = await calls.call(task, args, kwargs)
@@ -126,13 +141,22 @@ def attempt_blocking(
     *,
     failures: int,
     max_result: int,
+    stop: Stop | None = None,
 ) -> Outcome:
     """Run one attempt in this thread (a Celery worker's), with the same meaning."""
     start = time.perf_counter()
+    token = running(stop)
     try:
-        result = _call_blocking(task, args, kwargs)
+        result = _call_blocking(task, args, kwargs, stop)
     except Exception as exc:
         return failed(task, failures + 1, exc, time.perf_counter() - start)
+    except asyncio.CancelledError:
+        if stop is None or not stop.requested:
+            raise
+        seconds = time.perf_counter() - start
+        return Outcome(JobStatus.CANCELLED, error=CANCELLED_RUNNING, seconds=seconds)
+    finally:
+        done(token)
     return succeeded(task, result, max_result, time.perf_counter() - start)
 
 
@@ -153,10 +177,13 @@ async def bounded(coro: Coroutine[Any, Any, Any], timeout: float | None, name: s
 _loops = threading.local()
 
 
-def _call_blocking(task: Task[Any, Any], args: list[Any], kwargs: dict[str, Any]) -> Any:
+def _call_blocking(
+    task: Task[Any, Any], args: list[Any], kwargs: dict[str, Any], stop: Stop | None
+) -> Any:
     timeout = task.policy.timeout
     if task.is_async:
-        return _thread_runner().run(bounded(task.func(*args, **kwargs), timeout, task.name))
+        coro = bounded(task.func(*args, **kwargs), timeout, task.name)
+        return _thread_runner().run(_interruptible(coro, stop))
     if timeout is None:
         return task.func(*args, **kwargs)
     # In a thread of its own, so that the attempt can be given up at its timeout.
@@ -182,6 +209,18 @@ def _call_blocking(task: Task[Any, Any], args: list[Any], kwargs: dict[str, Any]
         raise TaskTimeout.after(task.name, timeout) from None
 
 
+async def _interruptible(coro: Coroutine[Any, Any, Any], stop: Stop | None) -> Any:
+    """Await ``coro``; ``stop``, requested from another thread, cancels it."""
+    if stop is not None:
+        loop, current = asyncio.get_running_loop(), asyncio.current_task()
+        assert current is not None
+        stop.interrupt = functools.partial(loop.call_soon_threadsafe, current.cancel)
+        if stop.requested:  # asked before it could be interrupted
+            coro.close()
+            raise asyncio.CancelledError
+    return await coro
+
+
 def _thread_runner() -> asyncio.Runner:
     """This thread's event loop for ``async def`` tasks, kept between attempts."""
     runner: asyncio.Runner | None = getattr(_loops, "runner", None)
@@ -195,7 +234,9 @@ def log_outcome(
 ) -> None:
     """One line for what came of an attempt (with the traceback for a final failure)."""
     of = f" (attempt {attempt} of {task.policy.max_attempts})" if attempt > 1 else ""
-    if outcome.status is JobStatus.SUCCEEDED:
+    if outcome.status is JobStatus.CANCELLED:
+        job_logger.warning("job %s (%s) was cancelled while it ran", id, task.name)
+    elif outcome.status is JobStatus.SUCCEEDED:
         if successes:
             job_logger.info("job %s (%s) succeeded in %.3f s%s", id, task.name, outcome.seconds, of)
     elif outcome.status is JobStatus.QUEUED:

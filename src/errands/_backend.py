@@ -91,6 +91,20 @@ class Backend(ABC):
         """Cancel the jobs that are still queued (a request failed after its jobs were
         committed: none of them runs); returns the ids cancelled."""
 
+    # -- acting on jobs ---------------------------------------------------------------
+
+    @abstractmethod
+    def cancel_job(self, id: str) -> JobRecord | None:
+        """``errands.cancel``: a queued job is cancelled; a running one is asked to stop
+        (it ends cancelled when its attempt does); a finished one is left alone.
+        The job's record after, or None for an unknown id. Any thread."""
+
+    @abstractmethod
+    def retry_job(self, id: str, max_attempts: int) -> JobRecord | None:
+        """``errands.retry``: a failed or cancelled job is queued again for up to
+        ``max_attempts`` attempts in all; others are left alone. The record after,
+        or None for an unknown id. Any thread."""
+
     # -- reading ----------------------------------------------------------------------
 
     @abstractmethod

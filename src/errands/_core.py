@@ -22,10 +22,10 @@ from ._payload import decode_arguments, encode_arguments, plain_size
 from ._plain import Lane, PlainJobs, new_plain_job
 from ._policy import Policy
 from ._process import ProcessRunner
-from ._record import JobRecord, new_job_id
+from ._record import JobRecord, JobStatus, new_job_id
 from ._task import Task, callable_name, is_async_callable
 from ._threads import Threads
-from .exceptions import ConfigurationError, PayloadTooLarge
+from .exceptions import ConfigurationError, ErrandsError, JobNotFound, PayloadTooLarge
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -183,6 +183,41 @@ class Core:
         self.hand_over(job)
         return Job(job.id, job.name, self, job)
 
+    def cancel(self, id: str) -> JobRecord | None:
+        check_id(id)
+        plain = self.plain.get(id)
+        if plain is not None:
+            return self.plain.cancel_by_id(id) or plain
+        return self.backend.cancel_job(id)
+
+    def retry(self, id: str) -> JobRecord:
+        check_id(id)
+        if self.plain.get(id) is not None:
+            raise ErrandsError(
+                f"job {id} is a plain callable's, which lives only in this process and "
+                f"cannot be run again; register the function with @errands.task"
+            )
+        record = self.backend.get(id)
+        if record is None:
+            raise JobNotFound(f"no job {id}: never added, dropped with its request, or purged")
+        task = self.tasks.get(record.name)
+        if record.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
+            raise ErrandsError(
+                f"job {id} ({record.name}) is {record.status.value}: only a failed or "
+                f"cancelled job can be retried"
+            )
+        # One more round of the task's attempts (one, for a task not registered here).
+        round = task.policy.max_attempts if task is not None else 1
+        again = self.backend.retry_job(id, record.failures + round)
+        if again is None:
+            raise JobNotFound(f"no job {id}: purged meanwhile")
+        if again.status is not JobStatus.QUEUED:
+            raise ErrandsError(
+                f"job {id} ({again.name}) is {again.status.value}: it was retried or "
+                f"changed meanwhile"
+            )
+        return again
+
     @property
     def runs_inline(self) -> bool:
         """Whether a request's jobs run in the request itself (no worker here, or eager)."""
@@ -208,6 +243,11 @@ class Core:
         if not self.backend.durable:
             return plain
         return plain + self.backend.unfinished()
+
+
+def check_id(id: object) -> None:
+    if not isinstance(id, str) or not id:
+        raise ValueError(f"a job id is a non-empty str (job.id), got {id!r}")
 
 
 def check_task_name(name: object) -> str:

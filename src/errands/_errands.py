@@ -206,6 +206,31 @@ class Errands:
         merged.sort(key=lambda r: r.created_at, reverse=True)
         return merged[:limit]
 
+    # -- acting on jobs ---------------------------------------------------------------
+
+    def cancel(self, id: str) -> JobRecord | None:
+        """Cancel the job with this id; its record after, or None if no job has it.
+
+        A queued job (delayed, waiting for a retry, or for the job before it) is
+        ``cancelled`` at once and never runs. A running one is asked to stop: an
+        ``async def`` attempt is cancelled where it runs, in any process, within
+        about a second; a ``process=True`` attempt's process is killed; a ``def``
+        attempt runs on (it may check ``errands.cancel_requested()``). Either way
+        the job ends ``cancelled``, its result discarded, with no retry. A finished
+        job is left as it is.
+        """
+        return self._core.cancel(id)
+
+    def retry(self, id: str) -> JobRecord:
+        """Run a failed or cancelled job again: it is ``queued`` at once for one more
+        round of its task's attempts (same id; ``attempts`` counts on; its last
+        error stays until an attempt succeeds); its record after.
+
+        ``JobNotFound`` for an unknown id; ``ErrandsError`` for a job that is queued,
+        running or succeeded, saying so.
+        """
+        return self._core.retry(id)
+
     def stats(self) -> Stats:
         """Counts by status and by task, the live workers, and the jobs no live
         worker can run (their task is registered in none)."""

@@ -97,5 +97,12 @@ class Job(Generic[R]):
             finally:
                 WAITERS.unsubscribe(self.id, finished)
 
+    async def cancel(self) -> JobRecord | None:
+        """Cancel the job (``errands.cancel``, off the event loop); its record after."""
+        core = self._core
+        if core is None:  # a plain job of a request with no Errands instance around
+            return self.info()
+        return await anyio.to_thread.run_sync(core.cancel, self.id)
+
     def __repr__(self) -> str:
         return f"<Job {self.name} id={self.id}>"

@@ -21,6 +21,7 @@ import anyio
 
 from ._attempt import job_logger
 from ._backlog import Backlog
+from ._cancel import CANCELLED_QUEUED
 from ._record import JobRecord, JobStatus, describe_error, new_job_id, utcnow
 from ._task import callable_name, is_async_callable
 from ._threads import Threads, escaped
@@ -172,6 +173,15 @@ class PlainJobs:
         """Drop an adopted job that has not started (its request failed)."""
         if cancel_plain(job, reason):
             self.finished(job)
+
+    def cancel_by_id(self, id: str) -> JobRecord | None:
+        """``errands.cancel`` of a plain job: cancelled if it has not started (one that
+        runs cannot be reached: plain callables are not told); its record after."""
+        job = self._records.get(id)
+        if job is None:
+            return None
+        self.cancel(job, CANCELLED_QUEUED)
+        return job.copy()
 
     def cancel_waiting(self, reason: str) -> None:
         """Cancel every job still waiting in a lane (no worker will run them)."""

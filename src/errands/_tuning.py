@@ -99,3 +99,6 @@ MIN_LEASE = 0.1
 #: Priorities run from -MAX_PRIORITY to MAX_PRIORITY (Celery's brokers map them onto
 #: their own few levels: see docs/celery.md).
 MAX_PRIORITY = 1_000_000
+#: How often a worker asks whether the jobs it runs were cancelled (errands.cancel):
+#: an async def attempt stops within about this long.
+CANCEL_POLL = 1.0

@@ -58,6 +58,10 @@ class InvalidOption(ConfigurationError, ValueError):
     """An option given to ``task.options(...)`` is not one errands can honour."""
 
 
+class JobNotFound(ErrandsError, LookupError):
+    """No job has this id: never added, dropped with its request, or purged."""
+
+
 class InvalidArguments(ErrandsError, TypeError):
     """The arguments given to ``add_task`` do not fit the task's signature."""
 

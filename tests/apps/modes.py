@@ -20,7 +20,7 @@ from celery import Celery
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from errands import BackgroundTasks, Errands, StoreError, Task
+from errands import BackgroundTasks, Errands, StoreError, Task, cancel_requested
 
 REDIS_BROKER = "redis://127.0.0.1:6379/10"
 REDIS_BACKEND = "redis://127.0.0.1:6379/11"
@@ -100,6 +100,27 @@ async def sleepy(seconds: float) -> str:
 def sleepy_sync(seconds: float) -> str:
     time.sleep(seconds)
     return "woke"
+
+
+async def nap(tag: str, seconds: float) -> str:
+    """An async task that naps: an errands.cancel stops it where it runs."""
+    log(f"{tag} start")
+    await asyncio.sleep(seconds)
+    log(f"{tag} end")
+    return tag
+
+
+def polite(tag: str, seconds: float) -> str:
+    """A def task that looks whether it was asked to stop, and stops early."""
+    log(f"{tag} start")
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if cancel_requested():
+            log(f"{tag} stopped early")
+            return "stopped"
+        time.sleep(0.02)
+    log(f"{tag} end")
+    return tag
 
 
 def add(a: int, b: int) -> int:
@@ -184,6 +205,8 @@ def make(mode: str, *, path: str = "", queue: str = "errands-modes") -> Mode:
     # Its one retry waits up to an hour (full jitter): long enough to look at.
     errands.task(name="modes.patient", retries=1, backoff=3600)(flaky)
     echo_task = errands.task(name="modes.echo")(echo)
+    errands.task(name="modes.nap", retries=2, backoff=0.05)(nap)
+    errands.task(name="modes.polite", retries=2, backoff=0.05)(polite)
     app = tasks.app
 
     @app.exception_handler(StoreError)

@@ -125,6 +125,17 @@ class CeleryBackend(Backend):
             WAITERS.notify(id)
         return cancelled
 
+    # -- acting on jobs ---------------------------------------------------------------
+
+    def cancel_job(self, id: str) -> JobRecord | None:
+        record = self._complete(self.publisher.cancel_job(id))
+        if record is not None and record.finished:
+            WAITERS.notify(id)
+        return record
+
+    def retry_job(self, id: str, max_attempts: int) -> JobRecord | None:
+        return self._complete(self.publisher.retry_job(id, max_attempts))
+
     # -- reading ----------------------------------------------------------------------
 
     def get(self, id: str) -> JobRecord | None:
@@ -138,8 +149,8 @@ class CeleryBackend(Backend):
         """What only the registry knows: the task's attempts allowed."""
         if record is not None:
             task = self._tasks.get(record.name)
-            if task is not None:
-                record.max_attempts = task.policy.max_attempts
+            if task is not None:  # (a job retried with errands.retry may have more)
+                record.max_attempts = max(record.max_attempts, task.policy.max_attempts)
         return record
 
     def unfinished(self) -> int:

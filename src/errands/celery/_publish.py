@@ -31,18 +31,32 @@ from typing import Any
 from celery import Celery, states
 from celery.backends.redis import RedisBackend
 
+from .._cancel import CANCELLED_QUEUED
 from .._record import JobRecord, JobStatus, utcnow
-from .._tuning import CELERY_PUBLISH_RETRIES, CELERY_RECENT, CELERY_TRACKED
+from .._tuning import (
+    CELERY_INSPECT_TIMEOUT,
+    CELERY_MAX_ERROR,
+    CELERY_MAX_TRACEBACK,
+    CELERY_PUBLISH_RETRIES,
+    CELERY_RECENT,
+    CELERY_TRACKED,
+)
 from ..exceptions import BrokerUnavailable, ConfigurationError, StoreError
+from ._cut import cut
 from ._results import (
     AFTER,
+    BEFORE,
     CHAIN,
+    ERROR,
     FINAL,
+    LOST,
     MAX_ATTEMPTS,
     PRIORITY,
     SCHEDULED_AT,
     SET_UNLESS_FINAL,
+    TRACEBACK,
     broker_priority,
+    cancel_key,
     chains,
     check_app,
     errands_fields,
@@ -353,6 +367,9 @@ class Publisher:
         stamps = {MAX_ATTEMPTS: described.get("max_attempts") or 1}
         if described.get("after"):
             stamps[AFTER] = described["after"]
+        for field, stamp in _AGAIN.items():  # a job published again (errands.retry)
+            if described.get(field):
+                stamps[stamp] = described[field]
         priority = described.get("priority") or 0
         if priority:
             stamps[PRIORITY] = priority
@@ -394,6 +411,75 @@ class Publisher:
                 confirm_timeout=self.publish_timeout,
                 **options,
             )
+
+    def cancel_job(self, id: str) -> JobRecord | None:
+        """``errands.cancel``: mark the job (the workers look for the mark of the jobs
+        they run, about once a second), and revoke it if it is still queued."""
+        record = self.get(id)
+        if record is None or record.finished:
+            return record
+        backend = self.app.backend
+        if not isinstance(backend, RedisBackend):
+            if record.status is JobStatus.RUNNING:
+                raise ConfigurationError(
+                    f"job {id} runs, and stopping a running job in Celery mode needs a "
+                    f"Redis result backend (workers look for the mark there); this app's "
+                    f"is {type(backend).__name__}"
+                )
+        else:
+            # Marked first, whatever it is doing: should a worker start it before the
+            # revoke reaches it (or a worker that missed the revoke), it still stops.
+            expires = expires_args(getattr(backend, "expires", None))
+            when = utcnow().isoformat()
+            backend.client.set(cancel_key(id), when, ex=expires[1] if expires else None)
+        if record.status is JobStatus.QUEUED:
+            self.cancel([id], CANCELLED_QUEUED)
+        return self.get(id)
+
+    def retry_job(self, id: str, max_attempts: int) -> JobRecord | None:
+        """``errands.retry``: publish a failed or cancelled job again, under its id,
+        carrying what its earlier rounds left (attempts, last error)."""
+        record = self.get(id)
+        if record is None or record.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
+            return record
+        backend = self.app.backend
+        if isinstance(backend, RedisBackend):
+            backend.client.delete(cancel_key(id))
+        if record.status is JobStatus.CANCELLED:
+            # Workers keep revoked ids for hours, and would discard it again: ask them
+            # to forget it first (each live worker answers; waits up to a second).
+            self.app.control.broadcast(
+                "errands_unrevoke",
+                arguments={"ids": [id]},
+                reply=True,
+                timeout=CELERY_INSPECT_TIMEOUT,
+            )
+        record.status = JobStatus.QUEUED
+        record.max_attempts = max_attempts
+        record.after = None  # what it waited for has finished
+        record.scheduled_at = None
+        record.run_at = utcnow()
+        record.result = record.finished_at = record.cancel_requested_at = None
+        queued = ours(record.name, record.args, record.kwargs, **_queued(record))
+        backend.store_result(id, {"errands": queued}, states.PENDING)
+        described = message_body(record)
+        described.update(
+            before=record.attempts - record.lost,
+            lost=record.lost,
+            error=record.error and cut(record.error, CELERY_MAX_ERROR),
+            traceback=record.traceback
+            and cut(record.traceback, CELERY_MAX_TRACEBACK, keep_end=True),
+        )
+        try:
+            self.send(described, None)
+        except Exception as exc:
+            raise BrokerUnavailable(
+                f"publishing job {id} ({record.name}) again to the Celery broker at "
+                f"{self.broker} failed: {type(exc).__name__}: {exc}"
+            ) from exc
+        with self._lock:
+            self._unfinished[id] = None
+        return self.get(id)
 
     def _check_priority(self, priority: int) -> None:
         """Say once if RabbitMQ will ignore priorities (its queues need a maximum)."""
@@ -449,7 +535,20 @@ class Publisher:
             raise StoreError(
                 f"reading jobs from the Celery result backend failed: {type(exc).__name__}: {exc}"
             ) from exc
-        return [to_record(id, meta) for id, meta in zip(ids, metas, strict=True)]
+        records = [to_record(id, meta) for id, meta in zip(ids, metas, strict=True)]
+        running = [r for r in records if r is not None and r.status is JobStatus.RUNNING]
+        if running and isinstance(backend, RedisBackend):
+            try:
+                marks = backend.client.mget([cancel_key(r.id) for r in running])
+            except Exception as exc:
+                raise StoreError(
+                    f"reading jobs from the Celery result backend failed: "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
+            for record, mark in zip(running, marks, strict=True):
+                if mark:
+                    record.cancel_requested_at = datetime.fromisoformat(mark.decode())
+        return records
 
     def jobs(self, status: JobStatus | None = None, limit: int = 100) -> list[JobRecord]:
         """This process's latest jobs (Celery's backend cannot list them all: use Flower)."""
@@ -481,11 +580,19 @@ class Publisher:
         return counts
 
 
+#: What a job published again (``errands.retry``) carries from its earlier rounds,
+#: and the stamp that carries each.
+_AGAIN = {"before": BEFORE, "lost": LOST, "error": ERROR, "traceback": TRACEBACK}
+
+
 def _queued(job: JobRecord) -> dict[str, Any]:
     """What a queued job's record keeps beyond its name and arguments."""
     kept: dict[str, Any] = {"max_attempts": job.max_attempts, "after": job.after}
     if job.priority:
         kept["priority"] = job.priority
+    if job.attempts:  # published again by errands.retry: what its earlier rounds left
+        kept.update(attempts=job.attempts, lost=job.lost, error=job.error)
+        kept.update(traceback=job.traceback)
     if job.scheduled_at is not None:
         kept["scheduled_at"] = job.scheduled_at.isoformat()
     return kept

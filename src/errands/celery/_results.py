@@ -37,6 +37,18 @@ RUN_AT = "errands_run_at"
 AFTER = "errands_after"
 SCHEDULED_AT = "errands_scheduled_at"
 PRIORITY = "errands_priority"
+#: When errands.cancel asked the job to stop while it ran.
+CANCEL_REQUESTED_AT = "errands_cancel_requested_at"
+#: Attempts made before this round (errands.retry publishes a finished job again:
+#: Celery's count of retries starts over, errands' goes on).
+BEFORE = "errands_before"
+
+
+def cancel_key(id: str) -> str:
+    """The result backend's key that says errands.cancel was called for job ``id``
+    (its value: when, in ISO 8601)."""
+    return f"errands-cancel-{id}"
+
 
 _STATUS = {
     states.PENDING: JobStatus.QUEUED,
@@ -207,6 +219,8 @@ _STAMP = {
     "run_at": RUN_AT,
     "scheduled_at": SCHEDULED_AT,
     "priority": PRIORITY,
+    "cancel_requested_at": CANCEL_REQUESTED_AT,
+    "before": BEFORE,
     "error": ERROR,
     "traceback": TRACEBACK,
 }
@@ -285,6 +299,7 @@ def to_record(id: str, meta: dict[str, Any]) -> JobRecord | None:
     record.started_at = _time(known.get("started_at"))
     record.scheduled_at = _time(known.get("scheduled_at"))
     record.priority = count(known.get("priority"), signed=True)
+    record.cancel_requested_at = _time(known.get("cancel_requested_at"))
     record.run_at = _time(known.get("run_at")) or max(
         record.created_at, record.scheduled_at or record.created_at
     )
@@ -293,7 +308,7 @@ def to_record(id: str, meta: dict[str, Any]) -> JobRecord | None:
         # RETRY is stored before the retry is sent: its count is of attempts made; a
         # revoked message's, of those made before it.
         made = retries if state == states.REVOKED else retries + 1
-        record.attempts = made + record.lost
+        record.attempts = count(known.get("before")) + made + record.lost
     record.error = known.get("error")
     record.traceback = known.get("traceback")
     if state == states.SUCCESS:

@@ -21,8 +21,11 @@ from celery import states
 
 from .._record import describe_error, utcnow
 from .._tuning import CELERY_MAX_ERROR, CELERY_MAX_TRACEBACK
+from ._cut import cut
 from ._results import (
     AFTER,
+    BEFORE,
+    CANCEL_REQUESTED_AT,
     ERROR,
     FINISHED_AT,
     LOST,
@@ -46,18 +49,19 @@ def begin(request: Any, task: Task[Any, Any], store: Publisher) -> dict[str, Any
     it runs (its ``STARTED`` record)."""
     stamps = dict(getattr(request, "stamps", None) or {})
     lost = count(stamps.get(LOST))
+    before = count(stamps.get(BEFORE))  # attempts of rounds before errands.retry
     if _redelivered(request):
-        lost = max(lost, _lost_so_far(store, str(request.id), request.retries))
+        lost = max(lost, _lost_so_far(store, str(request.id), before + request.retries))
     stamps[STARTED_AT] = utcnow().isoformat()
-    stamps[MAX_ATTEMPTS] = task.policy.max_attempts
+    stamps[MAX_ATTEMPTS] = before + task.policy.max_attempts
     stamps[LOST] = lost
     _stamp(request, stamps)
     return {
         "name": task.name,
         "args": list(request.args or ()),
         "kwargs": dict(request.kwargs or {}),
-        "attempts": request.retries + 1 + lost,
-        "max_attempts": task.policy.max_attempts,
+        "attempts": before + request.retries + 1 + lost,
+        "max_attempts": before + task.policy.max_attempts,
         "started_at": stamps[STARTED_AT],
         "owner": getattr(request, "hostname", None),
         "error": stamps.get(ERROR),
@@ -81,6 +85,13 @@ def failed(request: Any, exc: BaseException, countdown: float) -> None:
     _stamp(request, stamps)
 
 
+def stopped(request: Any, when: str) -> None:
+    """Stamp on ``request`` that errands.cancel asked its job to stop, ``when``."""
+    stamps = dict(getattr(request, "stamps", None) or {})
+    stamps[CANCEL_REQUESTED_AT] = when
+    _stamp(request, stamps)
+
+
 def ended(request: Any) -> None:
     """Stamp the end of a job's last attempt, before the next job of its request is
     published: Celery's own time (``date_done``) comes after, when the result is
@@ -88,19 +99,6 @@ def ended(request: Any) -> None:
     stamps = dict(getattr(request, "stamps", None) or {})
     stamps[FINISHED_AT] = utcnow().isoformat()
     _stamp(request, stamps)
-
-
-def cut(text: str, limit: int, *, keep_end: bool = False) -> str:
-    """``text`` in at most about ``limit`` characters, saying how many were cut. A
-    traceback keeps its end (where the exception is) and its first line."""
-    if len(text) <= limit:
-        return text
-    marker = f"\n[... {len(text) - limit:,} characters cut by errands ...]\n"
-    if not keep_end:
-        return text[:limit] + marker
-    first, _, _ = text.partition("\n")
-    first = first[: limit // 4]
-    return first + marker + text[-(limit - len(first)) :]
 
 
 def _stamp(request: Any, stamps: dict[str, Any]) -> None:

@@ -26,12 +26,15 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from celery import states
-from celery.exceptions import Reject
+from celery.app.task import Context
+from celery.exceptions import Ignore, Reject
 
 from .._attempt import attempt_blocking, log_outcome
+from .._cancel import CANCELLED_RUNNING, Stop
 from .._record import JobStatus
 from .._tuning import CELERY_RUNNING_AFTER, MIN_CELERY_RETRY_DELAY
 from . import _redis, _stamps
+from ._cancels import CANCELS
 from ._publish import Publisher
 from ._results import CHAIN
 
@@ -75,12 +78,22 @@ def _run(
 ) -> Any:
     request = ctask.request
     attempt = request.retries + 1
+    id = str(request.id)
     running = _stamps.begin(request, task, store)  # and the start, stamped on the request
-    attempt_running = _RUNNING.add(store, str(request.id), running)
-    outcome = attempt_blocking(task, args, kwargs, failures=attempt - 1, max_result=max_result)
-    attempt_running.ended()
+    attempt_running = _RUNNING.add(store, id, running)
+    stop = Stop()
+    CANCELS.track(store, id, stop)
+    try:
+        outcome = attempt_blocking(
+            task, args, kwargs, failures=attempt - 1, max_result=max_result, stop=stop
+        )
+    finally:
+        asked = CANCELS.untrack(id)
+        attempt_running.ended()
     # Celery logs successes itself; errands says more of failures and retries.
-    log_outcome(str(request.id), task, attempt, outcome, successes=False)
+    log_outcome(id, task, attempt, outcome, successes=False)
+    if asked is not None:  # errands.cancel: ends cancelled, however the attempt went
+        _cancelled(ctask, store, task, asked)
     if outcome.status is JobStatus.QUEUED:
         assert outcome.exc is not None and outcome.retry_in is not None
         _retry(ctask, outcome.exc, outcome.retry_in, task.policy.retries)
@@ -180,6 +193,29 @@ def _retry(ctask: celery.Task[Any, Any], exc: Exception, delay: float, retries: 
         # The retry could not be sent: deliver this attempt again rather than fail
         # the job without its retries (and without its request's next jobs).
         raise Reject(getattr(rejected, "reason", exc), requeue=True) from exc
+
+
+def _cancelled(
+    ctask: celery.Task[Any, Any], store: Publisher, task: Task[Any, Any], when: str
+) -> NoReturn:
+    """End a job that errands.cancel asked to stop: revoked (errands reads it as
+    cancelled), its result discarded, no retry; then its request's next job."""
+    request = ctask.request
+    _stamps.stopped(request, when)
+    _stamps.ended(request)
+    stamps = dict(getattr(request, "stamps", None) or {})
+    ran = Context(
+        id=request.id,
+        task=task.name,
+        args=request.args,
+        kwargs=request.kwargs,
+        retries=request.retries + 1,  # the attempt that was stopped counts
+        stamps=stamps,
+        stamped_headers=list(stamps),
+    )
+    store.app.backend.mark_as_revoked(str(request.id), CANCELLED_RUNNING, request=ran)
+    _publish_next(store, request)
+    raise Ignore()  # acknowledged, and Celery records nothing over the revoke
 
 
 def _publish_next(store: Publisher, request: Any) -> None:

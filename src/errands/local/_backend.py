@@ -22,8 +22,9 @@ from collections.abc import Callable, Collection, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .._attempt import Outcome, attempt, log_outcome
+from .._attempt import Outcome, attempt, log_outcome, round_failures
 from .._backend import Backend, Source
+from .._cancel import CANCELLED_RUNNING, Stop
 from .._group_commit import GroupCommit
 from .._loops import PerLoop, loop_entry
 from .._options import Runtime
@@ -236,6 +237,28 @@ class LocalBackend(Backend):
             self._backlog.release(1)
         WAITERS.notify(id)
 
+    # -- acting on jobs ---------------------------------------------------------------
+
+    def cancel_job(self, id: str) -> JobRecord | None:
+        record, cancelled = self.store.request_cancel(id)
+        if cancelled:
+            self._finished(id)
+        return record
+
+    def retry_job(self, id: str, max_attempts: int) -> JobRecord | None:
+        if not self.durable:
+            self._backlog.reserve_blocking(1)  # queued again: in memory again
+        try:
+            record = self.store.requeue_finished(id, max_attempts)
+        except BaseException:
+            if not self.durable:
+                self._backlog.release(1)
+            raise
+        if not self.durable and (record is None or record.status is not JobStatus.QUEUED):
+            self._backlog.release(1)
+        self._wanted()
+        return record
+
     # -- reading ----------------------------------------------------------------------
 
     def get(self, id: str) -> JobRecord | None:
@@ -317,23 +340,33 @@ class LocalBackend(Backend):
 
     async def _attempt(self, job: JobRecord) -> Outcome:
         """One attempt of a claimed job, its lease renewed meanwhile; given back (not
-        counted) if it is cancelled."""
+        counted) if it is cancelled, unless ``errands.cancel`` cancelled it."""
         task = self.tasks[job.name]  # claims take only registered names
         liveness = self.liveness()
-        liveness.track(job)
+        stop = Stop()
+        # A def attempt cannot be interrupted: it is only told (cancel_requested()).
+        current = asyncio.current_task()
+        if task.kind != "thread" and current is not None:
+            stop.interrupt = functools.partial(current.cancel, "errands.cancel")
+        liveness.track(job, stop)
         try:
             outcome = await attempt(
                 self.calls,
                 task,
                 job.args,
                 job.kwargs,
-                failures=job.failures - 1,
+                failures=round_failures(job, task),
                 max_result=self._options.max_result,
+                stop=stop,
             )
         except asyncio.CancelledError:
             liveness.untrack(job)
-            self.give_back(job)
-            raise
+            current = asyncio.current_task()
+            if not stop.requested or current is None or current.cancelling() > 1:
+                self.give_back(job)  # a shutdown: not the job's own end
+                raise
+            current.uncancel()
+            outcome = Outcome(JobStatus.CANCELLED, error=CANCELLED_RUNNING)
         log_outcome(job.id, task, job.attempts, outcome)
         return outcome
 
@@ -358,6 +391,7 @@ class LocalBackend(Backend):
         liveness = self.liveness()
         delay = 0.0
         fell_back = False
+        kept: JobStatus | None = None
         while True:
             write = self._write_for(job, outcome, retry_at)
             # The attempt is over: no renewal may race the write that records it (it
@@ -381,16 +415,16 @@ class LocalBackend(Backend):
             break
         if delay:
             self._recording.succeeded()
-        if outcome.status is JobStatus.QUEUED:
+        if kept is JobStatus.QUEUED:
             assert outcome.retry_in is not None
             return time.monotonic() + outcome.retry_in
-        if kept:
+        if kept is not None and kept.finished:
             self._finished(job.id)
         return None
 
     def _write_for(
         self, job: JobRecord, outcome: Outcome, retry_at: datetime | None
-    ) -> Callable[[], bool]:
+    ) -> Callable[[], JobStatus | None]:
         store = self.store
         if outcome.status is JobStatus.SUCCEEDED:
             return functools.partial(store.complete, job, outcome.result)
@@ -399,6 +433,7 @@ class LocalBackend(Backend):
             assert outcome.retry_in is not None
             when = retry_at or utcnow() + timedelta(seconds=outcome.retry_in)
             return functools.partial(store.retry, job, outcome.error, outcome.traceback or "", when)
+        # Cancelled by errands.cancel: the store ends a job asked to stop cancelled.
         return functools.partial(store.fail, job, outcome.error, outcome.traceback)
 
     async def run_here(self, record: JobRecord) -> None:

@@ -24,7 +24,9 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from .._cancel import Stop
 from .._record import JobRecord, utcnow
+from .._tuning import CANCEL_POLL
 
 if TYPE_CHECKING:
     from ._backend import LocalBackend
@@ -36,20 +38,45 @@ class Liveness:
     def __init__(self, backend: LocalBackend) -> None:
         self._backend = backend
         self._running: dict[str, JobRecord] = {}
+        # What stops each running job, should errands.cancel be called for it.
+        self._stops: dict[str, Stop] = {}
+        self._asking: weakref.ref[asyncio.TimerHandle] | None = None
         # Weakly: a handle keeps its loop, and this object (in a table keyed weakly by
         # the loop) must not, or neither would ever go.
         self._timer: weakref.ref[asyncio.TimerHandle] | None = None
         self._beating = False  # this process has added jobs, or runs a worker, here
         self._sweeping = False  # this loop runs the worker
 
-    def track(self, job: JobRecord) -> None:
-        """Keep renewing ``job``'s lease until ``untrack``."""
+    def track(self, job: JobRecord, stop: Stop | None = None) -> None:
+        """Keep renewing ``job``'s lease until ``untrack``; meanwhile, about once a
+        second, ask the store whether it was asked to stop: then request ``stop``."""
         self._running[job.id] = job
+        if stop is not None:
+            self._stops[job.id] = stop
         self._arm()
+        if self._asking is None or self._asking() is None:
+            timer = asyncio.get_running_loop().call_later(CANCEL_POLL, self._ask)
+            self._asking = weakref.ref(timer)
 
     def untrack(self, job: JobRecord) -> None:
         if self._running.get(job.id) is job:
             del self._running[job.id]
+            self._stops.pop(job.id, None)
+
+    def _ask(self) -> None:
+        self._asking = None
+        if not self._stops:
+            return
+        ids = list(self._stops)
+        self._submit(self._backend.store.cancelling, ids, done=self._stop)
+        timer = asyncio.get_running_loop().call_later(CANCEL_POLL, self._ask)
+        self._asking = weakref.ref(timer)
+
+    def _stop(self, ids: list[str]) -> None:
+        for id in ids:
+            stop = self._stops.get(id)  # None: finished meanwhile
+            if stop is not None and stop.request():
+                logger.info("job %s was asked to stop (errands.cancel)", id)
 
     def beat(self) -> None:
         """Start beating (once this loop added a request's jobs); the first beat goes
@@ -68,6 +95,11 @@ class Liveness:
     def close(self) -> None:
         """Stop (the loop's worker has stopped)."""
         self._running.clear()
+        self._stops.clear()
+        asking = self._asking() if self._asking is not None else None
+        if asking is not None:
+            asking.cancel()
+        self._asking = None
         self._beating = self._sweeping = False
         timer = self._timer() if self._timer is not None else None
         if timer is not None:

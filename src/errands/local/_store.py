@@ -13,7 +13,8 @@ The life of a job, as the store sees it::
     (unreleased    ▲                │ ──fail───────► failed
      while it has  └──retry─────────┘ ──requeue────► queued (not the task's fault)
      an owner)
-    queued ──cancel──► cancelled
+    queued ──cancel──► cancelled ──requeue_finished──► queued (errands.retry)
+    running ──request_cancel──► running, to end cancelled (however its attempt ends)
 
 A job is *claimable* when it is queued, its ``run_at`` has come, and the job named
 by its ``after`` (the one added before it in the same request) has finished.
@@ -117,18 +118,38 @@ class Store(Protocol):
     def renew(self, jobs: Sequence[JobRecord], lease: float) -> list[str]:
         """Extend the leases of running jobs; returns the ids whose claim was lost."""
 
-    def complete(self, job: JobRecord, result: Any) -> bool:
-        """Record a success. False if ``job``'s claim is no longer the current one."""
+    def complete(self, job: JobRecord, result: Any) -> JobStatus | None:
+        """Record a success; the job's status after it (``CANCELLED`` if it was asked
+        to stop meanwhile: see ``request_cancel``), or None if ``job``'s claim is no
+        longer the current one (nothing is written then)."""
 
-    def retry(self, job: JobRecord, error: str, traceback: str, run_at: datetime) -> bool:
-        """Record a failed attempt that will be tried again at ``run_at``."""
+    def retry(
+        self, job: JobRecord, error: str, traceback: str, run_at: datetime
+    ) -> JobStatus | None:
+        """Record a failed attempt that will be tried again at ``run_at``; as ``complete``."""
 
-    def fail(self, job: JobRecord, error: str, traceback: str | None) -> bool:
-        """Record a final failure."""
+    def fail(self, job: JobRecord, error: str, traceback: str | None) -> JobStatus | None:
+        """Record a final failure; as ``complete``."""
 
-    def requeue(self, job: JobRecord) -> bool:
+    def requeue(self, job: JobRecord) -> JobStatus | None:
         """Give a claimed job back (its worker is shutting down), runnable at once,
-        without counting the attempt."""
+        without counting the attempt; as ``complete``."""
+
+    def request_cancel(self, id: str) -> tuple[JobRecord | None, bool]:
+        """``errands.cancel``: a queued job is cancelled at once (``CANCELLED_QUEUED``);
+        a running one is marked (``cancel_requested_at``) and ends cancelled
+        (``CANCELLED_RUNNING``) however its attempt ends, with no retry; a finished
+        one is left as it is. The record after, or None for an unknown id, and
+        whether it was cancelled by this call (it was queued)."""
+
+    def cancelling(self, ids: Collection[str]) -> list[str]:
+        """Of these jobs, those running and asked to stop (a cheap read)."""
+
+    def requeue_finished(self, id: str, max_attempts: int) -> JobRecord | None:
+        """``errands.retry``: a failed or cancelled job is queued again, due now, for
+        up to ``max_attempts`` attempts in all (its ``attempts`` and last ``error``
+        kept); any other job is left as it is. The record after, or None for an
+        unknown id."""
 
     def purge(self, before: datetime) -> int:
         """Delete jobs that finished before ``before``; how many were deleted."""

@@ -18,6 +18,7 @@ from collections.abc import Collection, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from .._cancel import CANCELLED_QUEUED, CANCELLED_RUNNING
 from .._record import JobRecord, JobStatus, utcnow
 from .._tuning import KEEP_FINISHED, MAX_LOST_LEASES
 from ..local._store import ProcessInfo, Want, poison_error
@@ -143,43 +144,93 @@ class MemoryStore:
                     self._set_lease(current, until)
         return lost
 
-    def complete(self, job: JobRecord, result: Any) -> bool:
+    def complete(self, job: JobRecord, result: Any) -> JobStatus | None:
         with self._lock:
             current = self._current_claim(job)
             if current is None:
-                return False
+                return None
+            if self._stopped(current):
+                return current.status
             current.status = JobStatus.SUCCEEDED
             current.result = result
             self._finish(current)
-            return True
+            return current.status
 
-    def retry(self, job: JobRecord, error: str, traceback: str, run_at: datetime) -> bool:
+    def retry(
+        self, job: JobRecord, error: str, traceback: str, run_at: datetime
+    ) -> JobStatus | None:
         with self._lock:
             current = self._current_claim(job)
             if current is None:
-                return False
-            current.error, current.traceback = error, traceback
+                return None
+            current.traceback = traceback
+            if self._stopped(current):
+                return current.status
+            current.error = error
             self._back_to_queue(current, run_at)
-            return True
+            return current.status
 
-    def fail(self, job: JobRecord, error: str, traceback: str | None) -> bool:
+    def fail(self, job: JobRecord, error: str, traceback: str | None) -> JobStatus | None:
         with self._lock:
             current = self._current_claim(job)
             if current is None:
-                return False
+                return None
+            current.traceback = traceback
+            if self._stopped(current):
+                return current.status
             current.status = JobStatus.FAILED
-            current.error, current.traceback = error, traceback
+            current.error = error
             self._finish(current)
-            return True
+            return current.status
 
-    def requeue(self, job: JobRecord) -> bool:
+    def requeue(self, job: JobRecord) -> JobStatus | None:
         with self._lock:
             current = self._current_claim(job)
             if current is None:
-                return False
+                return None
             current.attempts -= 1  # the attempt was interrupted, not failed
+            if self._stopped(current):
+                return current.status
             self._back_to_queue(current, utcnow())
-            return True
+            return current.status
+
+    def request_cancel(self, id: str) -> tuple[JobRecord | None, bool]:
+        with self._lock:
+            job = self._jobs.get(id)
+            if job is None:
+                return None, False
+            cancelled = job.status is JobStatus.QUEUED
+            if cancelled:
+                job.status = JobStatus.CANCELLED
+                job.error = CANCELLED_QUEUED
+                self._finish(job)
+            elif job.status is JobStatus.RUNNING and job.cancel_requested_at is None:
+                job.cancel_requested_at = utcnow()
+            return job.copy(), cancelled
+
+    def cancelling(self, ids: Collection[str]) -> list[str]:
+        with self._lock:
+            return [
+                id
+                for id in ids
+                if (job := self._jobs.get(id)) is not None
+                and job.status is JobStatus.RUNNING
+                and job.cancel_requested_at is not None
+            ]
+
+    def requeue_finished(self, id: str, max_attempts: int) -> JobRecord | None:
+        with self._lock:
+            job = self._jobs.get(id)
+            if job is None:
+                return None
+            if job.status in (JobStatus.FAILED, JobStatus.CANCELLED):
+                self._finished.pop(id, None)
+                self._unfinished += 1
+                job.max_attempts = max_attempts
+                job.result = job.finished_at = job.cancel_requested_at = None
+                self._blocked.discard(id)  # what it waited for has finished long since
+                self._back_to_queue(job, utcnow())
+            return job.copy()
 
     def purge(self, before: datetime) -> int:
         with self._lock:
@@ -395,12 +446,24 @@ class MemoryStore:
             job = self._jobs.get(id)
             if job is not None and job.status is JobStatus.RUNNING and job.lease_until == until:
                 job.lost += 1
+                if self._stopped(job):
+                    continue
                 if job.lost >= MAX_LOST_LEASES:
                     job.status = JobStatus.FAILED
                     job.error, job.traceback = poison_error(job.lost), None
                     self._finish(job)
                 else:
                     self._back_to_queue(job, now)
+
+    def _stopped(self, job: JobRecord) -> bool:
+        """End a running job cancelled if it was asked to stop; whether it was."""
+        if job.cancel_requested_at is None:
+            return False
+        job.status = JobStatus.CANCELLED
+        job.error = CANCELLED_RUNNING
+        job.result = None
+        self._finish(job)
+        return True
 
     def _set_lease(self, job: JobRecord, until: datetime) -> None:
         job.lease_until = until

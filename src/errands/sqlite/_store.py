@@ -21,6 +21,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from .._cancel import CANCELLED_QUEUED, CANCELLED_RUNNING
 from .._record import JobRecord, JobStatus, utcnow
 from .._tuning import BUSY_TIMEOUT, MAX_LOST_LEASES, PURGE_CHUNK
 from ..exceptions import ConfigurationError
@@ -68,6 +69,17 @@ def _old_claimable(db: sqlite3.Connection) -> bool:
     """Whether the claimable index is an earlier build's (not in priority order)."""
     columns = [row[2] for row in db.execute("PRAGMA index_info(errands_claimable)")]
     return bool(columns) and columns != CLAIMABLE_COLUMNS
+
+
+def _unless(runs: str, stopped: str) -> str:
+    """SQL: ``runs`` for a job that runs on, ``stopped`` for one asked to stop
+    (``request_cancel``), which ends cancelled however its attempt went."""
+    return f"CASE WHEN cancel_requested_at IS NULL THEN {runs} ELSE {stopped} END"
+
+
+def _stopped(status: str) -> str:
+    """SQL: the status ``status``, or cancelled for a job asked to stop."""
+    return _unless(repr(status), "'cancelled'")
 
 
 #: A released job is due now (parameter), or at its scheduled time if that is later
@@ -262,6 +274,13 @@ class SQLiteStore(Transactions):
     def _expire_leases(self, db: sqlite3.Connection, now: float) -> None:
         """Jobs whose worker stopped renewing its lease are claimable again, up to
         MAX_LOST_LEASES times; then they are failed as poison."""
+        # One asked to stop ends cancelled: it is not run again.
+        db.execute(
+            "UPDATE errands_jobs SET status = 'cancelled', lost = lost + 1, error = ?, "
+            "finished_at = ?, owner = NULL, lease_until = NULL "
+            "WHERE status = 'running' AND lease_until < ? AND cancel_requested_at IS NOT NULL",
+            (CANCELLED_RUNNING, now, now),
+        )
         db.execute(
             "UPDATE errands_jobs SET status = 'failed', lost = lost + 1, error = ?, "
             "traceback = NULL, finished_at = ?, owner = NULL, lease_until = NULL "
@@ -278,52 +297,109 @@ class SQLiteStore(Transactions):
     def renew(self, jobs: Sequence[JobRecord], lease: float) -> list[str]:
         until = utcnow().timestamp() + lease
         return [
-            job.id for job in jobs if not self._update_claimed(job, "lease_until = ?", (until,))
+            job.id
+            for job in jobs
+            if self._update_claimed(job, "lease_until = ?", (until,), ends=False) is None
         ]
 
     @mapped
-    def complete(self, job: JobRecord, result: Any) -> bool:
+    def complete(self, job: JobRecord, result: Any) -> JobStatus | None:
         return self._update_claimed(
             job,
-            "status = 'succeeded', result = ?, finished_at = ?, owner = NULL, lease_until = NULL",
-            (json.dumps(result), utcnow().timestamp()),
+            f"status = {_stopped('succeeded')}, result = {_unless('?', 'NULL')}, "
+            f"error = {_unless('error', '?')}, finished_at = ?",
+            (json.dumps(result), CANCELLED_RUNNING, utcnow().timestamp()),
         )
 
     @mapped
-    def retry(self, job: JobRecord, error: str, traceback: str, run_at: datetime) -> bool:
+    def retry(
+        self, job: JobRecord, error: str, traceback: str, run_at: datetime
+    ) -> JobStatus | None:
         return self._update_claimed(
             job,
-            "status = 'queued', error = ?, traceback = ?, run_at = ?, owner = NULL, "
-            "lease_until = NULL",
-            (error, traceback, run_at.timestamp()),
+            f"status = {_stopped('queued')}, error = {_unless('?', '?')}, traceback = ?, "
+            f"run_at = ?, finished_at = {_unless('NULL', '?')}",
+            (error, CANCELLED_RUNNING, traceback, run_at.timestamp(), utcnow().timestamp()),
         )
 
     @mapped
-    def fail(self, job: JobRecord, error: str, traceback: str | None) -> bool:
+    def fail(self, job: JobRecord, error: str, traceback: str | None) -> JobStatus | None:
         return self._update_claimed(
             job,
-            "status = 'failed', error = ?, traceback = ?, finished_at = ?, owner = NULL, "
-            "lease_until = NULL",
-            (error, traceback, utcnow().timestamp()),
+            f"status = {_stopped('failed')}, error = {_unless('?', '?')}, traceback = ?, "
+            "finished_at = ?",
+            (error, CANCELLED_RUNNING, traceback, utcnow().timestamp()),
         )
 
     @mapped
-    def requeue(self, job: JobRecord) -> bool:
+    def requeue(self, job: JobRecord) -> JobStatus | None:
+        now = utcnow().timestamp()
         return self._update_claimed(
             job,
-            "status = 'queued', attempts = attempts - 1, run_at = ?, owner = NULL, "
-            "lease_until = NULL",
-            (utcnow().timestamp(),),
+            f"status = {_stopped('queued')}, error = {_unless('error', '?')}, "
+            f"finished_at = {_unless('NULL', '?')}, attempts = attempts - 1, run_at = ?",
+            (CANCELLED_RUNNING, now, now),
         )
 
-    def _update_claimed(self, job: JobRecord, assignments: str, values: tuple[Any, ...]) -> bool:
+    def _update_claimed(
+        self, job: JobRecord, assignments: str, values: tuple[Any, ...], *, ends: bool = True
+    ) -> JobStatus | None:
+        """Write to ``job``'s claim, if it is still the current one (with ``ends``, its
+        outcome: the claim ends); the job's status after it."""
+        if ends:
+            assignments += ", owner = NULL, lease_until = NULL"
         with self._write(one_statement=True) as db:
             row = db.execute(
-                f"UPDATE errands_jobs SET {assignments} WHERE id = ? AND status = 'running' "
-                "AND owner = ? AND attempts = ? RETURNING id",
+                f"UPDATE errands_jobs SET {assignments} "
+                "WHERE id = ? AND status = 'running' AND owner = ? AND attempts = ? "
+                "RETURNING status",
                 (*values, job.id, job.owner, job.attempts),
             ).fetchone()
-        return row is not None
+        return None if row is None else JobStatus(row[0])
+
+    @mapped
+    def request_cancel(self, id: str) -> tuple[JobRecord | None, bool]:
+        now = utcnow().timestamp()
+        with self._write() as db:
+            cancelled = db.execute(
+                "UPDATE errands_jobs SET status = 'cancelled', error = ?, finished_at = ?, "
+                "owner = NULL WHERE id = ? AND status = 'queued' RETURNING id",
+                (CANCELLED_QUEUED, now, id),
+            ).fetchone()
+            if cancelled is None:
+                db.execute(
+                    "UPDATE errands_jobs SET cancel_requested_at = ? WHERE id = ? "
+                    "AND status = 'running' AND cancel_requested_at IS NULL",
+                    (now, id),
+                )
+            row = db.execute(f"SELECT {COLUMNS} FROM errands_jobs WHERE id = ?", (id,)).fetchone()
+        return (None if row is None else self._read(row)), cancelled is not None
+
+    @mapped
+    def cancelling(self, ids: Collection[str]) -> list[str]:
+        wanted = list(ids)
+        found: list[str] = []
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            rows = self._db().execute(
+                "SELECT id FROM errands_jobs INDEXED BY errands_running WHERE status = 'running' "
+                f"AND cancel_requested_at IS NOT NULL AND id IN ({', '.join('?' * len(chunk))})",
+                chunk,
+            )
+            found += [id for (id,) in rows.fetchall()]
+        return found
+
+    @mapped
+    def requeue_finished(self, id: str, max_attempts: int) -> JobRecord | None:
+        with self._write() as db:
+            db.execute(
+                "UPDATE errands_jobs SET status = 'queued', run_at = ?, max_attempts = ?, "
+                "result = NULL, finished_at = NULL, cancel_requested_at = NULL, owner = NULL, "
+                "lease_until = NULL WHERE id = ? AND status IN ('failed', 'cancelled')",
+                (utcnow().timestamp(), max_attempts, id),
+            )
+            row = db.execute(f"SELECT {COLUMNS} FROM errands_jobs WHERE id = ?", (id,)).fetchone()
+        return None if row is None else self._read(row)
 
     @mapped
     def purge(self, before: datetime) -> int:

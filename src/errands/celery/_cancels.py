@@ -1,0 +1,114 @@
+"""Celery mode, the worker side of ``errands.cancel``: each worker process looks,
+about once a second, for the cancel marks of the attempts it runs (one ``MGET`` on
+the Redis result backend, only while it runs any), and tells their ``Stop``.
+
+The publisher writes the mark (``_results.cancel_key``) whatever the job is doing:
+a queued job is also revoked, and a worker that starts it before the revoke
+reaches it (or that missed the revoke) still stops it here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import TYPE_CHECKING, Any
+
+from celery.backends.redis import RedisBackend
+from celery.worker.control import control_command
+
+from .._cancel import Stop
+from .._tuning import CANCEL_POLL
+from ._results import cancel_key
+
+if TYPE_CHECKING:
+    from ._publish import Publisher
+
+logger = logging.getLogger("errands")
+
+
+class Cancels:
+    def __init__(self) -> None:
+        self._reset()
+        # A pool process starts afresh: its own lock, table and thread.
+        os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
+        self._lock = threading.Lock()
+        self._running: dict[str, tuple[Publisher, Stop]] = {}
+        self._marked: dict[str, str] = {}  # id -> when it was asked to stop
+        self._thread: threading.Thread | None = None
+        self._wake = threading.Event()
+
+    def track(self, store: Publisher, id: str, stop: Stop) -> None:
+        """Look for ``id``'s mark until ``untrack``."""
+        if not isinstance(store.app.backend, RedisBackend):
+            return  # errands.cancel refuses running jobs there: nothing to look for
+        with self._lock:
+            self._running[id] = (store, stop)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="errands-cancels", daemon=True
+                )
+                self._thread.start()
+        self._wake.set()
+
+    def untrack(self, id: str) -> str | None:
+        """Stop looking; when the job was asked to stop, if it was."""
+        with self._lock:
+            self._running.pop(id, None)
+            return self._marked.pop(id, None)
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            while True:
+                with self._lock:
+                    running = dict(self._running)
+                if not running:
+                    break
+                self._look(running)
+                self._wake.wait(CANCEL_POLL)
+                self._wake.clear()
+
+    def _look(self, running: dict[str, tuple[Publisher, Stop]]) -> None:
+        by_store: dict[int, list[str]] = {}
+        for job_id, (store, _) in running.items():
+            by_store.setdefault(id(store), []).append(job_id)
+        for ids in by_store.values():
+            store = running[ids[0]][0]
+            backend = store.app.backend
+            assert isinstance(backend, RedisBackend)
+            try:
+                marks = backend.client.mget([cancel_key(id) for id in ids])
+            except Exception as exc:  # the jobs run on; a later look may see the mark
+                logger.error("looking for cancelled jobs failed: %s", exc)
+                continue
+            for job_id, mark in zip(ids, marks, strict=True):
+                if not mark:
+                    continue
+                with self._lock:
+                    if job_id not in self._running:
+                        continue  # finished meanwhile
+                    self._marked.setdefault(job_id, mark.decode())
+                if running[job_id][1].request():
+                    logger.info("job %s was asked to stop (errands.cancel)", job_id)
+
+
+CANCELS = Cancels()
+
+
+@control_command(args=[("ids", list)], signature="<id> [<id> ...]")
+def errands_unrevoke(state: Any, ids: list[str], **kwargs: Any) -> dict[str, str]:
+    """A Celery worker's control command: forget that these jobs were revoked.
+
+    ``errands.retry`` publishes a cancelled job again under its id, and a worker
+    that was told to revoke it would otherwise discard it again (Celery keeps
+    revoked ids for hours); it asks every worker to forget them first.
+    """
+    from celery.worker import state as worker_state
+
+    for id in ids:
+        worker_state.revoked.discard(id)
+    return {"ok": f"{len(ids)} job(s) may run again"}
