@@ -58,6 +58,9 @@ class Backend(ABC):
     #: Where they are kept, for the log lines at start: a file's absolute path, a
     #: broker's address (no password), or ``memory``.
     location: str
+    #: How long a finished job (and so its id) is kept, in seconds, where the mode
+    #: decides it (Celery: ``result_expires``); None: the instance's ``retention``.
+    keeps_finished: float | None = None
 
     # -- tasks --------------------------------------------------------------------
 

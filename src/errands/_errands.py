@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar, overload
 
 import anyio
@@ -14,9 +15,10 @@ import anyio
 from ._core import Core
 from ._job import Job
 from ._lifecycle import serving, web_lifespan
-from ._options import Options, check_count
+from ._options import Options, check_count, check_flag
 from ._policy import Policy
 from ._record import JobRecord, JobStatus
+from ._schedule import check_cron, check_interval
 from ._stats import Stats
 from ._task import Task
 from ._tuning import HOLD, JOIN_POLL_LOCAL, JOIN_POLL_SHARED
@@ -170,6 +172,82 @@ class Errands:
             )
 
         return register(func) if func is not None else register
+
+    def cron(
+        self,
+        expression: str,
+        /,
+        *,
+        tz: str = "UTC",
+        catch_up: bool = True,
+        name: str | None = None,
+        retries: int = 0,
+        backoff: float = 1.0,
+        timeout: float | None = None,
+        process: bool = False,
+        priority: int = 0,
+    ) -> TaskDecorator:
+        """Register a task that takes no arguments, and run it at each tick of the cron
+        ``expression`` (five fields, or ``@hourly``, ``@daily``, ``@weekly``,
+        ``@monthly``, ``@yearly``) in the time zone ``tz``.
+
+        One job per tick, however many processes run the app's lifespan or ``errands
+        worker`` on the store: its id is ``cron:<name>:<tick in ISO 8601 UTC>``. A
+        process that starts adds the latest tick that has passed, if it has not run
+        (``catch_up``): after downtime, only the latest missed tick runs. The other
+        options are ``task``'s.
+        """
+        cron, zone = check_cron(expression, tz)
+        check_flag("catch_up", catch_up)
+        register = self.task(
+            name=name,
+            retries=retries,
+            backoff=backoff,
+            timeout=timeout,
+            process=process,
+            priority=priority,
+        )
+
+        def scheduled(fn: Callable[P, R], /) -> Task[P, R]:
+            task = register(fn)
+            self._core.schedule(task, cron=cron, tz=zone, catch_up=catch_up)
+            return task
+
+        return scheduled
+
+    def every(
+        self,
+        interval: timedelta | float,
+        /,
+        *,
+        catch_up: bool = True,
+        name: str | None = None,
+        retries: int = 0,
+        backoff: float = 1.0,
+        timeout: float | None = None,
+        process: bool = False,
+        priority: int = 0,
+    ) -> TaskDecorator:
+        """Register a task that takes no arguments, and run it every ``interval`` (a
+        ``timedelta`` or seconds, at least one): at each whole multiple of it since
+        the Unix epoch, so that every process agrees. As ``cron`` otherwise."""
+        seconds = check_interval(interval)
+        check_flag("catch_up", catch_up)
+        register = self.task(
+            name=name,
+            retries=retries,
+            backoff=backoff,
+            timeout=timeout,
+            process=process,
+            priority=priority,
+        )
+
+        def scheduled(fn: Callable[P, R], /) -> Task[P, R]:
+            task = register(fn)
+            self._core.schedule(task, interval=seconds, catch_up=catch_up)
+            return task
+
+        return scheduled
 
     # -- adding jobs outside a request ------------------------------------------------
 

@@ -5,6 +5,7 @@ runs), and which instance's worker runs on which event loop."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
+from ._schedule import Scheduler
 from ._worker import Worker
 from .exceptions import ConfigurationError
 
@@ -52,12 +54,28 @@ def on_this_loop(core: Core) -> Iterator[None]:
 
 
 @asynccontextmanager
+async def scheduling(core: Core) -> AsyncIterator[None]:
+    """Keep ``core``'s schedules on this loop while inside."""
+    if not core.schedules:
+        yield
+        return
+    task = asyncio.get_running_loop().create_task(Scheduler(core).run())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+@asynccontextmanager
 async def serving(
     core: Core, drain_timeout: float | None = None, *, keep_lanes: bool = False
 ) -> AsyncIterator[Worker]:
     """Run ``core``'s worker on this loop while inside. When it stops, the plain jobs
     that never started are cancelled, unless ``keep_lanes`` (for a later worker of this
-    process: ``join()`` runs one for a while)."""
+    process: ``join()`` runs one for a while). Schedules are kept by ``scheduling``,
+    not here: ``join()`` must not add ticks while it waits for the jobs to end."""
     if core.worker is not None:
         raise ConfigurationError(
             "this Errands instance's worker is already running; enter its lifespan once"
@@ -123,7 +141,7 @@ async def run_until_signalled(core: Core) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal, signum)
     try:
-        async with serving(core) as worker:
+        async with serving(core) as worker, scheduling(core):
             worker.on_failure = on_failure
             logger.info(
                 "worker running on %s with %d task(s): %s",
@@ -153,9 +171,10 @@ async def web_lifespan(core: Core, app: object, *, worker: bool) -> AsyncIterato
     if not worker:
         announce("errands: jobs go to %s; no worker runs in this process", where_jobs_go(core))
         with on_this_loop(core):  # its requests' plain callables are its (only_registered)
-            yield
+            async with scheduling(core):
+                yield
         return
-    async with serving(core):
+    async with serving(core), scheduling(core):
         announce(
             "errands: worker running on %s with %d task(s)", where_jobs_go(core), len(core.tasks)
         )

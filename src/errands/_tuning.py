@@ -102,3 +102,5 @@ MAX_PRIORITY = 1_000_000
 #: How often a worker asks whether the jobs it runs were cancelled (errands.cancel):
 #: an async def attempt stops within about this long.
 CANCEL_POLL = 1.0
+#: How long a schedule waits before it tries again to add a tick's job the store refused.
+SCHEDULE_RETRY = 2.0

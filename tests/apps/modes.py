@@ -123,6 +123,12 @@ def polite(tag: str, seconds: float) -> str:
     return tag
 
 
+def tick() -> str:
+    """Scheduled by the tests of schedules (never here: the other tests would see it)."""
+    log("tick")
+    return "tick"
+
+
 def add(a: int, b: int) -> int:
     return a + b
 
@@ -206,6 +212,7 @@ def make(mode: str, *, path: str = "", queue: str = "errands-modes") -> Mode:
     errands.task(name="modes.patient", retries=1, backoff=3600)(flaky)
     echo_task = errands.task(name="modes.echo")(echo)
     errands.task(name="modes.nap", retries=2, backoff=0.05)(nap)
+    errands.task(name="modes.tick")(tick)
     errands.task(name="modes.polite", retries=2, backoff=0.05)(polite)
     app = tasks.app
 

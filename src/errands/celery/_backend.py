@@ -49,6 +49,10 @@ class CeleryBackend(Backend):
         self.url = f"celery://{app.main or 'celery'}"
         self.publisher = Publisher(app, publish_timeout=runtime.options.publish_timeout)
         self.location = self.publisher.broker
+        expires = app.conf.result_expires
+        seconds = expires.total_seconds() if hasattr(expires, "total_seconds") else expires
+        # Kept for good when results never expire.
+        self.keeps_finished = float(seconds) if seconds else float("inf")
         self._options = runtime.options
         self._tasks = runtime.tasks
         # Requests' publishes gather while one batch is being sent, like a group
