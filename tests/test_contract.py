@@ -374,3 +374,40 @@ def test_retry_runs_a_cancelled_job_and_refuses_a_queued_one(running: Running) -
     assert running.errands.retry(job.id).status is JobStatus.QUEUED
     done = running.finished(job.id)
     assert done.status is JobStatus.SUCCEEDED and done.result == t and done.attempts == 1
+
+
+def times(tag: str, event: str) -> list[float]:
+    """When the logged jobs of ``tag`` did ``event`` (start, end), sorted."""
+    found = [line.split() for line in modes.lines() if line.startswith(tag)]
+    return sorted(float(w[-1]) for w in found if len(w) == 3 and w[-2] == event)
+
+
+def test_a_tasks_concurrency_holds_its_jobs_and_lets_others_pass(running: Running) -> None:
+    t = tag()
+    narrow = [
+        running.errands.add_task(task(running, "modes.narrow"), f"{t}-{i}", 0.4) for i in range(6)
+    ]
+    other = running.errands.add_task(running.mode.record, f"{t}-other")
+    done = running.finished(other.id)
+    assert done.status is JobStatus.SUCCEEDED
+    assert get(running, narrow[-1].id).status is JobStatus.QUEUED  # still held back
+    for job in narrow:
+        assert running.finished(job.id).status is JobStatus.SUCCEEDED
+    starts, ends = times(t, "start"), times(t, "end")
+    events = sorted([(s, 1) for s in starts] + [(e, -1) for e in ends])
+    at_once = most = 0
+    for _, step in events:
+        at_once += step
+        most = max(most, at_once)
+    assert most == 2 and len(starts) == 6
+
+
+def test_a_tasks_rate_spreads_its_attempts(running: Running) -> None:
+    t = tag()
+    jobs = [running.errands.add_task(task(running, "modes.paced"), f"{t}-{i}") for i in range(30)]
+    for job in jobs:
+        assert running.finished(job.id).status is JobStatus.SUCCEEDED
+    starts = times(t, "start")
+    assert 1.0 <= starts[-1] - starts[0] <= 4.0  # 30 at 20 a second: about 1.5 s
+    for first, later in zip(starts, starts[4:], strict=False):
+        assert later - first >= 0.1  # never 5 within a tenth of a second

@@ -16,6 +16,7 @@ import anyio
 from ._attempt import Calls
 from ._backlog import Backlog
 from ._job import Job
+from ._limits import Limit
 from ._modes import open_backend, resolve_url
 from ._options import Options, Runtime
 from ._payload import decode_arguments, encode_arguments, plain_size
@@ -92,6 +93,7 @@ class Core:
         policy: Policy,
         process: bool,
         priority: int = 0,
+        limit: Limit | None = None,
     ) -> Task[P, R]:
         if isinstance(fn, Task):
             raise ConfigurationError(f"{fn!r} is already a registered task")
@@ -106,7 +108,13 @@ class Core:
         if process:
             check_process_task(fn, task_name)
         task = Task(
-            fn, name=task_name, policy=policy, core=self, process=process, priority=priority
+            fn,
+            name=task_name,
+            policy=policy,
+            core=self,
+            process=process,
+            priority=priority,
+            limit=limit,
         )
         self.backend.register(task)
         self.tasks[task_name] = task

@@ -15,12 +15,13 @@ import anyio
 from ._core import Core
 from ._job import Job
 from ._lifecycle import serving, web_lifespan
+from ._limits import check_limit
 from ._options import Options, check_count, check_flag
 from ._policy import Policy
 from ._record import JobRecord, JobStatus
 from ._schedule import check_cron, check_interval
 from ._stats import Stats
-from ._task import Task
+from ._task import Task, callable_name
 from ._tuning import HOLD, JOIN_POLL_LOCAL, JOIN_POLL_SHARED
 from .exceptions import WaitTimeout
 
@@ -140,6 +141,8 @@ class Errands:
         timeout: float | None = None,
         process: bool = False,
         priority: int = 0,
+        concurrency: int | None = None,
+        rate: str | None = None,
     ) -> TaskDecorator: ...
 
     def task(
@@ -153,6 +156,8 @@ class Errands:
         timeout: float | None = None,
         process: bool = False,
         priority: int = 0,
+        concurrency: int | None = None,
+        rate: str | None = None,
     ) -> Task[Any, Any] | TaskDecorator:
         """Register a function (``def`` or ``async def``) as a task of this instance.
 
@@ -163,12 +168,17 @@ class Errands:
         With ``process=True`` (``def`` functions defined at module level) each attempt
         runs in a process of its own, and a timeout kills it. Among jobs that are due,
         those of higher ``priority`` run first (``task.options(priority=)`` for a call).
+        At most ``concurrency`` of its jobs run at once, and at most ``rate`` attempts
+        start (``"10/s"``, ``"100/m"``, ``"1000/h"``), across every worker on the store;
+        jobs held back stay queued, and other tasks' jobs run meanwhile.
         """
         policy = Policy(retries=retries, backoff=backoff, timeout=timeout)
 
         def register(fn: Callable[P, R], /) -> Task[P, R]:
+            task_name = name if name is not None else callable_name(fn)
+            limit = check_limit(str(task_name), concurrency, rate)
             return self._core.register(
-                fn, name=name, policy=policy, process=process, priority=priority
+                fn, name=name, policy=policy, process=process, priority=priority, limit=limit
             )
 
         return register(func) if func is not None else register
@@ -186,6 +196,8 @@ class Errands:
         timeout: float | None = None,
         process: bool = False,
         priority: int = 0,
+        concurrency: int | None = None,
+        rate: str | None = None,
     ) -> TaskDecorator:
         """Register a task that takes no arguments, and run it at each tick of the cron
         ``expression`` (five fields, or ``@hourly``, ``@daily``, ``@weekly``,
@@ -206,6 +218,8 @@ class Errands:
             timeout=timeout,
             process=process,
             priority=priority,
+            concurrency=concurrency,
+            rate=rate,
         )
 
         def scheduled(fn: Callable[P, R], /) -> Task[P, R]:
@@ -227,6 +241,8 @@ class Errands:
         timeout: float | None = None,
         process: bool = False,
         priority: int = 0,
+        concurrency: int | None = None,
+        rate: str | None = None,
     ) -> TaskDecorator:
         """Register a task that takes no arguments, and run it every ``interval`` (a
         ``timedelta`` or seconds, at least one): at each whole multiple of it since
@@ -240,6 +256,8 @@ class Errands:
             timeout=timeout,
             process=process,
             priority=priority,
+            concurrency=concurrency,
+            rate=rate,
         )
 
         def scheduled(fn: Callable[P, R], /) -> Task[P, R]:

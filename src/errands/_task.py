@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar
 
+from ._limits import Limit
 from ._policy import Policy, is_seconds
 from ._tuning import MAX_PRIORITY, MAX_SECONDS
 from .exceptions import InvalidOption
@@ -161,6 +162,7 @@ class Task(Generic[P, R]):
         core: Core,
         process: bool = False,
         priority: int = 0,
+        limit: Limit | None = None,
     ) -> None:
         self.func = func
         self.name = name
@@ -168,6 +170,8 @@ class Task(Generic[P, R]):
         self._core = core
         #: Among jobs that are due, higher runs first (``options(priority=)`` for a call).
         self.priority = check_priority(name, priority)
+        #: Its concurrency and rate limits, across every worker on the store.
+        self.limit = limit
         #: Each attempt runs in a process of its own.
         self.process = process
         self.is_async = is_async_callable(func)

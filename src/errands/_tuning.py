@@ -104,3 +104,7 @@ MAX_PRIORITY = 1_000_000
 CANCEL_POLL = 1.0
 #: How long a schedule waits before it tries again to add a tick's job the store refused.
 SCHEDULE_RETRY = 2.0
+#: Celery mode: a job held back by its task's limits is published again to come back
+#: after this pause, doubling each time it is held, up to the maximum (jittered).
+CELERY_HELD_PAUSE = 0.05
+CELERY_HELD_MAX_PAUSE = 5.0

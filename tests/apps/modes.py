@@ -123,6 +123,18 @@ def polite(tag: str, seconds: float) -> str:
     return tag
 
 
+async def narrow(tag: str, seconds: float) -> None:
+    """Limited to two at once (concurrency=2): logs when it starts and ends."""
+    log(f"{tag} start {time.time()}")
+    await asyncio.sleep(seconds)
+    log(f"{tag} end {time.time()}")
+
+
+def paced(tag: str) -> None:
+    """Limited to 20 attempts a second (rate="20/s"): logs when it starts."""
+    log(f"{tag} start {time.time()}")
+
+
 def tick() -> str:
     """Scheduled by the tests of schedules (never here: the other tests would see it)."""
     log("tick")
@@ -213,6 +225,8 @@ def make(mode: str, *, path: str = "", queue: str = "errands-modes") -> Mode:
     echo_task = errands.task(name="modes.echo")(echo)
     errands.task(name="modes.nap", retries=2, backoff=0.05)(nap)
     errands.task(name="modes.tick")(tick)
+    errands.task(name="modes.narrow", concurrency=2)(narrow)
+    errands.task(name="modes.paced", rate="20/s")(paced)
     errands.task(name="modes.polite", retries=2, backoff=0.05)(polite)
     app = tasks.app
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 from celery.backends.redis import RedisBackend
@@ -36,16 +37,23 @@ class Cancels:
     def _reset(self) -> None:
         self._lock = threading.Lock()
         self._running: dict[str, tuple[Publisher, Stop]] = {}
+        # Slots of task concurrency the running jobs hold: (sorted set, lease) each.
+        self._slots: dict[str, tuple[str, float]] = {}
         self._marked: dict[str, str] = {}  # id -> when it was asked to stop
         self._thread: threading.Thread | None = None
         self._wake = threading.Event()
 
-    def track(self, store: Publisher, id: str, stop: Stop) -> None:
-        """Look for ``id``'s mark until ``untrack``."""
+    def track(
+        self, store: Publisher, id: str, stop: Stop, slot: tuple[str, float] | None = None
+    ) -> None:
+        """Look for ``id``'s mark until ``untrack``; meanwhile renew its ``slot`` of its
+        task's concurrency (a sorted set, and how long a renewal lasts), if it holds one."""
         if not isinstance(store.app.backend, RedisBackend):
             return  # errands.cancel refuses running jobs there: nothing to look for
         with self._lock:
             self._running[id] = (store, stop)
+            if slot is not None:
+                self._slots[id] = slot
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="errands-cancels", daemon=True
@@ -57,6 +65,7 @@ class Cancels:
         """Stop looking; when the job was asked to stop, if it was."""
         with self._lock:
             self._running.pop(id, None)
+            self._slots.pop(id, None)
             return self._marked.pop(id, None)
 
     def _run(self) -> None:
@@ -80,8 +89,15 @@ class Cancels:
             store = running[ids[0]][0]
             backend = store.app.backend
             assert isinstance(backend, RedisBackend)
+            with self._lock:
+                slots = [(job, *self._slots[job]) for job in ids if job in self._slots]
             try:
-                marks = backend.client.mget([cancel_key(id) for id in ids])
+                pipe = backend.client.pipeline(transaction=False)
+                pipe.mget([cancel_key(job) for job in ids])
+                now = time.time()
+                for job, key, lease in slots:  # still running: the slot is still ours
+                    pipe.zadd(key, {job: now + lease}, xx=True)
+                marks = pipe.execute()[0]
             except Exception as exc:  # the jobs run on; a later look may see the mark
                 logger.error("looking for cancelled jobs failed: %s", exc)
                 continue

@@ -33,7 +33,7 @@ from .._attempt import attempt_blocking, log_outcome
 from .._cancel import CANCELLED_RUNNING, Stop
 from .._record import JobStatus
 from .._tuning import CELERY_RUNNING_AFTER, MIN_CELERY_RETRY_DELAY
-from . import _redis, _stamps
+from . import _limits, _redis, _stamps
 from ._cancels import CANCELS
 from ._publish import Publisher
 from ._results import CHAIN
@@ -48,10 +48,21 @@ logger = logging.getLogger("errands")
 
 def bind(store: Publisher, task: Task[Any, Any], *, max_result: int, lease: float) -> None:
     """Register ``task`` on the store's Celery app, under its errands name."""
+    _limits.check(store, task)
     _redis.configure(store.app, task, lease)  # Redis broker: errands' defaults, renewal
 
     def run(self: celery.Task[Any, Any], *args: Any, **kwargs: Any) -> Any:
-        return _run(self, store, task, list(args), kwargs, max_result)
+        if task.limit is None:
+            return _run(self, store, task, list(args), kwargs, max_result)
+        id = str(self.request.id)
+        wait = _limits.acquire(store, task, id, lease)
+        if wait is not None:  # held back by its limits: again later, no attempt spent
+            _limits.hold(self, wait)
+            raise Ignore()
+        try:
+            return _run(self, store, task, list(args), kwargs, max_result, slot=lease)
+        finally:
+            _limits.release(store, task, id)
 
     run.__module__ = task.func.__module__
     run.__qualname__ = run.__name__ = getattr(task.func, "__name__", task.name)
@@ -75,14 +86,23 @@ def _run(
     args: list[Any],
     kwargs: dict[str, Any],
     max_result: int,
+    *,
+    slot: float | None = None,
 ) -> Any:
+    """One attempt; ``slot``: the job holds a slot of its task's concurrency, renewed
+    for that long while it runs."""
     request = ctask.request
     attempt = request.retries + 1
     id = str(request.id)
     running = _stamps.begin(request, task, store)  # and the start, stamped on the request
     attempt_running = _RUNNING.add(store, id, running)
     stop = Stop()
-    CANCELS.track(store, id, stop)
+    renew = (
+        (_limits.running_key(task.name), slot)
+        if slot and task.limit and task.limit.concurrency
+        else None
+    )
+    CANCELS.track(store, id, stop, renew)
     try:
         outcome = attempt_blocking(
             task, args, kwargs, failures=attempt - 1, max_result=max_result, stop=stop

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from .._limits import Limit
 from .._record import JobRecord
 from .._tuning import MAX_STORE_BACKOFF, MIN_STORE_BACKOFF, POLL_LOCAL, POLL_SHARED
 from ..exceptions import StoreCorrupt, StoreError, StoreUnwritable
@@ -90,7 +91,8 @@ class Claims:
         self._worker = self.worker = worker
         durable = backend.durable
         #: A shared store gets jobs from other processes too: look for them often.
-        self.poll_interval = POLL_SHARED if durable else POLL_LOCAL
+        self.poll_interval = self._poll = POLL_SHARED if durable else POLL_LOCAL
+        self._limits: dict[str, Limit] = {}
         self._dirty = True  # the store may have claimable jobs
         self._claiming = 0  # slots held by a claim in flight
         # With ``batch``, claim only once a quarter of a kind's capacity is free: one
@@ -119,7 +121,7 @@ class Claims:
         total = min(free, sum(most for _, most in wants))
         backend = self._backend
         claim = functools.partial(
-            backend.store.claim, backend.process_id, backend.lease, wants, total
+            backend.store.claim, backend.process_id, backend.lease, wants, total, self._limits
         )
         if not backend.durable:
             self._claimed(total, claim)
@@ -160,6 +162,11 @@ class Claims:
             for task in tasks.values():
                 grouped.setdefault(task.kind, []).append(task.name)
             self._names = {kind: tuple(sorted(names)) for kind, names in grouped.items()}
+            self._limits = {t.name: t.limit for t in tasks.values() if t.limit is not None}
+            # A token comes every 1/rate s: look that often (the memory store's poll is
+            # long, and its claims would otherwise wait for it).
+            rates = [limit.rate for limit in self._limits.values() if limit.rate]
+            self.poll_interval = min([self._poll, *(max(0.005, 1 / r) for r in rates)])
             self._registered = len(tasks)
         return self._names
 

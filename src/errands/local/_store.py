@@ -32,12 +32,13 @@ after ``MAX_LOST_LEASES`` such losses the job is failed as a poison job instead.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
+from .._limits import Limit
 from .._record import JobRecord, JobStatus
 
 
@@ -97,14 +98,23 @@ class Store(Protocol):
         """Cancel the given jobs that are still queued; returns the ids cancelled."""
 
     def claim(
-        self, owner: str, lease: float, wants: Sequence[Want], limit: int | None = None
+        self,
+        owner: str,
+        lease: float,
+        wants: Sequence[Want],
+        limit: int | None = None,
+        limits: Mapping[str, Limit] | None = None,
     ) -> list[JobRecord]:
         """Take claimable jobs for ``owner`` for ``lease`` seconds: at most ``limit``
         in all (if given); for each ``(names, most)`` of ``wants`` in turn, up to ``most`` (and
-        what is left of ``limit``) jobs whose name is in ``names``, by due time and
-        then in the order added. Wants may ask for more than ``limit`` together: the
-        claim takes what is due (a worker offers each kind of task all it could run,
-        and takes no more than it has room for).
+        what is left of ``limit``) jobs whose name is in ``names``, highest priority
+        first, then by due time, then in the order added. Wants may ask for more than
+        ``limit`` together: the claim takes what is due (a worker offers each kind of
+        task all it could run, and takes no more than it has room for).
+
+        ``limits`` (by task name, see ``_limits``): no more of a name's jobs than its
+        concurrency allows, counting those running anywhere on the store, and one
+        token of its bucket, kept in the store, an attempt.
 
         Claiming marks a job running, sets its owner, lease and ``started_at``, and
         counts an attempt. Expired leases are dealt with first (see the module's

@@ -14,11 +14,12 @@ import itertools
 import json
 import threading
 from collections import Counter, OrderedDict
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from .._cancel import CANCELLED_QUEUED, CANCELLED_RUNNING
+from .._limits import Limit
 from .._record import JobRecord, JobStatus, utcnow
 from .._tuning import KEEP_FINISHED, MAX_LOST_LEASES
 from ..local._store import ProcessInfo, Want, poison_error
@@ -55,6 +56,9 @@ class MemoryStore:
         # Leases of running jobs, soonest first; stale entries skipped as in _due.
         self._leases: list[_Entry] = []
         self._processes: dict[str, ProcessInfo] = {}
+        # For task limits: running jobs by name, and each rate's bucket (tokens, when).
+        self._running: Counter[str] = Counter()
+        self._buckets: dict[str, tuple[float, float]] = {}
 
     # -- writing ----------------------------------------------------------------
 
@@ -100,26 +104,58 @@ class MemoryStore:
         return cancelled
 
     def claim(
-        self, owner: str, lease: float, wants: Sequence[Want], limit: int | None = None
+        self,
+        owner: str,
+        lease: float,
+        wants: Sequence[Want],
+        limit: int | None = None,
+        limits: Mapping[str, Limit] | None = None,
     ) -> list[JobRecord]:
         if limit is None:
             limit = sum(most for _, most in wants)
+        limits = limits or {}
         now = utcnow()
         claimed: list[JobRecord] = []
         with self._lock:
             self._expire_leases(now)
             for names, most in wants:
-                heaps = [heap for name in names if (heap := self._ripe(name, now))]
+                found = [(name, heap) for name in names if (heap := self._ripe(name, now))]
+                allowed = {
+                    name: self._allowed(name, limits[name], now)
+                    for name, _ in found
+                    if name in limits
+                }
+                found = [(name, heap) for name, heap in found if allowed.get(name, 1) > 0]
                 taken = 0
-                while taken < most and len(claimed) < limit and heaps:
-                    heap = min(heaps, key=self._first)
+                while taken < most and len(claimed) < limit and found:
+                    name, heap = min(found, key=lambda entry: self._first(entry[1]))
                     if not heap:
                         break  # none of these names has a due job left
                     job = self._jobs[heapq.heappop(heap)[3]]
                     self._entries -= 1
                     claimed.append(self._take(job, owner, lease, now))
                     taken += 1
+                    if name in allowed:  # at its limit: the others go on past it
+                        allowed[name] -= 1
+                        self._spend(name, limits[name], now)
+                        if allowed[name] <= 0:
+                            found.remove((name, heap))
         return claimed
+
+    def _allowed(self, name: str, limit: Limit, now: datetime) -> int:
+        tokens = None
+        if limit.rate is not None and (bucket := self._buckets.get(name)) is not None:
+            tokens = limit.refill(*bucket, now.timestamp())
+        return limit.allowed(self._running[name], tokens)
+
+    def _spend(self, name: str, limit: Limit, now: datetime) -> None:
+        """One token of the task's bucket, for an attempt claimed ``now``."""
+        if limit.rate is None:
+            return
+        bucket = self._buckets.get(name)
+        at = now.timestamp()
+        tokens = limit.burst if bucket is None else limit.refill(*bucket, at)
+        self._buckets[name] = (tokens - 1, at)
 
     def claim_ids(self, owner: str, lease: float, ids: Collection[str]) -> list[JobRecord]:
         now = utcnow()
@@ -149,6 +185,7 @@ class MemoryStore:
             current = self._current_claim(job)
             if current is None:
                 return None
+            self._running[current.name] -= 1
             if self._stopped(current):
                 return current.status
             current.status = JobStatus.SUCCEEDED
@@ -163,6 +200,7 @@ class MemoryStore:
             current = self._current_claim(job)
             if current is None:
                 return None
+            self._running[current.name] -= 1
             current.traceback = traceback
             if self._stopped(current):
                 return current.status
@@ -175,6 +213,7 @@ class MemoryStore:
             current = self._current_claim(job)
             if current is None:
                 return None
+            self._running[current.name] -= 1
             current.traceback = traceback
             if self._stopped(current):
                 return current.status
@@ -188,6 +227,7 @@ class MemoryStore:
             current = self._current_claim(job)
             if current is None:
                 return None
+            self._running[current.name] -= 1
             current.attempts -= 1  # the attempt was interrupted, not failed
             if self._stopped(current):
                 return current.status
@@ -325,6 +365,8 @@ class MemoryStore:
             self._finished.clear()
             self._unfinished = 0
             self._processes.clear()
+            self._running.clear()
+            self._buckets.clear()
 
     # -- internals (called with the lock held) ----------------------------------
 
@@ -415,6 +457,7 @@ class MemoryStore:
                 self._release(job, now)
 
     def _take(self, job: JobRecord, owner: str, lease: float, now: datetime) -> JobRecord:
+        self._running[job.name] += 1
         job.status = JobStatus.RUNNING
         job.attempts += 1
         job.owner = owner
@@ -445,6 +488,7 @@ class MemoryStore:
             until, _, id = heapq.heappop(self._leases)
             job = self._jobs.get(id)
             if job is not None and job.status is JobStatus.RUNNING and job.lease_until == until:
+                self._running[job.name] -= 1
                 job.lost += 1
                 if self._stopped(job):
                     continue

@@ -27,6 +27,11 @@ CREATE TABLE IF NOT EXISTS errands_jobs (
     priority INTEGER NOT NULL DEFAULT 0,
     cancel_requested_at REAL
 );
+CREATE TABLE IF NOT EXISTS errands_limits (
+    name TEXT PRIMARY KEY,
+    tokens REAL NOT NULL,
+    updated REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS errands_processes (
     id TEXT PRIMARY KEY,
     role TEXT NOT NULL,
@@ -65,7 +70,8 @@ CLAIMABLE_COLUMNS = ["name", "priority", "run_at", "seq"]
 # a task only newer workers know). The DROPs replace the indexes of files made by
 # earlier builds, whose table may keep its AUTOINCREMENT: harmless, as a new rowid is
 # above every kept one either way, which is all the FIFO order needs.
-# errands_processes.tasks is a JSON list of names.
+# errands_processes.tasks is a JSON list of names. errands_limits keeps the token
+# bucket of each task with a rate (tokens at the time ``updated``).
 
 COLUMNS = (
     "id, name, status, args, kwargs, attempts, max_attempts, result, error, traceback, "

@@ -16,12 +16,13 @@ import functools
 import json
 import logging
 import sqlite3
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from .._cancel import CANCELLED_QUEUED, CANCELLED_RUNNING
+from .._limits import Limit
 from .._record import JobRecord, JobStatus, utcnow
 from .._tuning import BUSY_TIMEOUT, MAX_LOST_LEASES, PURGE_CHUNK
 from ..exceptions import ConfigurationError
@@ -57,6 +58,22 @@ def _missing(db: sqlite3.Connection) -> list[str]:
     """The columns of ``ADDED`` that the file's job table lacks."""
     have = {row[1] for row in db.execute("PRAGMA table_info(errands_jobs)")}
     return [column for column in ADDED if column not in have]
+
+
+def _split(
+    groups: list[tuple[tuple[str, ...], int]], limited: Mapping[str, int]
+) -> Iterator[tuple[tuple[str, ...], list[int], int]]:
+    """The groups of a claim, each limited name in a group of its own (its own
+    allowance), sharing the ``most`` of the group it came from: ``(names, mosts,
+    index)``, where ``mosts[index]`` is what the group may still take."""
+    mosts = [most for _, most in groups]
+    for index, (names, _) in enumerate(groups):
+        free = tuple(name for name in names if name not in limited)
+        if free:
+            yield free, mosts, index
+        for name in names:
+            if name in limited:
+                yield (name,), mosts, index
 
 
 def _claim_order(row: Row) -> tuple[int, float, int]:
@@ -208,7 +225,12 @@ class SQLiteStore(Transactions):
 
     @mapped
     def claim(
-        self, owner: str, lease: float, wants: Sequence[Want], limit: int | None = None
+        self,
+        owner: str,
+        lease: float,
+        wants: Sequence[Want],
+        limit: int | None = None,
+        limits: Mapping[str, Limit] | None = None,
     ) -> list[JobRecord]:
         groups = [(tuple(names), most) for names, most in wants if most > 0 and names]
         if limit is None:
@@ -217,21 +239,28 @@ class SQLiteStore(Transactions):
             return []
         now = utcnow().timestamp()
         wanted = tuple(dict.fromkeys(name for names, _ in groups for name in names))
+        limited = {name: limits[name] for name in wanted if limits and name in limits}
         look: list[Any] = []
         for name in wanted:
             look += (name, now)
         *due, expired = self._db().execute(_look_sql(len(wanted)), (*look, now)).fetchone()
         if not expired:
-            if not any(due):
-                return []  # idle polls read only, and never take the write lock
             ready = {name for name, found in zip(wanted, due, strict=True) if found}
+            if ready and limited:  # a task at its limit has nothing to claim
+                allowed, _ = self._allowance(self._db(), limited, now)
+                ready -= {name for name, most in allowed.items() if most <= 0}
+            if not ready:
+                return []  # idle polls read only, and never take the write lock
             groups = [(tuple(name for name in names if name in ready), n) for names, n in groups]
         claimed: list[JobRecord] = []
         with self._write() as db:
             if expired:
                 self._expire_leases(db, now)
-            for names, most in groups:
-                left = min(most, limit - len(claimed))
+            allowed, tokens = self._allowance(db, limited, now) if limited else ({}, {})
+            for names, most, kind in _split(groups, allowed):
+                left = min(most[kind], limit - len(claimed))
+                if len(names) == 1 and names[0] in allowed:
+                    left = min(left, allowed[names[0]])
                 if not names or left <= 0:
                     continue
                 values: list[Any] = [owner, now + lease, now]
@@ -243,8 +272,61 @@ class SQLiteStore(Transactions):
                 rows = db.execute(_claim_sql(len(names)), values).fetchall()
                 # Priority first, then due time, then FIFO.
                 rows.sort(key=_claim_order)
+                most[kind] -= len(rows)
+                if len(names) == 1 and names[0] in allowed:
+                    self._spend(db, limited[names[0]], names[0], tokens, len(rows), now)
                 claimed += self._records(db, rows, now)
         return claimed
+
+    def _allowance(
+        self, db: sqlite3.Connection, limited: Mapping[str, Limit], now: float
+    ) -> tuple[dict[str, int], dict[str, float | None]]:
+        """How many more jobs of each limited name may start now; the tokens of each
+        bucket now (None: no bucket yet: full)."""
+        marks = ", ".join("?" * len(limited))
+        names = list(limited)
+        running = dict(
+            db.execute(
+                "SELECT name, COUNT(*) FROM errands_jobs INDEXED BY errands_running WHERE "
+                f"status = 'running' AND name IN ({marks}) GROUP BY name",
+                names,
+            ).fetchall()
+        )
+        buckets = {
+            name: (tokens, updated)
+            for name, tokens, updated in db.execute(
+                f"SELECT name, tokens, updated FROM errands_limits WHERE name IN ({marks})",
+                names,
+            ).fetchall()
+        }
+        tokens: dict[str, float | None] = {}
+        allowed = {}
+        for name, limit in limited.items():
+            bucket = buckets.get(name)
+            tokens[name] = limit.refill(*bucket, now) if limit.rate is not None and bucket else None
+            allowed[name] = limit.allowed(running.get(name, 0), tokens[name])
+        return allowed, tokens
+
+    @staticmethod
+    def _spend(
+        db: sqlite3.Connection,
+        limit: Limit,
+        name: str,
+        tokens: dict[str, float | None],
+        taken: int,
+        now: float,
+    ) -> None:
+        """Take ``taken`` tokens from the name's bucket."""
+        if limit.rate is None or not taken:
+            return
+        had = tokens.get(name)
+        left = (limit.burst if had is None else had) - taken
+        tokens[name] = left
+        db.execute(
+            "INSERT INTO errands_limits (name, tokens, updated) VALUES (?, ?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET tokens = excluded.tokens, updated = excluded.updated",
+            (name, left, now),
+        )
 
     @mapped
     def claim_ids(self, owner: str, lease: float, ids: Collection[str]) -> list[JobRecord]:
