@@ -125,6 +125,28 @@ def test_messages_are_json_with_errands_name_and_arguments(queue: str) -> None:
     assert record is not None and record.status is JobStatus.QUEUED
 
 
+@pytest.mark.parametrize("mode_name", BROKERS)
+def test_higher_priority_jobs_are_delivered_first_with_the_documented_settings(
+    queue: str, mode_name: str
+) -> None:
+    mode = modes.make(mode_name, queue=queue)  # no worker: the messages wait
+    assert mode.celery is not None
+    mode.celery.conf.task_queue_max_priority = 10  # RabbitMQ (docs/celery.md)
+    options = dict(mode.celery.conf.broker_transport_options or {})
+    mode.celery.conf.broker_transport_options = {**options, "priority_steps": list(range(10))}
+    ids = {p: mode.errands.add_task(mode.add.options(priority=p), p, 0).id for p in (0, 3, -2, 9)}
+    delivered = []
+    opts = {"max_priority": 10} if mode_name == "celery-rabbitmq" else {}
+    with mode.celery.connection_for_read() as connection:
+        simple = connection.SimpleQueue(queue, queue_opts=opts)
+        for _ in ids:
+            message = simple.get(timeout=5)
+            delivered.append(message.headers["id"])
+            message.ack()
+    assert delivered == [ids[9], ids[3], ids[0], ids[-2]]
+    assert mode.errands.get(ids[9]).priority == 9  # type: ignore[union-attr]
+
+
 def test_a_revoked_job_reads_cancelled(queue: str) -> None:
     """What a request that failed while its jobs were published leaves: revoked jobs."""
     mode = modes.make("celery-redis", queue=queue)  # no worker: the job waits
