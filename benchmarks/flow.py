@@ -45,8 +45,10 @@ def one(scenario: str, n: int) -> float:
         for _ in range(10_000):
             errands.add_task(flow_app.held)
     worker = subprocess.Popen(
-        [sys.executable, "-m", "errands", "worker", "benchmarks.flow_app:errands"]
-        + ["--concurrency", "64", "--log-level", "warning"],
+        [
+            *(sys.executable, "-m", "errands", "worker", "benchmarks.flow_app:errands"),
+            *("--concurrency", "64", "--log-level", "warning"),
+        ],
         cwd=ROOT,
         env=os.environ,
     )
