@@ -30,6 +30,7 @@ from .._stats import Stats, WorkerInfo
 from .._tuning import CELERY_INSPECT_TIMEOUT
 from .._waiters import WAITERS
 from ..exceptions import BrokerUnavailable, ConfigurationError
+from ._actions import cancel_job, retry_job
 from ._publish import Publisher
 from ._task import bind
 
@@ -132,13 +133,13 @@ class CeleryBackend(Backend):
     # -- acting on jobs ---------------------------------------------------------------
 
     def cancel_job(self, id: str) -> JobRecord | None:
-        record = self._complete(self.publisher.cancel_job(id))
+        record = self._complete(cancel_job(self.publisher, id))
         if record is not None and record.finished:
             WAITERS.notify(id)
         return record
 
     def retry_job(self, id: str, max_attempts: int) -> JobRecord | None:
-        return self._complete(self.publisher.retry_job(id, max_attempts))
+        return self._complete(retry_job(self.publisher, id, max_attempts))
 
     # -- reading ----------------------------------------------------------------------
 

@@ -31,18 +31,13 @@ from typing import Any
 from celery import Celery, states
 from celery.backends.redis import RedisBackend
 
-from .._cancel import CANCELLED_QUEUED
 from .._record import JobRecord, JobStatus, utcnow
 from .._tuning import (
-    CELERY_INSPECT_TIMEOUT,
-    CELERY_MAX_ERROR,
-    CELERY_MAX_TRACEBACK,
     CELERY_PUBLISH_RETRIES,
     CELERY_RECENT,
     CELERY_TRACKED,
 )
 from ..exceptions import BrokerUnavailable, ConfigurationError, StoreError
-from ._cut import cut
 from ._results import (
     AFTER,
     BEFORE,
@@ -145,7 +140,11 @@ class Publisher:
         pipe = backend.client.pipeline(transaction=False)
         for job in jobs:
             value = json.dumps(
-                meta(job.id, states.PENDING, ours(job.name, job.args, job.kwargs, **_queued(job)))
+                meta(
+                    job.id,
+                    states.PENDING,
+                    ours(job.name, job.args, job.kwargs, **queued_fields(job)),
+                )
             )
             pipe.set(
                 backend.get_key_for_task(job.id), value, nx=True, ex=expires[1] if expires else None
@@ -193,6 +192,12 @@ class Publisher:
             while len(self._unfinished) > CELERY_TRACKED:
                 del self._unfinished[next(iter(self._unfinished))]
 
+    def track(self, id: str) -> None:
+        """Count job ``id`` among this process's unfinished ones (published again)."""
+        with self._lock:
+            self._unfinished[id] = None
+            self._recent.append(id)
+
     @property
     def broker(self) -> str:
         """The broker's URL, without its password."""
@@ -206,7 +211,7 @@ class Publisher:
         that state stands. A publish that failed takes them back.
         """
         entries = [
-            (job.id, states.PENDING, ours(job.name, job.args, job.kwargs, **_queued(job)))
+            (job.id, states.PENDING, ours(job.name, job.args, job.kwargs, **queued_fields(job)))
             for job in jobs
         ]
         if chain_id is not None:
@@ -412,75 +417,6 @@ class Publisher:
                 **options,
             )
 
-    def cancel_job(self, id: str) -> JobRecord | None:
-        """``errands.cancel``: mark the job (the workers look for the mark of the jobs
-        they run, about once a second), and revoke it if it is still queued."""
-        record = self.get(id)
-        if record is None or record.finished:
-            return record
-        backend = self.app.backend
-        if not isinstance(backend, RedisBackend):
-            if record.status is JobStatus.RUNNING:
-                raise ConfigurationError(
-                    f"job {id} runs, and stopping a running job in Celery mode needs a "
-                    f"Redis result backend (workers look for the mark there); this app's "
-                    f"is {type(backend).__name__}"
-                )
-        else:
-            # Marked first, whatever it is doing: should a worker start it before the
-            # revoke reaches it (or a worker that missed the revoke), it still stops.
-            expires = expires_args(getattr(backend, "expires", None))
-            when = utcnow().isoformat()
-            backend.client.set(cancel_key(id), when, ex=expires[1] if expires else None)
-        if record.status is JobStatus.QUEUED:
-            self.cancel([id], CANCELLED_QUEUED)
-        return self.get(id)
-
-    def retry_job(self, id: str, max_attempts: int) -> JobRecord | None:
-        """``errands.retry``: publish a failed or cancelled job again, under its id,
-        carrying what its earlier rounds left (attempts, last error)."""
-        record = self.get(id)
-        if record is None or record.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
-            return record
-        backend = self.app.backend
-        if isinstance(backend, RedisBackend):
-            backend.client.delete(cancel_key(id))
-        if record.status is JobStatus.CANCELLED:
-            # Workers keep revoked ids for hours, and would discard it again: ask them
-            # to forget it first (each live worker answers; waits up to a second).
-            self.app.control.broadcast(
-                "errands_unrevoke",
-                arguments={"ids": [id]},
-                reply=True,
-                timeout=CELERY_INSPECT_TIMEOUT,
-            )
-        record.status = JobStatus.QUEUED
-        record.max_attempts = max_attempts
-        record.after = None  # what it waited for has finished
-        record.scheduled_at = None
-        record.run_at = utcnow()
-        record.result = record.finished_at = record.cancel_requested_at = None
-        queued = ours(record.name, record.args, record.kwargs, **_queued(record))
-        backend.store_result(id, {"errands": queued}, states.PENDING)
-        described = message_body(record)
-        described.update(
-            before=record.attempts - record.lost,
-            lost=record.lost,
-            error=record.error and cut(record.error, CELERY_MAX_ERROR),
-            traceback=record.traceback
-            and cut(record.traceback, CELERY_MAX_TRACEBACK, keep_end=True),
-        )
-        try:
-            self.send(described, None)
-        except Exception as exc:
-            raise BrokerUnavailable(
-                f"publishing job {id} ({record.name}) again to the Celery broker at "
-                f"{self.broker} failed: {type(exc).__name__}: {exc}"
-            ) from exc
-        with self._lock:
-            self._unfinished[id] = None
-        return self.get(id)
-
     def _check_priority(self, priority: int) -> None:
         """Say once if RabbitMQ will ignore priorities (its queues need a maximum)."""
         conf = self.app.conf
@@ -585,7 +521,7 @@ class Publisher:
 _AGAIN = {"before": BEFORE, "lost": LOST, "error": ERROR, "traceback": TRACEBACK}
 
 
-def _queued(job: JobRecord) -> dict[str, Any]:
+def queued_fields(job: JobRecord) -> dict[str, Any]:
     """What a queued job's record keeps beyond its name and arguments."""
     kept: dict[str, Any] = {"max_attempts": job.max_attempts, "after": job.after}
     if job.priority:

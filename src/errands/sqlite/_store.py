@@ -12,7 +12,6 @@ each becomes the ``StoreError`` that says what happened and what to do (``_error
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import sqlite3
@@ -30,117 +29,30 @@ from ..local._store import ProcessInfo, Want, poison_error
 from ._rows import Row, Unreadable, corrupt_error, dumps, process_info, record, ts, unreadable
 from ._schema import (
     ADDED,
-    BLOCKED,
-    CLAIMABLE_COLUMNS,
     COLUMNS,
     INDEXES,
     INSERT,
     INSERT_NEW,
-    PRIORITY,
     PROCESS_COLUMNS,
-    RUN_AT,
     SCHEMA,
+)
+from ._sql import (
+    RELEASED_RUN_AT,
+    allowance,
+    claim_ids_sql,
+    claim_order,
+    claim_sql,
+    look_sql,
+    missing_columns,
+    old_claimable,
+    spend,
+    split_limited,
+    stopped_status,
+    unless_stopped,
 )
 from ._transactions import Transactions, mapped
 
 logger = logging.getLogger("errands")
-
-
-#: Jobs of one name that are claimable, first due first (then in the order added):
-#: a range of errands_claimable, read in its order.
-_CLAIMABLE = (
-    "FROM errands_jobs j WHERE j.status = 'queued' AND j.name = ? AND j.run_at <= ? "
-    f"AND NOT {BLOCKED}"
-)
-
-
-def _missing(db: sqlite3.Connection) -> list[str]:
-    """The columns of ``ADDED`` that the file's job table lacks."""
-    have = {row[1] for row in db.execute("PRAGMA table_info(errands_jobs)")}
-    return [column for column in ADDED if column not in have]
-
-
-def _split(
-    groups: list[tuple[tuple[str, ...], int]], limited: Mapping[str, int]
-) -> Iterator[tuple[tuple[str, ...], list[int], int]]:
-    """The groups of a claim, each limited name in a group of its own (its own
-    allowance), sharing the ``most`` of the group it came from: ``(names, mosts,
-    index)``, where ``mosts[index]`` is what the group may still take."""
-    mosts = [most for _, most in groups]
-    for index, (names, _) in enumerate(groups):
-        free = tuple(name for name in names if name not in limited)
-        if free:
-            yield free, mosts, index
-        for name in names:
-            if name in limited:
-                yield (name,), mosts, index
-
-
-def _claim_order(row: Row) -> tuple[int, float, int]:
-    """Claimed rows in the order they were chosen: priority, due time, then FIFO."""
-    priority = row[PRIORITY]
-    return (-priority if isinstance(priority, int) else 0, row[RUN_AT], row[0])
-
-
-def _old_claimable(db: sqlite3.Connection) -> bool:
-    """Whether the claimable index is an earlier build's (not in priority order)."""
-    columns = [row[2] for row in db.execute("PRAGMA index_info(errands_claimable)")]
-    return bool(columns) and columns != CLAIMABLE_COLUMNS
-
-
-def _unless(runs: str, stopped: str) -> str:
-    """SQL: ``runs`` for a job that runs on, ``stopped`` for one asked to stop
-    (``request_cancel``), which ends cancelled however its attempt went."""
-    return f"CASE WHEN cancel_requested_at IS NULL THEN {runs} ELSE {stopped} END"
-
-
-def _stopped(status: str) -> str:
-    """SQL: the status ``status``, or cancelled for a job asked to stop."""
-    return _unless(repr(status), "'cancelled'")
-
-
-#: A released job is due now (parameter), or at its scheduled time if that is later
-#: (``JobRecord.due`` in SQL).
-_RELEASED_RUN_AT = "MAX(?, COALESCE(scheduled_at, 0))"
-
-
-@functools.lru_cache(maxsize=64)
-def _look_sql(names: int) -> str:
-    """For each of ``names`` names (parameters ``name, now``) whether a job of it is
-    claimable, then whether a lease has run out (parameter ``now``): one read."""
-    due = f"EXISTS (SELECT 1 {_CLAIMABLE})"
-    expired = "EXISTS (SELECT 1 FROM errands_jobs WHERE status = 'running' AND lease_until < ?)"
-    return f"SELECT {', '.join([due] * names)}, {expired}"
-
-
-@functools.lru_cache(maxsize=64)
-def _claim_sql(names: int) -> str:
-    """Claim the first claimable jobs of ``names`` names: parameters ``owner,
-    lease_until, now``, then ``name, now, limit`` for each name, then (for more than
-    one name) ``limit``."""
-    # One arm a name, each stopping at the limit: a claim reads at most names x limit
-    # rows, however many jobs are due.
-    order = "ORDER BY j.priority DESC, j.run_at, j.seq"
-    arm = f"SELECT j.seq, j.priority, j.run_at {_CLAIMABLE} {order} LIMIT ?"
-    if names == 1:
-        chosen = f"SELECT j.seq {_CLAIMABLE} {order} LIMIT ?"
-    else:
-        arms = " UNION ALL ".join([f"SELECT * FROM ({arm})"] * names)
-        chosen = f"SELECT seq FROM ({arms}) ORDER BY priority DESC, run_at, seq LIMIT ?"
-    return (
-        "UPDATE errands_jobs SET status = 'running', attempts = attempts + 1, owner = ?, "
-        f"lease_until = ?, started_at = ? WHERE seq IN ({chosen}) RETURNING seq, {COLUMNS}"
-    )
-
-
-@functools.lru_cache(maxsize=64)
-def _claim_ids_sql(ids: int) -> str:
-    return (
-        "UPDATE errands_jobs SET status = 'running', attempts = attempts + 1, owner = ?, "
-        "lease_until = ?, started_at = ? WHERE seq IN (SELECT j.seq FROM errands_jobs j "
-        f"WHERE j.status = 'queued' AND j.id IN ({', '.join('?' * ids)}) AND NOT {BLOCKED}) "
-        f"RETURNING seq, {COLUMNS}"
-    )
 
 
 class SQLiteStore(Transactions):
@@ -155,11 +67,11 @@ class SQLiteStore(Transactions):
         self._warned: set[str] = set()
         try:
             self._db().executescript(SCHEMA)
-            if _missing(self._db()) or _old_claimable(self._db()):  # made by an earlier build
+            if missing_columns(self._db()) or old_claimable(self._db()):  # made by an earlier build
                 with self._write() as db:
-                    for column in _missing(db):  # again: another process may have added it
+                    for column in missing_columns(db):  # again: another process may have added it
                         db.execute(f"ALTER TABLE errands_jobs ADD COLUMN {column} {ADDED[column]}")
-                    if _old_claimable(db):
+                    if old_claimable(db):
                         db.execute("DROP INDEX errands_claimable")
             self._db().executescript(INDEXES)
         except sqlite3.Error as exc:
@@ -203,7 +115,7 @@ class SQLiteStore(Transactions):
         now = utcnow().timestamp()
         with self._write() as db:
             db.executemany(
-                f"UPDATE errands_jobs SET run_at = {_RELEASED_RUN_AT}, owner = NULL WHERE id = ? "
+                f"UPDATE errands_jobs SET run_at = {RELEASED_RUN_AT}, owner = NULL WHERE id = ? "
                 "AND status = 'queued' AND attempts = 0 AND owner IS NOT NULL",
                 [(now, id) for id in ids],
             )
@@ -243,11 +155,11 @@ class SQLiteStore(Transactions):
         look: list[Any] = []
         for name in wanted:
             look += (name, now)
-        *due, expired = self._db().execute(_look_sql(len(wanted)), (*look, now)).fetchone()
+        *due, expired = self._db().execute(look_sql(len(wanted)), (*look, now)).fetchone()
         if not expired:
             ready = {name for name, found in zip(wanted, due, strict=True) if found}
             if ready and limited:  # a task at its limit has nothing to claim
-                allowed, _ = self._allowance(self._db(), limited, now)
+                allowed, _ = allowance(self._db(), limited, now)
                 ready -= {name for name, most in allowed.items() if most <= 0}
             if not ready:
                 return []  # idle polls read only, and never take the write lock
@@ -256,8 +168,8 @@ class SQLiteStore(Transactions):
         with self._write() as db:
             if expired:
                 self._expire_leases(db, now)
-            allowed, tokens = self._allowance(db, limited, now) if limited else ({}, {})
-            for names, most, kind in _split(groups, allowed):
+            allowed, tokens = allowance(db, limited, now) if limited else ({}, {})
+            for names, most, kind in split_limited(groups, allowed):
                 left = min(most[kind], limit - len(claimed))
                 if len(names) == 1 and names[0] in allowed:
                     left = min(left, allowed[names[0]])
@@ -269,64 +181,14 @@ class SQLiteStore(Transactions):
                 if len(names) > 1:
                     values.append(left)
                 # One statement takes the group's jobs (chosen before any is marked).
-                rows = db.execute(_claim_sql(len(names)), values).fetchall()
+                rows = db.execute(claim_sql(len(names)), values).fetchall()
                 # Priority first, then due time, then FIFO.
-                rows.sort(key=_claim_order)
+                rows.sort(key=claim_order)
                 most[kind] -= len(rows)
                 if len(names) == 1 and names[0] in allowed:
-                    self._spend(db, limited[names[0]], names[0], tokens, len(rows), now)
+                    spend(db, limited[names[0]], names[0], tokens, len(rows), now)
                 claimed += self._records(db, rows, now)
         return claimed
-
-    def _allowance(
-        self, db: sqlite3.Connection, limited: Mapping[str, Limit], now: float
-    ) -> tuple[dict[str, int], dict[str, float | None]]:
-        """How many more jobs of each limited name may start now; the tokens of each
-        bucket now (None: no bucket yet: full)."""
-        marks = ", ".join("?" * len(limited))
-        names = list(limited)
-        running = dict(
-            db.execute(
-                "SELECT name, COUNT(*) FROM errands_jobs INDEXED BY errands_running WHERE "
-                f"status = 'running' AND name IN ({marks}) GROUP BY name",
-                names,
-            ).fetchall()
-        )
-        buckets = {
-            name: (tokens, updated)
-            for name, tokens, updated in db.execute(
-                f"SELECT name, tokens, updated FROM errands_limits WHERE name IN ({marks})",
-                names,
-            ).fetchall()
-        }
-        tokens: dict[str, float | None] = {}
-        allowed = {}
-        for name, limit in limited.items():
-            bucket = buckets.get(name)
-            tokens[name] = limit.refill(*bucket, now) if limit.rate is not None and bucket else None
-            allowed[name] = limit.allowed(running.get(name, 0), tokens[name])
-        return allowed, tokens
-
-    @staticmethod
-    def _spend(
-        db: sqlite3.Connection,
-        limit: Limit,
-        name: str,
-        tokens: dict[str, float | None],
-        taken: int,
-        now: float,
-    ) -> None:
-        """Take ``taken`` tokens from the name's bucket."""
-        if limit.rate is None or not taken:
-            return
-        had = tokens.get(name)
-        left = (limit.burst if had is None else had) - taken
-        tokens[name] = left
-        db.execute(
-            "INSERT INTO errands_limits (name, tokens, updated) VALUES (?, ?, ?) "
-            "ON CONFLICT (name) DO UPDATE SET tokens = excluded.tokens, updated = excluded.updated",
-            (name, left, now),
-        )
 
     @mapped
     def claim_ids(self, owner: str, lease: float, ids: Collection[str]) -> list[JobRecord]:
@@ -335,7 +197,7 @@ class SQLiteStore(Transactions):
             return []
         now = utcnow().timestamp()
         with self._write() as db:
-            rows = db.execute(_claim_ids_sql(len(wanted)), (owner, now + lease, now, *wanted))
+            rows = db.execute(claim_ids_sql(len(wanted)), (owner, now + lease, now, *wanted))
             return self._records(db, sorted(rows.fetchall()), now)
 
     def _records(self, db: sqlite3.Connection, rows: list[Row], now: float) -> list[JobRecord]:
@@ -388,8 +250,8 @@ class SQLiteStore(Transactions):
     def complete(self, job: JobRecord, result: Any) -> JobStatus | None:
         return self._update_claimed(
             job,
-            f"status = {_stopped('succeeded')}, result = {_unless('?', 'NULL')}, "
-            f"error = {_unless('error', '?')}, finished_at = ?",
+            f"status = {stopped_status('succeeded')}, result = {unless_stopped('?', 'NULL')}, "
+            f"error = {unless_stopped('error', '?')}, finished_at = ?",
             (json.dumps(result), CANCELLED_RUNNING, utcnow().timestamp()),
         )
 
@@ -399,8 +261,8 @@ class SQLiteStore(Transactions):
     ) -> JobStatus | None:
         return self._update_claimed(
             job,
-            f"status = {_stopped('queued')}, error = {_unless('?', '?')}, traceback = ?, "
-            f"run_at = ?, finished_at = {_unless('NULL', '?')}",
+            f"status = {stopped_status('queued')}, error = {unless_stopped('?', '?')}, "
+            f"traceback = ?, run_at = ?, finished_at = {unless_stopped('NULL', '?')}",
             (error, CANCELLED_RUNNING, traceback, run_at.timestamp(), utcnow().timestamp()),
         )
 
@@ -408,8 +270,8 @@ class SQLiteStore(Transactions):
     def fail(self, job: JobRecord, error: str, traceback: str | None) -> JobStatus | None:
         return self._update_claimed(
             job,
-            f"status = {_stopped('failed')}, error = {_unless('?', '?')}, traceback = ?, "
-            "finished_at = ?",
+            f"status = {stopped_status('failed')}, error = {unless_stopped('?', '?')}, "
+            "traceback = ?, finished_at = ?",
             (error, CANCELLED_RUNNING, traceback, utcnow().timestamp()),
         )
 
@@ -418,8 +280,8 @@ class SQLiteStore(Transactions):
         now = utcnow().timestamp()
         return self._update_claimed(
             job,
-            f"status = {_stopped('queued')}, error = {_unless('error', '?')}, "
-            f"finished_at = {_unless('NULL', '?')}, attempts = attempts - 1, run_at = ?",
+            f"status = {stopped_status('queued')}, error = {unless_stopped('error', '?')}, "
+            f"finished_at = {unless_stopped('NULL', '?')}, attempts = attempts - 1, run_at = ?",
             (CANCELLED_RUNNING, now, now),
         )
 
@@ -564,7 +426,7 @@ class SQLiteStore(Transactions):
         jobs (no index by owner: it would cost every enqueue, for a rare event)."""
         marks = ", ".join("?" * len(owners))
         db.execute(
-            f"UPDATE errands_jobs INDEXED BY errands_claimable SET run_at = {_RELEASED_RUN_AT}, "
+            f"UPDATE errands_jobs INDEXED BY errands_claimable SET run_at = {RELEASED_RUN_AT}, "
             f"owner = NULL WHERE status = 'queued' AND attempts = 0 AND owner IN ({marks})",
             (now, *owners),
         )
