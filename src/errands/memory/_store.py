@@ -10,12 +10,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import heapq
-import itertools
 import json
 import threading
 from collections import Counter, OrderedDict
 from collections.abc import Collection, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from .._cancel import CANCELLED_QUEUED, CANCELLED_RUNNING
@@ -23,12 +22,10 @@ from .._limits import Limit
 from .._record import JobRecord, JobStatus, utcnow
 from .._tuning import KEEP_FINISHED, MAX_LOST_LEASES
 from ..local._store import ProcessInfo, Want, poison_error
+from ._queue import DueQueue
 
-#: A heap entry of a job not yet due: (due time, tiebreak, job id).
-_Entry = tuple[datetime, int, str]
-#: Of a due job: (-priority, due time, tiebreak, job id): the first is claimed first.
-_Ready = tuple[int, datetime, int, str]
-_NEVER = (1 << 62, datetime.max.replace(tzinfo=UTC), 0)
+#: A lease: (until, tiebreak, job id).
+_Lease = tuple[datetime, int, str]
 
 
 class MemoryStore:
@@ -39,22 +36,15 @@ class MemoryStore:
         self._keep_finished = keep_finished
         self._lock = threading.Lock()
         self._jobs: dict[str, JobRecord] = {}
-        # Queued, unblocked jobs with a run_at, by due time, one heap a task name (a
-        # claim takes only the names it wants); once due, a claim moves them to the
-        # name's ready heap, by priority. Entries go stale when a job changes state;
-        # claims skip those rather than search the heaps, and _compact drops them
-        # should they pile up (every held job leaves one when it is released).
-        self._due: dict[str, list[_Entry]] = {}
-        self._ready: dict[str, list[_Ready]] = {}
-        self._entries = 0
-        self._tiebreak = itertools.count()
         # Jobs waiting for the job added before them in their request.
         self._dependents: dict[str, list[str]] = {}
         self._blocked: set[str] = set()
+        # The queued jobs that are not blocked, by when they are due (see _queue).
+        self._queue = DueQueue(self._jobs, self._blocked)
         self._finished: OrderedDict[str, None] = OrderedDict()
         self._unfinished = 0
-        # Leases of running jobs, soonest first; stale entries skipped as in _due.
-        self._leases: list[_Entry] = []
+        # Leases of running jobs, soonest first; stale entries skipped, as the queue's.
+        self._leases: list[_Lease] = []
         self._processes: dict[str, ProcessInfo] = {}
         # For task limits: running jobs by name, and each rate's bucket (tokens, when).
         self._running: Counter[str] = Counter()
@@ -119,7 +109,7 @@ class MemoryStore:
         with self._lock:
             self._expire_leases(now)
             for names, most in wants:
-                found = [(name, heap) for name in names if (heap := self._ripe(name, now))]
+                found = [(name, heap) for name in names if (heap := self._queue.ripe(name, now))]
                 allowed = {
                     name: self._allowed(name, limits[name], now)
                     for name, _ in found
@@ -128,11 +118,10 @@ class MemoryStore:
                 found = [(name, heap) for name, heap in found if allowed.get(name, 1) > 0]
                 taken = 0
                 while taken < most and len(claimed) < limit and found:
-                    name, heap = min(found, key=lambda entry: self._first(entry[1]))
+                    name, heap = min(found, key=lambda entry: self._queue.first(entry[1]))
                     if not heap:
                         break  # none of these names has a due job left
-                    job = self._jobs[heapq.heappop(heap)[3]]
-                    self._entries -= 1
+                    job = self._jobs[self._queue.pop(heap)]
                     claimed.append(self._take(job, owner, lease, now))
                     taken += 1
                     if name in allowed:  # at its limit: the others go on past it
@@ -356,9 +345,7 @@ class MemoryStore:
     def close(self) -> None:
         with self._lock:
             self._jobs.clear()
-            self._due.clear()
-            self._ready.clear()
-            self._entries = 0
+            self._queue.clear()
             self._dependents.clear()
             self._blocked.clear()
             self._leases.clear()
@@ -371,66 +358,7 @@ class MemoryStore:
     # -- internals (called with the lock held) ----------------------------------
 
     def _schedule(self, job: JobRecord) -> None:
-        assert job.run_at is not None
-        heapq.heappush(
-            self._due.setdefault(job.name, []), (job.run_at, next(self._tiebreak), job.id)
-        )
-        self._entries += 1
-        if self._entries > 2 * self._unfinished + 1024:
-            self._compact()
-
-    def _ripe(self, name: str, now: datetime) -> list[_Ready] | None:
-        """The ready heap of ``name``, with its jobs that have fallen due moved in."""
-        due = self._due.get(name)
-        ready = self._ready.get(name)
-        while due and due[0][0] <= now:
-            run_at, tiebreak, id = heapq.heappop(due)
-            if not self._live(run_at, id):
-                self._entries -= 1
-                continue
-            if ready is None:
-                ready = self._ready[name] = []
-            heapq.heappush(ready, (-self._jobs[id].priority, run_at, tiebreak, id))
-        return ready
-
-    def _first(self, heap: list[_Ready]) -> tuple[int, datetime, int]:
-        """The rank of the heap's first live entry (stale ones are dropped on the
-        way); empty heaps sort last."""
-        while heap:
-            rank, run_at, tiebreak, id = heap[0]
-            if self._live(run_at, id):
-                return rank, run_at, tiebreak
-            heapq.heappop(heap)
-            self._entries -= 1
-        return _NEVER
-
-    def _live(self, run_at: datetime, id: str) -> bool:
-        job = self._jobs.get(id)
-        return (
-            job is not None
-            and job.status is JobStatus.QUEUED
-            and job.run_at == run_at
-            and id not in self._blocked
-        )
-
-    def _compact(self) -> None:
-        for name, heap in list(self._due.items()):
-            live = [entry for entry in heap if self._live(entry[0], entry[2])]
-            if live:
-                heapq.heapify(live)
-                self._due[name] = live
-            else:
-                del self._due[name]
-        for name, ready in list(self._ready.items()):
-            kept = [entry for entry in ready if self._live(entry[1], entry[3])]
-            if kept:
-                heapq.heapify(kept)
-                self._ready[name] = kept
-            else:
-                del self._ready[name]
-        self._entries = sum(len(heap) for heap in self._due.values()) + sum(
-            len(heap) for heap in self._ready.values()
-        )
+        self._queue.push(job, self._unfinished)
 
     def _unreleased(self, job: JobRecord) -> bool:
         # run_at None: held by a caller of the older kind, which set no owner.
@@ -511,7 +439,7 @@ class MemoryStore:
 
     def _set_lease(self, job: JobRecord, until: datetime) -> None:
         job.lease_until = until
-        heapq.heappush(self._leases, (until, next(self._tiebreak), job.id))
+        heapq.heappush(self._leases, (until, self._queue.tiebreak(), job.id))
 
     def _back_to_queue(self, job: JobRecord, run_at: datetime) -> None:
         job.status = JobStatus.QUEUED
