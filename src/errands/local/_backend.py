@@ -367,6 +367,9 @@ class LocalBackend(Backend):
                 raise
             current.uncancel()
             outcome = Outcome(JobStatus.CANCELLED, error=CANCELLED_RUNNING)
+        # Over: a cancel from now on must not interrupt the write of its outcome (the
+        # store ends the job cancelled all the same).
+        stop.interrupt = None
         log_outcome(job.id, task, job.attempts, outcome)
         return outcome
 
