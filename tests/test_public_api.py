@@ -47,6 +47,7 @@ ERRANDS = {
     "jobs",
     "join",
     "lifespan",
+    "purge",
     "retry",
     "run_worker",
     "stats",

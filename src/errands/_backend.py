@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ._record import JobRecord, JobStatus
@@ -114,7 +115,14 @@ class Backend(ABC):
     def get(self, id: str) -> JobRecord | None: ...
 
     @abstractmethod
-    def jobs(self, status: JobStatus | None, limit: int) -> list[JobRecord]: ...
+    def jobs(
+        self, status: JobStatus | None, limit: int, task: str | None = None
+    ) -> list[JobRecord]: ...
+
+    @abstractmethod
+    def purge(self, before: datetime, statuses: Collection[JobStatus] | None = None) -> int:
+        """Delete finished jobs (of ``statuses``, all final ones by default) that
+        finished before ``before``; how many. Never a queued or running job."""
 
     @abstractmethod
     def unfinished(self) -> int:

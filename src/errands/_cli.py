@@ -84,8 +84,31 @@ def positive(value: str) -> int:
     return int(value)
 
 
+#: The commands of the ``cli`` extra (``_ops``: Typer and Rich).
+OPERATIONS = ("jobs", "show", "stats", "cancel", "retry", "purge")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="errands", description="Run errands workers.")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] != ["worker"]:
+        # Everything but `worker` is the cli extra's; `worker` needs nothing more than
+        # errands itself (pip install errands gives a working worker).
+        try:
+            from ._ops import run
+        except ImportError as exc:
+            if argv[:1] and argv[0] in OPERATIONS:
+                raise SystemExit(
+                    f"errands {argv[0]} needs the command line's extra, which is not "
+                    f"installed ({exc.name} is missing): pip install 'errands[cli]'"
+                ) from None
+        else:
+            run(argv)
+            return
+    parser = argparse.ArgumentParser(
+        prog="errands",
+        description="Run errands workers (pip install 'errands[cli]' adds "
+        f"{', '.join(OPERATIONS)}).",
+    )
     parser.add_argument("--version", action="version", version=f"errands {__version__}")
     worker = parser.add_subparsers(dest="command", required=True).add_parser(
         "worker",
@@ -123,7 +146,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         metavar="LEVEL",
         help="the least severe messages logged: %(choices)s (default: %(default)s)",
     )
-    argv = list(sys.argv[1:] if argv is None else argv)
     # In Celery mode, what follows -- is the Celery worker's.
     cut = argv.index("--") if "--" in argv else len(argv)
     args, extra = parser.parse_args(argv[:cut]), argv[cut + 1 :]

@@ -16,9 +16,9 @@ from ._core import Core
 from ._job import Job
 from ._lifecycle import serving, web_lifespan
 from ._limits import check_limit
-from ._options import Options, check_count, check_flag
+from ._options import Options, check_count, check_flag, check_seconds
 from ._policy import Policy
-from ._record import JobRecord, JobStatus
+from ._record import JobRecord, JobStatus, utcnow
 from ._schedule import check_cron, check_interval
 from ._stats import Stats
 from ._task import Task, callable_name
@@ -291,14 +291,19 @@ class Errands:
         """A snapshot of the job with this id, or None if it is not known."""
         return self._core.plain.get(id) or self._core.backend.get(id)
 
-    def jobs(self, status: JobStatus | str | None = None, limit: int = 100) -> list[JobRecord]:
+    def jobs(
+        self, status: JobStatus | str | None = None, limit: int = 100, task: str | None = None
+    ) -> list[JobRecord]:
         """Recent jobs, newest first: stored ones and this process's plain ones.
 
-        ``status`` is a ``JobStatus`` or its value (``"failed"``)."""
+        ``status`` is a ``JobStatus`` or its value (``"failed"``); ``task`` a task name."""
         wanted = None if status is None else JobStatus.of(status)
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
             raise ValueError(f"limit must be an int >= 0, got {limit!r}")
-        merged = self._core.backend.jobs(wanted, limit) + self._core.plain.jobs(wanted, limit)
+        if task is not None and not isinstance(task, str):
+            raise ValueError(f"task must be a task name (a str), got {task!r}")
+        plain = [r for r in self._core.plain.jobs(wanted, limit) if task in (None, r.name)]
+        merged = self._core.backend.jobs(wanted, limit, task) + plain
         merged.sort(key=lambda r: r.created_at, reverse=True)
         return merged[:limit]
 
@@ -326,6 +331,26 @@ class Errands:
         running or succeeded, saying so.
         """
         return self._core.retry(id)
+
+    def purge(
+        self,
+        older_than: float | timedelta,
+        statuses: Sequence[JobStatus | str] | None = None,
+    ) -> int:
+        """Delete finished jobs (``statuses``: succeeded, failed, cancelled by default)
+        that finished more than ``older_than`` ago (seconds or a ``timedelta``); how
+        many were deleted. Never a queued or running job. (Finished jobs are purged
+        after ``retention`` anyway; in Celery mode, results expire by themselves.)"""
+        seconds = older_than.total_seconds() if isinstance(older_than, timedelta) else older_than
+        check_seconds("older_than", seconds, zero=True)
+        kinds = None if statuses is None else [JobStatus.of(s) for s in statuses]
+        for kind in kinds or ():
+            if not kind.finished:
+                raise ValueError(
+                    f"purge deletes finished jobs only (succeeded, failed, cancelled), not "
+                    f"{kind.value} ones"
+                )
+        return self._core.backend.purge(utcnow() - timedelta(seconds=seconds), kinds)
 
     def stats(self) -> Stats:
         """Counts by status and by task, the live workers, and the jobs no live

@@ -3,10 +3,15 @@ the jobs no live worker can run."""
 
 from __future__ import annotations
 
+import statistics
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from ._record import JobStatus
+from ._record import JobRecord, JobStatus
+
+#: The windows of ``Activity.finished`` (minutes).
+WINDOWS = (1, 5, 15)
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +30,45 @@ class WorkerInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class RunTimes:
+    """How long a task's attempts that finished in the last hour ran (seconds)."""
+
+    count: int
+    p50: float
+    p95: float
+
+
+@dataclass(frozen=True, slots=True)
+class Activity:
+    """What the store's jobs have been doing lately."""
+
+    #: When the oldest job still queued was added (None: none queued).
+    oldest_queued: datetime | None = None
+    #: Jobs finished (succeeded, failed or cancelled) in the last 1, 5 and 15 minutes,
+    #: by the window's minutes.
+    finished: dict[int, int] = field(default_factory=dict)
+    #: By task: how long its attempts that ended in the last hour ran.
+    run_times: dict[str, RunTimes] = field(default_factory=dict)
+
+
+def run_times(samples: Iterable[tuple[str, float]]) -> dict[str, RunTimes]:
+    """``(task, seconds)`` samples as percentiles by task."""
+    by_task: dict[str, list[float]] = {}
+    for name, seconds in samples:
+        by_task.setdefault(name, []).append(max(0.0, seconds))
+    found = {}
+    for name, values in by_task.items():
+        values.sort()
+        p95 = (
+            statistics.quantiles(values, n=20, method="inclusive")[18]
+            if len(values) > 1
+            else values[0]
+        )
+        found[name] = RunTimes(len(values), statistics.median(values), p95)
+    return found
+
+
+@dataclass(frozen=True, slots=True)
 class Stats:
     """A snapshot of the jobs and workers of one Errands instance's store."""
 
@@ -38,3 +82,23 @@ class Stats:
     #: until a worker that knows the task starts (e.g. during a rolling deploy), or
     #: forever if none ever will (a typo, a task registered under ``__main__``).
     unrunnable: dict[str, int] = field(default_factory=dict)
+    #: The oldest queued job, jobs finished per window, run times by task.
+    activity: Activity = field(default_factory=Activity)
+
+
+def activity(records: Iterable[JobRecord], now: datetime) -> Activity:
+    """``Activity`` from a listing of jobs (where the store cannot count them itself)."""
+    hour = now - timedelta(hours=1)
+    oldest: datetime | None = None
+    ended: list[tuple[str, datetime, datetime | None]] = []
+    for record in records:
+        if record.status is JobStatus.QUEUED and (oldest is None or record.created_at < oldest):
+            oldest = record.created_at
+        if record.finished_at is not None and record.finished_at >= hour:
+            ended.append((record.name, record.finished_at, record.started_at))
+    finished = {
+        minutes: sum(at >= now - timedelta(minutes=minutes) for _, at, _ in ended)
+        for minutes in WINDOWS
+    }
+    samples = ((n, (at - start).total_seconds()) for n, at, start in ended if start)
+    return Activity(oldest, finished, run_times(samples))

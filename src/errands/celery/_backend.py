@@ -16,6 +16,7 @@ import logging
 import time
 import weakref
 from collections.abc import Collection, Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -25,8 +26,8 @@ from .._backend import Backend
 from .._group_commit import GroupCommit
 from .._loops import PerLoop, loop_entry
 from .._options import Runtime
-from .._record import JobRecord, JobStatus
-from .._stats import Stats, WorkerInfo
+from .._record import JobRecord, JobStatus, utcnow
+from .._stats import Stats, WorkerInfo, activity
 from .._tuning import CELERY_INSPECT_TIMEOUT
 from .._waiters import WAITERS
 from ..exceptions import BrokerUnavailable, ConfigurationError
@@ -146,9 +147,19 @@ class CeleryBackend(Backend):
     def get(self, id: str) -> JobRecord | None:
         return self._complete(self.publisher.get(id))
 
-    def jobs(self, status: JobStatus | None, limit: int) -> list[JobRecord]:
+    def jobs(
+        self, status: JobStatus | None, limit: int, task: str | None = None
+    ) -> list[JobRecord]:
         """This process's latest jobs (Celery's backend cannot list them all: use Flower)."""
-        return [r for r in map(self._complete, self.publisher.jobs(status, limit)) if r]
+        found = self.publisher.jobs(status, limit if task is None else 10**9)
+        records = [r for r in map(self._complete, found) if r and task in (None, r.name)]
+        return records[:limit]
+
+    def purge(self, before: datetime, statuses: Collection[JobStatus] | None = None) -> int:
+        raise ConfigurationError(
+            "in Celery mode, finished jobs are Celery's results, which expire by themselves "
+            "(the app's result_expires, one day by default): there is nothing to purge"
+        )
 
     def _complete(self, record: JobRecord | None) -> JobRecord | None:
         """What only the registry knows: the task's attempts allowed."""
@@ -166,7 +177,8 @@ class CeleryBackend(Backend):
         others), and the live workers as ``celery inspect`` sees them."""
         counts = self.publisher.counts()
         tasks: dict[str, dict[JobStatus, int]] = {}
-        for record in self.publisher.jobs(None, 10**9):
+        known = self.publisher.jobs(None, 10**9)
+        for record in known:
             by_status = tasks.setdefault(record.name, {})
             by_status[record.status] = by_status.get(record.status, 0) + 1
         try:
@@ -187,7 +199,7 @@ class CeleryBackend(Backend):
             for name, counts_ in tasks.items()
             if counts_.get(JobStatus.QUEUED) and name not in runnable
         }
-        return Stats(counts, tasks, workers, unrunnable)
+        return Stats(counts, tasks, workers, unrunnable, activity(known, utcnow()))
 
     # -- running ----------------------------------------------------------------------
 

@@ -264,8 +264,13 @@ class LocalBackend(Backend):
     def get(self, id: str) -> JobRecord | None:
         return self.store.get(id)
 
-    def jobs(self, status: JobStatus | None, limit: int) -> list[JobRecord]:
-        return self.store.jobs(status, limit)
+    def jobs(
+        self, status: JobStatus | None, limit: int, task: str | None = None
+    ) -> list[JobRecord]:
+        return self.store.jobs(status, limit, task)
+
+    def purge(self, before: datetime, statuses: Collection[JobStatus] | None = None) -> int:
+        return self.store.purge(before, statuses)
 
     def unfinished(self) -> int:
         return self.store.unfinished()
@@ -284,7 +289,8 @@ class LocalBackend(Backend):
             for name, counts in tasks.items()
             if counts.get(JobStatus.QUEUED) and name not in runnable
         }
-        return Stats(self.store.counts(), tasks, workers, unrunnable)
+        activity = self.store.activity(utcnow())
+        return Stats(self.store.counts(), tasks, workers, unrunnable, activity)
 
     # -- running ----------------------------------------------------------------------
 

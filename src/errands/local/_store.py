@@ -40,6 +40,7 @@ from typing import Any, Literal, Protocol
 
 from .._limits import Limit
 from .._record import JobRecord, JobStatus
+from .._stats import Activity
 
 
 def poison_error(lost: int) -> str:
@@ -161,8 +162,10 @@ class Store(Protocol):
         kept); any other job is left as it is. The record after, or None for an
         unknown id."""
 
-    def purge(self, before: datetime) -> int:
-        """Delete jobs that finished before ``before``; how many were deleted."""
+    def purge(self, before: datetime, statuses: Collection[JobStatus] | None = None) -> int:
+        """Delete jobs that finished before ``before`` (only those in ``statuses``, all
+        three final ones by default); how many were deleted. Never a queued or running
+        job."""
 
     # -- processes --------------------------------------------------------------
 
@@ -184,9 +187,16 @@ class Store(Protocol):
     def get(self, id: str) -> JobRecord | None:
         """The job with this id, or None."""
 
-    def jobs(self, status: JobStatus | None = None, limit: int = 100) -> list[JobRecord]:
-        """Jobs, newest first, optionally only those with ``status``. A row that
-        cannot be read is listed as failed, with a ``CorruptJob`` error."""
+    def jobs(
+        self, status: JobStatus | None = None, limit: int = 100, name: str | None = None
+    ) -> list[JobRecord]:
+        """Jobs, newest first, optionally only those with ``status`` or of the task
+        ``name``. A row that cannot be read is listed as failed, with a ``CorruptJob``
+        error."""
+
+    def activity(self, now: datetime) -> Activity:
+        """The oldest queued job, jobs finished in the last 1, 5 and 15 minutes, and
+        the run times of attempts that ended in the last hour, by task."""
 
     def counts(self) -> dict[JobStatus, int]:
         """How many jobs are in each status."""

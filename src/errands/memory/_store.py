@@ -20,6 +20,7 @@ from typing import Any
 from .._cancel import CANCELLED_QUEUED, CANCELLED_RUNNING
 from .._limits import Limit
 from .._record import JobRecord, JobStatus, utcnow
+from .._stats import Activity, activity
 from .._tuning import KEEP_FINISHED, MAX_LOST_LEASES
 from ..local._store import ProcessInfo, Want, poison_error
 from ._queue import DueQueue
@@ -261,12 +262,15 @@ class MemoryStore:
                 self._back_to_queue(job, utcnow())
             return job.copy()
 
-    def purge(self, before: datetime) -> int:
+    def purge(self, before: datetime, statuses: Collection[JobStatus] | None = None) -> int:
+        kinds = set(statuses) if statuses is not None else None
         with self._lock:
             old = [
                 id
                 for id in self._finished
-                if (finished := self._jobs[id].finished_at) is not None and finished < before
+                if (finished := self._jobs[id].finished_at) is not None
+                and finished < before
+                and (kinds is None or self._jobs[id].status in kinds)
             ]
             for id in old:
                 del self._finished[id]
@@ -316,15 +320,22 @@ class MemoryStore:
             job = self._jobs.get(id)
             return job.copy() if job is not None else None
 
-    def jobs(self, status: JobStatus | None = None, limit: int = 100) -> list[JobRecord]:
+    def jobs(
+        self, status: JobStatus | None = None, limit: int = 100, name: str | None = None
+    ) -> list[JobRecord]:
         found: list[JobRecord] = []
         with self._lock:
             for job in reversed(self._jobs.values()):
                 if len(found) >= limit:
                     break
-                if status is None or job.status is status:
+                if (status is None or job.status is status) and name in (None, job.name):
                     found.append(job.copy())
         return found
+
+    def activity(self, now: datetime) -> Activity:
+        with self._lock:
+            records = list(self._jobs.values())  # read outside the lock: a snapshot will do
+        return activity(records, now)
 
     def counts(self) -> dict[JobStatus, int]:
         with self._lock:

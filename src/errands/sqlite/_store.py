@@ -23,10 +23,21 @@ from typing import Any
 from .._cancel import CANCELLED_QUEUED, CANCELLED_RUNNING
 from .._limits import Limit
 from .._record import JobRecord, JobStatus, utcnow
+from .._stats import WINDOWS, Activity, run_times
 from .._tuning import BUSY_TIMEOUT, MAX_LOST_LEASES, PURGE_CHUNK
 from ..exceptions import ConfigurationError
 from ..local._store import ProcessInfo, Want, poison_error
-from ._rows import Row, Unreadable, corrupt_error, dumps, process_info, record, ts, unreadable
+from ._rows import (
+    Row,
+    Unreadable,
+    corrupt_error,
+    dt,
+    dumps,
+    process_info,
+    record,
+    ts,
+    unreadable,
+)
 from ._schema import (
     ADDED,
     COLUMNS,
@@ -346,10 +357,15 @@ class SQLiteStore(Transactions):
         return None if row is None else self._read(row)
 
     @mapped
-    def purge(self, before: datetime) -> int:
+    def purge(self, before: datetime, statuses: Collection[JobStatus] | None = None) -> int:
         # In short transactions, so that requests and workers never wait long for the
         # write lock behind a purge of a million jobs.
         cutoff = before.timestamp()
+        every = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+        kinds = [s.value for s in (every if statuses is None else statuses) if s.finished]
+        if not kinds:
+            return 0
+        marks = ", ".join("?" * len(kinds))
         with self._write() as db:
             db.execute(
                 "DELETE FROM errands_processes WHERE stopped_at IS NOT NULL AND stopped_at < ?",
@@ -360,9 +376,8 @@ class SQLiteStore(Transactions):
             with self._write() as db:
                 deleted = db.execute(
                     "DELETE FROM errands_jobs WHERE seq IN (SELECT seq FROM errands_jobs "
-                    "WHERE status IN ('succeeded', 'failed', 'cancelled') AND finished_at < ? "
-                    "LIMIT ?)",
-                    (cutoff, PURGE_CHUNK),
+                    f"WHERE status IN ({marks}) AND finished_at < ? LIMIT ?)",
+                    (*kinds, cutoff, PURGE_CHUNK),
                 ).rowcount
             purged += deleted
             if deleted < PURGE_CHUNK:
@@ -448,8 +463,18 @@ class SQLiteStore(Transactions):
         return self._read(row) if row is not None else None
 
     @mapped
-    def jobs(self, status: JobStatus | None = None, limit: int = 100) -> list[JobRecord]:
-        if status is None:
+    def jobs(
+        self, status: JobStatus | None = None, limit: int = 100, name: str | None = None
+    ) -> list[JobRecord]:
+        if name is not None:
+            where, values = ("name = ?", [name])
+            if status is not None:
+                where, values = (f"{where} AND status = ?", [name, status.value])
+            rows = self._db().execute(
+                f"SELECT {COLUMNS} FROM errands_jobs WHERE {where} ORDER BY seq DESC LIMIT ?",
+                (*values, limit),
+            )
+        elif status is None:
             rows = self._db().execute(
                 f"SELECT {COLUMNS} FROM errands_jobs ORDER BY seq DESC LIMIT ?", (limit,)
             )
@@ -467,6 +492,32 @@ class SQLiteStore(Transactions):
                 (limit,),
             )
         return [self._read(row) for row in rows.fetchall()]
+
+    @mapped
+    def activity(self, now: datetime) -> Activity:
+        db, at = self._db(), now.timestamp()
+        # Each a range of a partial index: finished_at by status, queued by name.
+        (oldest,) = db.execute(
+            "SELECT MIN(created_at) FROM errands_jobs WHERE status = 'queued'"
+        ).fetchone()
+        finished = {
+            minutes: db.execute(
+                "SELECT COUNT(*) FROM errands_jobs WHERE status IN "
+                "('succeeded', 'failed', 'cancelled') AND finished_at >= ?",
+                (at - 60 * minutes,),
+            ).fetchone()[0]
+            for minutes in WINDOWS
+        }
+        samples = db.execute(
+            "SELECT name, finished_at - started_at FROM errands_jobs WHERE status IN "
+            "('succeeded', 'failed') AND finished_at >= ? AND started_at IS NOT NULL",
+            (at - 3600,),
+        ).fetchall()
+        return Activity(
+            dt(oldest) if isinstance(oldest, int | float) else None,
+            finished,
+            run_times((n, float(s)) for n, s in samples if isinstance(s, int | float)),
+        )
 
     def _read(self, row: Row) -> JobRecord:
         try:

@@ -1,0 +1,468 @@
+"""``errands jobs|show|stats|cancel|retry|purge``: look at and act on jobs from a shell.
+
+Built with Typer and Rich (the ``cli`` extra). On a terminal, tables and colours; piped,
+plain tab-separated lines, nothing cut short (a ``grep`` for a task name or an id finds
+it, whatever the width); ``--json`` for scripts. Exit codes: 0 done, 1 the operation
+failed or an id was unknown, 2 usage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import os
+import re
+import sys
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.progress import track
+from rich.table import Table
+
+from . import __version__
+from ._errands import Errands
+from ._record import JobRecord, JobStatus, utcnow
+from ._stats import Stats
+from .exceptions import ErrandsError, JobNotFound
+
+app = typer.Typer(
+    name="errands",
+    help="Run workers, and look at and act on the jobs of an Errands instance.",
+    no_args_is_help=True,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+TARGET_HELP = (
+    "module:attribute naming an Errands instance (app.main:errands), or a store URL "
+    "(sqlite:///path/to.db, celery://module:attribute); default: $ERRANDS_URL, then "
+    "./errands.db if it exists"
+)
+_MODULE_ATTRIBUTE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    err.print(f"errands: {message}", markup=False)
+    raise typer.Exit(code)
+
+
+# -- the target -------------------------------------------------------------------------
+
+
+def is_target(value: str) -> bool:
+    """Whether ``value`` names an Errands instance or a store (not a job id): a URL, or
+    ``module:attribute`` whose module can be found (job ids may hold colons too)."""
+    if "://" in value:
+        return True
+    if not _MODULE_ATTRIBUTE.match(value):
+        return False
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        return importlib.util.find_spec(value.partition(":")[0]) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def open_target(target: str | None) -> Errands:
+    """The Errands instance to look at, as the module's docstring says; exits 2 with
+    what to pass when there is none."""
+    if target is None:
+        target = os.environ.get("ERRANDS_URL") or None
+        if target is None:
+            if not Path("errands.db").exists():
+                fail(
+                    f"no target, no $ERRANDS_URL, and no errands.db in {os.getcwd()}: pass "
+                    f"module:attribute (app.main:errands) or a store URL "
+                    f"(sqlite:///path/to.db)",
+                    2,
+                )
+            target = "sqlite:///errands.db"
+    if target.startswith("memory:"):
+        fail(
+            f"{target} keeps its jobs in the memory of the process that made them; there is "
+            f"nothing to see from here: pass the app (module:attribute) of a SQLite or "
+            f"Celery store",
+            2,
+        )
+    if target.startswith("sqlite:"):
+        path = target.removeprefix("sqlite:///").removeprefix("sqlite://")
+        if not Path(path).exists():
+            fail(f"no store at {Path(path).resolve()} (from {target}): is the path right?", 2)
+    if "://" in target:
+        try:
+            return Errands(target, worker=False)
+        except ErrandsError as exc:
+            fail(str(exc), 2)
+    if not _MODULE_ATTRIBUTE.match(target):
+        fail(f"{target!r} is neither module:attribute nor a store URL", 2)
+    from ._cli import load
+
+    try:
+        return load(target)
+    except SystemExit as exc:
+        err.print(str(exc.code), markup=False)
+        raise typer.Exit(2) from None
+
+
+def split_target(args: Sequence[str]) -> tuple[str | None, list[str]]:
+    """``[TARGET] ID...``: the target if the first names one, and the ids."""
+    if len(args) > 1 and is_target(args[0]):
+        return args[0], list(args[1:])
+    return None, list(args)
+
+
+# -- output -----------------------------------------------------------------------------
+
+
+def plain(value: Any) -> Any:
+    """A value as JSON holds it: times in ISO 8601 UTC, enums by their value."""
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {str(plain(k)): plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    return value
+
+
+def emit_json(value: Any) -> None:
+    print(json.dumps(plain(value), indent=2, ensure_ascii=False))
+
+
+def when(value: datetime | None) -> str:
+    return "-" if value is None else value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def took(record: JobRecord) -> str:
+    if record.started_at is None or record.finished_at is None:
+        return "-"
+    return f"{(record.finished_at - record.started_at).total_seconds():.3f}s"
+
+
+def first_line(text: str | None) -> str:
+    return "" if not text else text.splitlines()[0]
+
+
+def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    """A Rich table on a terminal; piped, a header line and tab-separated lines."""
+    rows = [[str(cell) for cell in row] for row in rows]
+    if out.is_terminal:
+        shown = Table(title=title, title_justify="left")
+        for column in columns:
+            shown.add_column(column, overflow="fold")
+        for row in rows:
+            shown.add_row(*row, style=_STYLE.get(row[2] if len(row) > 2 else "", ""))
+        out.print(shown)
+        return
+    print("\t".join(columns))
+    for row in rows:
+        print("\t".join(row))
+
+
+_STYLE = {"failed": "red", "cancelled": "dim", "running": "cyan", "succeeded": "green"}
+
+
+# -- commands ---------------------------------------------------------------------------
+
+
+def version(value: bool) -> None:
+    if value:
+        print(f"errands {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    show_version: Annotated[
+        bool,
+        typer.Option("--version", callback=version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """Run workers, and look at and act on the jobs of an Errands instance."""
+
+
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def worker(ctx: typer.Context) -> None:
+    """Run the worker of an Errands instance (errands worker --help says more)."""
+    from ._cli import main as run_worker
+
+    run_worker(["worker", *ctx.args])
+
+
+@app.command()
+def jobs(
+    target: Annotated[str | None, typer.Argument(help=TARGET_HELP)] = None,
+    status: Annotated[str | None, typer.Option(help="Only this status.")] = None,
+    task: Annotated[str | None, typer.Option(help="Only this task.")] = None,
+    limit: Annotated[int, typer.Option(min=0, help="How many, at most.")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="A JSON array of records.")] = False,
+) -> None:
+    """List the latest jobs, newest first."""
+    errands = open_target(target)
+    try:
+        found = errands.jobs(status=status, limit=limit, task=task)
+    except ValueError as exc:
+        fail(str(exc), 2)
+    if as_json:
+        emit_json(found)
+        return
+    table(
+        f"{len(found)} job(s) of {errands.url}",
+        ["id", "task", "status", "attempts", "created", "started", "took", "error"],
+        (
+            [
+                r.id,
+                r.name,
+                r.status.value,
+                f"{r.attempts}/{r.max_attempts}",
+                when(r.created_at),
+                when(r.started_at),
+                took(r),
+                first_line(r.error),
+            ]
+            for r in found
+        ),
+    )
+
+
+@app.command()
+def show(
+    args: Annotated[list[str], typer.Argument(metavar="[TARGET] JOB_ID", help=TARGET_HELP)],
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
+) -> None:
+    """Every field of one job: its arguments, its result and its whole traceback."""
+    target, ids = split_target(args)
+    if len(ids) != 1:
+        fail("show takes one job id (and a target before it, if any)", 2)
+    errands = open_target(target)
+    record = errands.get(ids[0])
+    if record is None:
+        fail(f"no job {ids[0]}")
+    if as_json:
+        emit_json(record)
+        return
+    for field in dataclasses.fields(record):
+        if field.name in ("traceback",):
+            continue
+        value = plain(getattr(record, field.name))
+        shown = json.dumps(value, ensure_ascii=False) if isinstance(value, list | dict) else value
+        print(f"{field.name:<20} {'-' if shown is None else shown}")
+    if record.traceback:
+        print("traceback:")
+        print(record.traceback.rstrip())
+
+
+@app.command()
+def stats(
+    target: Annotated[str | None, typer.Argument(help=TARGET_HELP)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
+) -> None:
+    """Counts by status and by task, recent throughput and run times, what waits."""
+    errands = open_target(target)
+    try:
+        found = errands.stats()
+    except ErrandsError as exc:
+        fail(str(exc))
+    if as_json:
+        emit_json(stats_object(found))
+        return
+    show_stats(errands, found)
+
+
+def stats_object(found: Stats) -> dict[str, Any]:
+    activity = found.activity
+    oldest = activity.oldest_queued
+    return {
+        "counts": {status.value: found.counts.get(status, 0) for status in JobStatus},
+        "tasks": {
+            name: {status.value: n for status, n in counts.items()}
+            for name, counts in sorted(found.tasks.items())
+        },
+        "oldest_queued_age_s": None
+        if oldest is None
+        else round((utcnow() - oldest).total_seconds(), 3),
+        "finished_per_minute": {
+            f"{minutes}m": round(n / minutes, 2) for minutes, n in activity.finished.items()
+        },
+        "run_times_s": {
+            name: {"count": t.count, "p50": round(t.p50, 6), "p95": round(t.p95, 6)}
+            for name, t in sorted(activity.run_times.items())
+        },
+        "unrunnable": found.unrunnable,
+        "workers": found.workers,
+    }
+
+
+def show_stats(errands: Errands, found: Stats) -> None:
+    summary = stats_object(found)
+    table(
+        f"jobs of {errands.url}",
+        ["status", "jobs"],
+        ([status, n] for status, n in summary["counts"].items()),
+    )
+    table(
+        "by task",
+        ["task", *(s.value for s in JobStatus)],
+        (
+            [name, *(counts.get(s.value, 0) for s in JobStatus)]
+            for name, counts in summary["tasks"].items()
+        ),
+    )
+    age = summary["oldest_queued_age_s"]
+    rates = ", ".join(f"{k}: {v}" for k, v in summary["finished_per_minute"].items())
+    print(f"oldest queued job: {'-' if age is None else f'{age:.1f}s old'}")
+    print(f"finished per minute (over the last 1, 5, 15 minutes): {rates}")
+    table(
+        "run time of the last hour's attempts, by task",
+        ["task", "attempts", "p50", "p95"],
+        (
+            [name, t["count"], f"{t['p50']:.3f}s", f"{t['p95']:.3f}s"]
+            for name, t in summary["run_times_s"].items()
+        ),
+    )
+    if found.unrunnable:
+        table(
+            "queued jobs no live worker runs",
+            ["task", "queued"],
+            ([name, n] for name, n in sorted(found.unrunnable.items())),
+        )
+    table(
+        "live workers",
+        ["id", "host", "pid", "tasks", "seen"],
+        ([w.id, w.host, w.pid or "-", ",".join(w.tasks), when(w.seen_at)] for w in found.workers),
+    )
+
+
+@app.command()
+def cancel(
+    args: Annotated[list[str], typer.Argument(metavar="[TARGET] JOB_ID...", help=TARGET_HELP)],
+) -> None:
+    """Cancel jobs: queued ones at once; running ones are asked to stop."""
+    target, ids = split_target(args)
+    errands = open_target(target)
+    failed = False
+    for id in ids:
+        record = errands.cancel(id)
+        if record is None:
+            failed = True
+            err.print(f"no job {id}", markup=False)
+        elif record.status is JobStatus.CANCELLED:
+            print(f"{id}\tcancelled")
+        elif record.status is JobStatus.RUNNING:
+            print(f"{id}\trunning: asked to stop")
+        else:
+            failed = True
+            err.print(f"{id}\t{record.status.value}: finished already, left as it is", markup=False)
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def retry(
+    args: Annotated[
+        list[str] | None,
+        typer.Argument(metavar="[TARGET] [JOB_ID...]", help=TARGET_HELP),
+    ] = None,
+    failed_jobs: Annotated[
+        bool, typer.Option("--failed", help="Retry every failed job (of --task).")
+    ] = False,
+    task: Annotated[str | None, typer.Option(help="With --failed: only this task.")] = None,
+) -> None:
+    """Run failed or cancelled jobs again, one more round of their task's attempts."""
+    target, ids = split_target(args or [])
+    if failed_jobs and len(ids) == 1 and is_target(ids[0]):
+        target, ids = ids[0], []
+    if failed_jobs == bool(ids):
+        fail("give job ids, or --failed (with --task to choose one task), not both", 2)
+    errands = open_target(target)
+    if failed_jobs:
+        ids = [r.id for r in errands.jobs(status="failed", limit=10**9, task=task)]
+    refused = False
+    for id in track(ids, description="retrying", console=err) if err.is_terminal else ids:
+        try:
+            record = errands.retry(id)
+        except JobNotFound:
+            refused = True
+            err.print(f"no job {id}", markup=False)
+            continue
+        except ErrandsError as exc:
+            refused = True
+            err.print(f"{id}\t{exc}", markup=False)
+            continue
+        print(f"{id}\tqueued (attempts so far {record.attempts}, up to {record.max_attempts})")
+    if failed_jobs:
+        print(f"{len(ids)} failed job(s) queued again" if ids else "no failed job")
+    if refused:
+        raise typer.Exit(1)
+
+
+def duration(value: str) -> float:
+    found = _DURATION.match(value)
+    if found is None:
+        raise typer.BadParameter(f"expected a number and a unit (30s, 15m, 2h, 7d), got {value!r}")
+    return float(found.group(1)) * _UNITS[found.group(2)]
+
+
+@app.command()
+def purge(
+    target: Annotated[str | None, typer.Argument(help=TARGET_HELP)] = None,
+    status: Annotated[
+        list[str] | None,
+        typer.Option(help="Only jobs with this status (repeatable); default: all finished."),
+    ] = None,
+    older_than: Annotated[
+        str | None,
+        typer.Option(help="Finished longer ago than this (30s, 15m, 2h, 7d); default: retention."),
+    ] = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
+) -> None:
+    """Delete finished jobs (never queued or running ones)."""
+    errands = open_target(target)
+    seconds = duration(older_than) if older_than is not None else errands._core.options.retention
+    try:
+        statuses = [JobStatus.of(s) for s in status] if status else None
+    except ValueError as exc:
+        fail(str(exc), 2)
+    which = ", ".join(s.value for s in statuses) if statuses else "finished"
+    cutoff = timedelta(seconds=seconds)
+    if not yes:
+        if not sys.stdin.isatty():
+            fail("purge deletes jobs: confirm with --yes (no terminal to ask on)", 2)
+        if not typer.confirm(f"delete {which} jobs of {errands.url} finished over {cutoff} ago?"):
+            fail("nothing deleted", 1)
+    try:
+        with err.status("purging") if err.is_terminal else _nothing():
+            deleted = errands.purge(seconds, statuses)
+    except (ErrandsError, ValueError) as exc:
+        fail(str(exc))
+    print(f"{deleted} job(s) deleted")
+
+
+class _nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def run(argv: Sequence[str] | None = None) -> None:
+    app(args=None if argv is None else list(argv), prog_name="errands")
