@@ -95,6 +95,15 @@ def main() -> None:
         "errands.jobs(task='task7', limit=50)": timed(
             lambda: errands.jobs(task="task7", limit=50), args.rounds
         ),
+        "`errands --version` (a process: start-up and imports alone)": timed(
+            lambda: subprocess.run(
+                [sys.executable, "-m", "errands", "--version"],
+                check=True,
+                capture_output=True,
+                env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"},
+            ),
+            args.rounds,
+        ),
         "`errands stats --json` (a process, import included)": timed(
             lambda: subprocess.run(
                 [sys.executable, "-m", "errands", "stats", f"sqlite:///{path}", "--json"],

@@ -5,7 +5,8 @@ and status, failure isolation, registered tasks with retries and timeouts, and a
 worker of its own off the request path.
 """
 
-from ._background import BackgroundTask, BackgroundTasks, Tasks
+from typing import TYPE_CHECKING, Any
+
 from ._cancel import cancel_requested
 from ._errands import Errands
 from ._job import Job
@@ -30,7 +31,29 @@ from .exceptions import (
     WaitTimeout,
 )
 
+if TYPE_CHECKING:
+    from ._background import BackgroundTask, BackgroundTasks, Tasks
+
 __version__ = "0.1.0"
+
+#: Imported when first used: they bring FastAPI, which `errands worker` and the
+#: command line do not need (it is most of their start-up time).
+_REQUEST_HOOK = ("BackgroundTask", "BackgroundTasks", "Tasks")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _REQUEST_HOOK:
+        from . import _background
+
+        value = getattr(_background, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'errands' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_REQUEST_HOOK})
+
 
 __all__ = [
     "BackgroundTask",
