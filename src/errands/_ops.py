@@ -106,7 +106,7 @@ def open_target(target: str | None) -> Errands:
             fail(str(exc), 2)
     if not _MODULE_ATTRIBUTE.match(target):
         fail(f"{target!r} is neither module:attribute nor a store URL", 2)
-    from ._cli import load
+    from ._worker_cli import load
 
     try:
         return load(target)
@@ -202,7 +202,7 @@ def main(
 )
 def worker(ctx: typer.Context) -> None:
     """Run the worker of an Errands instance (errands worker --help says more)."""
-    from ._cli import main as run_worker
+    from ._worker_cli import worker as run_worker
 
     run_worker(["worker", *ctx.args])
 
