@@ -8,6 +8,7 @@ failed or an id was unknown, 2 usage.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import json
@@ -260,8 +261,8 @@ def show(
         emit_json(record)
         return
     for field in dataclasses.fields(record):
-        if field.name in ("traceback",):
-            continue
+        if field.name == "traceback":
+            continue  # last, whole
         value = plain(getattr(record, field.name))
         shown = json.dumps(value, ensure_ascii=False) if isinstance(value, list | dict) else value
         print(f"{field.name:<20} {'-' if shown is None else shown}")
@@ -449,19 +450,11 @@ def purge(
         if not typer.confirm(f"delete {which} jobs of {errands.url} finished over {cutoff} ago?"):
             fail("nothing deleted", 1)
     try:
-        with err.status("purging") if err.is_terminal else _nothing():
+        with err.status("purging") if err.is_terminal else contextlib.nullcontext():
             deleted = errands.purge(seconds, statuses)
     except (ErrandsError, ValueError) as exc:
         fail(str(exc))
     print(f"{deleted} job(s) deleted")
-
-
-class _nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def run(argv: Sequence[str] | None = None) -> None:
