@@ -46,6 +46,7 @@ def test_options_give_the_same_task_for_one_call_and_leave_the_task_alone() -> N
             {"delay": 5, "at": datetime(2030, 1, 1, tzinfo=UTC)},
             "give delay= or at=, not both",
         ),
+        ({"at": datetime.max.replace(tzinfo=UTC)}, "is more than ten years ahead"),
         ({"job_id": ""}, "job_id must be 1 to 200 characters, got 0"),
         ({"job_id": "x" * 201}, "job_id must be 1 to 200 characters, got 201"),
         ({"job_id": 42}, "job_id must be a str, got 42"),
@@ -209,3 +210,13 @@ def test_a_job_after_one_whose_id_was_kept_waits_for_the_kept_job() -> None:
     assert errands.get(receipt).after == "charge:1"  # type: ignore[union-attr]
     anyio.run(errands.join, 10)
     assert ran[:1] == ["charge"] and ran.count("charge") == 1 and ran.count("receipt") == 2
+
+
+@pytest.mark.parametrize("url", ["memory://", "sqlite"])
+def test_an_id_no_store_can_hold_is_no_job(url: str, tmp_path: Path) -> None:
+    from errands import JobNotFound
+
+    errands = Errands(url if url == "memory://" else f"sqlite:///{tmp_path}/j.db")
+    assert errands.get("\ud800") is None and errands.cancel("\ud800") is None
+    with pytest.raises(JobNotFound):
+        errands.retry("\ud800")

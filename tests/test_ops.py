@@ -148,10 +148,14 @@ def test_cancel_and_retry_act_and_exit_1_on_what_they_cannot(project: dict[str, 
     assert none.returncode == 0 and "no failed job" in none.stdout
     usage = run(root, "retry")
     assert usage.returncode == 2 and "give job ids, or --failed" in usage.stderr
+    alone = run(root, "show", "sqlite:///errands.db")  # the id forgotten
+    assert alone.returncode == 2 and "give the job id(s) after it" in alone.stderr
 
 
 def test_purge_deletes_finished_jobs_only_and_asks_first(project: dict[str, str]) -> None:
     root = Path(project["root"])
+    queued = run(root, "purge", "--status", "queued", "--yes")
+    assert queued.returncode == 2 and "finished jobs only, not queued ones" in queued.stderr
     unasked = run(root, "purge", "--older-than", "0s")
     assert unasked.returncode == 2 and "--yes" in unasked.stderr
     bad = run(root, "purge", "--older-than", "soon", "--yes")
@@ -181,6 +185,14 @@ def test_bad_targets_exit_2_saying_what_to_pass(
 ) -> None:
     answer = run(tmp_path, *args)
     assert answer.returncode == 2 and says in answer.stderr, answer.stderr
+
+
+def test_a_module_whose_instance_keeps_jobs_in_memory_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "memapp.py").write_text(
+        'from errands import Errands\n\nerrands = Errands("memory://")\n'
+    )
+    answer = run(tmp_path, "jobs", "memapp:errands")
+    assert answer.returncode == 2 and "keeps its jobs in memory" in answer.stderr
 
 
 def test_version_and_help_name_every_command(tmp_path: Path) -> None:

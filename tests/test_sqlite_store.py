@@ -375,3 +375,16 @@ def test_a_file_from_an_earlier_build_gets_the_new_indexes_and_tables(
     store.beat(ProcessInfo("web", "web", "host", 1, (), now(), now()))
     assert [p.id for p in store.processes()] == ["web"]
     store.close()
+
+
+def test_a_row_with_a_time_no_date_holds_is_listed_as_failed(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "jobs.db")
+    store.enqueue([job("fine")])
+    store._db().execute(
+        "INSERT INTO errands_jobs (id, name, status, args, kwargs, attempts, max_attempts, "
+        "created_at, run_at) VALUES ('far', 't', 'queued', '[]', '{}', 0, 1, 0, 253402300800.0)"
+    )
+    listed = {j.id: j for j in store.jobs()}
+    assert listed["fine"].status is JobStatus.QUEUED
+    assert listed["far"].status is JobStatus.FAILED and "CorruptJob" in (listed["far"].error or "")
+    store.close()

@@ -204,14 +204,16 @@ class Core:
         return Job(job.id, job.name, self, job)
 
     def cancel(self, id: str) -> JobRecord | None:
-        check_id(id)
+        if not check_id(id):
+            return None
         plain = self.plain.get(id)
         if plain is not None:
             return self.plain.cancel_by_id(id) or plain
         return self.backend.cancel_job(id)
 
     def retry(self, id: str) -> JobRecord:
-        check_id(id)
+        if not check_id(id):
+            raise JobNotFound(f"no job {id!r}: no id holds a lone surrogate")
         if self.plain.get(id) is not None:
             raise ErrandsError(
                 f"job {id} is a plain callable's, which lives only in this process and "
@@ -226,8 +228,9 @@ class Core:
                 f"job {id} ({record.name}) is {record.status.value}: only a failed or "
                 f"cancelled job can be retried"
             )
-        # One more round of the task's attempts (one, for a task not registered here).
-        round = task.policy.max_attempts if task is not None else 1
+        # One more round of the task's attempts; where the task is not registered (a
+        # command given a store URL), of the job's own allowance.
+        round = task.policy.max_attempts if task is not None else max(1, record.max_attempts)
         again = self.backend.retry_job(id, record.failures + round)
         if again is None:
             raise JobNotFound(f"no job {id}: purged meanwhile")
@@ -265,9 +268,18 @@ class Core:
         return plain + self.backend.unfinished()
 
 
-def check_id(id: object) -> None:
+def check_id(id: object) -> bool:
+    """Refuse what is no job id; False for a str no job can have (a lone surrogate,
+    which no store can hold)."""
     if not isinstance(id, str) or not id:
         raise ValueError(f"a job id is a non-empty str (job.id), got {id!r}")
+    if id.isascii():
+        return True
+    try:
+        id.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def check_task_name(name: object) -> str:

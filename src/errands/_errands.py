@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar, overload
 
 import anyio
 
-from ._core import Core
+from ._core import Core, check_id
 from ._job import Job
 from ._lifecycle import serving, web_lifespan
 from ._limits import check_limit
@@ -289,6 +289,8 @@ class Errands:
 
     def get(self, id: str) -> JobRecord | None:
         """A snapshot of the job with this id, or None if it is not known."""
+        if not check_id(id):
+            return None
         return self._core.plain.get(id) or self._core.backend.get(id)
 
     def jobs(

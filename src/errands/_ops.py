@@ -110,16 +110,25 @@ def open_target(target: str | None) -> Errands:
     from ._worker_cli import load
 
     try:
-        return load(target)
+        found = load(target)
     except SystemExit as exc:
         err.print(str(exc.code), markup=False)
         raise typer.Exit(2) from None
+    if found.url.startswith("memory:"):
+        fail(
+            f"{target} keeps its jobs in memory ({found.url}), in the process that made "
+            f"them; there is nothing to see from here",
+            2,
+        )
+    return found
 
 
 def split_target(args: Sequence[str]) -> tuple[str | None, list[str]]:
     """``[TARGET] ID...``: the target if the first names one, and the ids."""
     if len(args) > 1 and is_target(args[0]):
         return args[0], list(args[1:])
+    if len(args) == 1 and "://" in args[0]:
+        fail(f"{args[0]} is a store: give the job id(s) after it", 2)
     return None, list(args)
 
 
@@ -304,7 +313,7 @@ def stats_object(found: Stats) -> dict[str, Any]:
             f"{minutes}m": round(n / minutes, 2) for minutes, n in activity.finished.items()
         },
         "run_times_s": {
-            name: {"count": t.count, "p50": round(t.p50, 6), "p95": round(t.p95, 6)}
+            name: {"jobs": t.count, "p50": round(t.p50, 6), "p95": round(t.p95, 6)}
             for name, t in sorted(activity.run_times.items())
         },
         "unrunnable": found.unrunnable,
@@ -332,10 +341,10 @@ def show_stats(errands: Errands, found: Stats) -> None:
     print(f"oldest queued job: {'-' if age is None else f'{age:.1f}s old'}")
     print(f"finished per minute (over the last 1, 5, 15 minutes): {rates}")
     table(
-        "run time of the last hour's attempts, by task",
-        ["task", "attempts", "p50", "p95"],
+        "run time of the jobs that ended in the last hour (their last attempt), by task",
+        ["task", "jobs", "p50", "p95"],
         (
-            [name, t["count"], f"{t['p50']:.3f}s", f"{t['p95']:.3f}s"]
+            [name, t["jobs"], f"{t['p50']:.3f}s", f"{t['p95']:.3f}s"]
             for name, t in summary["run_times_s"].items()
         ),
     )
@@ -442,6 +451,9 @@ def purge(
         statuses = [JobStatus.of(s) for s in status] if status else None
     except ValueError as exc:
         fail(str(exc), 2)
+    unfinished = [s.value for s in statuses or () if not s.finished]
+    if unfinished:
+        fail(f"purge deletes finished jobs only, not {', '.join(unfinished)} ones", 2)
     which = ", ".join(s.value for s in statuses) if statuses else "finished"
     cutoff = timedelta(seconds=seconds)
     if not yes:

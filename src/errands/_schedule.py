@@ -112,9 +112,10 @@ def check_cron(expression: object, tz: object) -> tuple[str, ZoneInfo]:
         CronSim(cron, datetime.now(zone))
     except CronSimError as exc:
         raise ConfigurationError(
-            f"cron expression {expression!r} is not valid ({exc}); each of its five fields "
-            f"(minute 0-59, hour 0-23, day-of-month 1-31, month 1-12, day-of-week 0-7) is "
-            f"*, a number, a range a-b, a list a,b or a step */n"
+            f"cron expression {expression!r} is not valid, or names a day that never comes "
+            f"(cronsim: {exc}); each of its five fields (minute 0-59, hour 0-23, "
+            f"day-of-month 1-31, month 1-12, day-of-week 0-7) is *, a number, a range a-b, "
+            f"a list a,b or a step */n (cronsim also reads L, W and #)"
         ) from None
     return cron, zone
 

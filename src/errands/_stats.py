@@ -31,7 +31,8 @@ class WorkerInfo:
 
 @dataclass(frozen=True, slots=True)
 class RunTimes:
-    """How long a task's attempts that finished in the last hour ran (seconds)."""
+    """How long the last attempts of a task's jobs that ended in the last hour ran
+    (seconds), over ``count`` jobs."""
 
     count: int
     p50: float
@@ -47,7 +48,7 @@ class Activity:
     #: Jobs finished (succeeded, failed or cancelled) in the last 1, 5 and 15 minutes,
     #: by the window's minutes.
     finished: dict[int, int] = field(default_factory=dict)
-    #: By task: how long its attempts that ended in the last hour ran.
+    #: By task: how long the last attempts of its jobs that ended in the last hour ran.
     run_times: dict[str, RunTimes] = field(default_factory=dict)
 
 

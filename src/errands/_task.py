@@ -7,7 +7,7 @@ import functools
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar
 
 from ._limits import Limit
@@ -90,6 +90,13 @@ def check_start(name: str, delay: object, at: object) -> Start | None:
             raise InvalidOption(
                 f"task {name!r}: at={at!r} is a naive datetime (no time zone), which could "
                 f"mean any zone; give an aware one, e.g. datetime(..., tzinfo=UTC)"
+            )
+        latest = datetime.now(UTC) + timedelta(seconds=MAX_SECONDS)
+        if at > latest:
+            raise InvalidOption(
+                f"task {name!r}: at={at.isoformat()} is more than ten years ahead (the "
+                f"latest is {latest:%Y-%m-%d}); a job that should never run is better not "
+                f"added, or cancelled"
             )
         return Start(at=at)
     return None

@@ -88,7 +88,9 @@ def record(row: Row) -> JobRecord:
             priority=priority,
             cancel_requested_at=dt(cancel_requested_at),
         )
-    except (TypeError, OverflowError, OSError) as exc:  # a time that is not a number
+    except Unreadable:
+        raise
+    except (TypeError, ValueError, OverflowError, OSError) as exc:  # not a time a date holds
         raise Unreadable(f"a time in it is not a timestamp ({exc})") from None
 
 
