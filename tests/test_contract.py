@@ -408,6 +408,9 @@ def test_a_tasks_rate_spreads_its_attempts(running: Running) -> None:
     for job in jobs:
         assert running.finished(job.id).status is JobStatus.SUCCEEDED
     starts = times(t, "start")
-    assert 1.0 <= starts[-1] - starts[0] <= 4.0  # 30 at 20 a second: about 1.5 s
+    # 30 at 20 a second: about 1.5 s. In Celery mode a job held back comes back after a
+    # pause (it waits on the broker, not in a worker), so the last ones may come later.
+    slowest = 8.0 if running.mode.celery is not None else 4.0
+    assert 1.0 <= starts[-1] - starts[0] <= slowest
     for first, later in zip(starts, starts[4:], strict=False):
         assert later - first >= 0.1  # never 5 within a tenth of a second

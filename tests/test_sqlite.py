@@ -378,5 +378,7 @@ def test_many_short_event_loops_leave_no_threads_or_connections_behind(tmp_path:
     for i in range(60):
         assert client.post(f"/greet/{i}").status_code == 200
     gc.collect()
-    assert threading.active_count() <= threads + 2
-    assert len(os.listdir("/proc/self/fd")) <= files + 4
+    # A leak would be one a loop (60); a loop's commit thread that has not quite ended
+    # yet, with its connection's three files, is not one (a busy machine shows it).
+    assert threading.active_count() <= threads + 3
+    assert len(os.listdir("/proc/self/fd")) <= files + 10

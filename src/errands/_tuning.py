@@ -107,4 +107,4 @@ SCHEDULE_RETRY = 2.0
 #: Celery mode: a job held back by its task's limits is published again to come back
 #: after this pause, doubling each time it is held, up to the maximum (jittered).
 CELERY_HELD_PAUSE = 0.05
-CELERY_HELD_MAX_PAUSE = 5.0
+CELERY_HELD_MAX_PAUSE = 2.0

@@ -7,7 +7,7 @@ Before an attempt starts, one Lua script takes a slot of the task's ``concurrenc
 while it runs: a worker that dies gives its slot back a ``lease`` later) and a token
 of its bucket (refilled at the rate, holding a tenth of a second's worth). A job
 that gets neither is published again, unchanged and without counting an attempt,
-to come back after a pause that grows with each time it was held back (up to a few
+to come back after a pause that grows with each time it was held back (up to two
 seconds, jittered), and its message is acknowledged: it takes no worker slot while it
 waits. Held-back jobs therefore lose their place in the queue (their FIFO and
 priority order): the limits are kept, not the order.
