@@ -365,7 +365,12 @@ def test_a_file_from_an_earlier_build_gets_the_new_indexes_and_tables(
             "SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE 'errands_%'"
         )
     }
-    assert indexes == {"errands_claimable", "errands_running", "errands_finished"}
+    assert indexes == {
+        "errands_claimable",
+        "errands_running",
+        "errands_finished",
+        "errands_finished_by_task",
+    }
     claimable = [row[2] for row in store._db().execute("PRAGMA index_info(errands_claimable)")]
     assert claimable == ["name", "priority", "run_at", "seq"]
     store.enqueue([job("new"), job("first", priority=1)])

@@ -57,10 +57,15 @@ CREATE INDEX IF NOT EXISTS errands_running ON errands_jobs (lease_until)
     WHERE status = 'running';
 CREATE INDEX IF NOT EXISTS errands_finished ON errands_jobs (status, finished_at)
     WHERE finished_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS errands_finished_by_task ON errands_jobs (name, status)
+    WHERE finished_at IS NOT NULL;
 """
 #: The columns of ``errands_claimable`` (a file of an earlier build has it without
 #: ``priority``: it is made again).
 CLAIMABLE_COLUMNS = ["name", "priority", "run_at", "seq"]
+# Finished jobs are indexed twice, each entry written once (when the job finishes):
+# by status and time (purges, recent activity) and by task (counts by task, which
+# would otherwise read every row).
 # Queued jobs are claimed highest priority first, then first due, then first added:
 # the claimable index is in that order within a name, so a claim reads its first rows.
 # Each index is partial: it holds only the rows its queries look for, so a job's
