@@ -203,3 +203,36 @@ def test_version_and_help_name_every_command(tmp_path: Path) -> None:
     for command in ("worker", "jobs", "show", "stats", "cancel", "retry", "purge"):
         assert command in helped
     assert "--concurrency" in run(tmp_path, "worker", "--help").stdout
+
+
+def test_purge_on_a_terminal_shows_a_bar_and_still_says_how_many(
+    project: dict[str, str],
+) -> None:
+    import pty
+    import select
+
+    main, secondary = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "errands", "purge", "--older-than", "0s", "--yes"],
+        cwd=project["root"],
+        env={**ENV, "COLUMNS": "100", "TERM": "xterm"},
+        stdin=secondary,
+        stdout=secondary,
+        stderr=secondary,
+    )
+    os.close(secondary)
+    seen = b""
+    while True:
+        ready, _, _ = select.select([main], [], [], 30)
+        if not ready:
+            break
+        try:
+            chunk = os.read(main, 4096)
+        except OSError:  # the other end closed
+            break
+        if not chunk:
+            break
+        seen += chunk
+    assert process.wait(timeout=30) == 0
+    os.close(main)
+    assert b"3 job(s) deleted" in seen  # succeeded, failed and cancelled; not the queued

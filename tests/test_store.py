@@ -572,3 +572,16 @@ def test_the_sqlite_store_adds_the_columns_a_file_of_an_earlier_build_lacks(
     assert old is not None and old.scheduled_at is None
     assert new is not None and new.scheduled_at == later
     store.close()
+
+
+def test_purge_tells_its_progress_as_it_goes(store: Store) -> None:
+    jobs = [job(f"j{i}") for i in range(2500)]
+    store.enqueue(jobs)
+    for claimed in iter(lambda: store.claim("w", 30, [(("t",), 500)], 500), []):
+        for one in claimed:
+            store.complete(one, None)
+    told: list[int] = []
+    assert store.purge(now() + timedelta(seconds=1), None, told.append) == 2500
+    assert told and told[-1] == 2500 and told == sorted(told)
+    if isinstance(store, SQLiteStore):
+        assert told == [1000, 2000, 2500]  # a chunk at a time

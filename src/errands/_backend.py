@@ -20,7 +20,7 @@ and records its ``Outcome`` in its own way.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -120,9 +120,15 @@ class Backend(ABC):
     ) -> list[JobRecord]: ...
 
     @abstractmethod
-    def purge(self, before: datetime, statuses: Collection[JobStatus] | None = None) -> int:
+    def purge(
+        self,
+        before: datetime,
+        statuses: Collection[JobStatus] | None = None,
+        progress: Callable[[int], object] | None = None,
+    ) -> int:
         """Delete finished jobs (of ``statuses``, all final ones by default) that
-        finished before ``before``; how many. Never a queued or running job."""
+        finished before ``before``; how many. Never a queued or running job.
+        ``progress`` is told how many so far (a bar on a terminal)."""
 
     @abstractmethod
     def unfinished(self) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import anyio
@@ -23,7 +24,7 @@ from ._payload import decode_arguments, encode_arguments, plain_size
 from ._plain import Lane, PlainJobs, new_plain_job
 from ._policy import Policy
 from ._process import ProcessRunner
-from ._record import JobRecord, JobStatus, new_job_id
+from ._record import JobRecord, JobStatus, new_job_id, utcnow
 from ._schedule import Schedule, check_no_arguments
 from ._task import Task, callable_name, is_async_callable
 from ._threads import Threads
@@ -202,6 +203,16 @@ class Core:
         self.plain.adopt([job])
         self.hand_over(job)
         return Job(job.id, job.name, self, job)
+
+    def purge(
+        self,
+        seconds: float,
+        statuses: Sequence[JobStatus] | None,
+        progress: Callable[[int], object] | None = None,
+    ) -> int:
+        """Delete finished jobs older than ``seconds`` (checked by ``Errands.purge``)."""
+        before = utcnow() - timedelta(seconds=seconds)
+        return self.backend.purge(before, statuses, progress)
 
     def cancel(self, id: str) -> JobRecord | None:
         if not check_id(id):

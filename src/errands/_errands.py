@@ -18,7 +18,7 @@ from ._lifecycle import serving, web_lifespan
 from ._limits import check_limit
 from ._options import Options, check_count, check_flag, check_seconds
 from ._policy import Policy
-from ._record import JobRecord, JobStatus, utcnow
+from ._record import JobRecord, JobStatus
 from ._schedule import check_cron, check_interval
 from ._stats import Stats
 from ._task import Task, callable_name
@@ -352,7 +352,7 @@ class Errands:
                     f"purge deletes finished jobs only (succeeded, failed, cancelled), not "
                     f"{kind.value} ones"
                 )
-        return self._core.backend.purge(utcnow() - timedelta(seconds=seconds), kinds)
+        return self._core.purge(seconds, kinds)
 
     def stats(self) -> Stats:
         """Counts by status and by task, the live workers, and the jobs no live

@@ -8,7 +8,6 @@ failed or an id was unknown, 2 usage.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import importlib.util
 import json
@@ -23,7 +22,15 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
-from rich.progress import track
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    track,
+)
 from rich.table import Table
 
 from . import __version__
@@ -462,7 +469,16 @@ def purge(
         if not typer.confirm(f"delete {which} jobs of {errands.url} finished over {cutoff} ago?"):
             fail("nothing deleted", 1)
     try:
-        with err.status("purging") if err.is_terminal else contextlib.nullcontext():
+        if err.is_terminal:  # a bar that counts the deleted jobs, chunk by chunk
+            with Progress(
+                SpinnerColumn(), TextColumn("purging"), BarColumn(), MofNCompleteColumn(),
+                TimeElapsedColumn(), console=err, transient=True,
+            ) as bar:  # fmt: skip
+                counting = bar.add_task("purging", total=None)
+                deleted = errands._core.purge(
+                    seconds, statuses, lambda n: bar.update(counting, completed=n)
+                )
+        else:
             deleted = errands.purge(seconds, statuses)
     except (ErrandsError, ValueError) as exc:
         fail(str(exc))

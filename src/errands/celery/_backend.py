@@ -15,7 +15,7 @@ import functools
 import logging
 import time
 import weakref
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -155,7 +155,12 @@ class CeleryBackend(Backend):
         records = [r for r in map(self._complete, found) if r and task in (None, r.name)]
         return records[:limit]
 
-    def purge(self, before: datetime, statuses: Collection[JobStatus] | None = None) -> int:
+    def purge(
+        self,
+        before: datetime,
+        statuses: Collection[JobStatus] | None = None,
+        progress: Callable[[int], object] | None = None,
+    ) -> int:
         raise ConfigurationError(
             "in Celery mode, finished jobs are Celery's results, which expire by themselves "
             "(the app's result_expires, one day by default): there is nothing to purge"

@@ -269,8 +269,13 @@ class LocalBackend(Backend):
     ) -> list[JobRecord]:
         return self.store.jobs(status, limit, task)
 
-    def purge(self, before: datetime, statuses: Collection[JobStatus] | None = None) -> int:
-        return self.store.purge(before, statuses)
+    def purge(
+        self,
+        before: datetime,
+        statuses: Collection[JobStatus] | None = None,
+        progress: Callable[[int], object] | None = None,
+    ) -> int:
+        return self.store.purge(before, statuses, progress)
 
     def unfinished(self) -> int:
         return self.store.unfinished()

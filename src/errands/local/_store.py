@@ -32,7 +32,7 @@ after ``MAX_LOST_LEASES`` such losses the job is failed as a poison job instead.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -162,10 +162,15 @@ class Store(Protocol):
         kept); any other job is left as it is. The record after, or None for an
         unknown id."""
 
-    def purge(self, before: datetime, statuses: Collection[JobStatus] | None = None) -> int:
+    def purge(
+        self,
+        before: datetime,
+        statuses: Collection[JobStatus] | None = None,
+        progress: Callable[[int], object] | None = None,
+    ) -> int:
         """Delete jobs that finished before ``before`` (only those in ``statuses``, all
         three final ones by default); how many were deleted. Never a queued or running
-        job."""
+        job. ``progress`` is told how many so far, as the deletion goes."""
 
     # -- processes --------------------------------------------------------------
 

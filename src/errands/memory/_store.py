@@ -13,7 +13,7 @@ import heapq
 import json
 import threading
 from collections import Counter, OrderedDict
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -262,7 +262,12 @@ class MemoryStore:
                 self._back_to_queue(job, utcnow())
             return job.copy()
 
-    def purge(self, before: datetime, statuses: Collection[JobStatus] | None = None) -> int:
+    def purge(
+        self,
+        before: datetime,
+        statuses: Collection[JobStatus] | None = None,
+        progress: Callable[[int], object] | None = None,
+    ) -> int:
         kinds = set(statuses) if statuses is not None else None
         with self._lock:
             old = [
@@ -278,6 +283,8 @@ class MemoryStore:
             for process in list(self._processes.values()):
                 if process.stopped_at is not None and process.stopped_at < before:
                     del self._processes[process.id]
+        if progress is not None:
+            progress(len(old))
         return len(old)
 
     # -- processes --------------------------------------------------------------

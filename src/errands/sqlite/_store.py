@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -357,7 +357,12 @@ class SQLiteStore(Transactions):
         return None if row is None else self._read(row)
 
     @mapped
-    def purge(self, before: datetime, statuses: Collection[JobStatus] | None = None) -> int:
+    def purge(
+        self,
+        before: datetime,
+        statuses: Collection[JobStatus] | None = None,
+        progress: Callable[[int], object] | None = None,
+    ) -> int:
         # In short transactions, so that requests and workers never wait long for the
         # write lock behind a purge of a million jobs.
         cutoff = before.timestamp()
@@ -380,6 +385,8 @@ class SQLiteStore(Transactions):
                     (*kinds, cutoff, PURGE_CHUNK),
                 ).rowcount
             purged += deleted
+            if progress is not None:
+                progress(purged)
             if deleted < PURGE_CHUNK:
                 return purged
 
