@@ -25,7 +25,7 @@ from ._plain import Lane, PlainJobs, new_plain_job
 from ._policy import Policy
 from ._process import ProcessRunner
 from ._record import JobRecord, JobStatus, new_job_id, utcnow
-from ._schedule import Schedule, check_no_arguments
+from ._schedule import Schedule
 from ._task import Task, callable_name, is_async_callable
 from ._threads import Threads
 from .exceptions import ConfigurationError, ErrandsError, JobNotFound, PayloadTooLarge
@@ -120,15 +120,6 @@ class Core:
         self.backend.register(task)
         self.tasks[task_name] = task
         return task
-
-    def schedule(self, task: Task[Any, Any], **when: Any) -> None:
-        """Run ``task`` on a schedule (``Schedule``'s fields: cron and tz, or interval)."""
-        try:
-            check_no_arguments(task)
-        except ConfigurationError:
-            del self.tasks[task.name]  # not left registered, half made
-            raise
-        self.schedules.append(Schedule(task, **when))
 
     def check_owner(self, task: Task[Any, Any]) -> None:
         if task._core is not self:

@@ -19,7 +19,7 @@ from ._limits import check_limit
 from ._options import Options, check_count, check_flag, check_seconds
 from ._policy import Policy
 from ._record import JobRecord, JobStatus
-from ._schedule import check_cron, check_interval
+from ._schedule import Schedule, check_cron, check_interval, check_no_arguments
 from ._stats import Stats
 from ._task import Task, callable_name
 from ._tuning import HOLD, JOIN_POLL_LOCAL, JOIN_POLL_SHARED
@@ -210,7 +210,6 @@ class Errands:
         options are ``task``'s.
         """
         cron, zone = check_cron(expression, tz)
-        check_flag("catch_up", catch_up)
         register = self.task(
             name=name,
             retries=retries,
@@ -221,13 +220,7 @@ class Errands:
             concurrency=concurrency,
             rate=rate,
         )
-
-        def scheduled(fn: Callable[P, R], /) -> Task[P, R]:
-            task = register(fn)
-            self._core.schedule(task, cron=cron, tz=zone, catch_up=catch_up)
-            return task
-
-        return scheduled
+        return self._scheduled(register, name, catch_up, cron=cron, tz=zone)
 
     def every(
         self,
@@ -248,7 +241,6 @@ class Errands:
         ``timedelta`` or seconds, at least one): at each whole multiple of it since
         the Unix epoch, so that every process agrees. As ``cron`` otherwise."""
         seconds = check_interval(interval)
-        check_flag("catch_up", catch_up)
         register = self.task(
             name=name,
             retries=retries,
@@ -259,10 +251,19 @@ class Errands:
             concurrency=concurrency,
             rate=rate,
         )
+        return self._scheduled(register, name, catch_up, interval=seconds)
+
+    def _scheduled(
+        self, register: TaskDecorator, name: str | None, catch_up: bool, **when: Any
+    ) -> TaskDecorator:
+        """What ``cron`` and ``every`` return: ``register`` (``task``'s decorator), then
+        the schedule (``Schedule``'s fields ``when``)."""
+        check_flag("catch_up", catch_up)
 
         def scheduled(fn: Callable[P, R], /) -> Task[P, R]:
+            check_no_arguments(callable_name(fn) if name is None else name, fn)
             task = register(fn)
-            self._core.schedule(task, interval=seconds, catch_up=catch_up)
+            self._core.schedules.append(Schedule(task, catch_up=catch_up, **when))
             return task
 
         return scheduled

@@ -17,8 +17,10 @@ zone (cronsim reads it, daylight saving time included).
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -57,7 +59,7 @@ class Schedule:
     """When a task's jobs are added: at the ticks of ``cron`` in ``tz``, or every
     ``interval`` seconds."""
 
-    task: Task[[], Any]
+    task: Task[..., Any]  # one that takes no arguments (check_no_arguments)
     cron: str | None = None
     tz: ZoneInfo = UTC_ZONE
     interval: float | None = None
@@ -151,14 +153,16 @@ def check_interval(interval: object) -> float:
     return seconds
 
 
-def check_no_arguments(task: Task[Any, Any]) -> None:
-    """A scheduled task is called with no arguments."""
+def check_no_arguments(name: str, fn: Callable[..., Any]) -> None:
+    """A scheduled function is called with no arguments (checked before it is
+    registered as the task ``name``)."""
+    signature = inspect.signature(fn)
     try:
-        task.signature.bind()
+        signature.bind()
     except TypeError:
         raise ConfigurationError(
-            f"task {task.name!r} is scheduled, and a schedule calls it with no arguments, "
-            f"but it takes some ({task.signature}); give them defaults, or read them inside"
+            f"task {name!r} is scheduled, and a schedule calls it with no arguments, "
+            f"but it takes some ({signature}); give them defaults, or read them inside"
         ) from None
 
 
