@@ -11,8 +11,8 @@ from .._record import JobRecord, JobStatus, utcnow
 from .._tuning import CELERY_INSPECT_TIMEOUT, CELERY_MAX_ERROR, CELERY_MAX_TRACEBACK
 from ..exceptions import BrokerUnavailable, ConfigurationError
 from ._cut import cut
-from ._publish import Publisher, queued_fields
-from ._results import cancel_key, expires_args, message_body, ours
+from ._publish import Publisher, queued_record
+from ._results import cancel_key, expires_args, message_body
 
 
 def cancel_job(publisher: Publisher, id: str) -> JobRecord | None:
@@ -64,8 +64,7 @@ def retry_job(publisher: Publisher, id: str, max_attempts: int) -> JobRecord | N
     record.scheduled_at = None
     record.run_at = utcnow()
     record.result = record.finished_at = record.cancel_requested_at = None
-    queued = ours(record.name, record.args, record.kwargs, **queued_fields(record))
-    backend.store_result(id, {"errands": queued}, states.PENDING)
+    backend.store_result(id, {"errands": queued_record(record)}, states.PENDING)
     described = message_body(record)
     described.update(
         before=record.attempts - record.lost,

@@ -138,14 +138,9 @@ class Publisher:
             )
         expires = expires_args(getattr(backend, "expires", None))
         pipe = backend.client.pipeline(transaction=False)
+        encode = _encoder(backend)
         for job in jobs:
-            value = json.dumps(
-                meta(
-                    job.id,
-                    states.PENDING,
-                    ours(job.name, job.args, job.kwargs, **queued_fields(job)),
-                )
-            )
+            value = encode(meta(job.id, states.PENDING, queued_record(job)))
             pipe.set(
                 backend.get_key_for_task(job.id), value, nx=True, ex=expires[1] if expires else None
             )
@@ -210,10 +205,7 @@ class Publisher:
         The writes are ``SET NX``: should a worker have written a job's state first,
         that state stands. A publish that failed takes them back.
         """
-        entries = [
-            (job.id, states.PENDING, ours(job.name, job.args, job.kwargs, **queued_fields(job)))
-            for job in jobs
-        ]
+        entries = [(job.id, states.PENDING, queued_record(job)) for job in jobs]
         if chain_id is not None:
             entries.append(
                 (chain_id, states.PENDING, {"chain": [message_body(j) for j in jobs[1:]]})
@@ -314,9 +306,7 @@ class Publisher:
         connection = self._connection(backend)
         keys = [backend.get_key_for_task(id) for id in ids]
         expires = expires_args(getattr(backend, "expires", None))
-        # JSON results (the default) with the standard library: kombu's encoder costs
-        # several times more, for the same text.
-        encode = json.dumps if getattr(backend, "serializer", None) == "json" else backend.encode
+        encode = _encoder(backend)
         values = [encode(meta(id, state, ours)) for id, state, ours in entries]
         if unless_final:
             ttl = expires[1] if expires else 0
@@ -519,6 +509,18 @@ class Publisher:
 #: What a job published again (``errands.retry``) carries from its earlier rounds,
 #: and the stamp that carries each.
 _AGAIN = {"before": BEFORE, "lost": LOST, "error": ERROR, "traceback": TRACEBACK}
+
+
+def _encoder(backend: RedisBackend) -> Callable[[Any], Any]:
+    """How the result backend's values are written: JSON results (the default) with
+    the standard library (kombu's encoder costs several times more, for the same text),
+    others with the backend's own serializer."""
+    return json.dumps if getattr(backend, "serializer", None) == "json" else backend.encode
+
+
+def queued_record(job: JobRecord) -> dict[str, Any]:
+    """errands' own record of a queued job, as its ``PENDING`` result keeps it."""
+    return ours(job.name, job.args, job.kwargs, **queued_fields(job))
 
 
 def queued_fields(job: JobRecord) -> dict[str, Any]:
