@@ -327,8 +327,8 @@ class SQLiteStore(Transactions):
                     "AND status = 'running' AND cancel_requested_at IS NULL",
                     (now, id),
                 )
-            row = db.execute(f"SELECT {COLUMNS} FROM errands_jobs WHERE id = ?", (id,)).fetchone()
-        return (None if row is None else self._read(row)), cancelled is not None
+            found = self._find(db, id)
+        return found, cancelled is not None
 
     @mapped
     def cancelling(self, ids: Collection[str]) -> list[str]:
@@ -353,8 +353,7 @@ class SQLiteStore(Transactions):
                 "lease_until = NULL WHERE id = ? AND status IN ('failed', 'cancelled')",
                 (utcnow().timestamp(), max_attempts, id),
             )
-            row = db.execute(f"SELECT {COLUMNS} FROM errands_jobs WHERE id = ?", (id,)).fetchone()
-        return None if row is None else self._read(row)
+            return self._find(db, id)
 
     @mapped
     def purge(
@@ -464,9 +463,10 @@ class SQLiteStore(Transactions):
 
     @mapped
     def get(self, id: str) -> JobRecord | None:
-        row = (
-            self._db().execute(f"SELECT {COLUMNS} FROM errands_jobs WHERE id = ?", (id,)).fetchone()
-        )
+        return self._find(self._db(), id)
+
+    def _find(self, db: sqlite3.Connection, id: str) -> JobRecord | None:
+        row = db.execute(f"SELECT {COLUMNS} FROM errands_jobs WHERE id = ?", (id,)).fetchone()
         return self._read(row) if row is not None else None
 
     @mapped
