@@ -18,7 +18,7 @@ from ._lifecycle import serving, web_lifespan
 from ._limits import check_limit
 from ._options import Options, check_count, check_flag, check_seconds
 from ._policy import Policy
-from ._record import JobRecord, JobStatus
+from ._record import JobRecord, JobStatus, finished_statuses
 from ._schedule import Schedule, check_cron, check_interval, check_no_arguments
 from ._stats import Stats
 from ._task import Task, callable_name
@@ -346,14 +346,7 @@ class Errands:
         after ``retention`` anyway; in Celery mode, results expire by themselves.)"""
         seconds = older_than.total_seconds() if isinstance(older_than, timedelta) else older_than
         check_seconds("older_than", seconds, zero=True)
-        kinds = None if statuses is None else [JobStatus.of(s) for s in statuses]
-        for kind in kinds or ():
-            if not kind.finished:
-                raise ValueError(
-                    f"purge deletes finished jobs only (succeeded, failed, cancelled), not "
-                    f"{kind.value} ones"
-                )
-        return self._core.purge(seconds, kinds)
+        return self._core.purge(seconds, finished_statuses(statuses))
 
     def stats(self) -> Stats:
         """Counts by status and by task, the live workers, and the jobs no live

@@ -35,7 +35,7 @@ from rich.table import Table
 
 from . import __version__
 from ._errands import Errands
-from ._record import JobRecord, JobStatus, utcnow
+from ._record import JobRecord, JobStatus, finished_statuses, utcnow
 from ._stats import Stats
 from .exceptions import ErrandsError, JobNotFound
 
@@ -455,12 +455,9 @@ def purge(
     errands = open_target(target)
     seconds = duration(older_than) if older_than is not None else errands._core.options.retention
     try:
-        statuses = [JobStatus.of(s) for s in status] if status else None
+        statuses = finished_statuses(status or None)
     except ValueError as exc:
         fail(str(exc), 2)
-    unfinished = [s.value for s in statuses or () if not s.finished]
-    if unfinished:
-        fail(f"purge deletes finished jobs only, not {', '.join(unfinished)} ones", 2)
     which = ", ".join(s.value for s in statuses) if statuses else "finished"
     cutoff = timedelta(seconds=seconds)
     if not yes:
@@ -479,8 +476,8 @@ def purge(
                     seconds, statuses, lambda n: bar.update(counting, completed=n)
                 )
         else:
-            deleted = errands.purge(seconds, statuses)
-    except (ErrandsError, ValueError) as exc:
+            deleted = errands._core.purge(seconds, statuses)
+    except ErrandsError as exc:
         fail(str(exc))
     print(f"{deleted} job(s) deleted")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 import traceback
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import Enum
@@ -45,6 +46,21 @@ class JobStatus(str, Enum):
 
 
 _FINISHED = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+
+def finished_statuses(values: Iterable[JobStatus | str] | None) -> list[JobStatus] | None:
+    """The final statuses named by ``values`` (what a purge may delete), None for all
+    of them; ``ValueError`` for a name that is no status or one that is not final."""
+    if values is None:
+        return None
+    statuses = [JobStatus.of(value) for value in values]
+    unfinished = [status.value for status in statuses if not status.finished]
+    if unfinished:
+        raise ValueError(
+            f"purge deletes finished jobs only, not {', '.join(unfinished)} ones (it may "
+            f"delete succeeded, failed and cancelled ones)"
+        )
+    return statuses
 
 
 def utcnow() -> datetime:
