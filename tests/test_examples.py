@@ -69,13 +69,18 @@ def test_the_demo_serves_and_shows_jobs_reaching_a_final_state(tmp_path: Path) -
                 break
             time.sleep(0.1)
         assert status in ("succeeded", "failed")
-        overview = httpx.get(server.url + "/").json()
-        assert len(overview["jobs"]) >= 4  # three from startup and ours
-        assert any(job["durable"] for job in overview["jobs"])
-        assert {job["task"] for job in overview["jobs"]} == {
-            "send_welcome",
-            "docs.examples.demo.write_log",
-        }
+        listed = httpx.get(server.url + "/errands/api/jobs").json()["jobs"]
+        assert len(listed) >= 4  # three from startup and ours
+        assert any(job["durable"] for job in listed)
+        assert {job["name"] for job in listed} == {"send_welcome", "docs.examples.demo.write_log"}
+        # The page: a signup form above the dashboard; the form leads to the job's page.
+        home = httpx.get(server.url + "/").text
+        assert 'action="/signup"' in home and 'src="/errands/"' in home
+        signed = httpx.post(f"{server.url}/signup", data={"email": "grace@example.com"})
+        assert signed.status_code == 303
+        page = httpx.get(server.url + signed.headers["location"])
+        assert page.status_code == 200 and "send_welcome" in page.text
+        assert "grace@example.com" in page.text
     finally:
         server.stop()
 

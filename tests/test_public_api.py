@@ -41,6 +41,7 @@ ERRANDS = {
     "backlog",
     "cancel",
     "cron",
+    "dashboard",
     "eager",
     "every",
     "get",

@@ -23,10 +23,13 @@ from ._schedule import Schedule, check_cron, check_interval, check_no_arguments
 from ._stats import Stats
 from ._task import Task, callable_name
 from ._tuning import HOLD, JOIN_POLL_LOCAL, JOIN_POLL_SHARED
-from .exceptions import WaitTimeout
+from .exceptions import ConfigurationError, WaitTimeout
 
 if TYPE_CHECKING:
     from celery import Celery
+    from starlette.types import ASGIApp
+
+    from ._dashboard._guard import Auth as DashboardAuth
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -295,20 +298,28 @@ class Errands:
         return self._core.plain.get(id) or self._core.backend.get(id)
 
     def jobs(
-        self, status: JobStatus | str | None = None, limit: int = 100, task: str | None = None
+        self,
+        status: JobStatus | str | None = None,
+        limit: int = 100,
+        task: str | None = None,
+        *,
+        offset: int = 0,
     ) -> list[JobRecord]:
         """Recent jobs, newest first: stored ones and this process's plain ones.
 
-        ``status`` is a ``JobStatus`` or its value (``"failed"``); ``task`` a task name."""
+        ``status`` is a ``JobStatus`` or its value (``"failed"``); ``task`` a task name;
+        ``offset`` skips that many of the newest (pages: ``offset=(page - 1) * limit``)."""
         wanted = None if status is None else JobStatus.of(status)
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
-            raise ValueError(f"limit must be an int >= 0, got {limit!r}")
+        for name, value in (("limit", limit), ("offset", offset)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an int >= 0, got {value!r}")
         if task is not None and not isinstance(task, str):
             raise ValueError(f"task must be a task name (a str), got {task!r}")
-        plain = [r for r in self._core.plain.jobs(wanted, limit) if task in (None, r.name)]
-        merged = self._core.backend.jobs(wanted, limit, task) + plain
+        end = offset + limit
+        plain = [r for r in self._core.plain.jobs(wanted, end) if task in (None, r.name)]
+        merged = self._core.backend.jobs(wanted, end, task) + plain
         merged.sort(key=lambda r: r.created_at, reverse=True)
-        return merged[:limit]
+        return merged[offset:end]
 
     # -- acting on jobs ---------------------------------------------------------------
 
@@ -347,6 +358,25 @@ class Errands:
         seconds = older_than.total_seconds() if isinstance(older_than, timedelta) else older_than
         check_seconds("older_than", seconds, zero=True)
         return self._core.purge(seconds, finished_statuses(statuses))
+
+    def dashboard(self, *, auth: DashboardAuth) -> ASGIApp:
+        """The web dashboard of this instance's jobs, an ASGI app to mount in your own:
+        ``app.mount("/errands", errands.dashboard(auth=("admin", secret)))``.
+
+        ``auth`` must be written out: ``("user", "password")`` for HTTP Basic (compared
+        in constant time), a callable ``(request) -> bool`` (sync or async) for your own
+        scheme (False: 403), or ``None`` when the app around the mount protects it.
+        Every POST (retry, cancel, purge) from another site is refused. Needs the
+        ``dashboard`` extra: ``pip install 'errands[dashboard]'``.
+        """
+        try:
+            from ._dashboard import build, check_auth
+        except ImportError as exc:
+            raise ConfigurationError(
+                f"the dashboard needs its extra, which is not installed ({exc.name} is "
+                f"missing): pip install 'errands[dashboard]'"
+            ) from None
+        return build(self, check_auth(auth))
 
     def stats(self) -> Stats:
         """Counts by status and by task, the live workers, and the jobs no live

@@ -9,16 +9,12 @@ failed or an id was unknown, 2 usage.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
+import ipaddress
 import json
-import os
-import re
 import sys
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
-from enum import Enum
-from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -35,8 +31,11 @@ from rich.table import Table
 
 from . import __version__
 from ._errands import Errands
-from ._record import JobRecord, JobStatus, finished_statuses, utcnow
+from ._record import JobRecord, JobStatus, finished_statuses
+from ._report import duration as seconds_in
+from ._report import plain, stats_object
 from ._stats import Stats
+from ._target import TARGET_HELP, err, fail, is_target, open_target, split_target
 from .exceptions import ErrandsError, JobNotFound
 
 app = typer.Typer(
@@ -47,114 +46,8 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-
-TARGET_HELP = (
-    "module:attribute naming an Errands instance (app.main:errands), or a store URL "
-    "(sqlite:///path/to.db, celery://module:attribute); default: $ERRANDS_URL, then "
-    "./errands.db if it exists"
-)
-_MODULE_ATTRIBUTE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def fail(message: str, code: int = 1) -> NoReturn:
-    err.print(f"errands: {message}", markup=False)
-    raise typer.Exit(code)
-
-
-# -- the target -------------------------------------------------------------------------
-
-
-def is_target(value: str) -> bool:
-    """Whether ``value`` names an Errands instance or a store (not a job id): a URL, or
-    ``module:attribute`` whose module can be found (job ids may hold colons too)."""
-    if "://" in value:
-        return True
-    if not _MODULE_ATTRIBUTE.match(value):
-        return False
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        return importlib.util.find_spec(value.partition(":")[0]) is not None
-    except (ImportError, ValueError):
-        return False
-
-
-def open_target(target: str | None) -> Errands:
-    """The Errands instance to look at, as the module's docstring says; exits 2 with
-    what to pass when there is none."""
-    if target is None:
-        target = os.environ.get("ERRANDS_URL") or None
-        if target is None:
-            if not Path("errands.db").exists():
-                fail(
-                    f"no target, no $ERRANDS_URL, and no errands.db in {os.getcwd()}: pass "
-                    f"module:attribute (app.main:errands) or a store URL "
-                    f"(sqlite:///path/to.db)",
-                    2,
-                )
-            target = "sqlite:///errands.db"
-    if target.startswith("memory:"):
-        fail(
-            f"{target} keeps its jobs in the memory of the process that made them; there is "
-            f"nothing to see from here: pass the app (module:attribute) of a SQLite or "
-            f"Celery store",
-            2,
-        )
-    if target.startswith("sqlite:"):
-        path = target.removeprefix("sqlite:///").removeprefix("sqlite://")
-        if not Path(path).exists():
-            fail(f"no store at {Path(path).resolve()} (from {target}): is the path right?", 2)
-    if "://" in target:
-        try:
-            return Errands(target, worker=False)
-        except ErrandsError as exc:
-            fail(str(exc), 2)
-    if not _MODULE_ATTRIBUTE.match(target):
-        fail(f"{target!r} is neither module:attribute nor a store URL", 2)
-    from ._worker_cli import load
-
-    try:
-        found = load(target)
-    except SystemExit as exc:
-        err.print(str(exc.code), markup=False)
-        raise typer.Exit(2) from None
-    if found.url.startswith("memory:"):
-        fail(
-            f"{target} keeps its jobs in memory ({found.url}), in the process that made "
-            f"them; there is nothing to see from here",
-            2,
-        )
-    return found
-
-
-def split_target(args: Sequence[str]) -> tuple[str | None, list[str]]:
-    """``[TARGET] ID...``: the target if the first names one, and the ids."""
-    if len(args) > 1 and is_target(args[0]):
-        return args[0], list(args[1:])
-    if len(args) == 1 and "://" in args[0]:
-        fail(f"{args[0]} is a store: give the job id(s) after it", 2)
-    return None, list(args)
-
 
 # -- output -----------------------------------------------------------------------------
-
-
-def plain(value: Any) -> Any:
-    """A value as JSON holds it: times in ISO 8601 UTC, enums by their value."""
-    if isinstance(value, datetime):
-        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
-    if isinstance(value, Enum):
-        return value.value
-    if isinstance(value, dict):
-        return {str(plain(k)): plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [plain(v) for v in value]
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    return value
 
 
 def emit_json(value: Any) -> None:
@@ -304,30 +197,6 @@ def stats(
     show_stats(errands, found)
 
 
-def stats_object(found: Stats) -> dict[str, Any]:
-    activity = found.activity
-    oldest = activity.oldest_queued
-    return {
-        "counts": {status.value: found.counts.get(status, 0) for status in JobStatus},
-        "tasks": {
-            name: {status.value: n for status, n in counts.items()}
-            for name, counts in sorted(found.tasks.items())
-        },
-        "oldest_queued_age_s": None
-        if oldest is None
-        else round((utcnow() - oldest).total_seconds(), 3),
-        "finished_per_minute": {
-            f"{minutes}m": round(n / minutes, 2) for minutes, n in activity.finished.items()
-        },
-        "run_times_s": {
-            name: {"jobs": t.count, "p50": round(t.p50, 6), "p95": round(t.p95, 6)}
-            for name, t in sorted(activity.run_times.items())
-        },
-        "unrunnable": found.unrunnable,
-        "workers": found.workers,
-    }
-
-
 def show_stats(errands: Errands, found: Stats) -> None:
     summary = stats_object(found)
     table(
@@ -432,10 +301,10 @@ def retry(
 
 
 def duration(value: str) -> float:
-    found = _DURATION.match(value)
-    if found is None:
-        raise typer.BadParameter(f"expected a number and a unit (30s, 15m, 2h, 7d), got {value!r}")
-    return float(found.group(1)) * _UNITS[found.group(2)]
+    try:
+        return seconds_in(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 @app.command()
@@ -480,6 +349,66 @@ def purge(
     except ErrandsError as exc:
         fail(str(exc))
     print(f"{deleted} job(s) deleted")
+
+
+def loopback(host: str) -> bool:
+    """Whether only this machine can reach ``host``."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+@app.command()
+def dashboard(
+    target: Annotated[str | None, typer.Argument(help=TARGET_HELP)] = None,
+    host: Annotated[str, typer.Option(help="The address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="The port.")] = 8001,
+    auth: Annotated[
+        str | None,
+        typer.Option(
+            envvar="ERRANDS_DASHBOARD_AUTH",
+            show_envvar=True,
+            help="USER:PASSWORD for HTTP Basic (the variable keeps it out of ps); "
+            "required on any address but loopback.",
+        ),
+    ] = None,
+    root_path: Annotated[
+        str, typer.Option(help="The path prefix a proxy serves the dashboard under.")
+    ] = "",
+) -> None:
+    """Serve the web dashboard of a store's jobs (the dashboard extra)."""
+    credentials = None
+    if auth:
+        user, colon, password = auth.partition(":")
+        if not colon or not user or not password:
+            fail("--auth takes USER:PASSWORD, neither empty (e.g. --auth admin:s3cret)", 2)
+        credentials = (user, password)
+    elif not loopback(host):
+        fail(
+            f"--host {host} can be reached from other machines: give --auth USER:PASSWORD "
+            f"(or set $ERRANDS_DASHBOARD_AUTH), or serve on 127.0.0.1 behind a proxy of your own",
+            2,
+        )
+    errands = open_target(target)
+    try:
+        import uvicorn
+
+        served = errands.dashboard(auth=credentials)
+    except ImportError as exc:
+        needs = f"the dashboard needs {exc.name}, which is not installed"
+        fail(f"{needs}: pip install 'errands[dashboard]'", 2)
+    except ErrandsError as exc:
+        fail(str(exc), 2)
+    shown = f"[{host}]" if ":" in host else host
+    err.print(
+        f"errands dashboard of {errands.url} on http://{shown}:{port}{root_path}/ "
+        f"({'Basic auth' if credentials else 'no auth: this machine only'}; Ctrl+C to stop)",
+        markup=False,
+    )
+    uvicorn.run(served, host=host, port=port, root_path=root_path, log_level="warning")
 
 
 def run(argv: Sequence[str] | None = None) -> None:

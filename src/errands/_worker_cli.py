@@ -86,7 +86,7 @@ def positive(value: str) -> int:
 
 
 #: The commands of the ``cli`` extra (``_ops``: Typer and Rich).
-OPERATIONS = ("jobs", "show", "stats", "cancel", "retry", "purge")
+OPERATIONS = ("jobs", "show", "stats", "cancel", "retry", "purge", "dashboard")
 
 
 def worker(argv: list[str]) -> None:

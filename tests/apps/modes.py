@@ -228,7 +228,10 @@ def make(mode: str, *, path: str = "", queue: str = "errands-modes") -> Mode:
     errands.task(name="modes.narrow", concurrency=2)(narrow)
     errands.task(name="modes.paced", rate="20/s")(paced)
     errands.task(name="modes.polite", retries=2, backoff=0.05)(polite)
+    # No retries: flaky(tag, 1) fails, and an errands.retry (the dashboard's button) succeeds.
+    errands.task(name="modes.fickle")(flaky)
     app = tasks.app
+    app.mount("/errands", errands.dashboard(auth=("admin", "secret")))
 
     @app.exception_handler(StoreError)
     async def unavailable(request: Request, exc: StoreError) -> JSONResponse:

@@ -23,15 +23,15 @@ from typing import Any
 from .._cancel import CANCELLED_QUEUED, CANCELLED_RUNNING
 from .._limits import Limit
 from .._record import JobRecord, JobStatus, utcnow
-from .._stats import WINDOWS, Activity, run_times
+from .._stats import Activity
 from .._tuning import BUSY_TIMEOUT, MAX_LOST_LEASES, PURGE_CHUNK
 from ..exceptions import ConfigurationError
 from ..local._store import ProcessInfo, Want, poison_error
+from ._activity import activity
 from ._rows import (
     Row,
     Unreadable,
     corrupt_error,
-    dt,
     dumps,
     process_info,
     record,
@@ -502,29 +502,7 @@ class SQLiteStore(Transactions):
 
     @mapped
     def activity(self, now: datetime) -> Activity:
-        db, at = self._db(), now.timestamp()
-        # Each a range of a partial index: finished_at by status, queued by name.
-        (oldest,) = db.execute(
-            "SELECT MIN(created_at) FROM errands_jobs WHERE status = 'queued'"
-        ).fetchone()
-        finished = {
-            minutes: db.execute(
-                "SELECT COUNT(*) FROM errands_jobs WHERE status IN "
-                "('succeeded', 'failed', 'cancelled') AND finished_at >= ?",
-                (at - 60 * minutes,),
-            ).fetchone()[0]
-            for minutes in WINDOWS
-        }
-        samples = db.execute(
-            "SELECT name, finished_at - started_at FROM errands_jobs WHERE status IN "
-            "('succeeded', 'failed') AND finished_at >= ? AND started_at IS NOT NULL",
-            (at - 3600,),
-        ).fetchall()
-        return Activity(
-            dt(oldest) if isinstance(oldest, int | float) else None,
-            finished,
-            run_times((n, float(s)) for n, s in samples if isinstance(s, int | float)),
-        )
+        return activity(self._db(), now)
 
     def _read(self, row: Row) -> JobRecord:
         try:

@@ -1,0 +1,362 @@
+"""The dashboard over HTTP: its pages, actions and JSON API in every mode (mounted at
+/errands in the modes app, with a real Celery worker in Celery mode), its auth and
+same-origin check, bad input, and ``errands dashboard``'s refusals. What a browser
+does with it is tests/test_dashboard_browser.py."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from starlette.requests import Request
+
+from errands import ConfigurationError, Errands, JobStatus
+from tests.conftest import ROOT, Running, wait_until
+
+AUTH = ("admin", "secret")
+SAME_ORIGIN = {"origin": "http://testserver"}
+
+
+def tag() -> str:
+    return uuid.uuid4().hex[:8]
+
+
+def registered(running: Running, name: str) -> Any:
+    return running.errands._core.tasks[name]
+
+
+# -- every mode -------------------------------------------------------------------------
+
+
+def test_a_failed_job_is_listed_shown_with_its_traceback_and_retried(running: Running) -> None:
+    t = tag()
+    job = running.errands.add_task(registered(running, "modes.fickle"), t, 1)
+    assert running.finished(job.id).status is JobStatus.FAILED
+    client = running.client
+
+    listed = client.get("/errands/jobs?status=failed&task=modes.fickle", auth=AUTH)
+    assert listed.status_code == 200 and job.id in listed.text
+    page = client.get(f"/errands/jobs/{job.id}", auth=AUTH)
+    assert page.status_code == 200
+    assert f"RuntimeError: attempt 1 of {t} failed" in page.text
+    assert "Traceback (most recent call last)" in page.text
+    assert 'action="/errands/actions/retry"' in page.text
+
+    pressed = client.post(
+        "/errands/actions/retry",
+        data={"id": job.id},
+        auth=AUTH,
+        headers=SAME_ORIGIN,
+        follow_redirects=False,
+    )
+    assert pressed.status_code == 303
+    assert pressed.headers["location"] == f"/errands/jobs/{job.id}?done=retried"
+    assert "Queued again" in client.get(pressed.headers["location"], auth=AUTH).text
+    record = running.finished(job.id)
+    assert record.status is JobStatus.SUCCEEDED and record.attempts == 2
+    shown = client.get(f"/errands/api/jobs/{job.id}", auth=AUTH).json()
+    assert shown["status"] == "succeeded" and shown["attempts"] == 2 and shown["result"] == "ok"
+
+
+def test_a_delayed_job_is_cancelled_from_the_api(running: Running) -> None:
+    job = running.errands.add_task(registered(running, "modes.record").options(delay=3600), tag())
+    answer = running.client.post(
+        "/errands/api/cancel", json={"id": job.id}, auth=AUTH, headers=SAME_ORIGIN
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["done"] == "cancelled"
+    assert answer.json()["job"]["status"] == "cancelled"
+    record = running.errands.get(job.id)
+    assert record is not None and record.status is JobStatus.CANCELLED
+    again = running.client.post(
+        "/errands/api/cancel", json={"id": job.id}, auth=AUTH, headers=SAME_ORIGIN
+    )
+    assert again.status_code == 409 and "cancelled already" in again.json()["detail"]
+    unknown = running.client.post(
+        "/errands/api/retry", json={"id": "nope"}, auth=AUTH, headers=SAME_ORIGIN
+    )
+    assert unknown.status_code == 404 and unknown.json() == {"detail": "no job nope"}
+
+
+def test_the_overview_and_the_stats_api_show_tasks_and_the_last_hour(running: Running) -> None:
+    job = running.errands.add_task(running.mode.add, 2, 3)
+    running.finished(job.id)
+    overview = running.client.get("/errands/", auth=AUTH)
+    assert overview.status_code == 200
+    assert "modes.add" in overview.text and "<svg" in overview.text
+    stats = running.client.get("/errands/api/stats", auth=AUTH).json()
+    assert set(stats["counts"]) == {s.value for s in JobStatus}
+    assert stats["tasks"]["modes.add"]["succeeded"] >= 1
+    assert len(stats["timeline"]) == 60
+    assert sum(minute["succeeded"] for minute in stats["timeline"][-2:]) >= 1
+    listed = running.client.get("/errands/api/jobs?task=modes.add", auth=AUTH).json()
+    assert job.id in [r["id"] for r in listed["jobs"]] and listed["page"] == 1
+
+
+def test_purge_from_the_dashboard(running: Running) -> None:
+    job = running.errands.add_task(registered(running, "modes.record").options(delay=3600), tag())
+    running.errands.cancel(job.id)
+    answer = running.client.post(
+        "/errands/api/purge",
+        data={"older_than": "0s", "status": "cancelled"},
+        auth=AUTH,
+        headers=SAME_ORIGIN,
+    )
+    if running.mode.celery is not None:  # results expire by themselves there
+        assert answer.status_code == 409 and "result_expires" in answer.json()["detail"]
+        return
+    assert answer.status_code == 200 and answer.json()["deleted"] >= 1
+    assert running.errands.get(job.id) is None
+    page = running.client.post(
+        "/errands/actions/purge",
+        data={"older_than": "7d"},
+        auth=AUTH,
+        headers=SAME_ORIGIN,
+        follow_redirects=True,
+    )
+    assert "Purged 0 finished job(s)." in page.text
+
+
+# -- one app ----------------------------------------------------------------------------
+
+
+def make_app(auth: Any, mount: str = "/errands") -> tuple[Errands, FastAPI]:
+    errands = Errands("memory://")
+
+    @errands.task(name="echo")
+    def echo(value: Any) -> Any:
+        return value
+
+    @errands.task(name="bad")
+    def bad(value: str) -> None:
+        raise ValueError(f"bad {value}")
+
+    app = FastAPI(lifespan=errands.lifespan)
+    app.mount(mount, errands.dashboard(auth=auth))
+    return errands, app
+
+
+@pytest.fixture
+def client() -> Iterator[tuple[Errands, TestClient]]:
+    errands, app = make_app(AUTH)
+    with TestClient(app) as client:
+        yield errands, client
+
+
+def basic(user: str, password: str) -> dict[str, str]:
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return {"authorization": f"Basic {token}"}
+
+
+@pytest.mark.parametrize("path", ["/errands/", "/errands/jobs", "/errands/static/errands.css"])
+def test_without_the_right_credentials_there_is_a_401_and_no_data(
+    client: tuple[Errands, TestClient], path: str
+) -> None:
+    _, http = client
+    for headers in (
+        {},
+        basic("admin", "wrong"),
+        basic("root", "secret"),
+        {"authorization": "Basic !!"},
+    ):
+        answer = http.get(path, headers=headers)
+        assert answer.status_code == 401
+        assert answer.headers["www-authenticate"].startswith("Basic ")
+        assert "errands" not in answer.text.replace("errands dashboard", "")
+    assert http.get(path, headers=basic(*AUTH)).status_code == 200
+    api = http.get("/errands/api/stats")
+    assert api.status_code == 401 and api.json() == {
+        "detail": "sign in to see the errands dashboard"
+    }
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_a_callable_auth_decides_with_the_request(asynchronous: bool) -> None:
+    def sync_check(request: Request) -> bool:
+        return request.headers.get("x-token") == "let-me-in"
+
+    async def async_check(request: Request) -> bool:
+        await asyncio.sleep(0)
+        return request.headers.get("x-token") == "let-me-in"
+
+    _, app = make_app(async_check if asynchronous else sync_check)
+    with TestClient(app) as http:
+        assert http.get("/errands/").status_code == 403
+        assert http.get("/errands/api/jobs").json() == {
+            "detail": "the dashboard's auth refused this request"
+        }
+        assert http.get("/errands/", headers={"x-token": "let-me-in"}).status_code == 200
+
+
+def test_auth_must_be_written_out_and_be_one_the_dashboard_can_use() -> None:
+    errands = Errands("memory://")
+    with pytest.raises(TypeError, match="auth"):
+        errands.dashboard()  # type: ignore[call-arg]
+    for bad in (("admin", ""), ("", "pw"), ("a:b", "pw"), ("admin",), "admin:pw", 42):
+        with pytest.raises(ConfigurationError, match=r"auth|user|password"):
+            errands.dashboard(auth=bad)  # type: ignore[arg-type]
+    assert callable(errands.dashboard(auth=None))
+
+
+def test_a_cross_site_post_is_refused_and_a_same_origin_one_goes_through(
+    client: tuple[Errands, TestClient],
+) -> None:
+    errands, http = client
+    job = errands.add_task(errands._core.tasks["echo"].options(delay=3600), "x")
+    for headers in (
+        {"origin": "http://evil.example"},
+        {"origin": "null"},
+        {"origin": "http://testserver.evil.example"},
+        {"sec-fetch-site": "cross-site"},
+        {"sec-fetch-site": "same-site", "origin": "http://testserver"},
+    ):
+        answer = http.post(
+            "/errands/actions/cancel", data={"id": job.id}, headers={**basic(*AUTH), **headers}
+        )
+        assert answer.status_code == 403, headers
+        assert "refused" in answer.text
+        record = errands.get(job.id)
+        assert record is not None and record.status is JobStatus.QUEUED
+    behind_a_proxy = {"origin": "https://jobs.example.com", "x-forwarded-host": "jobs.example.com"}
+    answer = http.post(
+        "/errands/api/cancel", json={"id": job.id}, headers={**basic(*AUTH), **behind_a_proxy}
+    )
+    assert answer.status_code == 200 and answer.json()["done"] == "cancelled"
+    # A script (no Origin, no Sec-Fetch-Site: no browser sent it) needs only the auth.
+    answer = http.post("/errands/api/retry", json={"id": job.id}, headers=basic(*AUTH))
+    assert answer.status_code == 200 and answer.json()["job"]["status"] == "queued"
+
+
+def test_bad_input_gets_a_clear_answer(client: tuple[Errands, TestClient]) -> None:
+    _, http = client
+    auth = basic(*AUTH)
+    cases = {
+        "/errands/jobs?page=-1": (400, "page must be a whole number from 1 up, got &#39;-1&#39;"),
+        "/errands/jobs?page=two": (400, "page must be a whole number"),
+        "/errands/jobs?status=nonsense": (400, "is not a job status; use one of"),
+        "/errands/jobs/..%2F..%2Fetc%2Fpasswd": (404, "no job ../../etc/passwd"),
+        "/errands/api/jobs?page=0": (400, "page must be a whole number"),
+        "/errands/api/jobs?status=done": (400, "is not a job status"),
+    }
+    for path, (status, message) in cases.items():
+        answer = http.get(path, headers=auth)
+        assert answer.status_code == status, path
+        assert message in answer.text, (path, answer.text[:500])
+    huge = "x" * 10_240
+    answer = http.get(f"/errands/jobs/{huge}", headers=auth)
+    assert answer.status_code == 404 and "(10,240 characters)" in answer.text
+    assert len(answer.text) < 20_000
+    assert http.get(f"/errands/api/jobs/{huge}", headers=auth).status_code == 404
+    answer = http.get(f"/errands/jobs?id={huge}", headers=auth)  # the list, saying so
+    assert answer.status_code == 200 and "No job xxx" in answer.text
+    answer = http.post("/errands/api/cancel", json=[1, 2], headers=auth)
+    assert answer.status_code == 400 and "JSON object" in answer.json()["detail"]
+    answer = http.post("/errands/api/cancel", json={}, headers=auth)
+    assert answer.status_code == 400 and "needs id=" in answer.json()["detail"]
+    answer = http.post("/errands/api/purge", data={"older_than": "soon"}, headers=auth)
+    assert answer.status_code == 400 and "30s, 15m, 2h, 7d" in answer.json()["detail"]
+    answer = http.post("/errands/api/purge", data={"status": "queued"}, headers=auth)
+    assert answer.status_code == 400 and "finished jobs only" in answer.json()["detail"]
+    answer = http.post("/errands/api/cancel", content=b"id=" + b"x" * 70_000, headers=auth)
+    assert answer.status_code == 413
+    answer = http.post("/errands/api/reboot", json={"id": "x"}, headers=auth)
+    assert answer.status_code == 404 and "cancel, retry, purge" in answer.json()["detail"]
+
+
+def test_what_a_job_holds_is_shown_escaped(client: tuple[Errands, TestClient]) -> None:
+    errands, http = client
+    script = "<script>alert('x')</script>"
+    job = errands.add_task(errands._core.tasks["bad"], script)
+    wait_until(lambda: (r := errands.get(job.id)) is not None and r.finished)
+    page = http.get(f"/errands/jobs/{job.id}", headers=basic(*AUTH)).text
+    assert "<script>alert" not in page
+    assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;" in page
+    listed = http.get("/errands/jobs", headers=basic(*AUTH)).text
+    assert "<script>alert" not in listed and "ValueError: bad &lt;script&gt;" in listed
+    headers = http.get("/errands/", headers=basic(*AUTH)).headers
+    assert "script-src 'self'" in headers["content-security-policy"]
+    assert headers["x-frame-options"] == "SAMEORIGIN" and headers["cache-control"] == "no-store"
+
+
+def test_links_and_assets_follow_the_mount_and_pages_go_back_in_time() -> None:
+    errands, app = make_app(None, mount="/ops/queue")
+    with TestClient(app) as http:
+        jobs = [
+            errands.add_task(errands._core.tasks["echo"].options(delay=3600), i) for i in range(60)
+        ]
+        page = http.get("/ops/queue/jobs").text
+        assert 'href="/ops/queue/static/errands.css"' in page
+        assert 'src="/ops/queue/static/errands.js"' in page
+        assert f'href="/ops/queue/jobs/{jobs[-1].id}"' in page
+        assert jobs[0].id not in page  # the oldest is on page 2
+        assert 'href="/ops/queue/jobs?page=2"' in page
+        second = http.get("/ops/queue/jobs?page=2").text
+        assert f'href="/ops/queue/jobs/{jobs[0].id}"' in second and "← Newer" in second
+        assert http.get("/ops/queue/static/errands.js").status_code == 200
+        found = http.get(f"/ops/queue/jobs?id={jobs[5].id}", follow_redirects=False)
+        assert found.status_code == 303
+        assert found.headers["location"] == f"/ops/queue/jobs/{jobs[5].id}"
+        assert [r.id for r in errands.jobs(limit=2, offset=58)] == [jobs[1].id, jobs[0].id]
+        with pytest.raises(ValueError, match="offset must be an int >= 0"):
+            errands.jobs(offset=-1)
+
+
+def test_a_missing_extra_is_named_with_its_pip_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [m for m in sys.modules if m.startswith("errands._dashboard")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "jinja2", None)
+    with pytest.raises(ConfigurationError, match=r"pip install 'errands\[dashboard\]'"):
+        Errands("memory://").dashboard(auth=None)
+
+
+# -- errands dashboard ------------------------------------------------------------------
+
+
+def command(*args: str, cwd: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ERRANDS_")}
+    return subprocess.run(
+        [sys.executable, "-m", "errands", "dashboard", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=cwd or ROOT,
+    )
+
+
+def test_errands_dashboard_refuses_to_serve_other_machines_without_auth(tmp_path: Any) -> None:
+    started = time.monotonic()
+    refused = command("sqlite:///nowhere.db", "--host", "0.0.0.0")
+    assert refused.returncode == 2
+    assert "--host 0.0.0.0 can be reached from other machines: give --auth" in refused.stderr
+    assert command("--host", "::", "--auth", "admin").returncode == 2
+    assert "USER:PASSWORD" in command("--auth", "admin:", cwd=str(tmp_path)).stderr
+    memory = command("memory://", cwd=str(tmp_path))
+    assert memory.returncode == 2 and "keeps its jobs in the memory" in memory.stderr
+    missing = command(cwd=str(tmp_path))
+    assert missing.returncode == 2 and "no errands.db" in missing.stderr
+    assert time.monotonic() - started < 60
+
+
+def test_the_example_app_mounts_it_behind_basic_auth_and_a_check_of_its_own() -> None:
+    from docs.examples.dashboard import app, build_report, errands
+
+    with TestClient(app) as http:
+        job = errands.add_task(build_report, "2026-11")
+        wait_until(lambda: (r := errands.get(job.id)) is not None and r.finished)
+        assert http.get("/errands/").status_code == 401
+        page = http.get(f"/errands/jobs/{job.id}", auth=("admin", "change me"))
+        assert page.status_code == 200 and "report for 2026-11" in page.text
+        assert http.get("/ops/errands/api/stats").status_code == 403
+        stats = http.get("/ops/errands/api/stats", headers={"x-staff-token": "let-me-in"})
+        assert stats.json()["tasks"] == {"reports.build": {"succeeded": 1}}
