@@ -360,3 +360,50 @@ def test_the_example_app_mounts_it_behind_basic_auth_and_a_check_of_its_own() ->
         assert http.get("/ops/errands/api/stats").status_code == 403
         stats = http.get("/ops/errands/api/stats", headers={"x-staff-token": "let-me-in"})
         assert stats.json()["tasks"] == {"reports.build": {"succeeded": 1}}
+
+
+def test_the_overview_names_jobs_running_too_long(tmp_path: Any) -> None:
+    """Past its task's timeout (a worker that died holding it, before its lease ends),
+    or over 10 times its task's p95 of the last hour."""
+    from datetime import UTC, datetime, timedelta
+
+    from errands import JobRecord
+
+    errands = Errands(f"sqlite:///{tmp_path}/jobs.db", worker=False)
+
+    @errands.task(name="bounded", timeout=60)
+    def bounded() -> None: ...
+
+    @errands.task(name="usual")
+    def usual() -> None: ...
+
+    now = datetime.now(UTC)
+    quick = [
+        JobRecord(
+            id=f"quick{i}",
+            name="usual",
+            status=JobStatus.SUCCEEDED,
+            created_at=now - timedelta(minutes=5),
+            started_at=now - timedelta(minutes=5),
+            finished_at=now - timedelta(minutes=5) + timedelta(seconds=1),
+        )
+        for i in range(5)
+    ]
+    running = [
+        JobRecord(
+            id=name, name=name, status=JobStatus.RUNNING, created_at=now - ago, started_at=now - ago
+        )
+        for name, ago in (("bounded", timedelta(minutes=2)), ("usual", timedelta(seconds=12)))
+    ]
+    fine = JobRecord(
+        id="fine", name="usual", status=JobStatus.RUNNING, created_at=now, started_at=now
+    )
+    errands._core.backend.store.enqueue([*quick, *running, fine])
+    app = FastAPI()
+    app.mount("/errands", errands.dashboard(auth=None))
+    page = TestClient(app).get("/errands/").text
+    assert "Running too long" in page
+    assert "past its timeout (1m 0s)" in page
+    assert "over 10 times its task&#39;s p95 (1.0s)" in page
+    assert 'href="/errands/jobs/bounded"' in page and 'href="/errands/jobs/usual"' in page
+    assert 'href="/errands/jobs/fine"' not in page

@@ -127,9 +127,15 @@ def test_stats_counts_every_status_and_says_what_ran_lately(project: dict[str, s
     assert found["finished_per_minute"]["1m"] >= 2 and found["oldest_queued_age_s"] >= 0
     assert set(found["run_times_s"]) == {"ok", "bad"}
     assert found["unrunnable"] == {"ok": 1}  # no live worker
+    assert found["failed_last_hour"] == {"bad": 1}
+    assert len(found["timeline"]) == 60
+    last = found["timeline"][-2:]
+    assert sum(m["succeeded"] for m in last) == 1 and sum(m["failed"] for m in last) == 1
+    assert last[-1]["queued"] == 1 and last[-1]["start"].endswith(":00Z")
     table = run(root, "stats")
     assert table.returncode == 0 and "failed\t1" in table.stdout
     assert "finished per minute" in table.stdout
+    assert "\ntask\tfailed\nbad\t1\n" in table.stdout  # piped: the header, no title
 
 
 def test_cancel_and_retry_act_and_exit_1_on_what_they_cannot(project: dict[str, str]) -> None:

@@ -376,7 +376,7 @@ class Errands:
                 f"the dashboard needs its extra, which is not installed ({exc.name} is "
                 f"missing): pip install 'errands[dashboard]'"
             ) from None
-        return build(self, check_auth(auth))
+        return build(self, self._core.tasks, check_auth(auth))
 
     def stats(self) -> Stats:
         """Counts by status and by task, the live workers, and the jobs no live

@@ -224,6 +224,12 @@ def show_stats(errands: Errands, found: Stats) -> None:
             for name, t in summary["run_times_s"].items()
         ),
     )
+    if summary["failed_last_hour"]:
+        table(
+            "failed in the last hour, by task",
+            ["task", "failed"],
+            summary["failed_last_hour"].items(),
+        )
     if found.unrunnable:
         table(
             "queued jobs no live worker runs",

@@ -6,6 +6,7 @@ read must not hold up the event loop of the app the dashboard is mounted in."""
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, urlencode
@@ -20,9 +21,9 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from .._errands import Errands
 from .._record import JobRecord, JobStatus, utcnow
 from .._report import duration, plain, stats_object
+from .._task import Task
 from ..exceptions import ErrandsError, JobNotFound
 from . import _views as views
 from ._guard import Auth, Guard
@@ -51,7 +52,9 @@ class Problem(Exception):
         self.message = message
 
 
-def build(errands: Errands, auth: Auth) -> Starlette:
+def build(errands: views.Jobs, tasks: Mapping[str, Task[Any, Any]], auth: Auth) -> Starlette:
+    """The dashboard of ``errands`` (an ``Errands``) whose registered ``tasks`` it
+    knows by name (their timeouts, for the stuck signals)."""
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(HERE / "templates"),
         autoescape=True,
@@ -64,7 +67,7 @@ def build(errands: Errands, auth: Auth) -> Starlette:
         took=views.took,
         path=lambda id: quote(id, safe=""),  # an id in a path: its slashes too
     )
-    dashboard = Dashboard(errands, Jinja2Templates(env=env))
+    dashboard = Dashboard(errands, tasks, Jinja2Templates(env=env))
     routes = [
         Route("/", dashboard.overview, name="overview"),
         Route("/jobs", dashboard.jobs, name="jobs"),
@@ -85,8 +88,11 @@ def root(request: Request) -> str:
 
 
 class Dashboard:
-    def __init__(self, errands: Errands, templates: Jinja2Templates) -> None:
+    def __init__(
+        self, errands: views.Jobs, tasks: Mapping[str, Task[Any, Any]], templates: Jinja2Templates
+    ) -> None:
         self.errands = errands
+        self.tasks = tasks
         self.templates = templates
 
     # -- pages --------------------------------------------------------------------------
@@ -119,35 +125,29 @@ class Dashboard:
 
     async def overview(self, request: Request) -> Response:
         try:
-            found = await run_in_threadpool(views.overview, self.errands)
+            found = await run_in_threadpool(views.overview, self.errands, self.tasks)
         except ErrandsError as exc:
             return self.problem(request, Problem(503, str(exc)))
         return self.render(request, "overview", data=found)
 
     async def jobs(self, request: Request) -> Response:
-        query = request.query_params
-        wanted = query.get("id", "").strip()
+        wanted = request.query_params.get("id", "").strip()
         if wanted:
             record = await run_in_threadpool(views.find, self.errands, wanted)
             if record is not None:
                 return RedirectResponse(job_url(request, record.id), 303)
         try:
-            status = views.status_filter(query.get("status"))
-            task = views.task_filter(query.get("task"))
-            page = views.page_number(query.get("page"))
-            found = await run_in_threadpool(views.listing, self.errands, status, task, page)
-        except views.BadInput as exc:
-            return self.problem(request, Problem(400, str(exc)))
-        except ErrandsError as exc:
-            return self.problem(request, Problem(503, str(exc)))
-        filters = {"status": status.value if status else "", "task": task or ""}
+            found = await self.listing(request)
+        except Problem as problem:
+            return self.problem(request, problem)
+        filters = {"status": found.status.value if found.status else "", "task": found.task or ""}
         return self.render(
             request,
             "jobs",
             listing=found,
             filters=filters,
             missing=wanted[: views.MAX_ID] if wanted else None,
-            tasks=sorted({*self.errands._core.tasks, *(r.name for r in found.jobs)}),
+            tasks=sorted({*self.tasks, *(r.name for r in found.jobs)}),
             newer=page_link(request, filters, found.page - 1) if found.page > 1 else None,
             older=page_link(request, filters, found.page + 1) if found.more else None,
         )
@@ -181,6 +181,22 @@ class Dashboard:
         except Problem as problem:
             return self.problem(request, problem)
         return RedirectResponse(f"{job_url(request, record.id)}?done={done}", 303)
+
+    async def listing(self, request: Request) -> views.Listing:
+        """The page of jobs the query asks for; Problem for a query that cannot be."""
+        query = request.query_params
+        try:
+            return await run_in_threadpool(
+                views.listing,
+                self.errands,
+                query.get("status"),
+                query.get("task"),
+                query.get("page"),
+            )
+        except views.BadInput as exc:
+            raise Problem(400, str(exc)) from None
+        except ErrandsError as exc:
+            raise Problem(503, str(exc)) from None
 
     def do(self, action: str, form: dict[str, list[str]]) -> tuple[str, JobRecord]:
         """Cancel or retry the job ``id=``: what was done (a key of ``DONE``) and the
@@ -231,16 +247,10 @@ class Dashboard:
         return JSONResponse(plain(stats_object(found)))
 
     async def api_jobs(self, request: Request) -> Response:
-        query = request.query_params
         try:
-            status = views.status_filter(query.get("status"))
-            task = views.task_filter(query.get("task"))
-            page = views.page_number(query.get("page"))
-            found = await run_in_threadpool(views.listing, self.errands, status, task, page)
-        except views.BadInput as exc:
-            return api_problem(Problem(400, str(exc)))
-        except ErrandsError as exc:
-            return api_problem(Problem(503, str(exc)))
+            found = await self.listing(request)
+        except Problem as problem:
+            return api_problem(problem)
         return JSONResponse({"jobs": plain(found.jobs), "page": found.page, "more": found.more})
 
     async def api_job(self, request: Request) -> Response:

@@ -5,14 +5,14 @@ templates, no HTML."""
 from __future__ import annotations
 
 import json
-import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
-from .._errands import Errands
 from .._record import JobRecord, JobStatus, utcnow
 from .._stats import Minute, Stats
+from .._task import Task
 
 #: Jobs a page of the list shows.
 PAGE_SIZE = 50
@@ -26,6 +26,35 @@ SEQUENCE_SHOWN = 20
 MAX_ID = 200
 
 CHART_WIDTH, CHART_HEIGHT = 600, 160
+
+
+class Jobs(Protocol):
+    """What the dashboard reads and does: an ``Errands`` instance's public API (a
+    protocol, so that this package needs no import of the class that builds it)."""
+
+    @property
+    def url(self) -> str: ...
+
+    def get(self, id: str) -> JobRecord | None: ...
+
+    def jobs(
+        self,
+        status: JobStatus | str | None = None,
+        limit: int = 100,
+        task: str | None = None,
+        *,
+        offset: int = 0,
+    ) -> list[JobRecord]: ...
+
+    def stats(self) -> Stats: ...
+
+    def cancel(self, id: str) -> JobRecord | None: ...
+
+    def retry(self, id: str) -> JobRecord: ...
+
+    def purge(
+        self, older_than: float, statuses: Sequence[JobStatus | str] | None = None
+    ) -> int: ...
 
 
 def ago(at: datetime | None, now: datetime) -> str:
@@ -185,7 +214,7 @@ class Overview:
     notes: list[str] = field(default_factory=list)
 
 
-def overview(errands: Errands) -> Overview:
+def overview(errands: Jobs, tasks: Mapping[str, Task[Any, Any]]) -> Overview:
     found: Stats = errands.stats()
     now = utcnow()
     activity = found.activity
@@ -212,7 +241,7 @@ def overview(errands: Errands) -> Overview:
         oldest_queued_seconds=None if oldest is None else (now - oldest).total_seconds(),
         failing=sorted(activity.failing.items(), key=lambda item: (-item[1], item[0])),
         unrunnable=sorted(found.unrunnable.items()),
-        slow=slow_jobs(errands, found, now),
+        slow=slow_jobs(errands, tasks, found, now),
         workers=[
             {
                 "id": w.id,
@@ -231,12 +260,13 @@ def overview(errands: Errands) -> Overview:
     )
 
 
-def slow_jobs(errands: Errands, found: Stats, now: datetime) -> list[Slow]:
+def slow_jobs(
+    errands: Jobs, tasks: Mapping[str, Task[Any, Any]], found: Stats, now: datetime
+) -> list[Slow]:
     """Running jobs past their task's timeout, or running ``SLOW_FACTOR`` times their task's
     p95 (over the last hour's jobs) and more."""
     if not found.counts.get(JobStatus.RUNNING):
         return []
-    tasks = errands._core.tasks
     slow = []
     for record in errands.jobs(status=JobStatus.RUNNING, limit=RUNNING_LOOKED_AT):
         if record.started_at is None:
@@ -297,19 +327,23 @@ class Listing:
     jobs: list[JobRecord]
     page: int
     more: bool
+    status: JobStatus | None
+    task: str | None
 
 
-def listing(errands: Errands, status: JobStatus | None, task: str | None, page: int) -> Listing:
+def listing(errands: Jobs, status: str | None, task: str | None, page: str | None) -> Listing:
+    """A page of jobs as the query asks (BadInput for a query it cannot use)."""
+    wanted, name, number = status_filter(status), task_filter(task), page_number(page)
     found = errands.jobs(
-        status=status, task=task, limit=PAGE_SIZE + 1, offset=(page - 1) * PAGE_SIZE
+        status=wanted, task=name, limit=PAGE_SIZE + 1, offset=(number - 1) * PAGE_SIZE
     )
-    return Listing(found[:PAGE_SIZE], page, len(found) > PAGE_SIZE)
+    return Listing(found[:PAGE_SIZE], number, len(found) > PAGE_SIZE, wanted, name)
 
 
 # -- one job ----------------------------------------------------------------------------
 
 
-def find(errands: Errands, id: str) -> JobRecord | None:
+def find(errands: Jobs, id: str) -> JobRecord | None:
     """The job with this id, or None (also for what cannot be one: too long, empty)."""
     if not id or len(id) > MAX_ID:
         return None
@@ -338,7 +372,7 @@ def events(record: JobRecord) -> list[Event]:
     return found
 
 
-def sequence(errands: Errands, record: JobRecord) -> list[JobRecord]:
+def sequence(errands: Jobs, record: JobRecord) -> list[JobRecord]:
     """The jobs its request added before it that it waits for (``after``), nearest
     last, at most ``SEQUENCE_SHOWN``."""
     chain: list[JobRecord] = []
@@ -364,10 +398,3 @@ def actions(record: JobRecord) -> list[str]:
     ):
         return ["cancel"]
     return []
-
-
-def width(value: int, largest: int) -> int:
-    """A share of 100, for bars drawn in CSS classes (w0 … w100 by tens)."""
-    if largest <= 0 or value <= 0:
-        return 0
-    return max(10, min(100, math.ceil(value * 10 / largest) * 10))
