@@ -112,9 +112,12 @@ def test_purge_from_the_dashboard(running: Running) -> None:
         auth=AUTH,
         headers=SAME_ORIGIN,
     )
+    overview = running.client.get("/errands/", auth=AUTH).text
     if running.mode.celery is not None:  # results expire by themselves there
         assert answer.status_code == 409 and "result_expires" in answer.json()["detail"]
+        assert 'action="/errands/actions/purge"' not in overview and "expire by" in overview
         return
+    assert 'action="/errands/actions/purge"' in overview
     assert answer.status_code == 200 and answer.json()["deleted"] >= 1
     assert running.errands.get(job.id) is None
     page = running.client.post(

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -26,6 +26,8 @@ SEQUENCE_SHOWN = 20
 MAX_ID = 200
 
 CHART_WIDTH, CHART_HEIGHT = 600, 160
+#: The least number of waiting jobs the chart's full height stands for.
+QUEUE_FLOOR = 10
 
 
 class Jobs(Protocol):
@@ -127,6 +129,8 @@ class Chart:
     queue_line: str
     most_finished: int
     most_queued: int
+    #: The waiting jobs the chart's full height stands for.
+    queue_top: int
     #: ``(x, "HH:MM")`` every 15 minutes.
     ticks: list[tuple[float, str]]
     total_succeeded: int
@@ -135,13 +139,15 @@ class Chart:
 
 def chart(minutes: list[Minute]) -> Chart:
     """The last hour as stacked bars (succeeded, failed) and a line (queue depth), each
-    scaled to its own largest value."""
+    scaled to its own largest value (the line to ``QUEUE_FLOOR`` at least)."""
     count = max(1, len(minutes))
     step = CHART_WIDTH / count
     most_finished = max((m.succeeded + m.failed for m in minutes), default=0)
     most_queued = max((m.queued for m in minutes), default=0)
     scale = (CHART_HEIGHT - 4) / max(1, most_finished)
-    queue_scale = (CHART_HEIGHT - 4) / max(1, most_queued)
+    # A queue of a few jobs stays low: the line is scaled to 10 waiting jobs at least.
+    queue_top = max(QUEUE_FLOOR, most_queued)
+    queue_scale = (CHART_HEIGHT - 4) / queue_top
     bars, points, ticks = [], [], []
     for index, minute in enumerate(minutes):
         x = index * step
@@ -171,6 +177,7 @@ def chart(minutes: list[Minute]) -> Chart:
         " ".join(points),
         most_finished,
         most_queued,
+        queue_top,
         ticks,
         sum(m.succeeded for m in minutes),
         sum(m.failed for m in minutes),
@@ -211,7 +218,8 @@ class Overview:
     workers: list[dict[str, Any]]
     finished_per_minute: dict[str, float]
     knows_workers: bool
-    notes: list[str] = field(default_factory=list)
+    #: False in Celery mode, whose results expire by themselves.
+    purges: bool
 
 
 def overview(errands: Jobs, tasks: Mapping[str, Task[Any, Any]]) -> Overview:
@@ -257,6 +265,7 @@ def overview(errands: Jobs, tasks: Mapping[str, Task[Any, Any]]) -> Overview:
             f"{minutes}m": round(n / minutes, 2) for minutes, n in activity.finished.items()
         },
         knows_workers=not errands.url.startswith("memory:"),
+        purges=not errands.url.startswith("celery:"),
     )
 
 
