@@ -42,7 +42,9 @@ def jobs(draw: st.DrawFn) -> JobRecord:
         created_at=at(created),
         started_at=None if started is None else at(started),
         finished_at=None if finished is None else at(finished),
-        run_at=at(created),
+        run_at=at(created)
+        if draw(st.booleans())
+        else NOW + timedelta(seconds=draw(st.integers(1, 9))),
         attempts=0 if started is None else 1,
     )
 
@@ -68,15 +70,22 @@ def test_a_job_counts_where_it_waited_and_where_it_ended() -> None:
         started_at=NOW - timedelta(minutes=7, seconds=5),
         finished_at=NOW - timedelta(minutes=2, seconds=5),
     )
-    still = JobRecord(id="b", name="report", created_at=NOW - timedelta(hours=3))
-    told = activity([waited, still], NOW)
+    still = JobRecord(
+        id="b",
+        name="report",
+        created_at=NOW - timedelta(hours=3),
+        run_at=NOW - timedelta(hours=2),  # due for two hours (a retry, say)
+    )
+    later = JobRecord(id="c", name="report", created_at=NOW, run_at=NOW + timedelta(days=1))
+    told = activity([waited, still, later], NOW)
     queued = [m.queued for m in told.timeline]
     assert queued[:49] == [1] * 49  # only the job added three hours ago
     assert queued[49:52] == [2, 2, 2]  # the other waited from 11:50 to 11:53
-    assert queued[52:] == [1] * 8
+    assert queued[52:59] == [1] * 7
+    assert queued[59] == 2  # the job delayed to tomorrow is queued too (though not due)
     assert [m.failed for m in told.timeline].index(1) == 57
     assert told.failing == {"mail": 1}
-    assert told.oldest_queued == still.created_at
+    assert told.oldest_queued == still.run_at  # the one delayed to tomorrow is not due
 
 
 @settings(

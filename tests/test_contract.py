@@ -196,6 +196,10 @@ def test_stats_count_jobs_and_show_the_live_workers_and_their_tasks(running: Run
     assert stats.workers, "a worker runs this mode's jobs"
     assert all("modes.add" in worker.tasks for worker in stats.workers)
     assert "modes.add" not in stats.unrunnable
+    again = running.errands.stats()  # a second look counts what the first counted
+    for status in JobStatus:
+        assert again.counts[status] == sum(t.get(status, 0) for t in again.tasks.values())
+    assert again.counts[JobStatus.SUCCEEDED] >= 1
 
 
 def test_a_job_no_live_worker_knows_is_left_for_one_that_does(running: Running) -> None:

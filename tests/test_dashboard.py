@@ -122,12 +122,16 @@ def test_purge_from_the_dashboard(running: Running) -> None:
     assert running.errands.get(job.id) is None
     page = running.client.post(
         "/errands/actions/purge",
-        data={"older_than": "7d"},
+        data={"older_than": "7d", "status": ["succeeded", "failed", "cancelled"]},
         auth=AUTH,
         headers=SAME_ORIGIN,
         follow_redirects=True,
     )
     assert "Purged 0 finished job(s)." in page.text
+    none_ticked = running.client.post(
+        "/errands/actions/purge", data={"older_than": "0s"}, auth=AUTH, headers=SAME_ORIGIN
+    )
+    assert none_ticked.status_code == 400 and "tick at least one status" in none_ticked.text
 
 
 # -- one app ----------------------------------------------------------------------------
@@ -208,6 +212,8 @@ def test_auth_must_be_written_out_and_be_one_the_dashboard_can_use() -> None:
     for bad in (("admin", ""), ("", "pw"), ("a:b", "pw"), ("admin",), "admin:pw", 42):
         with pytest.raises(ConfigurationError, match=r"auth|user|password"):
             errands.dashboard(auth=bad)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="must take one argument, the request"):
+        errands.dashboard(auth=lambda: True)
     assert callable(errands.dashboard(auth=None))
 
 
@@ -268,8 +274,39 @@ def test_bad_input_gets_a_clear_answer(client: tuple[Errands, TestClient]) -> No
     assert answer.status_code == 400 and "needs id=" in answer.json()["detail"]
     answer = http.post("/errands/api/purge", data={"older_than": "soon"}, headers=auth)
     assert answer.status_code == 400 and "30s, 15m, 2h, 7d" in answer.json()["detail"]
-    answer = http.post("/errands/api/purge", data={"status": "queued"}, headers=auth)
+    answer = http.post(
+        "/errands/api/purge", data={"older_than": "1d", "status": "queued"}, headers=auth
+    )
     assert answer.status_code == 400 and "finished jobs only" in answer.json()["detail"]
+    # A purge deletes nothing it was not asked to: no age, a typo, JSON sent as a form.
+    wrong = {
+        "needs older_than=": {"json": {"status": ["failed"]}},
+        "purge takes older_than and status, not older-than, statuses": {
+            "json": {"older-than": "7d", "statuses": ["failed"]}
+        },
+        'purge takes older_than and status, not {"older_than"': {
+            "content": b'{"older_than": "7d", "status": ["failed"]}',
+            "headers": {**auth, "content-type": "application/x-www-form-urlencoded"},
+        },
+        "status is an empty list": {"json": {"older_than": "7d", "status": []}},
+        "older_than is at most ten years": {"json": {"older_than": "99999d"}},
+    }
+    for message, request in wrong.items():
+        answer = http.post("/errands/api/purge", **{"headers": auth, **request})  # type: ignore[arg-type]
+        assert answer.status_code == 400 and message in answer.json()["detail"], answer.text
+    for body in (b'{"id": null}', b'{"id": ["a", 1]}', b'{"id": "\\ud800"}'):
+        answer = http.post(
+            "/errands/api/cancel",
+            content=body,
+            headers={**auth, "content-type": "application/json"},
+        )
+        assert answer.status_code == 400 and "JSON object of text" in answer.json()["detail"]
+    nested = b'{"id": ' + b"[" * 30_000 + b"]" * 30_000 + b"}"
+    answer = http.post(
+        "/errands/api/retry", content=nested, headers={**auth, "content-type": "application/json"}
+    )
+    assert answer.status_code == 400 and "RecursionError" in answer.json()["detail"]
+    assert http.get("/errands/?done=purged&n=\u00b2", headers=auth).status_code == 200
     answer = http.post("/errands/api/cancel", content=b"id=" + b"x" * 70_000, headers=auth)
     assert answer.status_code == 413
     answer = http.post("/errands/api/reboot", json={"id": "x"}, headers=auth)
@@ -410,3 +447,54 @@ def test_the_overview_names_jobs_running_too_long(tmp_path: Any) -> None:
     assert "over 10 times its task&#39;s p95 (1.0s)" in page
     assert 'href="/errands/jobs/bounded"' in page and 'href="/errands/jobs/usual"' in page
     assert 'href="/errands/jobs/fine"' not in page
+
+
+def test_errands_dashboard_without_auth_answers_only_to_this_machines_names(
+    tmp_path: Any,
+) -> None:
+    """Served with no auth on loopback, it refuses a Host another site's name (a DNS
+    rebinding points attacker.example at 127.0.0.1: the browser sends that name)."""
+    import httpx
+
+    from tests.conftest import free_port
+
+    store = tmp_path / "errands.db"
+    Errands(f"sqlite:///{store}", worker=False).stats()  # makes the file
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ERRANDS_")}
+    served = subprocess.Popen(
+        [sys.executable, "-m", "errands", "dashboard", "--port", str(port), "--root-path", "/ops"],
+        cwd=tmp_path,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        origin = f"http://127.0.0.1:{port}"
+
+        def up() -> bool:
+            try:
+                return httpx.get(origin + "/api/stats", timeout=1).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_until(up, timeout=30, interval=0.1)
+        assert httpx.get(f"http://localhost:{port}/api/jobs").status_code == 200
+        rebound = httpx.get(origin + "/api/jobs", headers={"host": f"attacker.example:{port}"})
+        assert rebound.status_code == 421 and "answers only to" in rebound.text
+        assert "jobs" not in rebound.text
+        post = httpx.post(
+            origin + "/api/retry",
+            json={"id": "x"},
+            headers={"host": "attacker.example", "origin": "http://attacker.example"},
+        )
+        assert post.status_code == 421
+        taken = command("--port", str(port), cwd=str(tmp_path))
+        assert taken.returncode == 1 and f"could not serve on 127.0.0.1:{port}" in taken.stderr
+    finally:
+        served.terminate()
+        _, said = served.communicate(timeout=10)
+    assert (
+        f"on http://127.0.0.1:{port}/ (no auth: this machine only; its proxy serves it under /ops/"
+        in said
+    )

@@ -124,7 +124,8 @@ def test_stats_counts_every_status_and_says_what_ran_lately(project: dict[str, s
         "queued": 1, "running": 0, "succeeded": 1, "failed": 1, "cancelled": 1,
     }  # fmt: skip
     assert found["tasks"]["ok"] == {"succeeded": 1, "queued": 1, "cancelled": 1}
-    assert found["finished_per_minute"]["1m"] >= 2 and found["oldest_queued_age_s"] >= 0
+    assert found["finished_per_minute"]["1m"] >= 2
+    assert found["oldest_queued_age_s"] is None  # its one queued job is delayed: not due
     assert set(found["run_times_s"]) == {"ok", "bad"}
     assert found["unrunnable"] == {"ok": 1}  # no live worker
     assert found["failed_last_hour"] == {"bad": 1}

@@ -585,3 +585,18 @@ def test_purge_tells_its_progress_as_it_goes(store: Store) -> None:
     assert told and told[-1] == 2500 and told == sorted(told)
     if isinstance(store, SQLiteStore):
         assert told == [1000, 2000, 2500]  # a chunk at a time
+
+
+def test_listings_go_page_by_page_in_the_order_jobs_were_stored(store: Store) -> None:
+    """Pages of ``jobs`` (the dashboard's) neither skip nor repeat a job, even when jobs
+    were stored in another order than they were made (a slow request's)."""
+    made = [job(f"j{i:02}", name="ab"[i % 2]) for i in range(25)]
+    store.enqueue(made[10:] + made[:10])  # the first ten stored last
+    stored = [r.id for r in made[10:] + made[:10]][::-1]
+    pages = [store.jobs(limit=10, offset=o) for o in (0, 10, 20, 30)]
+    assert [r.id for page in pages for r in page] == stored
+    assert pages[-1] == []
+    a = [r.id for r in store.jobs(name="a", limit=100)]
+    assert [r.id for r in store.jobs(name="a", limit=5, offset=5)] == a[5:10]
+    queued = [r.id for r in store.jobs(JobStatus.QUEUED, limit=100)]
+    assert [r.id for r in store.jobs(JobStatus.QUEUED, limit=3, offset=22)] == queued[22:]

@@ -34,8 +34,9 @@ log = logging.getLogger("demo")
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     async with errands.lifespan(app):
+        # A few jobs to look at straight away: once per store (their ids are kept).
         for email in ("ada@example.com", "grace@example.com", "linus@example.com"):
-            errands.add_task(send_welcome, email)  # a few jobs to look at straight away
+            errands.add_task(send_welcome.options(job_id=f"welcome:{email}"), email)
         log.warning(
             "errands demo on http://127.0.0.1:%d/ (the dashboard: /errands/)  try: curl -X "
             "POST http://127.0.0.1:%d/signup/you@example.com",

@@ -116,7 +116,7 @@ class Backend(ABC):
 
     @abstractmethod
     def jobs(
-        self, status: JobStatus | None, limit: int, task: str | None = None
+        self, status: JobStatus | None, limit: int, task: str | None = None, offset: int = 0
     ) -> list[JobRecord]: ...
 
     @abstractmethod

@@ -317,6 +317,8 @@ class Errands:
             raise ValueError(f"task must be a task name (a str), got {task!r}")
         end = offset + limit
         plain = [r for r in self._core.plain.jobs(wanted, end) if task in (None, r.name)]
+        if not plain:  # the store's own order, and its own offset: pages neither skip nor repeat
+            return self._core.backend.jobs(wanted, limit, task, offset)
         merged = self._core.backend.jobs(wanted, end, task) + plain
         merged.sort(key=lambda r: r.created_at, reverse=True)
         return merged[offset:end]

@@ -214,7 +214,7 @@ def show_stats(errands: Errands, found: Stats) -> None:
     )
     age = summary["oldest_queued_age_s"]
     rates = ", ".join(f"{k}: {v}" for k, v in summary["finished_per_minute"].items())
-    print(f"oldest queued job: {'-' if age is None else f'{age:.1f}s old'}")
+    print(f"longest wait of a job due to start: {'-' if age is None else f'{age:.1f}s'}")
     print(f"finished per minute (over the last 1, 5, 15 minutes): {rates}")
     table(
         "run time of the jobs that ended in the last hour (their last attempt), by task",
@@ -357,6 +357,10 @@ def purge(
     print(f"{deleted} job(s) deleted")
 
 
+#: The names a browser on this machine reaches a loopback address by.
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
+
+
 def loopback(host: str) -> bool:
     """Whether only this machine can reach ``host``."""
     if host.lower() == "localhost":
@@ -402,19 +406,33 @@ def dashboard(
     try:
         import uvicorn
 
+        from ._dashboard._guard import only_hosts
+
         served = errands.dashboard(auth=credentials)
     except ImportError as exc:
         needs = f"the dashboard needs {exc.name}, which is not installed"
         fail(f"{needs}: pip install 'errands[dashboard]'", 2)
     except ErrandsError as exc:
         fail(str(exc), 2)
+    host = host.strip("[]")
+    # No auth: only this machine's own names (a page of another site that a DNS
+    # rebinding points at 127.0.0.1 sends its own name as the Host).
     shown = f"[{host}]" if ":" in host else host
+    if credentials is None:
+        served = only_hosts(served, [*LOOPBACK_NAMES, shown])
+    behind = f"; its proxy serves it under {root_path}/" if root_path else ""
     err.print(
-        f"errands dashboard of {errands.url} on http://{shown}:{port}{root_path}/ "
-        f"({'Basic auth' if credentials else 'no auth: this machine only'}; Ctrl+C to stop)",
+        f"errands dashboard of {errands.url} on http://{shown}:{port}/ "
+        f"({'Basic auth' if credentials else 'no auth: this machine only'}{behind}; "
+        f"Ctrl+C to stop)",
         markup=False,
     )
-    uvicorn.run(served, host=host, port=port, root_path=root_path, log_level="warning")
+    try:
+        uvicorn.run(served, host=host, port=port, root_path=root_path, log_level="warning")
+    except SystemExit as exc:  # uvicorn exits 3 when it cannot listen
+        if exc.code not in (0, None):
+            fail(f"could not serve on {shown}:{port} (uvicorn said why, above)")
+        raise
 
 
 def run(argv: Sequence[str] | None = None) -> None:

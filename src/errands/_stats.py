@@ -6,7 +6,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from ._record import JobRecord, JobStatus
 
@@ -59,7 +59,9 @@ class Minute:
 class Activity:
     """What the store's jobs have been doing lately."""
 
-    #: When the oldest job still queued was added (None: none queued).
+    #: Since when the queued job that has waited longest has been due to start: the
+    #: earliest ``run_at`` of the queued jobs due now (None: none is). Jobs delayed to
+    #: later, waiting for a retry's time or held by their request do not count.
     oldest_queued: datetime | None = None
     #: Jobs finished (succeeded, failed or cancelled) in the last 1, 5 and 15 minutes,
     #: by the window's minutes.
@@ -113,78 +115,106 @@ def timeline_start(now: datetime) -> datetime:
     return whole - timedelta(minutes=TIMELINE - 1)
 
 
-def timeline(
-    start: datetime,
-    ended: dict[tuple[str, int], int],
-    waiting: int,
-    added: dict[int, int],
-    left: dict[int, int],
-) -> list[Minute]:
-    """The minutes from ``start``, from what a store counted by minute (index 0 the
-    first): jobs that ended by ``(status, minute)``; jobs that were waiting at
-    ``start``; jobs ``added`` by minute and jobs that ``left`` the queue (started, or
-    cancelled before they did) by minute."""
-    minutes = []
-    for index in range(TIMELINE):
-        waiting += added.get(index, 0) - left.get(index, 0)
-        minutes.append(
-            Minute(
-                start + timedelta(minutes=index),
-                ended.get(("succeeded", index), 0),
-                ended.get(("failed", index), 0),
-                max(0, waiting),
+def _ts(at: datetime | None) -> float | None:
+    return None if at is None else at.timestamp()
+
+
+class Tally:
+    """What a store's jobs did in the last hour, counted job by job, with times in
+    seconds since the epoch: the one count behind every store's ``Activity`` (SQLite
+    feeds it rows read from its partial indexes; the others, their records)."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now.timestamp()
+        self.hour = self.now - 3600
+        self.begins = timeline_start(now)
+        #: When the timeline begins (never before ``hour``).
+        self.start = self.begins.timestamp()
+        self.oldest: float | None = None
+        self.ended: list[float] = []
+        self.samples: list[tuple[str, float]] = []
+        self.failing: dict[str, int] = {}
+        self.by_minute: dict[tuple[str, int], int] = {}
+        #: The queue's depth: jobs waiting when the timeline begins, then those added
+        #: and those that left the queue (started, or cancelled before) by minute.
+        self.waiting = 0
+        self.added: dict[int, int] = {}
+        self.left: dict[int, int] = {}
+
+    def minute(self, at: float) -> int:
+        return int((at - self.start) // 60)
+
+    def due(self, since: float) -> None:
+        """A queued job due to start since ``since`` (its ``run_at``), or not yet."""
+        if since <= self.now and (self.oldest is None or since < self.oldest):
+            self.oldest = since
+
+    def queued(self, created: float, count: int = 1) -> None:
+        """``count`` jobs queued now, added at ``created`` (several: in one minute of
+        the timeline, or before it)."""
+        if created < self.start:
+            self.waiting += count
+        else:
+            index = self.minute(created)
+            self.added[index] = self.added.get(index, 0) + count
+
+    def job(
+        self, status: str, name: str, created: float, started: float | None, finished: float | None
+    ) -> None:
+        """A job running now, or one that finished (long ago: it counts for nothing)."""
+        if finished is not None and finished >= self.hour:
+            self.ended.append(finished)
+            # Run times of attempts that ran to their end (a cancelled one was cut short).
+            if started is not None and status != "cancelled":
+                self.samples.append((name, finished - started))
+            if status == "failed":
+                self.failing[name] = self.failing.get(name, 0) + 1
+            if finished >= self.start:
+                key = (status, self.minute(finished))
+                self.by_minute[key] = self.by_minute.get(key, 0) + 1
+        leaves = started if started is not None else finished
+        if leaves is None or leaves < self.start:
+            return  # left the queue before the timeline begins
+        if created < self.start:
+            self.waiting += 1
+        else:
+            index = self.minute(created)
+            self.added[index] = self.added.get(index, 0) + 1
+        index = self.minute(leaves)
+        self.left[index] = self.left.get(index, 0) + 1
+
+    def activity(self) -> Activity:
+        finished = {m: sum(at >= self.now - 60 * m for at in self.ended) for m in WINDOWS}
+        minutes = []
+        waiting = self.waiting
+        for index in range(TIMELINE):
+            waiting += self.added.get(index, 0) - self.left.get(index, 0)
+            minutes.append(
+                Minute(
+                    self.begins + timedelta(minutes=index),
+                    self.by_minute.get(("succeeded", index), 0),
+                    self.by_minute.get(("failed", index), 0),
+                    max(0, waiting),
+                )
             )
-        )
-    return minutes
+        oldest = None if self.oldest is None else datetime.fromtimestamp(self.oldest, UTC)
+        return Activity(oldest, finished, run_times(self.samples), minutes, self.failing)
 
 
 def activity(records: Iterable[JobRecord], now: datetime) -> Activity:
     """``Activity`` from a listing of jobs (where the store cannot count them itself)."""
-    hour = now - timedelta(hours=1)
-    start = timeline_start(now)
-    oldest: datetime | None = None
-    ended: list[tuple[str, datetime, datetime | None]] = []
-    by_minute: dict[tuple[str, int], int] = {}
-    failing: dict[str, int] = {}
-    waiting = 0
-    added: dict[int, int] = {}
-    left: dict[int, int] = {}
-
-    def minute(at: datetime) -> int:
-        return int((at - start).total_seconds() // 60)
-
+    tally = Tally(now)
     for record in records:
-        status, finished_at = record.status, record.finished_at
-        if status is JobStatus.QUEUED and (oldest is None or record.created_at < oldest):
-            oldest = record.created_at
-        if finished_at is not None and finished_at >= hour:
-            # Run times of attempts that ran to their end (a cancelled one was cut short).
-            began = None if status is JobStatus.CANCELLED else record.started_at
-            ended.append((record.name, finished_at, began))
-            if status is JobStatus.FAILED:
-                failing[record.name] = failing.get(record.name, 0) + 1
-        if finished_at is not None and finished_at >= start:
-            key = (status.value, minute(finished_at))
-            by_minute[key] = by_minute.get(key, 0) + 1
-        # The queue's depth: when the job was added, and when it left the queue.
-        leaves = None if status is JobStatus.QUEUED else record.started_at or finished_at
-        if leaves is not None and leaves < start:
-            continue
-        if record.created_at < start:
-            waiting += 1
+        if record.status is JobStatus.QUEUED:
+            tally.queued(record.created_at.timestamp())
+            if record.run_at is not None:
+                tally.due(record.run_at.timestamp())
         else:
-            added[minute(record.created_at)] = added.get(minute(record.created_at), 0) + 1
-        if leaves is not None:
-            left[minute(leaves)] = left.get(minute(leaves), 0) + 1
-    finished = {
-        minutes: sum(at >= now - timedelta(minutes=minutes) for _, at, _ in ended)
-        for minutes in WINDOWS
-    }
-    samples = ((n, (at - began).total_seconds()) for n, at, began in ended if began)
-    return Activity(
-        oldest,
-        finished,
-        run_times(samples),
-        timeline(start, by_minute, waiting, added, left),
-        failing,
-    )
+            tally.job(
+                record.status.value,
+                record.name,
+                record.created_at.timestamp(),
+                _ts(record.started_at),
+                _ts(record.finished_at),
+            )
+    return tally.activity()

@@ -24,6 +24,7 @@ from starlette.templating import Jinja2Templates
 from .._record import JobRecord, JobStatus, utcnow
 from .._report import duration, plain, stats_object
 from .._task import Task
+from .._tuning import MAX_SECONDS
 from ..exceptions import ErrandsError, JobNotFound
 from . import _views as views
 from ._guard import Auth, Guard
@@ -39,6 +40,8 @@ DONE = {
     "retried": "Queued again: the job runs one more round of its task's attempts.",
     "purged": "Purged {n} finished job(s).",
 }
+#: The fields each action takes (anything else is refused: a typo must not widen a purge).
+FIELDS = {"cancel": {"id"}, "retry": {"id"}, "purge": {"older_than", "status"}}
 #: How often the pages refresh themselves (seconds).
 REFRESH = {"overview": 5, "jobs": 3, "job": 2}
 
@@ -102,7 +105,7 @@ class Dashboard:
         done = DONE.get(request.query_params.get("done") or "")
         if done is not None:
             count = request.query_params.get("n", "")
-            done = done.format(n=int(count) if count.isdigit() and len(count) < 12 else "the")
+            done = done.format(n=int(count) if count.isascii() and count.isdigit() else "the")
         return self.templates.TemplateResponse(
             request,
             f"{page}.html",
@@ -173,8 +176,10 @@ class Dashboard:
     async def act(self, request: Request) -> Response:
         action = request.path_params["action"]
         try:
-            form = await read_form(request)
+            form = await read_form(request, action)
             if action == "purge":
+                if not form.get("status"):  # a form sends no field for no box ticked
+                    raise Problem(400, "tick at least one status to purge")
                 deleted = await run_in_threadpool(self.purge, form)
                 return RedirectResponse(f"{root(request)}/?done=purged&n={deleted}", 303)
             done, record = await run_in_threadpool(self.do, action, form)
@@ -225,12 +230,18 @@ class Dashboard:
                 raise Problem(404, f"no job {id[:80]}") from None
             except ErrandsError as exc:
                 raise Problem(409, str(exc)) from None
-        raise Problem(404, f"no action {action[:40]!r}: the dashboard does cancel, retry, purge")
+        raise Problem(404, f"no action {action[:40]!r}")
 
     def purge(self, form: dict[str, list[str]]) -> int:
         try:
-            seconds = duration(one(form, "older_than", "0s"))
-            statuses = form.get("status") or None
+            seconds = duration(one(form, "older_than"))
+            if seconds > MAX_SECONDS:
+                raise ValueError(f"older_than is at most ten years, got {one(form, 'older_than')}")
+            statuses = form.get("status")  # absent: all finished ones
+            if statuses == []:
+                raise Problem(
+                    400, "status is an empty list: name one status or more, or leave it out for all"
+                )
             return self.errands.purge(seconds, statuses)
         except ValueError as exc:
             raise Problem(400, str(exc)) from None
@@ -263,7 +274,7 @@ class Dashboard:
     async def api_act(self, request: Request) -> Response:
         action = request.path_params["action"]
         try:
-            form = await read_form(request)
+            form = await read_form(request, action)
             if action == "purge":
                 deleted = await run_in_threadpool(self.purge, form)
                 return JSONResponse({"deleted": deleted})
@@ -288,18 +299,19 @@ def page_link(request: Request, filters: dict[str, str], page: int) -> str:
     return f"{root(request)}/jobs" + (f"?{urlencode(query)}" if query else "")
 
 
-def one(form: dict[str, list[str]], name: str, default: str | None = None) -> str:
+def one(form: dict[str, list[str]], name: str) -> str:
     values = form.get(name)
     if not values:
-        if default is not None:
-            return default
         raise Problem(400, f"the action needs {name}= (a form field or a JSON key)")
     return values[0]
 
 
-async def read_form(request: Request) -> dict[str, list[str]]:
-    """An action's fields, from a form (urlencoded) or a JSON object; at most
-    ``MAX_BODY`` bytes."""
+async def read_form(request: Request, action: str) -> dict[str, list[str]]:
+    """An action's fields, from a form (urlencoded) or a JSON object of strings (or
+    lists of them); at most ``MAX_BODY`` bytes; Problem for anything else, a field the
+    action does not take included."""
+    if action not in FIELDS:
+        raise Problem(404, f"no action {action[:40]!r}: the dashboard does cancel, retry, purge")
     body = b""
     async for chunk in request.stream():
         body += chunk
@@ -311,13 +323,26 @@ async def read_form(request: Request) -> dict[str, list[str]]:
             data = json.loads(body or b"{}")
             if not isinstance(data, dict):
                 raise ValueError("not an object")
-            return {
-                key: [str(v) for v in (value if isinstance(value, list) else [value])]
-                for key, value in data.items()
+            form = {
+                key: value if isinstance(value, list) else [value] for key, value in data.items()
             }
-        return parse_qs(body.decode(), keep_blank_values=False, max_num_fields=100)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise Problem(400, f"an action's body is a form or a JSON object ({exc})") from None
+            if not all(isinstance(v, str) for values in form.values() for v in values):
+                raise ValueError("its values are strings, or lists of strings")
+        else:
+            form = parse_qs(body.decode(), keep_blank_values=True, max_num_fields=100)
+        unknown = sorted(set(form) - FIELDS[action])
+        if unknown:
+            known = " and ".join(sorted(FIELDS[action]))
+            raise Problem(400, f"{action} takes {known}, not {', '.join(unknown)[:200]}")
+        for values in form.values():
+            for value in values:
+                value.encode()  # a lone surrogate (JSON's "\ud800") is no id or name
+    except (ValueError, UnicodeError, RecursionError) as exc:
+        reason = type(exc).__name__ if isinstance(exc, RecursionError) else str(exc)[:200]
+        raise Problem(
+            400, f"an action's body is a form or a JSON object of text ({reason})"
+        ) from None
+    return form
 
 
 def fields_of(record: JobRecord) -> list[tuple[str, Any]]:

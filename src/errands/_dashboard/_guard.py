@@ -9,7 +9,7 @@ import base64
 import binascii
 import hmac
 import inspect
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any, TypeAlias
 from urllib.parse import urlsplit
 
@@ -46,7 +46,18 @@ _AUTH_HELP = (
 
 def check_auth(auth: object) -> Auth:
     """``auth`` as given, if it is one the dashboard can use; ConfigurationError else."""
-    if auth is None or callable(auth):
+    if auth is None:
+        return auth
+    if callable(auth):
+        try:
+            inspect.signature(auth).bind(None)
+        except TypeError:
+            raise ConfigurationError(
+                f"auth={auth!r:.80} must take one argument, the request: "
+                f"def auth(request: Request) -> bool"
+            ) from None
+        except ValueError:
+            pass  # no signature to read (a builtin): it will tell when called
         return auth
     if isinstance(auth, tuple) and len(auth) == 2 and all(isinstance(a, str) for a in auth):
         user, password = auth
@@ -103,6 +114,29 @@ class Guard:
         return None
 
 
+def only_hosts(app: ASGIApp, hosts: Collection[str]) -> ASGIApp:
+    """``app`` answering only requests whose ``Host`` names one of ``hosts`` (any port):
+    served with no auth on a loopback address, the dashboard must not answer a page of
+    another site whose name a DNS rebinding has pointed at this machine."""
+    allowed = {host.lower() for host in hosts}
+
+    async def call(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            header = Request(scope).headers.get("host", "").lower()
+            name = header[: header.find("]") + 1] if header.startswith("[") else header
+            name = name.partition(":")[0] if not name.startswith("[") else name
+            if name not in allowed:
+                shown = ", ".join(sorted(allowed))
+                refusal = PlainTextResponse(
+                    f"this dashboard has no auth, so it answers only to {shown}", 421
+                )
+                await refusal(scope, receive, send)
+                return
+        await app(scope, receive, send)
+
+    return call
+
+
 def basic_matches(header: str | None, expected: tuple[str, str]) -> bool:
     """Whether an ``Authorization: Basic`` header carries ``expected``, compared in
     constant time (both parts always compared)."""
@@ -156,7 +190,8 @@ def headed(app: ASGIApp | Callable[..., Any]) -> ASGIApp:
     but its static files, which carry no data)."""
 
     async def call(scope: Scope, receive: Receive, send: Send) -> None:
-        static = "/static/" in scope.get("path", "")
+        path, root = scope.get("path", ""), scope.get("root_path", "")
+        static = path.removeprefix(root).startswith("/static/")
 
         async def send_headed(message: Message) -> None:
             if message["type"] == "http.response.start":

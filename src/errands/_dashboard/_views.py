@@ -22,6 +22,8 @@ RUNNING_LOOKED_AT = 1000
 SLOW_FACTOR = 10
 #: Ends of a request's sequence shown on a job's page.
 SEQUENCE_SHOWN = 20
+#: The deepest page of the list (5,000,000 jobs back).
+MAX_PAGE = 100_000
 #: The longest job id errands accepts (``options(job_id=)``); longer is no job.
 MAX_ID = 200
 
@@ -245,7 +247,7 @@ def overview(errands: Jobs, tasks: Mapping[str, Task[Any, Any]]) -> Overview:
         total=sum(found.counts.values()),
         tasks=rows,
         chart=chart(activity.timeline),
-        oldest_queued=ago(oldest, now) if oldest else "none queued",
+        oldest_queued=span((now - oldest).total_seconds()) if oldest else "none waiting",
         oldest_queued_seconds=None if oldest is None else (now - oldest).total_seconds(),
         failing=sorted(activity.failing.items(), key=lambda item: (-item[1], item[0])),
         unrunnable=sorted(found.unrunnable.items()),
@@ -309,7 +311,7 @@ def page_number(value: str | None) -> int:
         number = int(value)
     except ValueError:
         number = 0
-    if number < 1 or number > 1_000_000:
+    if number < 1 or number > MAX_PAGE:
         raise BadInput(f"page must be a whole number from 1 up, got {value[:40]!r}")
     return number
 
@@ -368,7 +370,8 @@ class Event:
 def events(record: JobRecord) -> list[Event]:
     """What happened to the job, in order (the store keeps the latest attempt's times)."""
     found = [Event(record.created_at, "added")]
-    if record.scheduled_at is not None:
+    started = record.started_at
+    if record.scheduled_at is not None and (started is None or started >= record.scheduled_at):
         found.append(Event(record.scheduled_at, "due (delayed or scheduled)"))
     if record.started_at is not None:
         attempt = f"attempt {record.attempts} of {record.max_attempts} started"

@@ -148,12 +148,12 @@ class CeleryBackend(Backend):
         return self._complete(self.publisher.get(id))
 
     def jobs(
-        self, status: JobStatus | None, limit: int, task: str | None = None
+        self, status: JobStatus | None, limit: int, task: str | None = None, offset: int = 0
     ) -> list[JobRecord]:
         """This process's latest jobs (Celery's backend cannot list them all: use Flower)."""
-        found = self.publisher.jobs(status, limit if task is None else 10**9)
+        found = self.publisher.jobs(status, offset + limit if task is None else 10**9)
         records = [r for r in map(self._complete, found) if r and task in (None, r.name)]
-        return records[:limit]
+        return records[offset : offset + limit]
 
     def purge(
         self,
@@ -180,10 +180,11 @@ class CeleryBackend(Backend):
     def stats(self) -> Stats:
         """Counts of the jobs this process published (Celery's backend cannot count the
         others), and the live workers as ``celery inspect`` sees them."""
-        counts = self.publisher.counts()
+        counts = dict.fromkeys(JobStatus, 0)
         tasks: dict[str, dict[JobStatus, int]] = {}
         known = self.publisher.jobs(None, 10**9)
-        for record in known:
+        for record in known:  # (publisher.counts() forgets finished jobs: it serves join)
+            counts[record.status] += 1
             by_status = tasks.setdefault(record.name, {})
             by_status[record.status] = by_status.get(record.status, 0) + 1
         try:

@@ -265,9 +265,9 @@ class LocalBackend(Backend):
         return self.store.get(id)
 
     def jobs(
-        self, status: JobStatus | None, limit: int, task: str | None = None
+        self, status: JobStatus | None, limit: int, task: str | None = None, offset: int = 0
     ) -> list[JobRecord]:
-        return self.store.jobs(status, limit, task)
+        return self.store.jobs(status, limit, task, offset)
 
     def purge(
         self,

@@ -193,11 +193,15 @@ class Store(Protocol):
         """The job with this id, or None."""
 
     def jobs(
-        self, status: JobStatus | None = None, limit: int = 100, name: str | None = None
+        self,
+        status: JobStatus | None = None,
+        limit: int = 100,
+        name: str | None = None,
+        offset: int = 0,
     ) -> list[JobRecord]:
-        """Jobs, newest first, optionally only those with ``status`` or of the task
-        ``name``. A row that cannot be read is listed as failed, with a ``CorruptJob``
-        error."""
+        """Jobs, newest first (by when they were stored), optionally only those with
+        ``status`` or of the task ``name``, skipping the ``offset`` newest. A row that
+        cannot be read is listed as failed, with a ``CorruptJob`` error."""
 
     def activity(self, now: datetime) -> Activity:
         """The oldest queued job, jobs finished in the last 1, 5 and 15 minutes, and

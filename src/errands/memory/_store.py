@@ -328,7 +328,11 @@ class MemoryStore:
             return job.copy() if job is not None else None
 
     def jobs(
-        self, status: JobStatus | None = None, limit: int = 100, name: str | None = None
+        self,
+        status: JobStatus | None = None,
+        limit: int = 100,
+        name: str | None = None,
+        offset: int = 0,
     ) -> list[JobRecord]:
         found: list[JobRecord] = []
         with self._lock:
@@ -336,7 +340,10 @@ class MemoryStore:
                 if len(found) >= limit:
                     break
                 if (status is None or job.status is status) and name in (None, job.name):
-                    found.append(job.copy())
+                    if offset:
+                        offset -= 1
+                    else:
+                        found.append(job.copy())
         return found
 
     def activity(self, now: datetime) -> Activity:

@@ -1,89 +1,44 @@
-"""What the SQLite store's jobs have been doing lately (``Store.activity``): each figure
-a range of one of its partial indexes, so that it stays quick on a file of millions of
-finished jobs."""
+"""What the SQLite store's jobs have been doing lately (``Store.activity``): the rows
+``Tally`` counts, each set a range of one of the store's partial indexes, so that it
+stays quick on a file of millions of finished jobs."""
 
 from __future__ import annotations
 
 import sqlite3
 from datetime import datetime
 
-from .._stats import WINDOWS, Activity, run_times, timeline, timeline_start
-from ._rows import dt
+from .._stats import Activity, Tally
 
-FINAL = "('succeeded', 'failed', 'cancelled')"
-
-# The queue's depth over the timeline: the jobs that were waiting at some time in it are
-# queued now, running now, or finished in it (a job added in it and finished since
-# finished in it too); each with when it was added and when it left the queue (started,
-# or cancelled before it did; never for a queued one).
-QUEUE = f"""
-WITH waited (created, leaves) AS (
-    SELECT created_at, NULL FROM errands_jobs WHERE status = 'queued'
-    UNION ALL
-    SELECT created_at, started_at FROM errands_jobs INDEXED BY errands_running
-        WHERE status = 'running'
-    UNION ALL
-    SELECT created_at, COALESCE(started_at, finished_at) FROM errands_jobs
-        WHERE status IN {FINAL} AND finished_at >= :start
-)
-SELECT 'waiting', 0, COUNT(*) FROM waited
-    WHERE created < :start AND (leaves IS NULL OR leaves >= :start)
-UNION ALL
-SELECT 'added', CAST((created - :start) / 60 AS INTEGER), COUNT(*) FROM waited
-    WHERE created >= :start GROUP BY 2
-UNION ALL
-SELECT 'left', CAST((leaves - :start) / 60 AS INTEGER), COUNT(*) FROM waited
-    WHERE leaves >= :start GROUP BY 2
+# Queued jobs by minute of the timeline (-1: added before it), with the earliest of
+# each: one pass over the queued ones, however many there are.
+QUEUED = """
+SELECT MIN(created_at), COUNT(*) FROM errands_jobs WHERE status = 'queued'
+GROUP BY CASE WHEN created_at < :start THEN -1
+              ELSE CAST((created_at - :start) / 60 AS INTEGER) END
 """
+# The earliest a queued job due now was due (the claimable index holds run_at).
+DUE = (
+    "SELECT MIN(run_at) FROM errands_jobs INDEXED BY errands_claimable "
+    "WHERE status = 'queued' AND run_at <= :now"
+)
+JOB = "status, name, created_at, started_at, finished_at"
+RUNNING = f"SELECT {JOB} FROM errands_jobs INDEXED BY errands_running WHERE status = 'running'"
+# Every job that finished in the last hour: the one read of their rows.
+FINISHED = (
+    f"SELECT {JOB} FROM errands_jobs INDEXED BY errands_finished "
+    f"WHERE status IN ('succeeded', 'failed', 'cancelled') AND finished_at >= :hour"
+)
 
 
 def activity(db: sqlite3.Connection, now: datetime) -> Activity:
-    at = now.timestamp()
-    hour = at - 3600
-    start = timeline_start(now)
-    (oldest,) = db.execute(
-        "SELECT MIN(created_at) FROM errands_jobs WHERE status = 'queued'"
-    ).fetchone()
-    finished = {
-        minutes: db.execute(
-            f"SELECT COUNT(*) FROM errands_jobs WHERE status IN {FINAL} AND finished_at >= ?",
-            (at - 60 * minutes,),
-        ).fetchone()[0]
-        for minutes in WINDOWS
-    }
-    samples = db.execute(
-        "SELECT name, finished_at - started_at FROM errands_jobs WHERE status IN "
-        "('succeeded', 'failed') AND finished_at >= ? AND started_at IS NOT NULL",
-        (hour,),
-    ).fetchall()
-    failing = dict(
-        db.execute(
-            "SELECT name, COUNT(*) FROM errands_jobs WHERE status = 'failed' "
-            "AND finished_at >= ? GROUP BY name",
-            (hour,),
-        ).fetchall()
-    )
-    ended = {
-        (status, minute): n
-        for status, minute, n in db.execute(
-            "SELECT status, CAST((finished_at - :start) / 60 AS INTEGER), COUNT(*) "
-            "FROM errands_jobs WHERE status IN ('succeeded', 'failed') "
-            "AND finished_at >= :start GROUP BY 1, 2",
-            {"start": start.timestamp()},
-        )
-    }
-    waiting = 0
-    added: dict[int, int] = {}
-    left: dict[int, int] = {}
-    for kind, minute, n in db.execute(QUEUE, {"start": start.timestamp()}):
-        if kind == "waiting":
-            waiting = n
-        else:
-            (added if kind == "added" else left)[minute] = n
-    return Activity(
-        dt(oldest) if isinstance(oldest, int | float) else None,
-        finished,
-        run_times((n, float(s)) for n, s in samples if isinstance(s, int | float)),
-        timeline(start, ended, waiting, added, left),
-        failing,
-    )
+    tally = Tally(now)
+    for earliest, count in db.execute(QUEUED, {"start": tally.start}):
+        tally.queued(earliest, count)
+    (since,) = db.execute(DUE, {"now": tally.now}).fetchone()
+    if since is not None:
+        tally.due(since)
+    for row in db.execute(RUNNING):
+        tally.job(*row)
+    for row in db.execute(FINISHED, {"hour": tally.hour}):
+        tally.job(*row)
+    return tally.activity()

@@ -471,19 +471,25 @@ class SQLiteStore(Transactions):
 
     @mapped
     def jobs(
-        self, status: JobStatus | None = None, limit: int = 100, name: str | None = None
+        self,
+        status: JobStatus | None = None,
+        limit: int = 100,
+        name: str | None = None,
+        offset: int = 0,
     ) -> list[JobRecord]:
         if name is not None:
             where, values = ("name = ?", [name])
             if status is not None:
                 where, values = (f"{where} AND status = ?", [name, status.value])
             rows = self._db().execute(
-                f"SELECT {COLUMNS} FROM errands_jobs WHERE {where} ORDER BY seq DESC LIMIT ?",
-                (*values, limit),
+                f"SELECT {COLUMNS} FROM errands_jobs WHERE {where} "
+                f"ORDER BY seq DESC LIMIT ? OFFSET ?",
+                (*values, limit, offset),
             )
         elif status is None:
             rows = self._db().execute(
-                f"SELECT {COLUMNS} FROM errands_jobs ORDER BY seq DESC LIMIT ?", (limit,)
+                f"SELECT {COLUMNS} FROM errands_jobs ORDER BY seq DESC LIMIT ? OFFSET ?",
+                (limit, offset),
             )
         else:
             # The status as a literal, so that its partial index can serve the query
@@ -495,8 +501,8 @@ class SQLiteStore(Transactions):
             finished = " AND finished_at IS NOT NULL" if status.finished else ""
             rows = self._db().execute(
                 f"SELECT {COLUMNS} FROM {source} WHERE status = '{status.value}'"
-                f"{finished} ORDER BY seq DESC LIMIT ?",
-                (limit,),
+                f"{finished} ORDER BY seq DESC LIMIT ? OFFSET ?",
+                (limit, offset),
             )
         return [self._read(row) for row in rows.fetchall()]
 
