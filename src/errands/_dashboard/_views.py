@@ -157,7 +157,7 @@ def chart(minutes: list[Minute]) -> Chart:
         bad_h = minute.failed * scale
         label = (
             f"{minute.start.astimezone(UTC):%H:%M} UTC: {minute.succeeded} succeeded, "
-            f"{minute.failed} failed, {minute.queued} waiting"
+            f"{minute.failed} failed, {minute.queued} queued"
         )
         bars.append(
             Bar(
@@ -247,7 +247,7 @@ def overview(errands: Jobs, tasks: Mapping[str, Task[Any, Any]]) -> Overview:
         total=sum(found.counts.values()),
         tasks=rows,
         chart=chart(activity.timeline),
-        oldest_queued=span((now - oldest).total_seconds()) if oldest else "none waiting",
+        oldest_queued=span((now - oldest).total_seconds()) if oldest else "no job due is waiting",
         oldest_queued_seconds=None if oldest is None else (now - oldest).total_seconds(),
         failing=sorted(activity.failing.items(), key=lambda item: (-item[1], item[0])),
         unrunnable=sorted(found.unrunnable.items()),
