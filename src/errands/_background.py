@@ -37,6 +37,7 @@ from ._plain import PlainJob, cancel_plain, new_plain_job, run_plain
 from ._record import JobRecord, utcnow
 from ._refusals import refuse
 from ._task import Task
+from ._telemetry import request_trace
 from ._threads import Threads
 from ._waiters import WAITERS
 from .exceptions import ConfigurationError, ErrandsError
@@ -122,6 +123,7 @@ class Tasks:
         # Sync endpoints and dependencies call this from a thread: the running
         # instance is looked up in _commit, on the event loop (and checked there too).
         job = new_plain_job(func, args, kwargs)
+        job.trace = request_trace()
         running = running_core()
         if running is not None:
             running.check_plain(job.name)

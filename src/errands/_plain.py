@@ -14,6 +14,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -48,12 +49,16 @@ class PlainJob(JobRecord):
     call_args: tuple[Any, ...] = ()
     call_kwargs: dict[str, Any] = field(default_factory=lambda: _NO_KWARGS)
     is_async: bool = False
+    #: The OpenTelemetry context of the request that added it, when FastAPI's own
+    #: telemetry traces that request: its attempt is FastAPI's ``background_task`` span.
+    trace: Any = None
 
     def forget_call(self) -> None:
         """Drop the function and its arguments (the record may be kept for ``get``)."""
         self.func = None
         self.call_args = ()
         self.call_kwargs = _NO_KWARGS
+        self.trace = None
 
 
 #: A request's plain jobs, run one after another (one job is kept as itself).
@@ -87,14 +92,15 @@ async def run_plain(job: PlainJob, threads: Threads) -> None:
     job.attempts += 1
     job.started_at = utcnow()
     job.status = JobStatus.RUNNING
-    args, kwargs = job.call_args, job.call_kwargs
+    args, kwargs, trace = job.call_args, job.call_kwargs, job.trace
     job.forget_call()
     start = time.perf_counter()
     try:
-        if job.is_async:
-            result = await func(*args, **kwargs)
-        else:
-            result = await threads.run(func, args, kwargs, name=job.name)
+        with _NOT_TRACED if trace is None else traced(trace, func, job.id):
+            if job.is_async:
+                result = await func(*args, **kwargs)
+            else:
+                result = await threads.run(func, args, kwargs, name=job.name)
     except anyio.get_cancelled_exc_class():
         job.error = "cancelled: the worker stopped while the job ran"
         _finish(job, JobStatus.CANCELLED)
@@ -111,6 +117,15 @@ async def run_plain(job: PlainJob, threads: Threads) -> None:
         job_logger.debug(
             "job %s (%s) succeeded in %.3f s", job.id, job.name, time.perf_counter() - start
         )
+
+
+_NOT_TRACED = nullcontext()
+
+
+def traced(trace: Any, func: Callable[..., Any], id: str) -> AbstractContextManager[None]:
+    from ._telemetry import background_task  # only ever with FastAPI's telemetry on
+
+    return background_task(trace, func, id)
 
 
 def cancel_plain(job: PlainJob, reason: str) -> bool:
