@@ -161,3 +161,24 @@ def test_the_operations_example_shows_a_job_the_failures_and_the_workers() -> No
         assert health["queued"] == 0 and health["unrunnable"] == {}
         assert len(health["workers"]) == 1  # this app's own worker, in its lifespan
         assert client.get("/jobs/nope").status_code == 404
+
+
+def test_the_logs_example_shows_the_job_in_every_record() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "docs" / "examples" / "logs.py")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    [mine] = [line for line in lines if line.startswith("INFO shop ")]
+    job = mine.split()[2]
+    assert job.startswith("job=") and len(job) == 4 + 32
+    assert mine.endswith("task=receipts.send #1 sending the receipt of o-1")
+    assert any(
+        line.startswith(f"INFO errands.jobs {job} task=receipts.send #1 job ") for line in lines
+    )
+    assert any(line.startswith("INFO errands job=None task=None #None worker") for line in lines)

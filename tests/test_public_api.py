@@ -17,6 +17,7 @@ PUBLIC = {
     "InvalidArguments",
     "InvalidOption",
     "Job",
+    "JobLogFilter",
     "JobNotFound",
     "JobRecord",
     "JobStatus",

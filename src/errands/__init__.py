@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from ._cancel import cancel_requested
 from ._errands import Errands
 from ._job import Job
+from ._logs import JobLogFilter
 from ._record import JobRecord, JobStatus
 from ._stats import Stats, WorkerInfo
 from ._task import Task
@@ -66,6 +67,7 @@ __all__ = [
     "InvalidArguments",
     "InvalidOption",
     "Job",
+    "JobLogFilter",
     "JobNotFound",
     "JobRecord",
     "JobStatus",

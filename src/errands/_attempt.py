@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ._cancel import CANCELLED_RUNNING, Stop, done, running
+from ._logs import entering, fields, leaving
 from ._payload import encode_result
 from ._process import ProcessRunner, TaskProcessError
 from ._record import JobRecord, JobStatus, describe_error
@@ -119,11 +120,14 @@ async def attempt(
     failures: int,
     max_result: int,
     stop: Stop | None = None,
+    job: tuple[str, int] | None = None,
 ) -> Outcome:
     """Run one attempt here, on the event loop; ``failures``: failed attempts before it
-    (in this round); ``stop``: what ``errands.cancel_requested()`` reads in it."""
+    (in this round); ``stop``: what ``errands.cancel_requested()`` reads in it; ``job``:
+    its id and attempt number, for the records logged meanwhile (``JobLogFilter``)."""
     if stop is not None:
         running(stop)  # in this job's own context (its task's), copied into its thread
+    logged = None if job is None else entering(job[0], task.name, job[1])
     start = time.perf_counter()
     try:
         result = await calls.call(task, args, kwargs)
@@ -131,6 +135,9 @@ async def attempt(
         return failed(task, failures + 1, exc, time.perf_counter() - start)
     except SystemExit as exc:  # the task's, not the worker's to end
         return failed(task, failures + 1, escaped(exc), time.perf_counter() - start)
+    finally:
+        if logged is not None:
+            leaving(logged)
     return succeeded(task, result, max_result, time.perf_counter() - start)
 
 
@@ -142,10 +149,12 @@ def attempt_blocking(
     failures: int,
     max_result: int,
     stop: Stop | None = None,
+    job: tuple[str, int] | None = None,
 ) -> Outcome:
     """Run one attempt in this thread (a Celery worker's), with the same meaning."""
     start = time.perf_counter()
     token = running(stop)
+    logged = None if job is None else entering(job[0], task.name, job[1])
     try:
         result = _call_blocking(task, args, kwargs, stop)
     except Exception as exc:
@@ -157,6 +166,8 @@ def attempt_blocking(
         return Outcome(JobStatus.CANCELLED, error=CANCELLED_RUNNING, seconds=seconds)
     finally:
         done(token)
+        if logged is not None:
+            leaving(logged)
     return succeeded(task, result, max_result, time.perf_counter() - start)
 
 
@@ -234,11 +245,19 @@ def log_outcome(
 ) -> None:
     """One line for what came of an attempt (with the traceback for a final failure)."""
     of = f" (attempt {attempt} of {task.policy.max_attempts})" if attempt > 1 else ""
+    extra = fields(id, task.name, attempt)
     if outcome.status is JobStatus.CANCELLED:
-        job_logger.warning("job %s (%s) was cancelled while it ran", id, task.name)
+        job_logger.warning("job %s (%s) was cancelled while it ran", id, task.name, extra=extra)
     elif outcome.status is JobStatus.SUCCEEDED:
         if successes:
-            job_logger.info("job %s (%s) succeeded in %.3f s%s", id, task.name, outcome.seconds, of)
+            job_logger.info(
+                "job %s (%s) succeeded in %.3f s%s",
+                id,
+                task.name,
+                outcome.seconds,
+                of,
+                extra=extra,
+            )
     elif outcome.status is JobStatus.QUEUED:
         job_logger.warning(
             "job %s (%s) attempt %d of %d failed: %s; retrying in %.2f s",
@@ -248,6 +267,7 @@ def log_outcome(
             task.policy.max_attempts,
             outcome.error,
             outcome.retry_in,
+            extra=extra,
         )
     else:
         final = isinstance(outcome.exc, _FINAL)
@@ -258,4 +278,5 @@ def log_outcome(
             "" if final or attempt == 1 else f" after {attempt} attempts",
             outcome.error,
             exc_info=None if final or outcome.exc is None else outcome.exc,
+            extra=extra,
         )

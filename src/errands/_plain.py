@@ -23,6 +23,7 @@ import anyio
 from ._attempt import job_logger
 from ._backlog import Backlog
 from ._cancel import CANCELLED_QUEUED
+from ._logs import entering, fields, leaving
 from ._record import JobRecord, JobStatus, describe_error, new_job_id, utcnow
 from ._task import callable_name, is_async_callable
 from ._threads import Threads, escaped
@@ -95,6 +96,7 @@ async def run_plain(job: PlainJob, threads: Threads) -> None:
     args, kwargs, trace = job.call_args, job.call_kwargs, job.trace
     job.forget_call()
     start = time.perf_counter()
+    logged = entering(job.id, job.name, job.attempts)
     try:
         with _NOT_TRACED if trace is None else traced(trace, func, job.id):
             if job.is_async:
@@ -109,14 +111,27 @@ async def run_plain(job: PlainJob, threads: Threads) -> None:
         if not isinstance(exc, Exception):
             exc = escaped(exc)  # the task's, not the worker's to end
         job.error, job.traceback = describe_error(exc)
-        job_logger.error("job %s (%s) failed: %s", job.id, job.name, job.error, exc_info=exc)
+        job_logger.error(
+            "job %s (%s) failed: %s",
+            job.id,
+            job.name,
+            job.error,
+            exc_info=exc,
+            extra=fields(job.id, job.name, job.attempts),
+        )
         _finish(job, JobStatus.FAILED)
     else:
         job.result = result
         _finish(job, JobStatus.SUCCEEDED)
         job_logger.debug(
-            "job %s (%s) succeeded in %.3f s", job.id, job.name, time.perf_counter() - start
+            "job %s (%s) succeeded in %.3f s",
+            job.id,
+            job.name,
+            time.perf_counter() - start,
+            extra=fields(job.id, job.name, job.attempts),
         )
+    finally:
+        leaving(logged)
 
 
 _NOT_TRACED = nullcontext()

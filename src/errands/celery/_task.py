@@ -105,7 +105,13 @@ def _run(
     CANCELS.track(store, id, stop, renew)
     try:
         outcome = attempt_blocking(
-            task, args, kwargs, failures=attempt - 1, max_result=max_result, stop=stop
+            task,
+            args,
+            kwargs,
+            failures=attempt - 1,
+            max_result=max_result,
+            stop=stop,
+            job=(id, attempt),
         )
     finally:
         asked = CANCELS.untrack(id)

@@ -369,6 +369,7 @@ class LocalBackend(Backend):
                 failures=round_failures(job, task),
                 max_result=self._options.max_result,
                 stop=stop,
+                job=(job.id, job.attempts),
             )
         except asyncio.CancelledError:
             liveness.untrack(job)

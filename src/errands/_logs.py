@@ -1,0 +1,44 @@
+"""Which job a log record is about: ``job_id``, ``task`` and ``attempt``, as record
+attributes (a JSON formatter shows them as fields). errands passes them with every
+record it logs about a job; ``JobLogFilter`` adds them to the records a task logs
+itself while it runs (a context variable set around each attempt, which ``def``
+tasks' threads inherit)."""
+
+from __future__ import annotations
+
+import logging
+from contextvars import ContextVar, Token
+from typing import Any
+
+#: The fields, in the order a formatter would show them.
+FIELDS = ("job_id", "task", "attempt")
+
+_CURRENT: ContextVar[dict[str, Any] | None] = ContextVar("errands_job", default=None)
+
+
+def fields(id: str, task: str, attempt: int) -> dict[str, Any]:
+    """The ``extra`` of a record about one attempt of a job."""
+    return {"job_id": id, "task": task, "attempt": attempt}
+
+
+def entering(id: str, task: str, attempt: int) -> Token[dict[str, Any] | None]:
+    """The attempt of a job starts running in this context."""
+    return _CURRENT.set(fields(id, task, attempt))
+
+
+def leaving(token: Token[dict[str, Any] | None]) -> None:
+    _CURRENT.reset(token)
+
+
+class JobLogFilter(logging.Filter):
+    """Gives every record ``job_id``, ``task`` and ``attempt``: those of the job whose
+    attempt logged it (its task's own ``logging`` calls included), else None. Add it
+    to a handler: ``handler.addFilter(errands.JobLogFilter())``; then a format may use
+    ``%(job_id)s``, and a JSON formatter finds them on every record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        found = _CURRENT.get()
+        for name in FIELDS:
+            if not hasattr(record, name):
+                setattr(record, name, None if found is None else found[name])
+        return True
