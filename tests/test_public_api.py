@@ -49,6 +49,7 @@ ERRANDS = {
     "jobs",
     "join",
     "lifespan",
+    "metrics",
     "purge",
     "retry",
     "run_worker",

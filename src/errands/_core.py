@@ -18,6 +18,7 @@ from ._attempt import Calls
 from ._backlog import Backlog
 from ._job import Job
 from ._limits import Limit
+from ._metrics import Metrics
 from ._modes import open_backend, resolve_url
 from ._options import Options, Runtime
 from ._payload import decode_arguments, encode_arguments, plain_size
@@ -55,8 +56,9 @@ class Core:
         self.threads = Threads(options.threads)
         self.processes = ProcessRunner(options.processes)
         self.calls = Calls(self.threads, self.processes)
-        self.plain = PlainJobs(self.backlog)
-        runtime = Runtime(options, self.tasks, self.calls, self.backlog)
+        self.metrics = Metrics()
+        self.plain = PlainJobs(self.backlog, self.metrics)
+        runtime = Runtime(options, self.tasks, self.calls, self.backlog, self.metrics)
         if celery is not None:
             if url is not None:
                 raise ConfigurationError(
@@ -187,11 +189,14 @@ class Core:
             record = self.new_record(func, args, kwargs)
             chosen = {record.id} if func.job_id is not None else set()
             kept = self.backend.add([record], chosen=chosen)
+            if not kept:
+                self.metrics.added([record.name])
             return Job(record.id, record.name, self, created=not kept)
         job = new_plain_job(func, args, kwargs)
         self.check_plain(job.name)
         self.backlog.reserve_blocking(1)
         self.plain.adopt([job])
+        self.metrics.added([job.name])
         self.hand_over(job)
         return Job(job.id, job.name, self, job)
 

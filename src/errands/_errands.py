@@ -380,6 +380,15 @@ class Errands:
             ) from None
         return build(self, self._core.tasks, check_auth(auth))
 
+    def metrics(self) -> ASGIApp:
+        """This instance's metrics in Prometheus' text format, an ASGI app to mount:
+        ``app.mount("/metrics", errands.metrics())``. Counting starts with the first
+        call (jobs added, attempts by outcome, waits and run times, counted in this
+        process); jobs by status, the longest wait of a due job and jobs no live worker
+        runs are read from the store at each scrape. Needs the ``metrics`` extra:
+        ``pip install 'errands[metrics]'``."""
+        return self._core.metrics.prometheus(self.stats).app()
+
     def stats(self) -> Stats:
         """Counts by status and by task, the live workers, and the jobs no live
         worker can run (their task is registered in none)."""

@@ -14,6 +14,7 @@ from .exceptions import ConfigurationError
 if TYPE_CHECKING:
     from ._attempt import Calls
     from ._backlog import Backlog
+    from ._metrics import Metrics
     from ._task import Task
 
 
@@ -93,3 +94,5 @@ class Runtime:
     calls: Calls
     #: The bound on jobs held in memory (the memory store's jobs count against it).
     backlog: Backlog
+    #: Where attempts' outcomes are counted (nowhere until metrics are asked for).
+    metrics: Metrics

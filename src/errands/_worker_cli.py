@@ -71,6 +71,16 @@ def instances_in(module: ModuleType) -> str:
     return "; its Errands instances: " + ", ".join(f"{module.__name__}:{n}" for n in names)
 
 
+def port_number(value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        port = -1
+    if not 0 < port < 65536:
+        raise argparse.ArgumentTypeError(f"expected a port, 1 to 65535, got {value!r}")
+    return port
+
+
 def module_attribute(value: str) -> str:
     # Checked here: once the user's module runs, any exception is theirs.
     module_name, _, attribute = value.partition(":")
@@ -133,6 +143,19 @@ def worker(argv: list[str]) -> None:
         metavar="LEVEL",
         help="the least severe messages logged: %(choices)s (default: %(default)s)",
     )
+    command.add_argument(
+        "--metrics-port",
+        type=port_number,
+        metavar="PORT",
+        help="serve this worker's metrics in Prometheus' text format on PORT (needs "
+        "pip install 'errands[metrics]')",
+    )
+    command.add_argument(
+        "--metrics-host",
+        default="0.0.0.0",
+        metavar="HOST",
+        help="the address of --metrics-port (default: %(default)s)",
+    )
     # In Celery mode, what follows -- is the Celery worker's.
     cut = argv.index("--") if "--" in argv else len(argv)
     args, extra = parser.parse_args(argv[:cut]), argv[cut + 1 :]
@@ -150,6 +173,16 @@ def worker(argv: list[str]) -> None:
         )
     if extra and not instance.url.startswith("celery:"):
         command.error(f"options after -- go to a Celery worker, and {args.target} is not on Celery")
+    if args.metrics_port is not None:
+        try:
+            counting = instance._core.metrics.prometheus(instance.stats)
+            counting.serve(args.metrics_port, args.metrics_host)
+        except ErrandsError as exc:
+            raise SystemExit(f"errands: {exc}") from None
+        except OSError as exc:
+            raise SystemExit(
+                f"errands: cannot serve metrics on {args.metrics_host}:{args.metrics_port}: {exc}"
+            ) from None
     instance.run_worker(
         concurrency=args.concurrency,
         processes=args.processes,

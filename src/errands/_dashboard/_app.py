@@ -16,7 +16,7 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
@@ -25,7 +25,7 @@ from .._record import JobRecord, JobStatus, utcnow
 from .._report import duration, plain, stats_object
 from .._task import Task
 from .._tuning import MAX_SECONDS
-from ..exceptions import ErrandsError, JobNotFound
+from ..exceptions import ConfigurationError, ErrandsError, JobNotFound
 from . import _views as views
 from ._guard import Auth, Guard
 
@@ -80,9 +80,19 @@ def build(errands: views.Jobs, tasks: Mapping[str, Task[Any, Any]], auth: Auth) 
         Route("/api/jobs", dashboard.api_jobs),
         Route("/api/jobs/{id:path}", dashboard.api_job),
         Route("/api/{action}", dashboard.api_act, methods=["POST"]),
+        Mount("/metrics", metrics_app(errands)),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
     return Starlette(routes=routes, middleware=[Middleware(Guard, auth=auth)])
+
+
+def metrics_app(errands: views.Jobs) -> Any:
+    """The instance's Prometheus metrics (counting from now), or an answer that says
+    what to install."""
+    try:
+        return errands.metrics()
+    except ConfigurationError as exc:
+        return PlainTextResponse(str(exc), 501)
 
 
 def root(request: Request) -> str:

@@ -57,6 +57,7 @@ class CeleryBackend(Backend):
         self.keeps_finished = float(seconds) if seconds else float("inf")
         self._options = runtime.options
         self._tasks = runtime.tasks
+        self._metrics = runtime.metrics
         # Requests' publishes gather while one batch is being sent, like a group
         # commit with no transaction: one hand-over to a thread for many requests.
         self._groups: PerLoop[GroupCommit] = weakref.WeakKeyDictionary()
@@ -72,7 +73,13 @@ class CeleryBackend(Backend):
                 task.name,
             )
         options = self._options
-        bind(self.publisher, task, max_result=options.max_result, lease=options.lease)
+        bind(
+            self.publisher,
+            task,
+            max_result=options.max_result,
+            lease=options.lease,
+            metrics=self._metrics,
+        )
 
     def check_eager(self) -> None:
         raise ConfigurationError(

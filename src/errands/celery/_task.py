@@ -31,6 +31,7 @@ from celery.exceptions import Ignore, Reject
 
 from .._attempt import attempt_blocking, log_outcome
 from .._cancel import CANCELLED_RUNNING, Stop
+from .._metrics import Metrics, outcome_of
 from .._record import JobStatus
 from .._tuning import CELERY_RUNNING_AFTER, MIN_CELERY_RETRY_DELAY
 from . import _limits, _redis, _stamps
@@ -46,21 +47,23 @@ if TYPE_CHECKING:
 logger = logging.getLogger("errands")
 
 
-def bind(store: Publisher, task: Task[Any, Any], *, max_result: int, lease: float) -> None:
+def bind(
+    store: Publisher, task: Task[Any, Any], *, max_result: int, lease: float, metrics: Metrics
+) -> None:
     """Register ``task`` on the store's Celery app, under its errands name."""
     _limits.check(store, task)
     _redis.configure(store.app, task, lease)  # Redis broker: errands' defaults, renewal
 
     def run(self: celery.Task[Any, Any], *args: Any, **kwargs: Any) -> Any:
         if task.limit is None:
-            return _run(self, store, task, list(args), kwargs, max_result)
+            return _run(self, store, task, list(args), kwargs, max_result, metrics)
         id = str(self.request.id)
         wait = _limits.acquire(store, task, id, lease)
         if wait is not None:  # held back by its limits: again later, no attempt spent
             _limits.hold(self, wait)
             raise Ignore()
         try:
-            return _run(self, store, task, list(args), kwargs, max_result, slot=lease)
+            return _run(self, store, task, list(args), kwargs, max_result, metrics, slot=lease)
         finally:
             _limits.release(store, task, id)
 
@@ -86,6 +89,7 @@ def _run(
     args: list[Any],
     kwargs: dict[str, Any],
     max_result: int,
+    metrics: Metrics,
     *,
     slot: float | None = None,
 ) -> Any:
@@ -118,6 +122,7 @@ def _run(
         attempt_running.ended()
     # Celery logs successes itself; errands says more of failures and retries.
     log_outcome(id, task, attempt, outcome, successes=False)
+    metrics.attempted(task.name, outcome_of(outcome), None, outcome.seconds)
     if asked is not None:  # errands.cancel: ends cancelled, however the attempt went
         _cancelled(ctask, store, task, asked)
     if outcome.status is JobStatus.QUEUED:

@@ -27,6 +27,7 @@ from .._backend import Backend, Source
 from .._cancel import CANCELLED_RUNNING, Stop
 from .._group_commit import GroupCommit
 from .._loops import PerLoop, loop_entry
+from .._metrics import outcome_of
 from .._options import Runtime
 from .._record import JobRecord, JobStatus, describe_error, utcnow
 from .._stats import Stats, WorkerInfo
@@ -57,6 +58,7 @@ class LocalBackend(Backend):
         self.calls = runtime.calls
         self._options = runtime.options
         self._backlog = runtime.backlog
+        self._metrics = runtime.metrics
         self._groups: PerLoop[GroupCommit] = weakref.WeakKeyDictionary()
         self._liveness: PerLoop[Liveness] = weakref.WeakKeyDictionary()
         self._claims: Claims | None = None
@@ -383,6 +385,10 @@ class LocalBackend(Backend):
         # store ends the job cancelled all the same).
         stop.interrupt = None
         log_outcome(job.id, task, job.attempts, outcome)
+        # Waited: from when it was due (released, its delay or its retry's time) to its start.
+        started, due = job.started_at, job.run_at or job.created_at
+        waited = None if started is None else (started - due).total_seconds()
+        self._metrics.attempted(task.name, outcome_of(outcome), waited, outcome.seconds)
         return outcome
 
     def give_back(self, job: JobRecord) -> None:

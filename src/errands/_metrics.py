@@ -1,0 +1,172 @@
+"""An instance's metrics, in Prometheus' text format (prometheus-client, the ``metrics``
+extra): counted in the process where things happen (jobs added, attempts by outcome,
+how long jobs waited to start and ran), and read from the store when scraped (jobs by
+task and status, the longest wait of a due job, jobs no live worker runs, live
+workers), so that those are right however many processes share the store.
+
+Nothing is counted until asked: ``errands.metrics()``, the dashboard's ``/metrics`` or
+``errands worker --metrics-port`` turn counting on for the instance (the first of
+them, once); until then each hook is one attribute test. Labels are task names,
+outcomes and statuses only: never ids or arguments."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from ._record import JobStatus, utcnow
+from .exceptions import ConfigurationError, TaskTimeout
+
+if TYPE_CHECKING:
+    from starlette.types import ASGIApp
+
+    from ._attempt import Outcome
+    from ._stats import Stats
+
+#: Seconds, for both 1 ms jobs and 10 min ones (and waits of an hour).
+BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+)  # fmt: skip
+#: The outcomes of an attempt: ``timed_out`` whether retried or not; ``retried`` and
+#: ``failed`` for any other exception, with and without another attempt to come.
+OUTCOMES = ("succeeded", "retried", "failed", "timed_out", "cancelled")
+NEEDS = "the metrics need prometheus-client, which is not installed: pip install 'errands[metrics]'"
+
+
+def outcome_of(outcome: Outcome) -> str:
+    if isinstance(outcome.exc, TaskTimeout):
+        return "timed_out"
+    return {
+        JobStatus.SUCCEEDED: "succeeded",
+        JobStatus.QUEUED: "retried",
+        JobStatus.FAILED: "failed",
+        JobStatus.CANCELLED: "cancelled",
+    }.get(outcome.status, "failed")
+
+
+class Metrics:
+    """Where one instance's figures go: nowhere until ``prometheus()`` is called."""
+
+    def __init__(self) -> None:
+        self.counting: Prometheus | None = None
+
+    def added(self, names: Iterable[str]) -> None:
+        """Jobs of these tasks were added (stored, or handed to this process's worker)."""
+        if self.counting is not None:
+            self.counting.added(names)
+
+    def attempted(self, task: str, outcome: str, waited: float | None, ran: float) -> None:
+        """An attempt ended: its outcome, how long its job waited for it to start (from
+        when it was due), how long it ran."""
+        if self.counting is not None:
+            self.counting.attempted(task, outcome, waited, ran)
+
+    def prometheus(self, stats: Callable[[], Stats]) -> Prometheus:
+        """Counting on, and the registry that serves it (once per instance)."""
+        if self.counting is None:
+            self.counting = Prometheus(stats)
+        return self.counting
+
+
+class Prometheus:
+    """The instance's prometheus-client metrics, in a registry of its own (or, with
+    ``$PROMETHEUS_MULTIPROC_DIR``, counted in the files of prometheus-client's
+    multiprocess mode, read back from every process of a server when scraped)."""
+
+    def __init__(self, stats: Callable[[], Stats]) -> None:
+        try:
+            import prometheus_client as prom
+        except ImportError:
+            raise ConfigurationError(NEEDS) from None
+        self.prom = prom
+        self.registry = prom.CollectorRegistry(auto_describe=True)
+        self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        on = self.registry
+        self.jobs_added = prom.Counter(
+            "errands_jobs_added", "Jobs added, by task.", ["task"], registry=on
+        )
+        self.attempts = prom.Counter(
+            "errands_attempts", "Attempts that ended, by task and outcome.",
+            ["task", "outcome"], registry=on,
+        )  # fmt: skip
+        self.wait = prom.Histogram(
+            "errands_job_wait_seconds", "From when a job was due to when its attempt started.",
+            ["task"], buckets=BUCKETS, registry=on,
+        )  # fmt: skip
+        self.run = prom.Histogram(
+            "errands_attempt_duration_seconds", "How long each attempt ran.",
+            ["task"], buckets=BUCKETS, registry=on,
+        )  # fmt: skip
+        self.store = StoreCollector(stats)
+        self.registry.register(self.store)
+
+    def added(self, names: Iterable[str]) -> None:
+        for name in names:
+            self.jobs_added.labels(name).inc()
+
+    def attempted(self, task: str, outcome: str, waited: float | None, ran: float) -> None:
+        self.attempts.labels(task, outcome).inc()
+        if waited is not None:
+            self.wait.labels(task).observe(max(0.0, waited))
+        self.run.labels(task).observe(max(0.0, ran))
+
+    def exposition(self) -> Any:
+        """The registry to expose: this process's, or every process's (multiprocess
+        mode), with the store's gauges either way."""
+        if not self.multiprocess:
+            return self.registry
+        from prometheus_client import multiprocess
+
+        combined = self.prom.CollectorRegistry()
+        multiprocess.MultiProcessCollector(combined)  # type: ignore[no-untyped-call]
+        combined.register(self.store)
+        return combined
+
+    def app(self) -> ASGIApp:
+        """An ASGI app serving the text format (OpenMetrics when the scraper asks)."""
+        served: ASGIApp = self.prom.make_asgi_app(registry=self.exposition())
+        return served
+
+    def serve(self, port: int, host: str = "0.0.0.0") -> None:
+        """Serve them on their own port, from a thread (``errands worker --metrics-port``)."""
+        self.prom.start_http_server(port, addr=host, registry=self.exposition())
+
+
+class StoreCollector:
+    """Gauges read from the store at each scrape (one ``errands.stats()``)."""
+
+    def __init__(self, stats: Callable[[], Stats]) -> None:
+        self.stats = stats
+
+    def describe(self) -> list[Any]:
+        return []  # gauges with no fixed set of series: described when collected
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        found = self.stats()
+        jobs = GaugeMetricFamily(
+            "errands_jobs", "Jobs in the store, by task and status.", labels=["task", "status"]
+        )
+        for name, counts in sorted(found.tasks.items()):
+            for status in JobStatus:
+                jobs.add_metric([name, status.value], counts.get(status, 0))
+        yield jobs
+        waiting = GaugeMetricFamily(
+            "errands_oldest_due_job_age_seconds",
+            "How long the queued job due the longest has waited to start (0: none).",
+        )
+        oldest = found.activity.oldest_queued
+        waiting.add_metric([], 0.0 if oldest is None else (utcnow() - oldest).total_seconds())
+        yield waiting
+        unrunnable = GaugeMetricFamily(
+            "errands_unrunnable_jobs", "Queued jobs no live worker runs, by task.", labels=["task"]
+        )
+        for name, count in sorted(found.unrunnable.items()):
+            unrunnable.add_metric([name], count)
+        yield unrunnable
+        workers = GaugeMetricFamily("errands_workers", "Live workers of the store.")
+        workers.add_metric([], len(found.workers))
+        yield workers

@@ -1,0 +1,262 @@
+"""Prometheus metrics (``errands.metrics()``, the dashboard's ``/metrics``, ``errands
+worker --metrics-port``): after jobs that succeed, fail, retry and time out, the counters
+and histograms hold exactly those counts, the gauges match ``errands.stats()``, the text
+reads back with prometheus-client's parser, and no label holds an id."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from starlette.applications import Starlette
+from starlette.routing import Mount
+from starlette.testclient import TestClient
+
+from errands import ConfigurationError, Errands, JobStatus
+from tests.conftest import free_port, wait_until
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of a scrape, by name and sorted labels."""
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return found
+
+
+def test_counts_and_gauges_after_jobs_of_every_outcome(url: str) -> None:
+    errands = Errands(url)
+    tries: list[int] = []
+
+    @errands.task(name="ok")
+    def ok(x: int) -> int:
+        return x
+
+    @errands.task(name="flaky", retries=1, backoff=0)
+    def flaky() -> None:
+        tries.append(1)
+        if len(tries) == 1:
+            raise RuntimeError("once")
+
+    @errands.task(name="bad")
+    def bad() -> None:
+        raise ValueError("never")
+
+    @errands.task(name="slow", timeout=0.05)
+    async def slow() -> None:
+        await asyncio.sleep(5)
+
+    def plain() -> None:
+        pass
+
+    app = Starlette(routes=[Mount("/metrics", errands.metrics())])
+
+    async def main() -> str:
+        async with errands.lifespan():
+            for i in range(3):
+                errands.add_task(ok, i)
+            for task in (flaky, bad, slow):
+                errands.add_task(task)
+            errands.add_task(plain)
+            later = errands.add_task(ok.options(delay=3600), 9)
+            await asyncio.sleep(0)
+            deadline = time.monotonic() + 20
+            while sum(1 for r in errands.jobs(limit=100) if r.finished) < 7:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.02)
+            return later.id
+
+    later = asyncio.run(main())
+    scrape = TestClient(app).get("/metrics/")
+    assert scrape.status_code == 200
+    assert scrape.headers["content-type"].startswith("text/plain; version=0.0.4")
+    found = samples(scrape.text)
+    plain_name = f"{__name__}.{plain.__qualname__}"
+
+    def value(name: str, **labels: str) -> float:
+        return found.get((name, tuple(sorted(labels.items()))), 0.0)
+
+    added = {t: value("errands_jobs_added_total", task=t) for t in ("ok", "flaky", "bad", "slow")}
+    assert added == {"ok": 4, "flaky": 1, "bad": 1, "slow": 1}
+    assert value("errands_jobs_added_total", task=plain_name) == 1
+    outcomes = {
+        ("ok", "succeeded"): 3,
+        ("flaky", "retried"): 1,
+        ("flaky", "succeeded"): 1,
+        ("bad", "failed"): 1,
+        ("slow", "timed_out"): 1,
+        (plain_name, "succeeded"): 1,
+    }
+    counted = {
+        (labels[1][1], labels[0][1]): v
+        for (name, labels), v in found.items()
+        if name == "errands_attempts_total"
+    }
+    assert counted == outcomes
+    for task, attempts in (("ok", 3), ("flaky", 2), ("bad", 1), ("slow", 1)):
+        assert value("errands_attempt_duration_seconds_count", task=task) == attempts
+        assert value("errands_job_wait_seconds_count", task=task) == attempts
+    assert value("errands_attempt_duration_seconds_sum", task="slow") >= 0.05
+    assert value("errands_job_wait_seconds_sum", task="ok") < 5  # not the delayed one's hour
+    stats = errands.stats()
+    for name, counts in stats.tasks.items():
+        for status in JobStatus:
+            assert value("errands_jobs", task=name, status=status.value) == counts.get(status, 0)
+    assert value("errands_jobs", task="ok", status="queued") == 1  # the delayed one
+    assert ("errands_oldest_due_job_age_seconds", ()) in found
+    assert value("errands_workers") == len(stats.workers)
+    assert later not in scrape.text and "x" not in {k for _, ls in found for k, _ in ls}
+    openmetrics = TestClient(app).get(
+        "/metrics/", headers={"accept": "application/openmetrics-text; version=1.0.0"}
+    )
+    assert openmetrics.headers["content-type"].startswith("application/openmetrics-text")
+    assert openmetrics.text.rstrip().endswith("# EOF")
+
+
+def test_the_dashboard_serves_them_behind_its_auth() -> None:
+    errands = Errands("memory://")
+    app = Starlette(routes=[Mount("/errands", errands.dashboard(auth=("admin", "pw")))])
+    with TestClient(app) as http:
+        assert http.get("/errands/metrics/").status_code == 401
+        scrape = http.get("/errands/metrics/", auth=("admin", "pw"))
+        assert scrape.status_code == 200 and "errands_workers" in scrape.text
+
+
+def test_a_missing_extra_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)
+    with pytest.raises(ConfigurationError, match=r"pip install 'errands\[metrics\]'"):
+        Errands("memory://").metrics()
+
+
+APP = """
+    from errands import Errands
+
+    errands = Errands("sqlite:///jobs.db")
+
+
+    @errands.task(name="work", retries=1, backoff=0)
+    def work(fail: bool) -> str:
+        if fail:
+            raise RuntimeError("no")
+        return "done"
+"""
+
+
+def test_a_workers_metrics_port_serves_what_it_ran(tmp_path: Path) -> None:
+    (tmp_path / "app.py").write_text(textwrap.dedent(APP))
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "ERRANDS_URL"}
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "errands", "worker", "app:errands", "--metrics-port", str(port),
+         "--metrics-host", "127.0.0.1"],
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        adder = Errands(f"sqlite:///{tmp_path}/jobs.db", worker=False)
+
+        @adder.task(name="work", retries=1, backoff=0)
+        def work(fail: bool) -> str:  # the worker's own is app.py's
+            raise AssertionError("runs in the worker")
+
+        for fail in (False, False, True):
+            adder.add_task(work, fail)
+
+        def scraped() -> dict[Any, float]:
+            try:
+                return samples(httpx.get(f"http://127.0.0.1:{port}/", timeout=2).text)
+            except httpx.TransportError:
+                return {}
+
+        key = ("errands_attempts_total", (("outcome", "failed"), ("task", "work")))
+        wait_until(lambda: scraped().get(key) == 1, timeout=30, interval=0.2)
+        found = scraped()
+        assert found[("errands_attempts_total", (("outcome", "succeeded"), ("task", "work")))] == 2
+        assert found[("errands_attempts_total", (("outcome", "retried"), ("task", "work")))] == 1
+        assert found[("errands_jobs", (("status", "succeeded"), ("task", "work")))] == 2
+        assert found[("errands_jobs", (("status", "failed"), ("task", "work")))] == 1
+        assert found[("errands_workers", ())] == 1
+    finally:
+        worker.terminate()
+        worker.communicate(timeout=20)
+
+
+def test_several_processes_of_one_server_are_summed_in_multiprocess_mode(
+    tmp_path: Path,
+) -> None:
+    """uvicorn --workers 2 with $PROMETHEUS_MULTIPROC_DIR: whichever process answers
+    the scrape, it counts every process's jobs (prometheus-client's multiprocess mode)."""
+    from tests.conftest import Server
+
+    folder = tmp_path / "prom"
+    folder.mkdir()
+    server = Server(
+        "tests.apps.metrics_app:app",
+        env={"PROMETHEUS_MULTIPROC_DIR": str(folder)},
+        args=("--workers", "2"),
+    )
+    try:
+        pids: set[str] = set()
+        added = 0
+        while len(pids) < 2 or added < 20:  # until both processes took some
+            assert added < 400, f"one process took every request: {pids}"
+            answer = httpx.post(f"{server.url}/add/{added}", headers={"connection": "close"})
+            pids.add(answer.json()["pid"])
+            added += 1
+        added_key = ("errands_jobs_added_total", (("task", "work"),))
+        done_key = ("errands_attempts_total", (("outcome", "succeeded"), ("task", "work")))
+        wait_until(
+            lambda: samples(httpx.get(server.url + "/metrics/").text).get(done_key) == added,
+            timeout=20,
+        )
+        for _ in range(6):  # each scrape may reach either process: each sums both
+            found = samples(
+                httpx.get(server.url + "/metrics/", headers={"connection": "close"}).text
+            )
+            assert found[added_key] == added and found[done_key] == added
+    finally:
+        server.stop()
+
+
+def test_the_example_app_serves_its_metrics(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ERRANDS_URL", f"sqlite:///{tmp_path}/errands.db")
+    sys.modules.pop("docs.examples.metrics", None)
+    from docs.examples.metrics import app, build_report, errands
+
+    with TestClient(app) as http:
+        job = errands.add_task(build_report, "2026-11")
+        wait_until(lambda: (r := errands.get(job.id)) is not None and r.finished, timeout=20)
+        found = samples(http.get("/metrics/").text)
+    key = ("errands_attempts_total", (("outcome", "succeeded"), ("task", "reports.build")))
+    assert found[key] == 1
+
+
+def test_in_every_mode_adds_are_counted_here_and_gauges_read_the_store(running: Any) -> None:
+    """The web process's view: the jobs it added, and the store's gauges (in Celery mode
+    the attempts are counted by the Celery worker's process, as its port would show)."""
+    app = Starlette(routes=[Mount("/metrics", running.errands.metrics())])
+    before = samples(TestClient(app).get("/metrics/").text)
+    key = ("errands_jobs_added_total", (("task", "modes.add"),))
+    jobs = [running.errands.add_task(running.mode.add, i, 1) for i in range(3)]
+    for job in jobs:
+        running.finished(job.id)
+    found = samples(TestClient(app).get("/metrics/").text)
+    assert found[key] - before.get(key, 0) == 3
+    stats = running.errands.stats()
+    for status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED):
+        gauge = found[("errands_jobs", (("status", status.value), ("task", "modes.add")))]
+        assert gauge == stats.tasks["modes.add"].get(status, 0)
+    done = ("errands_attempts_total", (("outcome", "succeeded"), ("task", "modes.add")))
+    if running.mode.celery is None:
+        assert found[done] - before.get(done, 0) == 3
