@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
+from logging import INFO
 from typing import TYPE_CHECKING, Any
 
 from ._cancel import CANCELLED_RUNNING, Stop, done, running
@@ -244,6 +245,8 @@ def log_outcome(
     id: str, task: Task[Any, Any], attempt: int, outcome: Outcome, *, successes: bool = True
 ) -> None:
     """One line for what came of an attempt (with the traceback for a final failure)."""
+    if outcome.status is JobStatus.SUCCEEDED and not (successes and job_logger.isEnabledFor(INFO)):
+        return  # the common case: nothing to say
     of = f" (attempt {attempt} of {task.policy.max_attempts})" if attempt > 1 else ""
     extra = fields(id, task.name, attempt)
     if outcome.status is JobStatus.CANCELLED:

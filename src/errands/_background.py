@@ -225,7 +225,8 @@ class Tasks:
                 core.plain.adopt([job for e in plain if (job := e.plain) is not None])
                 for entry in plain:
                     entry.committed = True
-                core.metrics.added(e.record.name for e in plain)
+                if core.metrics.counting is not None:
+                    core.metrics.added(e.record.name for e in plain)
             if stored:
                 now = utcnow()
                 for entry in stored:
@@ -237,8 +238,10 @@ class Tasks:
                     entry.committed = True
                 if kept:  # another request stored these ids first: theirs, not ours
                     _duplicates(stored, kept)
-                taken = {record.id for record in kept}
-                core.metrics.added(e.record.name for e in stored if e.record.id not in taken)
+                if core.metrics.counting is not None:
+                    taken = {record.id for record in kept}
+                    added = (e.record.name for e in stored if e.record.id not in taken)
+                    core.metrics.added(added)
 
     async def _release(self) -> None:
         if self._phase == _RELEASED:

@@ -189,14 +189,15 @@ class Core:
             record = self.new_record(func, args, kwargs)
             chosen = {record.id} if func.job_id is not None else set()
             kept = self.backend.add([record], chosen=chosen)
-            if not kept:
+            if not kept and self.metrics.counting is not None:
                 self.metrics.added([record.name])
             return Job(record.id, record.name, self, created=not kept)
         job = new_plain_job(func, args, kwargs)
         self.check_plain(job.name)
         self.backlog.reserve_blocking(1)
         self.plain.adopt([job])
-        self.metrics.added([job.name])
+        if self.metrics.counting is not None:
+            self.metrics.added([job.name])
         self.hand_over(job)
         return Job(job.id, job.name, self, job)
 

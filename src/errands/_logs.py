@@ -13,7 +13,7 @@ from typing import Any
 #: The fields, in the order a formatter would show them.
 FIELDS = ("job_id", "task", "attempt")
 
-_CURRENT: ContextVar[dict[str, Any] | None] = ContextVar("errands_job", default=None)
+_CURRENT: ContextVar[tuple[str, str, int] | None] = ContextVar("errands_job", default=None)
 
 
 def fields(id: str, task: str, attempt: int) -> dict[str, Any]:
@@ -21,12 +21,12 @@ def fields(id: str, task: str, attempt: int) -> dict[str, Any]:
     return {"job_id": id, "task": task, "attempt": attempt}
 
 
-def entering(id: str, task: str, attempt: int) -> Token[dict[str, Any] | None]:
+def entering(id: str, task: str, attempt: int) -> Token[tuple[str, str, int] | None]:
     """The attempt of a job starts running in this context."""
-    return _CURRENT.set(fields(id, task, attempt))
+    return _CURRENT.set((id, task, attempt))
 
 
-def leaving(token: Token[dict[str, Any] | None]) -> None:
+def leaving(token: Token[tuple[str, str, int] | None]) -> None:
     _CURRENT.reset(token)
 
 
@@ -38,7 +38,7 @@ class JobLogFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         found = _CURRENT.get()
-        for name in FIELDS:
+        for index, name in enumerate(FIELDS):
             if not hasattr(record, name):
-                setattr(record, name, None if found is None else found[name])
+                setattr(record, name, None if found is None else found[index])
         return True

@@ -101,16 +101,25 @@ class Prometheus:
         )  # fmt: skip
         self.store = StoreCollector(stats)
         self.registry.register(self.store)
+        self._attempts: dict[tuple[str, str], Any] = {}
+        self._times: dict[str, tuple[Any, Any]] = {}
 
     def added(self, names: Iterable[str]) -> None:
         for name in names:
             self.jobs_added.labels(name).inc()
 
     def attempted(self, task: str, outcome: str, waited: float | None, ran: float) -> None:
-        self.attempts.labels(task, outcome).inc()
+        # The labelled children, looked up once (prometheus-client's labels() locks).
+        counter = self._attempts.get((task, outcome))
+        if counter is None:
+            counter = self._attempts[(task, outcome)] = self.attempts.labels(task, outcome)
+        times = self._times.get(task)
+        if times is None:
+            times = self._times[task] = (self.wait.labels(task), self.run.labels(task))
+        counter.inc()
         if waited is not None:
-            self.wait.labels(task).observe(max(0.0, waited))
-        self.run.labels(task).observe(max(0.0, ran))
+            times[0].observe(max(0.0, waited))
+        times[1].observe(max(0.0, ran))
 
     def exposition(self) -> Any:
         """The registry to expose: this process's, or every process's (multiprocess

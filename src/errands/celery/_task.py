@@ -122,7 +122,8 @@ def _run(
         attempt_running.ended()
     # Celery logs successes itself; errands says more of failures and retries.
     log_outcome(id, task, attempt, outcome, successes=False)
-    metrics.attempted(task.name, outcome_of(outcome), None, outcome.seconds)
+    if metrics.counting is not None:
+        metrics.attempted(task.name, outcome_of(outcome), None, outcome.seconds)
     if asked is not None:  # errands.cancel: ends cancelled, however the attempt went
         _cancelled(ctask, store, task, asked)
     if outcome.status is JobStatus.QUEUED:

@@ -385,10 +385,11 @@ class LocalBackend(Backend):
         # store ends the job cancelled all the same).
         stop.interrupt = None
         log_outcome(job.id, task, job.attempts, outcome)
-        # Waited: from when it was due (released, its delay or its retry's time) to its start.
-        started, due = job.started_at, job.run_at or job.created_at
-        waited = None if started is None else (started - due).total_seconds()
-        self._metrics.attempted(task.name, outcome_of(outcome), waited, outcome.seconds)
+        if self._metrics.counting is not None:
+            # Waited: from when it was due (released, its delay or its retry's time).
+            started, due = job.started_at, job.run_at or job.created_at
+            waited = None if started is None else (started - due).total_seconds()
+            self._metrics.attempted(task.name, outcome_of(outcome), waited, outcome.seconds)
         return outcome
 
     def give_back(self, job: JobRecord) -> None:
