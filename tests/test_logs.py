@@ -117,3 +117,22 @@ def test_errands_own_records_carry_the_fields_without_the_filter(url: str) -> No
         logging.getLogger("errands.jobs").removeHandler(handler)
     [failure] = [r for r in records if r.levelno == logging.ERROR]
     assert (failure.job_id, failure.task, failure.attempt) == (id, "bad", 1)  # type: ignore[attr-defined]
+
+
+def test_async_attempts_in_a_celery_workers_thread_each_see_their_own_job() -> None:
+    """Celery runs attempts through attempt_blocking: an async task runs on a loop kept
+    per thread, and each attempt must see its own job's fields, not the first one's."""
+    from errands._attempt import attempt_blocking
+    from errands._cancel import Stop
+    from errands._logs import _CURRENT
+
+    errands = Errands("memory://")
+    seen: list[Any] = []
+
+    @errands.task(name="look")
+    async def look() -> None:
+        seen.append(_CURRENT.get())
+
+    for n in range(3):
+        attempt_blocking(look, [], {}, failures=0, max_result=10**6, stop=Stop(), job=(f"j{n}", 1))
+    assert seen == [("j0", "look", 1), ("j1", "look", 1), ("j2", "look", 1)]

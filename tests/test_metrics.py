@@ -260,3 +260,27 @@ def test_in_every_mode_adds_are_counted_here_and_gauges_read_the_store(running: 
     done = ("errands_attempts_total", (("outcome", "succeeded"), ("task", "modes.add")))
     if running.mode.celery is None:
         assert found[done] - before.get(done, 0) == 3
+
+
+def test_a_scrape_reads_the_store_off_the_event_loop_and_survives_its_failure() -> None:
+    import threading
+
+    from errands._metrics import Prometheus
+
+    threads: list[str] = []
+
+    def stats() -> Any:
+        threads.append(threading.current_thread().name)
+        raise ConfigurationError("the store is down")
+
+    served = Prometheus(stats)
+    served.attempted("t", "succeeded", 0.1, 0.2)
+
+    async def loop_thread(scope: Any, receive: Any, send: Any) -> None:
+        threads.append(threading.current_thread().name)
+        await served.app()(scope, receive, send)
+
+    found = samples(TestClient(loop_thread).get("/").text)
+    assert found[("errands_store_up", ())] == 0  # and no gauge, but the counts
+    assert found[("errands_attempts_total", (("outcome", "succeeded"), ("task", "t")))] == 1
+    assert threads[0] != threads[1]  # the store was read off the event loop's thread

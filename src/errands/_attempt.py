@@ -195,7 +195,10 @@ def _call_blocking(
     timeout = task.policy.timeout
     if task.is_async:
         coro = bounded(task.func(*args, **kwargs), timeout, task.name)
-        return _thread_runner().run(_interruptible(coro, stop))
+        # This attempt's context (its Stop, its log fields): a Runner would otherwise
+        # run every attempt in the context it copied for its first.
+        context = contextvars.copy_context()
+        return _thread_runner().run(_interruptible(coro, stop), context=context)
     if timeout is None:
         return task.func(*args, **kwargs)
     # In a thread of its own, so that the attempt can be given up at its timeout.

@@ -12,6 +12,7 @@ outcomes and statuses only: never ids or arguments."""
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +20,7 @@ from ._record import JobStatus, utcnow
 from .exceptions import ConfigurationError, TaskTimeout
 
 if TYPE_CHECKING:
-    from starlette.types import ASGIApp
+    from starlette.types import ASGIApp, Receive, Scope, Send
 
     from ._attempt import Outcome
     from ._stats import Stats
@@ -32,6 +33,7 @@ BUCKETS = (
 #: The outcomes of an attempt: ``timed_out`` whether retried or not; ``retried`` and
 #: ``failed`` for any other exception, with and without another attempt to come.
 OUTCOMES = ("succeeded", "retried", "failed", "timed_out", "cancelled")
+_LOCK = threading.Lock()
 NEEDS = "the metrics need prometheus-client, which is not installed: pip install 'errands[metrics]'"
 
 
@@ -65,9 +67,10 @@ class Metrics:
 
     def prometheus(self, stats: Callable[[], Stats]) -> Prometheus:
         """Counting on, and the registry that serves it (once per instance)."""
-        if self.counting is None:
-            self.counting = Prometheus(stats)
-        return self.counting
+        with _LOCK:
+            if self.counting is None:
+                self.counting = Prometheus(stats)
+            return self.counting
 
 
 class Prometheus:
@@ -134,9 +137,25 @@ class Prometheus:
         return combined
 
     def app(self) -> ASGIApp:
-        """An ASGI app serving the text format (OpenMetrics when the scraper asks)."""
-        served: ASGIApp = self.prom.make_asgi_app(registry=self.exposition())
-        return served
+        """An ASGI app serving the text format (OpenMetrics when the scraper asks). The
+        scrape reads the store (``errands.stats()``), so it runs in a worker thread,
+        never on the event loop of the app it is mounted in."""
+        import anyio
+        from prometheus_client.exposition import choose_encoder
+
+        registry = self.exposition()
+
+        async def serve(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] != "http":
+                return
+            accept = dict(scope.get("headers") or []).get(b"accept", b"").decode("latin-1")
+            encoder, content_type = choose_encoder(accept)
+            body = await anyio.to_thread.run_sync(encoder, registry)
+            headers = [(b"content-type", content_type.encode("latin-1"))]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+
+        return serve
 
     def serve(self, port: int, host: str = "0.0.0.0") -> None:
         """Serve them on their own port, from a thread (``errands worker --metrics-port``)."""
@@ -155,7 +174,17 @@ class StoreCollector:
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import GaugeMetricFamily
 
-        found = self.stats()
+        up = GaugeMetricFamily(
+            "errands_store_up", "1 if the store answered this scrape, 0 if not (no gauges then)."
+        )
+        try:
+            found = self.stats()
+        except Exception:
+            up.add_metric([], 0)
+            yield up  # the counts of this process still go out
+            return
+        up.add_metric([], 1)
+        yield up
         jobs = GaugeMetricFamily(
             "errands_jobs", "Jobs in the store, by task and status.", labels=["task", "status"]
         )

@@ -26,11 +26,14 @@ def request_trace() -> Any:
     operations (its background tasks among them); else None."""
     if not FASTAPI_TRACES:
         return None
-    telemetry = _get_request_telemetry()
-    if telemetry is None or telemetry.tracer is None or telemetry.span is None:
+    try:  # FastAPI's private API: should it change, no span rather than a broken add_task
+        telemetry = _get_request_telemetry()
+        if telemetry is None or telemetry.tracer is None or telemetry.span is None:
+            return None
+        # Under the request's span (FastAPI runs its tasks after the endpoint's has ended).
+        return trace.set_span_in_context(telemetry.span, otel_context.get_current())
+    except Exception:
         return None
-    # Under the request's span (FastAPI runs its tasks after the endpoint's has ended).
-    return trace.set_span_in_context(telemetry.span, otel_context.get_current())
 
 
 @contextmanager
