@@ -54,7 +54,7 @@ def fill(path: Path, n: int) -> None:
         batch.append(
             (
                 f"{i:032x}", name, status, "[1]", "{}", 1, 1, None, None, None,
-                created, started, finished, created, None, None, None, 0, None, 0, None,
+                created, started, finished, created, None, None, None, 0, None, 0, None, None,
             )
         )  # fmt: skip
         if len(batch) == 50_000:

@@ -29,6 +29,7 @@ from ._record import JobRecord, JobStatus, new_job_id, utcnow
 from ._schedule import Schedule
 from ._task import Task, callable_name, is_async_callable
 from ._threads import Threads
+from ._tracing import traceparent
 from .exceptions import ConfigurationError, ErrandsError, JobNotFound, PayloadTooLarge
 
 if TYPE_CHECKING:
@@ -177,6 +178,7 @@ class Core:
         )
         if task.start is not None:  # in a request, a delay counts again from the commit
             record.scheduled_at = task.start.scheduled(record.created_at)
+        record.traceparent = traceparent(record.id, task.name)
         return record
 
     def add_now(

@@ -149,6 +149,9 @@ class JobRecord:
     #: When ``errands.cancel`` asked a running job to stop: it ends ``cancelled`` when
     #: its attempt does (at once for ``async def``), whatever the attempt's outcome.
     cancel_requested_at: datetime | None = None
+    #: The W3C trace context (``traceparent``) of the span current when the job was
+    #: added (the request's, with OpenTelemetry on): each attempt's span is its child.
+    traceparent: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -190,4 +193,5 @@ class JobRecord:
             self.scheduled_at,
             self.priority,
             self.cancel_requested_at,
+            self.traceparent,
         )

@@ -36,6 +36,17 @@ def request_trace() -> Any:
         return None
 
 
+def request_span() -> Any:
+    """The span of the request this runs in, when FastAPI traces it; else None."""
+    if not FASTAPI_TRACES:
+        return None
+    try:
+        telemetry = _get_request_telemetry()
+        return None if telemetry is None else telemetry.span
+    except Exception:
+        return None
+
+
 @contextmanager
 def background_task(context: Any, func: Callable[..., Any], id: str) -> Iterator[None]:
     """FastAPI's ``fastapi.background_task`` span around one plain task's run, a child

@@ -31,6 +31,7 @@ from .._metrics import outcome_of
 from .._options import Runtime
 from .._record import JobRecord, JobStatus, describe_error, utcnow
 from .._stats import Stats, WorkerInfo
+from .._tracing import attempt_span, ended
 from .._tuning import PURGE_EVERY
 from .._waiters import WAITERS
 from ..exceptions import ConfigurationError, StoreError
@@ -363,16 +364,18 @@ class LocalBackend(Backend):
             stop.interrupt = functools.partial(current.cancel, "errands.cancel")
         liveness.track(job, stop)
         try:
-            outcome = await attempt(
-                self.calls,
-                task,
-                job.args,
-                job.kwargs,
-                failures=round_failures(job, task),
-                max_result=self._options.max_result,
-                stop=stop,
-                job=(job.id, job.attempts),
-            )
+            with attempt_span(job, job.attempts) as span:
+                outcome = await attempt(
+                    self.calls,
+                    task,
+                    job.args,
+                    job.kwargs,
+                    failures=round_failures(job, task),
+                    max_result=self._options.max_result,
+                    stop=stop,
+                    job=(job.id, job.attempts),
+                )
+                ended(span, outcome)
         except asyncio.CancelledError:
             liveness.untrack(job)
             current = asyncio.current_task()

@@ -55,7 +55,7 @@ def record(row: Row) -> JobRecord:
     """The record of a row of ``COLUMNS``; ``Unreadable`` if it cannot be one."""
     (id, name, status, args, kwargs, attempts, max_attempts, result, error, trace, created_at,
      started_at, finished_at, run_at, after, owner, lease_until, lost, scheduled_at,
-     priority, cancel_requested_at,
+     priority, cancel_requested_at, traceparent,
      ) = row  # fmt: skip
     if isinstance(priority, bool) or not isinstance(priority, int):
         raise Unreadable(f"its priority {priority!r} is not an int")
@@ -87,6 +87,7 @@ def record(row: Row) -> JobRecord:
             scheduled_at=dt(scheduled_at),
             priority=priority,
             cancel_requested_at=dt(cancel_requested_at),
+            traceparent=traceparent if isinstance(traceparent, str) else None,
         )
     except Unreadable:
         raise

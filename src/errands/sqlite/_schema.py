@@ -25,7 +25,8 @@ CREATE TABLE IF NOT EXISTS errands_jobs (
     lost INTEGER NOT NULL DEFAULT 0,
     scheduled_at REAL,
     priority INTEGER NOT NULL DEFAULT 0,
-    cancel_requested_at REAL
+    cancel_requested_at REAL,
+    traceparent TEXT
 );
 CREATE TABLE IF NOT EXISTS errands_limits (
     name TEXT PRIMARY KEY,
@@ -81,7 +82,7 @@ CLAIMABLE_COLUMNS = ["name", "priority", "run_at", "seq"]
 COLUMNS = (
     "id, name, status, args, kwargs, attempts, max_attempts, result, error, traceback, "
     "created_at, started_at, finished_at, run_at, after, owner, lease_until, lost, "
-    "scheduled_at, priority, cancel_requested_at"
+    "scheduled_at, priority, cancel_requested_at, traceparent"
 )
 #: Columns added since the first release, each with its definition: a file made by an
 #: earlier build gets them when opened (earlier builds ignore them: they name their
@@ -90,6 +91,7 @@ ADDED = {
     "scheduled_at": "REAL",
     "priority": "INTEGER NOT NULL DEFAULT 0",
     "cancel_requested_at": "REAL",
+    "traceparent": "TEXT",
 }
 #: Where ``run_at`` is in a row of ``seq, {COLUMNS}``.
 RUN_AT = 1 + COLUMNS.split(", ").index("run_at")

@@ -100,7 +100,7 @@ class SQLiteStore(Transactions):
                 job.traceback,
                 job.created_at.timestamp(), ts(job.started_at), ts(job.finished_at),
                 ts(job.run_at), job.after, job.owner, None, job.lost, ts(job.scheduled_at),
-                job.priority, ts(job.cancel_requested_at),
+                job.priority, ts(job.cancel_requested_at), job.traceparent,
             )
             for job in jobs
         ]  # fmt: skip
