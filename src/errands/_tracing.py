@@ -23,14 +23,14 @@ if TYPE_CHECKING:
 def traceparent(id: str, task: str) -> str | None:
     """The context of the span current now, for a job added now (and an ``errands add``
     event on that span); None when there is none, or OpenTelemetry is not in use."""
-    if "opentelemetry.trace" not in sys.modules:
+    trace = sys.modules.get("opentelemetry.trace")
+    if trace is None:
         return None
-    from opentelemetry import trace
-    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-
     span = trace.get_current_span()
     if not span.get_span_context().is_valid:
         return None  # nothing traces this (the common case: one lookup)
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
     if "fastapi.telemetry._api" in sys.modules:  # FastAPI traces the request: its span
         from ._telemetry import request_span
 
