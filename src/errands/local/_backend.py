@@ -364,18 +364,22 @@ class LocalBackend(Backend):
             stop.interrupt = functools.partial(current.cancel, "errands.cancel")
         liveness.track(job, stop)
         try:
-            with attempt_span(job, job.attempts) as span:
-                outcome = await attempt(
-                    self.calls,
-                    task,
-                    job.args,
-                    job.kwargs,
-                    failures=round_failures(job, task),
-                    max_result=self._options.max_result,
-                    stop=stop,
-                    job=(job.id, job.attempts),
-                )
-                ended(span, outcome)
+            running = attempt(
+                self.calls,
+                task,
+                job.args,
+                job.kwargs,
+                failures=round_failures(job, task),
+                max_result=self._options.max_result,
+                stop=stop,
+                job=(job.id, job.attempts),
+            )
+            if job.traceparent is None:  # (no span to open: the common case, at no cost)
+                outcome = await running
+            else:
+                with attempt_span(job, job.attempts) as span:
+                    outcome = await running
+                    ended(span, outcome)
         except asyncio.CancelledError:
             liveness.untrack(job)
             current = asyncio.current_task()
