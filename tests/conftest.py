@@ -115,6 +115,22 @@ def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return "memory://" if request.param == "memory" else f"sqlite:///{tmp_path}/jobs.db"
 
 
+def errands_command(
+    cwd: Path | str, *args: str, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``python -m errands ARGS`` in a process of its own, in ``cwd``, as a user runs it:
+    without the test run's ``$ERRANDS_*``."""
+    return subprocess.run(
+        [sys.executable, "-m", "errands", *args],
+        cwd=cwd,
+        env={k: v for k, v in os.environ.items() if not k.startswith("ERRANDS_")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        input=stdin,
+    )
+
+
 def wait_finished(errands: Any, id: str, timeout: float = 30) -> Any:
     """The job's record once it has finished (looked up as a client would: ``get``)."""
     deadline = time.monotonic() + timeout

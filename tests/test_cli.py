@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import errands
+from tests.conftest import errands_command
 
 ENV = {name: value for name, value in os.environ.items() if name != "ERRANDS_URL"}
 
@@ -23,15 +24,7 @@ def write(project: Path, **modules: str) -> None:
         (project / f"{name}.py").write_text(textwrap.dedent(source))
 
 
-def run(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "errands", *args],
-        cwd=project,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+run = errands_command
 
 
 APP = """

@@ -21,7 +21,7 @@ from fastapi.testclient import TestClient
 from starlette.requests import Request
 
 from errands import ConfigurationError, Errands, JobStatus
-from tests.conftest import ROOT, Running, wait_until
+from tests.conftest import ROOT, Running, errands_command, wait_until
 
 AUTH = ("admin", "secret")
 SAME_ORIGIN = {"origin": "http://testserver"}
@@ -363,15 +363,7 @@ def test_a_missing_extra_is_named_with_its_pip_command(monkeypatch: pytest.Monke
 
 
 def command(*args: str, cwd: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ERRANDS_")}
-    return subprocess.run(
-        [sys.executable, "-m", "errands", "dashboard", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-        cwd=cwd or ROOT,
-    )
+    return errands_command(cwd or ROOT, "dashboard", *args)
 
 
 def test_errands_dashboard_refuses_to_serve_other_machines_without_auth(tmp_path: Any) -> None:

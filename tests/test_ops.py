@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from errands import Errands, JobRecord, JobStatus
+from tests.conftest import errands_command
 
 ENV = {name: value for name, value in os.environ.items() if name != "ERRANDS_URL"}
 
@@ -35,16 +36,7 @@ APP = """
 """
 
 
-def run(project: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "errands", *args],
-        cwd=project,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        input=stdin,
-    )
+run = errands_command
 
 
 @pytest.fixture

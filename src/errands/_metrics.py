@@ -30,9 +30,15 @@ BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
     1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
 )  # fmt: skip
-#: The outcomes of an attempt: ``timed_out`` whether retried or not; ``retried`` and
-#: ``failed`` for any other exception, with and without another attempt to come.
-OUTCOMES = ("succeeded", "retried", "failed", "timed_out", "cancelled")
+#: An attempt's outcome by the status its job was left in: ``retried`` and ``failed``
+#: for an exception, with and without another attempt to come; ``timed_out`` (by its
+#: cause, whether retried or not) is ``outcome_of``'s.
+OUTCOMES = {
+    JobStatus.SUCCEEDED: "succeeded",
+    JobStatus.QUEUED: "retried",
+    JobStatus.FAILED: "failed",
+    JobStatus.CANCELLED: "cancelled",
+}
 _LOCK = threading.Lock()
 NEEDS = "the metrics need prometheus-client, which is not installed: pip install 'errands[metrics]'"
 
@@ -40,12 +46,7 @@ NEEDS = "the metrics need prometheus-client, which is not installed: pip install
 def outcome_of(outcome: Outcome) -> str:
     if isinstance(outcome.exc, TaskTimeout):
         return "timed_out"
-    return {
-        JobStatus.SUCCEEDED: "succeeded",
-        JobStatus.QUEUED: "retried",
-        JobStatus.FAILED: "failed",
-        JobStatus.CANCELLED: "cancelled",
-    }.get(outcome.status, "failed")
+    return OUTCOMES.get(outcome.status, "failed")
 
 
 class Metrics:

@@ -33,7 +33,7 @@ from . import __version__
 from ._errands import Errands
 from ._record import JobRecord, JobStatus, finished_statuses
 from ._report import duration as seconds_in
-from ._report import plain, stats_object
+from ._report import first_line, plain, stats_object
 from ._stats import Stats
 from ._target import TARGET_HELP, err, fail, is_target, open_target, split_target
 from .exceptions import ErrandsError, JobNotFound
@@ -62,10 +62,6 @@ def took(record: JobRecord) -> str:
     if record.started_at is None or record.finished_at is None:
         return "-"
     return f"{(record.finished_at - record.started_at).total_seconds():.3f}s"
-
-
-def first_line(text: str | None) -> str:
-    return "" if not text else text.splitlines()[0]
 
 
 def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:

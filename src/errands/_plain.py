@@ -24,7 +24,7 @@ from ._attempt import job_logger
 from ._backlog import Backlog
 from ._cancel import CANCELLED_QUEUED
 from ._logs import entering, fields, leaving
-from ._metrics import Metrics
+from ._metrics import OUTCOMES, Metrics
 from ._record import JobRecord, JobStatus, describe_error, new_job_id, utcnow
 from ._task import callable_name, is_async_callable
 from ._threads import Threads, escaped
@@ -230,16 +230,11 @@ class PlainJobs:
             await run_plain(job, threads)
         finally:
             self.finished(job)
-            if self.metrics is not None and job.started_at is not None:
-                self.counted(job, self.metrics)
-
-    @staticmethod
-    def counted(job: PlainJob, metrics: Metrics) -> None:
-        ran = job.finished_at or utcnow()
-        outcome = {JobStatus.SUCCEEDED: "succeeded", JobStatus.CANCELLED: "cancelled"}
-        metrics.attempted(
-            job.name,
-            outcome.get(job.status, "failed"),
-            (job.started_at - job.created_at).total_seconds() if job.started_at else None,
-            (ran - job.started_at).total_seconds() if job.started_at else 0.0,
-        )
+            started = job.started_at
+            if self.metrics is not None and started is not None:  # (not: cancelled first)
+                self.metrics.attempted(
+                    job.name,
+                    OUTCOMES.get(job.status, "failed"),
+                    (started - job.created_at).total_seconds(),
+                    ((job.finished_at or utcnow()) - started).total_seconds(),
+                )

@@ -17,6 +17,11 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
+def first_line(text: str | None) -> str:
+    """An error's first line (``""`` for none), for a row of a table."""
+    return "" if not text else text.splitlines()[0]
+
+
 def duration(value: str) -> float:
     """Seconds in ``"30s"``, ``"15m"``, ``"2h"``, ``"7d"``; ValueError saying so else."""
     found = _DURATION.match(value)

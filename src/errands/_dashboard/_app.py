@@ -22,7 +22,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from .._record import JobRecord, JobStatus, utcnow
-from .._report import duration, plain, stats_object
+from .._report import duration, first_line, plain, stats_object
 from .._task import Task
 from .._tuning import MAX_SECONDS
 from ..exceptions import ConfigurationError, ErrandsError, JobNotFound
@@ -65,7 +65,7 @@ def build(errands: views.Jobs, tasks: Mapping[str, Task[Any, Any]], auth: Auth) 
     )
     env.filters.update(
         stamp=views.stamp,
-        first_line=views.first_line,
+        first_line=first_line,
         pretty=views.pretty,
         took=views.took,
         path=lambda id: quote(id, safe=""),  # an id in a path: its slashes too

@@ -105,10 +105,6 @@ def pretty(value: Any) -> str:
     return json.dumps(value, indent=2, ensure_ascii=False, default=str, sort_keys=False)
 
 
-def first_line(text: str | None) -> str:
-    return "" if not text else text.splitlines()[0]
-
-
 # -- the overview -----------------------------------------------------------------------
 
 
