@@ -10,13 +10,15 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import ROOT, Server
+from errands import BackgroundTasks
+from tests.conftest import ROOT, Server, require_service, wait_finished
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
@@ -27,22 +29,34 @@ def spans(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def test_a_jobs_attempt_is_a_child_of_the_request_that_added_it(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["sqlite", pytest.param("celery", marks=pytest.mark.celery)])
+def test_a_jobs_attempt_is_a_child_of_the_request_that_added_it(mode: str, tmp_path: Path) -> None:
     db = tmp_path / "jobs.db"
     served, ran = tmp_path / "server.jsonl", tmp_path / "worker.jsonl"
-    server = Server("tests.apps.traced:app", env={"TRACED_DB": str(db), "TRACES_FILE": str(served)})
+    env = {"TRACED_DB": str(db)}
+    if mode == "sqlite":
+        command = [sys.executable, "-m", "errands", "worker", "tests.apps.traced:errands"]
+    else:
+        require_service("redis")
+        env["TRACED_QUEUE"] = queue = f"errands-traced-{uuid.uuid4().hex[:8]}"
+        command = [
+            sys.executable, "-m", "celery", "-A", "tests.apps.traced:celery_app", "worker",
+            "-P", "threads", "-c", "2", "-Q", queue, "--without-gossip", "--without-mingle",
+            "--without-heartbeat", "-n", f"{queue}@%h",
+        ]  # fmt: skip
+    server = Server("tests.apps.traced:app", env={**env, "TRACES_FILE": str(served)})
     worker = subprocess.Popen(
-        [sys.executable, "-m", "errands", "worker", "tests.apps.traced:errands"],
+        command,
         cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "TRACED_DB": str(db),
-             "TRACES_FILE": str(ran)},
+        env={**os.environ, "PYTHONPATH": str(ROOT), **env, "TRACES_FILE": str(ran)},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    )
     try:
         ids = httpx.post(server.url + "/go").json()
         deadline = time.monotonic() + 30
-        while len([s for s in spans(ran) if s["name"].startswith("errands run")]) < 2:
+        # work, then fail (after it: its request's order), whose retry is a third attempt
+        while len([s for s in spans(ran) if s["name"].startswith("errands run")]) < 3:
             assert time.monotonic() < deadline, spans(ran)
             time.sleep(0.1)
     finally:
@@ -51,22 +65,27 @@ def test_a_jobs_attempt_is_a_child_of_the_request_that_added_it(tmp_path: Path) 
         server.stop()
     [request] = [s for s in spans(served) if s["name"] == "POST /go"]
     assert request["events"] == ["errands add", "errands add"]
-    runs = {
-        s["attributes"]["messaging.destination.name"]: s
-        for s in spans(ran)
-        if s["name"].startswith("errands run")
-    }
-    work, fail = runs["traced.work"], runs["traced.fail"]
-    for run, id in ((work, ids["work"]), (fail, ids["fail"])):
+    runs = sorted(
+        (s for s in spans(ran) if s["name"].startswith("errands run")),
+        key=lambda s: (
+            s["attributes"]["messaging.destination.name"],
+            s["attributes"]["errands.attempt"],
+        ),
+    )
+    fail, retried, work = runs
+    for run, id in ((work, ids["work"]), (fail, ids["fail"]), (retried, ids["fail"])):
         assert run["trace"] == request["trace"]
         assert run["parent"] == request["span"]
         assert run["kind"] == "CONSUMER"
         assert run["attributes"]["messaging.system"] == "errands"
         assert run["attributes"]["messaging.message.id"] == id
-        assert run["attributes"]["errands.attempt"] == 1
+    assert [r["attributes"]["errands.attempt"] for r in (work, fail, retried)] == [1, 1, 2]
     assert work["status"] == "UNSET" and work["attributes"]["errands.outcome"] == "succeeded"
-    assert fail["status"] == "ERROR" and fail["events"] == ["exception"]
-    assert fail["attributes"]["error.type"] == "ConnectionError"
+    assert fail["attributes"]["errands.outcome"] == "queued"  # a retry is to come
+    for failed in (fail, retried):
+        assert failed["status"] == "ERROR" and failed["events"] == ["exception"]
+        assert failed["attributes"]["error.type"] == "ConnectionError"
+    assert retried["attributes"]["errands.outcome"] == "failed"
     [inside] = [s for s in spans(ran) if s["name"] == "inside work"]
     assert inside["parent"] == work["span"] and inside["trace"] == request["trace"]
 
@@ -120,3 +139,44 @@ def test_a_job_added_under_any_span_runs_under_it_in_this_process(url: str) -> N
         assert run.parent is not None and run.parent.span_id == batch.context.span_id
         assert run.context.trace_id == batch.context.trace_id
     assert [e.name for e in batch.events] == ["errands add"]
+
+
+def test_the_apps_tracer_provider_and_exclude_setting_are_used(url: str) -> None:
+    """A user configures telemetry once, on FastAPI: errands' attempt spans go to the
+    tracer provider given to ``FastAPI(telemetry=...)`` (the global one is left unset),
+    and a request its ``exclude`` skips adds jobs that carry no trace."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from errands import Errands
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    errands = Errands(url)
+    app = FastAPI(
+        lifespan=errands.lifespan,
+        telemetry={"tracer_provider": provider, "exclude": lambda scope: scope["path"] == "/quiet"},
+    )
+
+    @errands.task(name="noted")
+    def noted(n: int) -> int:
+        return n
+
+    @app.post("/{path}")
+    async def add(path: str, tasks: BackgroundTasks) -> str:
+        return tasks.add_task(noted, 1).id
+
+    with TestClient(app) as client:
+        traced, quiet = client.post("/loud").json(), client.post("/quiet").json()
+        done = [wait_finished(errands, id) for id in (traced, quiet)]
+    assert [record.result for record in done] == [1, 1]
+    assert done[0].traceparent is not None and done[1].traceparent is None
+    finished = exporter.get_finished_spans()
+    [request] = [s for s in finished if s.name == "POST /{path}"]
+    [run] = [s for s in finished if s.name == "errands run noted"]
+    assert run.attributes is not None and run.attributes["messaging.message.id"] == traced
+    assert run.parent is not None and run.parent.span_id == request.context.span_id

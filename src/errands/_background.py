@@ -39,6 +39,7 @@ from ._refusals import refuse
 from ._task import Task
 from ._telemetry import request_trace
 from ._threads import Threads
+from ._tracing import excluded
 from ._waiters import WAITERS
 from .exceptions import ConfigurationError, ErrandsError
 
@@ -79,13 +80,14 @@ class Tasks:
     themselves, and so do registered tasks; the two sequences run side by side.
     """
 
-    __slots__ = ("_app", "_entries", "_last_stored", "_phase")
+    __slots__ = ("_app", "_entries", "_last_stored", "_phase", "_untraced")
 
-    def __init__(self, app: object = None) -> None:
+    def __init__(self, app: object = None, *, untraced: bool = False) -> None:
         self._entries: list[_Entry] = []
         self._last_stored: dict[int, str] = {}
         self._phase = _OPEN
         self._app = app  # whose exception handlers say what a client gets if storing fails
+        self._untraced = untraced  # FastAPI's telemetry excludes the request: so do its jobs
 
     @classmethod
     def __get_pydantic_core_schema__(cls, source: Any, handler: Any) -> Any:
@@ -113,7 +115,8 @@ class Tasks:
                 # stands for this call), as it would for one added here.
                 self._last_stored[id(core)] = kept.id
                 return kept
-            record = core.new_record(func, args, kwargs, after=self._last_stored.get(id(core)))
+            after = self._last_stored.get(id(core))
+            record = core.new_record(func, args, kwargs, after=after, traced=not self._untraced)
             self._last_stored[id(core)] = record.id
             delay = func.start.delay if func.start is not None else None
             handle: Job[Any] = Job(record.id, record.name, core)
@@ -336,7 +339,8 @@ async def _run_inline(entries: list[_Entry]) -> None:
 
 
 async def _provide_tasks(connection: HTTPConnection) -> Tasks:
-    tasks = Tasks(connection.scope.get("app"))
+    app = connection.scope.get("app")
+    tasks = Tasks(app, untraced=excluded(app, connection.scope))
     try:
         function_stack = connection.scope["fastapi_function_astack"]
         request_stack = connection.scope["fastapi_inner_astack"]

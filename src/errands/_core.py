@@ -29,7 +29,7 @@ from ._record import JobRecord, JobStatus, new_job_id, utcnow
 from ._schedule import Schedule
 from ._task import Task, callable_name, is_async_callable
 from ._threads import Threads
-from ._tracing import traceparent
+from ._tracing import Tracing, traceparent
 from .exceptions import ConfigurationError, ErrandsError, JobNotFound, PayloadTooLarge
 
 if TYPE_CHECKING:
@@ -58,8 +58,9 @@ class Core:
         self.processes = ProcessRunner(options.processes)
         self.calls = Calls(self.threads, self.processes)
         self.metrics = Metrics()
+        self.tracing = Tracing()
         self.plain = PlainJobs(self.backlog, self.metrics)
-        runtime = Runtime(options, self.tasks, self.calls, self.backlog, self.metrics)
+        runtime = Runtime(options, self.tasks, self.calls, self.backlog, self.metrics, self.tracing)
         if celery is not None:
             if url is not None:
                 raise ConfigurationError(
@@ -149,8 +150,10 @@ class Core:
         kwargs: dict[str, Any],
         *,
         after: str | None = None,
+        traced: bool = True,
     ) -> JobRecord:
-        """A record for a registered task's job; checks the arguments first."""
+        """A record for a registered task's job; checks the arguments first. ``traced``:
+        it keeps the trace context it is added in (unless the request is excluded)."""
         args = tuple(args)
         limit = self.options.max_payload
         size = plain_size(args, kwargs)
@@ -178,7 +181,8 @@ class Core:
         )
         if task.start is not None:  # in a request, a delay counts again from the commit
             record.scheduled_at = task.start.scheduled(record.created_at)
-        record.traceparent = traceparent(record.id, task.name)
+        if traced:
+            record.traceparent = traceparent(record.id, task.name)
         return record
 
     def add_now(

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from ._schedule import Scheduler
+from ._tracing import fastapi_telemetry
 from ._worker import Worker
 from .exceptions import ConfigurationError
 
@@ -167,7 +168,9 @@ def where_jobs_go(core: Core) -> str:
 
 @asynccontextmanager
 async def web_lifespan(core: Core, app: object, *, worker: bool) -> AsyncIterator[None]:
-    """The app's lifespan: a line saying where jobs go, and the worker."""
+    """The app's lifespan: a line saying where jobs go, and the worker; the telemetry
+    settings the app gave FastAPI, for the instance's spans and metrics."""
+    observe(core, app)
     if not worker:
         announce("errands: jobs go to %s; no worker runs in this process", where_jobs_go(core))
         with on_this_loop(core):  # its requests' plain callables are its (only_registered)
@@ -179,6 +182,16 @@ async def web_lifespan(core: Core, app: object, *, worker: bool) -> AsyncIterato
             "errands: worker running on %s with %d task(s)", where_jobs_go(core), len(core.tasks)
         )
         yield
+
+
+def observe(core: Core, app: object) -> None:
+    """Use the OpenTelemetry providers the app gave ``FastAPI(telemetry=...)``: a user
+    configures telemetry once."""
+    config = fastapi_telemetry(app)
+    if config is None:
+        return
+    if config.get("tracer_provider") is not None:
+        core.tracing.provider = config["tracer_provider"]
 
 
 def announce(message: str, *args: object) -> None:

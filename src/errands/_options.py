@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from ._backlog import Backlog
     from ._metrics import Metrics
     from ._task import Task
+    from ._tracing import Tracing
 
 
 @dataclass(slots=True)
@@ -96,3 +97,5 @@ class Runtime:
     backlog: Backlog
     #: Where attempts' outcomes are counted (nowhere until metrics are asked for).
     metrics: Metrics
+    #: Where attempts' spans go (the app's tracer provider, else the global one).
+    tracing: Tracing

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._attempt import Outcome
-    from ._record import JobRecord
 
 
 def traceparent(id: str, task: str) -> str | None:
@@ -43,27 +42,31 @@ def traceparent(id: str, task: str) -> str | None:
 
 
 @contextmanager
-def attempt_span(job: JobRecord, attempt: int) -> Iterator[Any]:
-    """The span of one attempt of ``job``, current while it runs (the task's own spans
-    are its children); yields it (None when the job carries no trace), for ``ended``."""
-    if job.traceparent is None or "opentelemetry.trace" not in sys.modules:
+def attempt_span(
+    traceparent: str | None, task: str, id: str, attempt: int, provider: Any = None
+) -> Iterator[Any]:
+    """The span of one attempt of job ``id`` of ``task``, added under ``traceparent``,
+    current while it runs (the task's own spans are its children); yields it (None when
+    the job carries no trace), for ``ended``. ``provider``: the tracer provider the app
+    gave FastAPI (``FastAPI(telemetry={"tracer_provider": ...})``), else the global one."""
+    if traceparent is None or "opentelemetry.trace" not in sys.modules:
         yield None
         return
     from opentelemetry import trace
     from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-    parent = TraceContextTextMapPropagator().extract({"traceparent": job.traceparent})
-    tracer = trace.get_tracer("errands")
+    parent = TraceContextTextMapPropagator().extract({"traceparent": traceparent})
+    tracer = trace.get_tracer("errands", tracer_provider=provider)
     attributes: dict[str, str | int] = {
         "messaging.system": "errands",
         "messaging.operation.type": "process",
         "messaging.operation.name": "run",
-        "messaging.destination.name": job.name,
-        "messaging.message.id": job.id,
+        "messaging.destination.name": task,
+        "messaging.message.id": id,
         "errands.attempt": attempt,
     }
     with tracer.start_as_current_span(
-        f"errands run {job.name}",
+        f"errands run {task}",
         context=parent,
         kind=trace.SpanKind.CONSUMER,
         attributes=attributes,
@@ -84,3 +87,34 @@ def ended(span: Any, outcome: Outcome) -> None:
         span.record_exception(outcome.exc)
         span.set_attribute("error.type", type(outcome.exc).__qualname__)
         span.set_status(StatusCode.ERROR, outcome.error or None)
+
+
+class Tracing:
+    """Where an instance's attempt spans go: the tracer provider the app gave FastAPI
+    (``FastAPI(telemetry={"tracer_provider": ...})``, seen when the app's lifespan
+    runs), else (None) OpenTelemetry's global one."""
+
+    __slots__ = ("provider",)
+
+    def __init__(self) -> None:
+        self.provider: Any = None
+
+
+def fastapi_telemetry(app: object) -> dict[str, Any] | None:
+    """The settings the app gave ``FastAPI(telemetry=...)`` (FastAPI 0.165 and later,
+    which keeps them as ``app._telemetry``); None for another app or an older FastAPI."""
+    config = getattr(app, "_telemetry", None)
+    return config if isinstance(config, dict) else None
+
+
+def excluded(app: object, scope: Any) -> bool:
+    """Whether FastAPI's ``exclude`` setting skips telemetry for this request: then its
+    jobs carry no trace either."""
+    config = fastapi_telemetry(app)
+    exclude = config.get("exclude") if config is not None else None
+    if exclude is None:
+        return False
+    try:
+        return bool(exclude(scope))
+    except Exception:
+        return False  # FastAPI's own call of it will say what is wrong

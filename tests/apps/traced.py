@@ -1,11 +1,13 @@
 """A traced app (OpenTelemetry SDK, spans written as JSON lines to $TRACES_FILE) whose
-registered jobs run in a separate `errands worker` process with its own exporter: the
-test that a job's attempt is a child of the request that added it, across processes."""
+registered jobs run in a separate `errands worker` process with its own exporter (or,
+with $TRACED_QUEUE, in a Celery worker taking that queue): the test that a job's
+attempt is a child of the request that added it, across processes."""
 
 import json
 import os
 from collections.abc import Sequence
 
+from celery import Celery
 from fastapi import FastAPI
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -43,7 +45,13 @@ provider.add_span_processor(SimpleSpanProcessor(Lines()))
 trace.set_tracer_provider(provider)
 tracer = trace.get_tracer("traced")
 
-errands = Errands(f"sqlite:///{os.environ['TRACED_DB']}", worker=False)
+if queue := os.environ.get("TRACED_QUEUE"):
+    redis = "redis://127.0.0.1:6379"
+    celery_app = Celery("traced", broker=f"{redis}/10", backend=f"{redis}/11")
+    celery_app.conf.update(task_default_queue=queue, broker_connection_retry_on_startup=True)
+    errands = Errands(celery=celery_app)
+else:
+    errands = Errands(f"sqlite:///{os.environ['TRACED_DB']}", worker=False)
 app = FastAPI(lifespan=errands.lifespan, telemetry={"tracer_provider": provider})
 
 
@@ -53,7 +61,7 @@ def work(n: int) -> int:
         return n * 2
 
 
-@errands.task(name="traced.fail")
+@errands.task(name="traced.fail", retries=1, backoff=0)
 async def fail() -> None:
     raise ConnectionError("the mail server hung up")
 

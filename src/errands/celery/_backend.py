@@ -58,6 +58,7 @@ class CeleryBackend(Backend):
         self._options = runtime.options
         self._tasks = runtime.tasks
         self._metrics = runtime.metrics
+        self._tracing = runtime.tracing
         # Requests' publishes gather while one batch is being sent, like a group
         # commit with no transaction: one hand-over to a thread for many requests.
         self._groups: PerLoop[GroupCommit] = weakref.WeakKeyDictionary()
@@ -79,6 +80,7 @@ class CeleryBackend(Backend):
             max_result=options.max_result,
             lease=options.lease,
             metrics=self._metrics,
+            tracing=self._tracing,
         )
 
     def check_eager(self) -> None:

@@ -50,6 +50,7 @@ from ._results import (
     SCHEDULED_AT,
     SET_UNLESS_FINAL,
     TRACEBACK,
+    TRACEPARENT,
     broker_priority,
     cancel_key,
     chains,
@@ -365,6 +366,8 @@ class Publisher:
         for field, stamp in _AGAIN.items():  # a job published again (errands.retry)
             if described.get(field):
                 stamps[stamp] = described[field]
+        if traceparent := described.get("traceparent"):
+            stamps[TRACEPARENT] = traceparent
         priority = described.get("priority") or 0
         if priority:
             stamps[PRIORITY] = priority
@@ -533,4 +536,6 @@ def queued_fields(job: JobRecord) -> dict[str, Any]:
         kept.update(traceback=job.traceback)
     if job.scheduled_at is not None:
         kept["scheduled_at"] = job.scheduled_at.isoformat()
+    if job.traceparent is not None:
+        kept["traceparent"] = job.traceparent
     return kept

@@ -42,6 +42,10 @@ CANCEL_REQUESTED_AT = "errands_cancel_requested_at"
 #: Attempts made before this round (errands.retry publishes a finished job again:
 #: Celery's count of retries starts over, errands' goes on).
 BEFORE = "errands_before"
+#: The W3C trace context of the span the job was added under (a stamp of errands'
+#: own, not the ``traceparent`` header: Celery's OpenTelemetry instrumentation
+#: replaces that one with its publish span, from whatever thread publishes).
+TRACEPARENT = "errands_traceparent"
 
 
 def cancel_key(id: str) -> str:
@@ -148,6 +152,7 @@ def message_body(job: JobRecord) -> dict[str, Any]:
         "after": job.after,
         "scheduled_at": job.scheduled_at.isoformat() if job.scheduled_at else None,
         "priority": job.priority,
+        "traceparent": job.traceparent,
     }
 
 
@@ -223,6 +228,7 @@ _STAMP = {
     "before": BEFORE,
     "error": ERROR,
     "traceback": TRACEBACK,
+    "traceparent": TRACEPARENT,
 }
 
 
@@ -311,6 +317,8 @@ def to_record(id: str, meta: dict[str, Any]) -> JobRecord | None:
         record.attempts = count(known.get("before")) + made + record.lost
     record.error = known.get("error")
     record.traceback = known.get("traceback")
+    traceparent = known.get("traceparent")
+    record.traceparent = traceparent if isinstance(traceparent, str) else None
     if state == states.SUCCESS:
         record.result = result
     elif state == states.REVOKED:

@@ -35,6 +35,7 @@ from ._results import (
     SCHEDULED_AT,
     STARTED_AT,
     TRACEBACK,
+    TRACEPARENT,
     count,
     errands_fields,
 )
@@ -71,6 +72,7 @@ def begin(request: Any, task: Task[Any, Any], store: Publisher) -> dict[str, Any
         "priority": stamps.get(PRIORITY),
         "after": stamps.get(AFTER),
         "lost": lost,
+        "traceparent": stamps.get(TRACEPARENT),
     }
 
 

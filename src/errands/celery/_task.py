@@ -33,6 +33,7 @@ from .._attempt import attempt_blocking, log_outcome
 from .._cancel import CANCELLED_RUNNING, Stop
 from .._metrics import Metrics, outcome_of
 from .._record import JobStatus
+from .._tracing import Tracing, attempt_span, ended
 from .._tuning import CELERY_RUNNING_AFTER, MIN_CELERY_RETRY_DELAY
 from . import _limits, _redis, _stamps
 from ._cancels import CANCELS
@@ -48,7 +49,13 @@ logger = logging.getLogger("errands")
 
 
 def bind(
-    store: Publisher, task: Task[Any, Any], *, max_result: int, lease: float, metrics: Metrics
+    store: Publisher,
+    task: Task[Any, Any],
+    *,
+    max_result: int,
+    lease: float,
+    metrics: Metrics,
+    tracing: Tracing,
 ) -> None:
     """Register ``task`` on the store's Celery app, under its errands name."""
     _limits.check(store, task)
@@ -56,14 +63,16 @@ def bind(
 
     def run(self: celery.Task[Any, Any], *args: Any, **kwargs: Any) -> Any:
         if task.limit is None:
-            return _run(self, store, task, list(args), kwargs, max_result, metrics)
+            return _run(self, store, task, list(args), kwargs, max_result, metrics, tracing)
         id = str(self.request.id)
         wait = _limits.acquire(store, task, id, lease)
         if wait is not None:  # held back by its limits: again later, no attempt spent
             _limits.hold(self, wait)
             raise Ignore()
         try:
-            return _run(self, store, task, list(args), kwargs, max_result, metrics, slot=lease)
+            return _run(
+                self, store, task, list(args), kwargs, max_result, metrics, tracing, slot=lease
+            )
         finally:
             _limits.release(store, task, id)
 
@@ -90,6 +99,7 @@ def _run(
     kwargs: dict[str, Any],
     max_result: int,
     metrics: Metrics,
+    tracing: Tracing,
     *,
     slot: float | None = None,
 ) -> Any:
@@ -107,16 +117,21 @@ def _run(
         else None
     )
     CANCELS.track(store, id, stop, renew)
+    traced = attempt_span(
+        running["traceparent"], task.name, id, running["attempts"], tracing.provider
+    )
     try:
-        outcome = attempt_blocking(
-            task,
-            args,
-            kwargs,
-            failures=attempt - 1,
-            max_result=max_result,
-            stop=stop,
-            job=(id, attempt),
-        )
+        with traced as span:
+            outcome = attempt_blocking(
+                task,
+                args,
+                kwargs,
+                failures=attempt - 1,
+                max_result=max_result,
+                stop=stop,
+                job=(id, attempt),
+            )
+            ended(span, outcome)
     finally:
         asked = CANCELS.untrack(id)
         attempt_running.ended()

@@ -60,6 +60,7 @@ class LocalBackend(Backend):
         self._options = runtime.options
         self._backlog = runtime.backlog
         self._metrics = runtime.metrics
+        self._tracing = runtime.tracing
         self._groups: PerLoop[GroupCommit] = weakref.WeakKeyDictionary()
         self._liveness: PerLoop[Liveness] = weakref.WeakKeyDictionary()
         self._claims: Claims | None = None
@@ -377,7 +378,10 @@ class LocalBackend(Backend):
             if job.traceparent is None:  # (no span to open: the common case, at no cost)
                 outcome = await running
             else:
-                with attempt_span(job, job.attempts) as span:
+                provider = self._tracing.provider
+                with attempt_span(
+                    job.traceparent, job.name, job.id, job.attempts, provider
+                ) as span:
                     outcome = await running
                     ended(span, outcome)
         except asyncio.CancelledError:
