@@ -48,7 +48,13 @@ def test_a_jobs_attempt_is_a_child_of_the_request_that_added_it(mode: str, tmp_p
     worker = subprocess.Popen(
         command,
         cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT), **env, "TRACES_FILE": str(ran)},
+        env={
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            **env,
+            "TRACES_FILE": str(ran),
+            "METRICS_FILE": str(tmp_path / "metrics.jsonl"),
+        },
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

@@ -57,7 +57,7 @@ class Core:
         self.threads = Threads(options.threads)
         self.processes = ProcessRunner(options.processes)
         self.calls = Calls(self.threads, self.processes)
-        self.metrics = Metrics()
+        self.metrics = Metrics(lambda: self.backend.stats())
         self.tracing = Tracing()
         self.plain = PlainJobs(self.backlog, self.metrics)
         runtime = Runtime(options, self.tasks, self.calls, self.backlog, self.metrics, self.tracing)

@@ -387,7 +387,7 @@ class Errands:
         process); jobs by status, the longest wait of a due job and jobs no live worker
         runs are read from the store at each scrape. Needs the ``metrics`` extra:
         ``pip install 'errands[metrics]'``."""
-        return self._core.metrics.prometheus(self.stats).app()
+        return self._core.metrics.prometheus().app()
 
     def stats(self) -> Stats:
         """Counts by status and by task, the live workers, and the jobs no live

@@ -141,6 +141,7 @@ async def run_until_signalled(core: Core) -> None:
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal, signum)
+    observe(core, None)  # a worker of its own: OpenTelemetry's global providers, if set
     try:
         async with serving(core) as worker, scheduling(core):
             worker.on_failure = on_failure
@@ -187,11 +188,11 @@ async def web_lifespan(core: Core, app: object, *, worker: bool) -> AsyncIterato
 def observe(core: Core, app: object) -> None:
     """Use the OpenTelemetry providers the app gave ``FastAPI(telemetry=...)``: a user
     configures telemetry once."""
-    config = fastapi_telemetry(app)
-    if config is None:
-        return
+    config = fastapi_telemetry(app) or {}
     if config.get("tracer_provider") is not None:
         core.tracing.provider = config["tracer_provider"]
+    if config.get("metrics", True):  # errands' metrics where FastAPI's go (if anywhere)
+        core.metrics.opentelemetry(config.get("meter_provider"))
 
 
 def announce(message: str, *args: object) -> None:

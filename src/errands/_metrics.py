@@ -16,6 +16,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from ._meters import Meters, configured_provider
 from ._record import JobStatus, utcnow
 from .exceptions import ConfigurationError, TaskTimeout
 
@@ -50,10 +51,17 @@ def outcome_of(outcome: Outcome) -> str:
 
 
 class Metrics:
-    """Where one instance's figures go: nowhere until ``prometheus()`` is called."""
+    """Where one instance's figures go: nowhere until asked (``prometheus()``, or an
+    OpenTelemetry meter provider, ``opentelemetry()``); then to each that was."""
 
-    def __init__(self) -> None:
-        self.counting: Prometheus | None = None
+    def __init__(self, stats: Callable[[], Stats]) -> None:
+        self._stats = stats  # the store's figures, for the gauges
+        #: What counts, or None (each hook is this one test until asked).
+        self.counting: Prometheus | Meters | Both | None = None
+        self._prometheus: Prometheus | None = None
+        self._meters: Meters | None = None
+        #: Whether a Celery worker process looked for OpenTelemetry's global provider.
+        self.looked = False
 
     def added(self, names: Iterable[str]) -> None:
         """Jobs of these tasks were added (stored, or handed to this process's worker)."""
@@ -66,12 +74,47 @@ class Metrics:
         if self.counting is not None:
             self.counting.attempted(task, outcome, waited, ran)
 
-    def prometheus(self, stats: Callable[[], Stats]) -> Prometheus:
+    def prometheus(self) -> Prometheus:
         """Counting on, and the registry that serves it (once per instance)."""
         with _LOCK:
-            if self.counting is None:
-                self.counting = Prometheus(stats)
-            return self.counting
+            if self._prometheus is None:
+                self._prometheus = Prometheus(self._stats)
+                self._sinks_changed()
+            return self._prometheus
+
+    def opentelemetry(self, provider: Any = None) -> bool:
+        """Count on OpenTelemetry's meter ``provider`` too (None: the global one, if the
+        app set one); once per instance. Whether the instance now counts there."""
+        self.looked = True
+        with _LOCK:
+            if self._meters is not None:
+                return True
+            found = configured_provider(provider)
+            if found is None:
+                return False
+            self._meters = Meters(found, self._stats, BUCKETS)
+            self._sinks_changed()
+            return True
+
+    def _sinks_changed(self) -> None:
+        sinks = [s for s in (self._prometheus, self._meters) if s is not None]
+        self.counting = sinks[0] if len(sinks) == 1 else Both(*sinks)
+
+
+class Both:
+    """Counts going to Prometheus and to OpenTelemetry alike."""
+
+    def __init__(self, *sinks: Prometheus | Meters) -> None:
+        self.sinks = sinks
+
+    def added(self, names: Iterable[str]) -> None:
+        names = list(names)
+        for sink in self.sinks:
+            sink.added(names)
+
+    def attempted(self, task: str, outcome: str, waited: float | None, ran: float) -> None:
+        for sink in self.sinks:
+            sink.attempted(task, outcome, waited, ran)
 
 
 class Prometheus:

@@ -175,7 +175,7 @@ def worker(argv: list[str]) -> None:
         command.error(f"options after -- go to a Celery worker, and {args.target} is not on Celery")
     if args.metrics_port is not None:
         try:
-            counting = instance._core.metrics.prometheus(instance.stats)
+            counting = instance._core.metrics.prometheus()
             counting.serve(args.metrics_port, args.metrics_host)
         except ErrandsError as exc:
             raise SystemExit(f"errands: {exc}") from None

@@ -137,6 +137,8 @@ def _run(
         attempt_running.ended()
     # Celery logs successes itself; errands says more of failures and retries.
     log_outcome(id, task, attempt, outcome, successes=False)
+    if not metrics.looked:  # a Celery worker's process: its global meter provider, if set
+        metrics.opentelemetry()
     if metrics.counting is not None:
         metrics.attempted(task.name, outcome_of(outcome), None, outcome.seconds)
     if asked is not None:  # errands.cancel: ends cancelled, however the attempt went
