@@ -32,6 +32,7 @@ from errands import (
     JobStatus,
 )
 from tests.apps import modes
+from tests.apps.counts import exported
 from tests.conftest import (
     ROOT,
     CeleryWorker,
@@ -549,9 +550,13 @@ def test_a_killed_redis_worker_s_jobs_run_on_another_within_a_lease(
         ids = [long_job.id, *quick]
         wait_until(lambda: held_by_workers(broker.url, queue, "errands_unacked") == set(ids), 20)
         assert f"{tag} start a" in modes.lines()
+        counts = str(tmp_path / "counts.jsonl")  # b's, through OpenTelemetry's metrics
         workers.append(
-            CeleryWorker("celery-redis", queue, log, name="b", env={"MODES_WORKER": "b"})
-        )
+            CeleryWorker(
+                "celery-redis", queue, log, name="b",
+                env={"MODES_WORKER": "b", "METRICS_FILE": counts},
+            )
+        )  # fmt: skip
         assert "renews the messages it holds every 2 s" in workers[-1].text()
         assert f"{tag} end a" not in modes.lines()
         killed = time.time()
@@ -566,6 +571,10 @@ def test_a_killed_redis_worker_s_jobs_run_on_another_within_a_lease(
         assert modes.lines().count(f"{tag} start b") == 1  # renewed: not run twice
         for id in quick:  # reserved, never started: not lost attempts
             assert (finished(mode.errands, id).attempts, finished(mode.errands, id).lost) == (1, 0)
+        # b found the attempt lost with a (it was redelivered), and counted it.
+        lost = "errands.attempts|modes.long|lost"
+        wait_until(lambda: exported(counts).get(lost) == 1, 10)
+        assert exported(counts)["errands.attempts|modes.long|succeeded"] == 1
     finally:
         for worker in workers:
             worker.stop()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -22,7 +23,7 @@ from starlette.routing import Mount
 from starlette.testclient import TestClient
 
 from errands import ConfigurationError, Errands, JobStatus
-from tests.conftest import free_port, wait_until
+from tests.conftest import free_port, wait_finished, wait_until
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -188,6 +189,70 @@ def test_a_workers_metrics_port_serves_what_it_ran(tmp_path: Path) -> None:
     finally:
         worker.terminate()
         worker.communicate(timeout=20)
+
+
+LOSER = """
+    import os, time
+    from errands import Errands
+
+    errands = Errands("sqlite:///jobs.db", lease=1.0)
+
+
+    @errands.task(name="hang")
+    def hang() -> str:
+        if not os.path.exists("ran-once"):
+            open("ran-once", "w").close()
+            time.sleep(60)  # killed here
+        return "done"
+"""
+
+
+def test_an_attempt_lost_with_its_killed_worker_is_counted_lost(tmp_path: Path) -> None:
+    """The worker that dies cannot count it: the one that finds its lease run out does."""
+    (tmp_path / "app.py").write_text(textwrap.dedent(LOSER))
+    env = {k: v for k, v in os.environ.items() if k != "ERRANDS_URL"}
+
+    def worker(*extra: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "errands", "worker", "app:errands", *extra],
+            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            text=True,
+        )  # fmt: skip
+
+    doomed = worker()
+    port = free_port()
+    survivor = None
+    try:
+        adder = Errands(f"sqlite:///{tmp_path}/jobs.db", worker=False)
+
+        @adder.task(name="hang")
+        def hang() -> str:
+            raise AssertionError("runs in the worker")
+
+        job = adder.add_task(hang)
+        wait_until(lambda: (tmp_path / "ran-once").exists(), timeout=30)
+        doomed.send_signal(signal.SIGKILL)
+        doomed.wait(timeout=10)
+        survivor = worker("--metrics-port", str(port), "--metrics-host", "127.0.0.1")
+        assert wait_finished(adder, job.id).result == "done"
+
+        def scraped() -> dict[Any, float]:
+            try:
+                return samples(httpx.get(f"http://127.0.0.1:{port}/", timeout=2).text)
+            except httpx.TransportError:
+                return {}
+
+        lost = ("errands_attempts_total", (("outcome", "lost"), ("task", "hang")))
+        done = ("errands_attempts_total", (("outcome", "succeeded"), ("task", "hang")))
+        wait_until(lambda: scraped().get(done) == 1, timeout=20, interval=0.2)
+        assert scraped()[lost] == 1
+        record = adder.get(job.id)
+        assert record is not None and record.lost == 1 and record.attempts == 2
+    finally:
+        for process in (doomed, survivor):
+            if process is not None and process.poll() is None:
+                process.terminate()
+                process.communicate(timeout=20)
 
 
 def test_several_processes_of_one_server_are_summed_in_multiprocess_mode(

@@ -125,6 +125,10 @@ class Meters:
             self.wait.record(max(0.0, waited), attributes)
         self.run.record(max(0.0, ran), attributes)
 
+    def lost(self, names: Iterable[str]) -> None:
+        for name in names:
+            self.attempts.add(1, {"errands.task": name, "errands.outcome": "lost"})
+
     def stats(self) -> Stats | None:
         """The store's figures for this collection: one read serves every gauge."""
         with self._lock:

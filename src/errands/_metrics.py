@@ -74,6 +74,11 @@ class Metrics:
         if self.counting is not None:
             self.counting.attempted(task, outcome, waited, ran)
 
+    def lost(self, names: Iterable[str]) -> None:
+        """Attempts of these tasks were lost with their workers (found by their lease)."""
+        if self.counting is not None:
+            self.counting.lost(names)
+
     def prometheus(self) -> Prometheus:
         """Counting on, and the registry that serves it (once per instance)."""
         with _LOCK:
@@ -115,6 +120,11 @@ class Both:
     def attempted(self, task: str, outcome: str, waited: float | None, ran: float) -> None:
         for sink in self.sinks:
             sink.attempted(task, outcome, waited, ran)
+
+    def lost(self, names: Iterable[str]) -> None:
+        names = list(names)
+        for sink in self.sinks:
+            sink.lost(names)
 
 
 class Prometheus:
@@ -167,6 +177,10 @@ class Prometheus:
         if waited is not None:
             times[0].observe(max(0.0, waited))
         times[1].observe(max(0.0, ran))
+
+    def lost(self, names: Iterable[str]) -> None:
+        for name in names:
+            self.attempts.labels(name, "lost").inc()
 
     def exposition(self) -> Any:
         """The registry to expose: this process's, or every process's (multiprocess

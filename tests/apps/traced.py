@@ -9,18 +9,12 @@ from collections.abc import Sequence
 
 from celery import Celery
 from fastapi import FastAPI
-from opentelemetry import metrics, trace
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import (
-    MetricExporter,
-    MetricExportResult,
-    MetricsData,
-    PeriodicExportingMetricReader,
-)
+from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 
 from errands import BackgroundTasks, Errands
+from tests.apps.counts import export_counts
 
 
 class Lines(SpanExporter):
@@ -47,37 +41,7 @@ class Lines(SpanExporter):
         return SpanExportResult.SUCCESS
 
 
-class Sums(MetricExporter):
-    """Each export of errands' counters as a line of JSON in $METRICS_FILE (if set)."""
-
-    def export(
-        self, data: MetricsData, timeout_millis: float = 10_000, **_: object
-    ) -> MetricExportResult:
-        found = {}
-        for resource in data.resource_metrics:
-            for scope in resource.scope_metrics:
-                for metric in scope.metrics:
-                    if metric.name in ("errands.attempts", "errands.jobs.added"):
-                        for point in metric.data.data_points:
-                            key = "|".join(
-                                [metric.name, *sorted(map(str, point.attributes.values()))]
-                            )
-                            found[key] = point.value
-        if found and (path := os.environ.get("METRICS_FILE")):
-            with open(path, "a") as file:
-                file.write(json.dumps(found) + "\n")
-        return MetricExportResult.SUCCESS
-
-    def force_flush(self, timeout_millis: float = 10_000) -> bool:
-        return True
-
-    def shutdown(self, timeout_millis: float = 30_000, **_: object) -> None:
-        pass
-
-
-metrics.set_meter_provider(
-    MeterProvider([PeriodicExportingMetricReader(Sums(), export_interval_millis=200)])
-)
+export_counts()
 provider = TracerProvider()
 provider.add_span_processor(SimpleSpanProcessor(Lines()))
 trace.set_tracer_provider(provider)

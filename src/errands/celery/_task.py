@@ -38,7 +38,7 @@ from .._tuning import CELERY_RUNNING_AFTER, MIN_CELERY_RETRY_DELAY
 from . import _limits, _redis, _stamps
 from ._cancels import CANCELS
 from ._publish import Publisher
-from ._results import CHAIN
+from ._results import CHAIN, LOST, count
 
 if TYPE_CHECKING:
     import celery
@@ -108,6 +108,7 @@ def _run(
     request = ctask.request
     attempt = request.retries + 1
     id = str(request.id)
+    lost_before = count((getattr(request, "stamps", None) or {}).get(LOST))
     running = _stamps.begin(request, task, store)  # and the start, stamped on the request
     attempt_running = _RUNNING.add(store, id, running)
     stop = Stop()
@@ -140,6 +141,8 @@ def _run(
     if not metrics.looked:  # a Celery worker's process: its global meter provider, if set
         metrics.opentelemetry()
     if metrics.counting is not None:
+        if running["lost"] > lost_before:  # found lost with its worker: redelivered
+            metrics.lost([task.name] * (running["lost"] - lost_before))
         metrics.attempted(task.name, outcome_of(outcome), None, outcome.seconds)
     if asked is not None:  # errands.cancel: ends cancelled, however the attempt went
         _cancelled(ctask, store, task, asked)

@@ -40,6 +40,8 @@ from ._liveness import Liveness
 from ._store import ProcessInfo, Store
 
 if TYPE_CHECKING:
+    from collections import deque
+
     from .._core import Core
     from .._task import Task
     from .._worker import Worker
@@ -402,6 +404,12 @@ class LocalBackend(Backend):
             waited = None if started is None else (started - due).total_seconds()
             self._metrics.attempted(task.name, outcome_of(outcome), waited, outcome.seconds)
         return outcome
+
+    def count_lost(self, lost: deque[str]) -> None:
+        """Count the attempts the store found lost (their workers died: they could not)."""
+        names = [lost.popleft() for _ in range(len(lost))]
+        if self._metrics.counting is not None:
+            self._metrics.lost(names)
 
     def give_back(self, job: JobRecord) -> None:
         # Written at once, on the loop: the loop may be closing (a shutdown past its

@@ -191,6 +191,8 @@ class Claims:
             self._dirty = True
             return
         self._backoff.succeeded()
+        if lost := self._backend.store.lost:
+            self._backend.count_lost(lost)
         if worker.stopping:
             for job in claimed:  # stopped while the claim was written: back, untouched
                 self._backend.give_back(job)

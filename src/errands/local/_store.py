@@ -32,6 +32,7 @@ after ``MAX_LOST_LEASES`` such losses the job is failed as a poison job instead.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Collection, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -73,6 +74,10 @@ class Store(Protocol):
     #: Whether jobs survive this process. False for the memory store: its jobs count
     #: against the in-memory backlog and its records are marked ``durable=False``.
     durable: bool
+
+    #: The task names of attempts found lost (their lease ran out, see the module's
+    #: docstring), for the backend to count and take out.
+    lost: deque[str]
 
     #: Where the jobs are kept, for logs and errors: an absolute path, or ``memory``.
     location: str

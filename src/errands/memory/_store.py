@@ -12,7 +12,7 @@ import dataclasses
 import heapq
 import json
 import threading
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -46,6 +46,7 @@ class MemoryStore:
         self._unfinished = 0
         # Leases of running jobs, soonest first; stale entries skipped, as the queue's.
         self._leases: list[_Lease] = []
+        self.lost: deque[str] = deque()
         self._processes: dict[str, ProcessInfo] = {}
         # For task limits: running jobs by name, and each rate's bucket (tokens, when).
         self._running: Counter[str] = Counter()
@@ -443,6 +444,7 @@ class MemoryStore:
             if job is not None and job.status is JobStatus.RUNNING and job.lease_until == until:
                 self._running[job.name] -= 1
                 job.lost += 1
+                self.lost.append(job.name)
                 if self._stopped(job):
                     continue
                 if job.lost >= MAX_LOST_LEASES:

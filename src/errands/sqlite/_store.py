@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+from collections import deque
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -76,6 +77,7 @@ class SQLiteStore(Transactions):
             )
         super().__init__(path, busy_timeout)
         self._warned: set[str] = set()
+        self.lost: deque[str] = deque()
         try:
             self._db().executescript(SCHEMA)
             if missing_columns(self._db()) or old_claimable(self._db()):  # made by an earlier build
@@ -176,9 +178,10 @@ class SQLiteStore(Transactions):
                 return []  # idle polls read only, and never take the write lock
             groups = [(tuple(name for name in names if name in ready), n) for names, n in groups]
         claimed: list[JobRecord] = []
+        lost: list[str] = []
         with self._write() as db:
             if expired:
-                self._expire_leases(db, now)
+                lost = self._expire_leases(db, now)
             allowed, tokens = allowance(db, limited, now) if limited else ({}, {})
             for names, most, kind in split_limited(groups, allowed):
                 left = min(most[kind], limit - len(claimed))
@@ -199,6 +202,7 @@ class SQLiteStore(Transactions):
                 if len(names) == 1 and names[0] in allowed:
                     spend(db, limited[names[0]], names[0], tokens, len(rows), now)
                 claimed += self._records(db, rows, now)
+        self.lost.extend(lost)  # counted once the transaction is in
         return claimed
 
     @mapped
@@ -226,27 +230,31 @@ class SQLiteStore(Transactions):
                 )
         return claimed
 
-    def _expire_leases(self, db: sqlite3.Connection, now: float) -> None:
+    def _expire_leases(self, db: sqlite3.Connection, now: float) -> list[str]:
         """Jobs whose worker stopped renewing its lease are claimable again, up to
-        MAX_LOST_LEASES times; then they are failed as poison."""
+        MAX_LOST_LEASES times; then they are failed as poison. The task names of the
+        attempts so lost."""
         # One asked to stop ends cancelled: it is not run again.
-        db.execute(
+        lost = db.execute(
             "UPDATE errands_jobs SET status = 'cancelled', lost = lost + 1, error = ?, "
             "finished_at = ?, owner = NULL, lease_until = NULL "
-            "WHERE status = 'running' AND lease_until < ? AND cancel_requested_at IS NOT NULL",
+            "WHERE status = 'running' AND lease_until < ? AND cancel_requested_at IS NOT NULL "
+            "RETURNING name",
             (CANCELLED_RUNNING, now, now),
-        )
-        db.execute(
+        ).fetchall()
+        lost += db.execute(
             "UPDATE errands_jobs SET status = 'failed', lost = lost + 1, error = ?, "
             "traceback = NULL, finished_at = ?, owner = NULL, lease_until = NULL "
-            "WHERE status = 'running' AND lease_until < ? AND lost + 1 >= ?",
+            "WHERE status = 'running' AND lease_until < ? AND lost + 1 >= ? RETURNING name",
             (poison_error(MAX_LOST_LEASES), now, now, MAX_LOST_LEASES),
-        )
-        db.execute(
+        ).fetchall()
+        lost += db.execute(
             "UPDATE errands_jobs SET status = 'queued', lost = lost + 1, owner = NULL, "
-            "lease_until = NULL, run_at = ? WHERE status = 'running' AND lease_until < ?",
+            "lease_until = NULL, run_at = ? WHERE status = 'running' AND lease_until < ? "
+            "RETURNING name",
             (now, now),
-        )
+        ).fetchall()
+        return [name for (name,) in lost]
 
     @mapped
     def renew(self, jobs: Sequence[JobRecord], lease: float) -> list[str]:
