@@ -349,3 +349,38 @@ def test_a_scrape_reads_the_store_off_the_event_loop_and_survives_its_failure() 
     assert found[("errands_store_up", ())] == 0  # and no gauge, but the counts
     assert found[("errands_attempts_total", (("outcome", "succeeded"), ("task", "t")))] == 1
     assert threads[0] != threads[1]  # the store was read off the event loop's thread
+
+
+def test_the_grafana_dashboard_asks_only_for_what_is_served() -> None:
+    """docs/grafana/errands.json: every series its queries name is in a scrape, and the
+    outcomes it filters on are outcomes errands counts."""
+    import json
+    import re
+
+    from errands._metrics import OUTCOMES
+
+    dashboard = json.loads((Path(__file__).parent.parent / "docs/grafana/errands.json").read_text())
+    queries = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    queries.append(dashboard["templating"]["list"][1]["query"])
+    errands = Errands("memory://")
+
+    @errands.task(name="t")
+    def t() -> None:
+        pass
+
+    async def main() -> None:
+        async with errands.lifespan():
+            errands.add_task(t)
+            await errands.join(timeout=10)
+
+    scraped = errands.metrics()
+    asyncio.run(main())
+    text = TestClient(scraped).get("/").text
+    served = {name for name, _ in samples(text)}  # and families with no series yet:
+    served |= {family.name for family in text_string_to_metric_families(text)}
+    named = {name for query in queries for name in re.findall(r"\berrands_[a-z_]+", query)}
+    assert named and named <= served, named - served
+    filtered = {
+        o for q in queries for m in re.findall(r'outcome=~"([^"]+)"', q) for o in m.split("|")
+    }
+    assert filtered and filtered <= {*OUTCOMES.values(), "timed_out", "lost"}
