@@ -174,3 +174,30 @@ def test_with_prometheus_too_both_count(url: str) -> None:
         if s.name == "errands_attempts_total" and s.labels == {"task": "ok", "outcome": "succeeded"}
     ]
     assert ok == [3]
+
+
+def test_one_read_of_the_store_serves_every_gauge_of_a_collection() -> None:
+    """Five gauges, one ``stats()``: a slow store is read once a collection, and a
+    failing one reports ``errands.store.up`` 0 (and no other gauge)."""
+    reader = InMemoryMetricReader()
+    errands = Errands("memory://")
+    reads: list[float] = []
+    real = errands._core.backend.stats
+
+    def counted() -> Any:
+        reads.append(time.monotonic())
+        time.sleep(1.2)  # slower than the reading is kept for
+        if len(reads) > 1:
+            raise OSError("the store is gone")
+        return real()
+
+    errands._core.backend.stats = counted  # type: ignore[method-assign]
+    assert errands._core.metrics.opentelemetry(MeterProvider(metric_readers=[reader]))
+    first = points(reader)
+    assert len(reads) == 1 and first[("errands.store.up", ())] == 1
+    assert first[("errands.workers", ())] == 0
+    assert points(reader)[("errands.store.up", ())] == 1 and len(reads) == 1  # still fresh
+    time.sleep(1.1)
+    second = points(reader)
+    assert len(reads) == 2 and second[("errands.store.up", ())] == 0
+    assert not [key for key in second if key[0] == "errands.workers"]

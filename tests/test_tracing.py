@@ -87,7 +87,7 @@ def test_a_jobs_attempt_is_a_child_of_the_request_that_added_it(mode: str, tmp_p
         assert run["attributes"]["messaging.message.id"] == id
     assert [r["attributes"]["errands.attempt"] for r in (work, fail, retried)] == [1, 1, 2]
     assert work["status"] == "UNSET" and work["attributes"]["errands.outcome"] == "succeeded"
-    assert fail["attributes"]["errands.outcome"] == "queued"  # a retry is to come
+    assert fail["attributes"]["errands.outcome"] == "retried"  # the metrics' label
     for failed in (fail, retried):
         assert failed["status"] == "ERROR" and failed["events"] == ["exception"]
         assert failed["attributes"]["error.type"] == "ConnectionError"
@@ -150,7 +150,8 @@ def test_a_job_added_under_any_span_runs_under_it_in_this_process(url: str) -> N
 def test_the_apps_tracer_provider_and_exclude_setting_are_used(url: str) -> None:
     """A user configures telemetry once, on FastAPI: errands' attempt spans go to the
     tracer provider given to ``FastAPI(telemetry=...)`` (the global one is left unset),
-    and a request its ``exclude`` skips adds jobs that carry no trace."""
+    and a request its ``exclude`` skips adds jobs that carry no trace, even under a span
+    another instrumentation opened (here a middleware's)."""
     from fastapi import FastAPI
     from fastapi.testclient import TestClient
     from opentelemetry.sdk.trace import TracerProvider
@@ -172,6 +173,11 @@ def test_the_apps_tracer_provider_and_exclude_setting_are_used(url: str) -> None
     def noted(n: int) -> int:
         return n
 
+    @app.middleware("http")
+    async def instrumentation(request: Any, call_next: Any) -> Any:
+        with provider.get_tracer("other").start_as_current_span("other's span"):
+            return await call_next(request)
+
     @app.post("/{path}")
     async def add(path: str, tasks: BackgroundTasks) -> str:
         return tasks.add_task(noted, 1).id
@@ -186,3 +192,22 @@ def test_the_apps_tracer_provider_and_exclude_setting_are_used(url: str) -> None
     [run] = [s for s in finished if s.name == "errands run noted"]
     assert run.attributes is not None and run.attributes["messaging.message.id"] == traced
     assert run.parent is not None and run.parent.span_id == request.context.span_id
+
+
+@pytest.mark.parametrize("garbage", ["", "00-zz-yy-01", "x" * 10_000, 123, b"00-ab"])
+def test_a_malformed_trace_context_gives_a_span_with_no_parent(garbage: Any) -> None:
+    """A Celery message's header may hold anything: the attempt still runs, traced
+    under no parent, never failing on it."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from errands._tracing import attempt_span
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    with attempt_span(garbage, "t", "id", 1, provider) as span:
+        assert span is not None
+    [run] = exporter.get_finished_spans()
+    assert run.name == "errands run t" and run.parent is None

@@ -340,7 +340,7 @@ async def _run_inline(entries: list[_Entry]) -> None:
 
 async def _provide_tasks(connection: HTTPConnection) -> Tasks:
     app = connection.scope.get("app")
-    tasks = Tasks(app, untraced=excluded(app, connection.scope))
+    tasks = Tasks(app, untraced=excluded(connection.scope))
     try:
         function_stack = connection.scope["fastapi_function_astack"]
         request_stack = connection.scope["fastapi_inner_astack"]

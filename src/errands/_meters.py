@@ -57,8 +57,15 @@ _UNSET = {
 class Meters:
     """The instruments of one instance on one meter provider."""
 
-    def __init__(self, provider: Any, stats: Callable[[], Stats], buckets: Iterable[float]) -> None:
-        from opentelemetry.metrics import CallbackOptions, Observation
+    def __init__(
+        self,
+        provider: Any,
+        stats: Callable[[], Stats],
+        buckets: Iterable[float],
+        *,
+        gauges: bool = True,
+    ) -> None:
+        from opentelemetry.metrics import Observation
 
         from . import __version__
 
@@ -86,6 +93,11 @@ class Meters:
             "errands.attempt.duration", unit="s", description="How long each attempt ran.",
             explicit_bucket_boundaries_advisory=bounds,
         )  # fmt: skip
+        if gauges:
+            self._gauges(meter)
+
+    def _gauges(self, meter: Any) -> None:
+        from opentelemetry.metrics import CallbackOptions, Observation
 
         def gauge(name: str, unit: str, description: str, read: Callable[[Stats], Any]) -> None:
             def observe(options: CallbackOptions) -> Iterator[Any]:
@@ -133,13 +145,12 @@ class Meters:
         """The store's figures for this collection: one read serves every gauge."""
         with self._lock:
             at, found = self._read
-            now = time.monotonic()
-            if now - at >= _FRESH:
+            if time.monotonic() - at >= _FRESH:
                 try:
                     found = self._stats()
                 except Exception:
                     found = None
-                self._read = (now, found)
+                self._read = (time.monotonic(), found)  # fresh from when it was read
             return found
 
     def _jobs(self, found: Stats) -> Iterator[Any]:

@@ -11,6 +11,7 @@ outcomes and statuses only: never ids or arguments."""
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -41,6 +42,7 @@ OUTCOMES = {
     JobStatus.CANCELLED: "cancelled",
 }
 _LOCK = threading.Lock()
+logger = logging.getLogger("errands")
 NEEDS = "the metrics need prometheus-client, which is not installed: pip install 'errands[metrics]'"
 
 
@@ -87,9 +89,11 @@ class Metrics:
                 self._sinks_changed()
             return self._prometheus
 
-    def opentelemetry(self, provider: Any = None) -> bool:
+    def opentelemetry(self, provider: Any = None, *, gauges: bool = True) -> bool:
         """Count on OpenTelemetry's meter ``provider`` too (None: the global one, if the
-        app set one); once per instance. Whether the instance now counts there."""
+        app set one); once per instance. Whether the instance now counts there.
+        ``gauges=False``: the counts only (a Celery worker's process: its store's
+        gauges are read where the jobs are added)."""
         self.looked = True
         with _LOCK:
             if self._meters is not None:
@@ -97,7 +101,11 @@ class Metrics:
             found = configured_provider(provider)
             if found is None:
                 return False
-            self._meters = Meters(found, self._stats, BUCKETS)
+            try:
+                self._meters = Meters(found, self._stats, BUCKETS, gauges=gauges)
+            except Exception as exc:  # an OpenTelemetry too old, a provider that refuses
+                logger.warning("errands' OpenTelemetry metrics are off: %s", exc)
+                return False
             self._sinks_changed()
             return True
 

@@ -55,7 +55,10 @@ def attempt_span(
     from opentelemetry import trace
     from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-    parent = TraceContextTextMapPropagator().extract({"traceparent": traceparent})
+    try:  # a message's header may hold anything: then the span has no parent
+        parent = TraceContextTextMapPropagator().extract({"traceparent": traceparent})
+    except Exception:
+        parent = None
     tracer = trace.get_tracer("errands", tracer_provider=provider)
     attributes: dict[str, str | int] = {
         "messaging.system": "errands",
@@ -82,7 +85,9 @@ def ended(span: Any, outcome: Outcome) -> None:
         return
     from opentelemetry.trace import StatusCode
 
-    span.set_attribute("errands.outcome", outcome.status.value)
+    from ._metrics import outcome_of
+
+    span.set_attribute("errands.outcome", outcome_of(outcome))  # as the metrics label it
     if outcome.exc is not None:
         span.record_exception(outcome.exc)
         span.set_attribute("error.type", type(outcome.exc).__qualname__)
@@ -107,14 +112,7 @@ def fastapi_telemetry(app: object) -> dict[str, Any] | None:
     return config if isinstance(config, dict) else None
 
 
-def excluded(app: object, scope: Any) -> bool:
-    """Whether FastAPI's ``exclude`` setting skips telemetry for this request: then its
-    jobs carry no trace either."""
-    config = fastapi_telemetry(app)
-    exclude = config.get("exclude") if config is not None else None
-    if exclude is None:
-        return False
-    try:
-        return bool(exclude(scope))
-    except Exception:
-        return False  # FastAPI's own call of it will say what is wrong
+def excluded(scope: Any) -> bool:
+    """Whether FastAPI's ``exclude`` setting skipped telemetry for this request (FastAPI
+    marks its scope, for mounted apps too): then its jobs carry no trace either."""
+    return "fastapi.telemetry" in scope and scope["fastapi.telemetry"] is None

@@ -72,7 +72,7 @@ def begin(request: Any, task: Task[Any, Any], store: Publisher) -> dict[str, Any
         "priority": stamps.get(PRIORITY),
         "after": stamps.get(AFTER),
         "lost": lost,
-        "traceparent": stamps.get(TRACEPARENT),
+        "traceparent": _text(stamps.get(TRACEPARENT)),
     }
 
 
@@ -109,6 +109,11 @@ def _stamp(request: Any, stamps: dict[str, Any]) -> None:
         *(h for h in getattr(request, "stamped_headers", None) or () if h not in stamps),
         *stamps,
     ]
+
+
+def _text(value: Any) -> str | None:
+    """A header's value if it is text (a message may carry anything)."""
+    return value if isinstance(value, str) else None
 
 
 def _redelivered(request: Any) -> bool:

@@ -139,7 +139,7 @@ def _run(
     # Celery logs successes itself; errands says more of failures and retries.
     log_outcome(id, task, attempt, outcome, successes=False)
     if not metrics.looked:  # a Celery worker's process: its global meter provider, if set
-        metrics.opentelemetry()
+        metrics.opentelemetry(gauges=False)
     if metrics.counting is not None:
         if running["lost"] > lost_before:  # found lost with its worker: redelivered
             metrics.lost([task.name] * (running["lost"] - lost_before))

@@ -202,7 +202,8 @@ class SQLiteStore(Transactions):
                 if len(names) == 1 and names[0] in allowed:
                     spend(db, limited[names[0]], names[0], tokens, len(rows), now)
                 claimed += self._records(db, rows, now)
-        self.lost.extend(lost)  # counted once the transaction is in
+        if lost:  # counted once the transaction is in
+            self.after_commit(lambda: self.lost.extend(lost))
         return claimed
 
     @mapped

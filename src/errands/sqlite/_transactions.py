@@ -91,6 +91,8 @@ class Transactions:
         """
         self._local.batch = None
         self._local.lazy = True
+        after: list[Callable[[], None]] = []
+        self._local.after = after
         try:
             yield
             db: sqlite3.Connection | None = self._local.batch
@@ -107,6 +109,18 @@ class Transactions:
         finally:
             self._local.lazy = False
             self._local.batch = None
+            self._local.after = None
+        for action in after:
+            action()
+
+    def after_commit(self, action: Callable[[], None]) -> None:
+        """Do ``action`` once what this thread wrote is committed: now, after a write of
+        its own; at the end of the batch (if it commits) inside one."""
+        after: list[Callable[[], None]] | None = getattr(self._local, "after", None)
+        if after is not None and getattr(self._local, "batch", None) is not None:
+            after.append(action)
+        else:
+            action()
 
     @contextlib.contextmanager
     def _write(self, *, one_statement: bool = False) -> Iterator[sqlite3.Connection]:
