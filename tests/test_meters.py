@@ -17,6 +17,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from errands import Errands, JobStatus
+from tests.test_metrics import tasks_of_every_outcome
 
 Points = dict[tuple[str, tuple[tuple[str, Any], ...]], Any]
 
@@ -40,25 +41,7 @@ def points(reader: InMemoryMetricReader) -> Points:
 
 
 def run_jobs(errands: Errands, app: object) -> None:
-    tries: list[int] = []
-
-    @errands.task(name="ok")
-    def ok(x: int) -> int:
-        return x
-
-    @errands.task(name="flaky", retries=1, backoff=0)
-    def flaky() -> None:
-        tries.append(1)
-        if len(tries) == 1:
-            raise RuntimeError("once")
-
-    @errands.task(name="bad")
-    def bad() -> None:
-        raise ValueError("never")
-
-    @errands.task(name="slow", timeout=0.05)
-    async def slow() -> None:
-        await asyncio.sleep(5)
+    ok, flaky, bad, slow = tasks_of_every_outcome(errands)
 
     async def main() -> None:
         async with errands.lifespan(app):

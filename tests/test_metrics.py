@@ -22,7 +22,7 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 from starlette.testclient import TestClient
 
-from errands import ConfigurationError, Errands, JobStatus
+from errands import ConfigurationError, Errands, JobStatus, Task
 from tests.conftest import free_port, wait_finished, wait_until
 
 
@@ -35,8 +35,17 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return found
 
 
-def test_counts_and_gauges_after_jobs_of_every_outcome(url: str) -> None:
-    errands = Errands(url)
+def scraped(port: int) -> dict[Any, float]:
+    """A worker's --metrics-port, read (empty while it does not answer yet)."""
+    try:
+        return samples(httpx.get(f"http://127.0.0.1:{port}/", timeout=2).text)
+    except httpx.TransportError:
+        return {}
+
+
+def tasks_of_every_outcome(errands: Errands) -> tuple[Task[Any, Any], ...]:
+    """``ok`` succeeds, ``flaky`` fails its first attempt then succeeds, ``bad``
+    fails, ``slow`` times out."""
     tries: list[int] = []
 
     @errands.task(name="ok")
@@ -56,6 +65,13 @@ def test_counts_and_gauges_after_jobs_of_every_outcome(url: str) -> None:
     @errands.task(name="slow", timeout=0.05)
     async def slow() -> None:
         await asyncio.sleep(5)
+
+    return ok, flaky, bad, slow
+
+
+def test_counts_and_gauges_after_jobs_of_every_outcome(url: str) -> None:
+    errands = Errands(url)
+    ok, flaky, bad, slow = tasks_of_every_outcome(errands)
 
     def plain() -> None:
         pass
@@ -172,15 +188,9 @@ def test_a_workers_metrics_port_serves_what_it_ran(tmp_path: Path) -> None:
         for fail in (False, False, True):
             adder.add_task(work, fail)
 
-        def scraped() -> dict[Any, float]:
-            try:
-                return samples(httpx.get(f"http://127.0.0.1:{port}/", timeout=2).text)
-            except httpx.TransportError:
-                return {}
-
         key = ("errands_attempts_total", (("outcome", "failed"), ("task", "work")))
-        wait_until(lambda: scraped().get(key) == 1, timeout=30, interval=0.2)
-        found = scraped()
+        wait_until(lambda: scraped(port).get(key) == 1, timeout=30, interval=0.2)
+        found = scraped(port)
         assert found[("errands_attempts_total", (("outcome", "succeeded"), ("task", "work")))] == 2
         assert found[("errands_attempts_total", (("outcome", "retried"), ("task", "work")))] == 1
         assert found[("errands_jobs", (("status", "succeeded"), ("task", "work")))] == 2
@@ -236,16 +246,10 @@ def test_an_attempt_lost_with_its_killed_worker_is_counted_lost(tmp_path: Path) 
         survivor = worker("--metrics-port", str(port), "--metrics-host", "127.0.0.1")
         assert wait_finished(adder, job.id).result == "done"
 
-        def scraped() -> dict[Any, float]:
-            try:
-                return samples(httpx.get(f"http://127.0.0.1:{port}/", timeout=2).text)
-            except httpx.TransportError:
-                return {}
-
         lost = ("errands_attempts_total", (("outcome", "lost"), ("task", "hang")))
         done = ("errands_attempts_total", (("outcome", "succeeded"), ("task", "hang")))
-        wait_until(lambda: scraped().get(done) == 1, timeout=20, interval=0.2)
-        assert scraped()[lost] == 1
+        wait_until(lambda: scraped(port).get(done) == 1, timeout=20, interval=0.2)
+        assert scraped(port)[lost] == 1
         record = adder.get(job.id)
         assert record is not None and record.lost == 1 and record.attempts == 2
     finally:
