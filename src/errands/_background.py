@@ -80,14 +80,18 @@ class Tasks:
     themselves, and so do registered tasks; the two sequences run side by side.
     """
 
-    __slots__ = ("_app", "_entries", "_last_stored", "_phase", "_untraced")
+    __slots__ = ("_app", "_entries", "_fastapi_traces", "_last_stored", "_phase", "_untraced")
 
-    def __init__(self, app: object = None, *, untraced: bool = False) -> None:
+    def __init__(
+        self, app: object = None, *, untraced: bool = False, fastapi_traces: bool = True
+    ) -> None:
         self._entries: list[_Entry] = []
         self._last_stored: dict[int, str] = {}
         self._phase = _OPEN
         self._app = app  # whose exception handlers say what a client gets if storing fails
         self._untraced = untraced  # FastAPI's telemetry excludes the request: so do its jobs
+        #: Whether FastAPI's telemetry may trace the request (its plain jobs' spans).
+        self._fastapi_traces = fastapi_traces
 
     @classmethod
     def __get_pydantic_core_schema__(cls, source: Any, handler: Any) -> Any:
@@ -126,7 +130,8 @@ class Tasks:
         # Sync endpoints and dependencies call this from a thread: the running
         # instance is looked up in _commit, on the event loop (and checked there too).
         job = new_plain_job(func, args, kwargs)
-        job.trace = request_trace()
+        if self._fastapi_traces:
+            job.trace = request_trace()
         running = running_core()
         if running is not None:
             running.check_plain(job.name)
@@ -213,6 +218,9 @@ class Tasks:
         if not pending:
             return
         running = running_core()
+        if len(pending) == 1 and (job := pending[0].plain) is not None and running is not None:
+            await self._commit_plain(pending[0], job, running)  # the common case, shorter
+            return
         for entry in pending:
             if entry.plain is not None:
                 if running is not None:
@@ -224,7 +232,8 @@ class Tasks:
             plain = [e for e in entries if e.plain is not None]
             stored = [e for e in entries if e.plain is None]
             if plain:  # first: their room is given back without a write, should storing fail
-                await core.backlog.reserve(len(plain))
+                if not core.backlog.try_reserve(len(plain)):
+                    await core.backlog.reserve(len(plain))
                 core.plain.adopt([job for e in plain if (job := e.plain) is not None])
                 for entry in plain:
                     entry.committed = True
@@ -246,10 +255,34 @@ class Tasks:
                     added = (e.record.name for e in stored if e.record.id not in taken)
                     core.metrics.added(added)
 
+    @staticmethod
+    async def _commit_plain(entry: _Entry, job: PlainJob, core: Core) -> None:
+        """``_commit`` of one plain job, with the running instance."""
+        core.check_plain(job.name)
+        entry.core = core
+        if not core.backlog.try_reserve(1):
+            await core.backlog.reserve(1)
+        core.plain.adopt((job,))
+        entry.committed = True
+        if core.metrics.counting is not None:
+            core.metrics.added((job.name,))
+
     async def _release(self) -> None:
         if self._phase == _RELEASED:
             return
         self._phase = _RELEASED
+        if len(self._entries) == 1:  # the common case: one plain job, to this worker
+            entry = self._entries[0]
+            core = entry.core
+            if (
+                entry.plain is not None
+                and entry.committed
+                and core is not None
+                and core.worker is not None
+                and not core.eager
+            ):
+                core.hand_over(entry.plain)
+                return
         inline: list[_Entry] = []
         to_release: list[tuple[Core, str]] = []
         to_worker: list[tuple[Core, PlainJob]] = []
@@ -339,8 +372,13 @@ async def _run_inline(entries: list[_Entry]) -> None:
 
 
 async def _provide_tasks(connection: HTTPConnection) -> Tasks:
-    app = connection.scope.get("app")
-    tasks = Tasks(app, untraced=excluded(connection.scope))
+    scope = connection.scope
+    # FastAPI's telemetry marks the scope of a request it traces (or excludes).
+    tasks = Tasks(
+        scope.get("app"),
+        untraced=excluded(scope),
+        fastapi_traces=scope.get("fastapi.telemetry") is not None,
+    )
     try:
         function_stack = connection.scope["fastapi_function_astack"]
         request_stack = connection.scope["fastapi_inner_astack"]

@@ -18,6 +18,7 @@ class Backlog:
         self.timeout = timeout
         self._size = 0
         self._changed = threading.Condition(threading.Lock())
+        self._blocked = 0  # threads waiting in reserve_blocking (told when room frees)
 
     @property
     def size(self) -> int:
@@ -52,8 +53,17 @@ class Backlog:
             # Blocking here would also block the loop whose worker frees the room.
             return self.reserve_nowait(n)
         with self._changed:
-            if not self._changed.wait_for(lambda: self._try(n), self.timeout):
-                raise self._full(n)
+            self._blocked += 1
+            try:
+                if not self._changed.wait_for(lambda: self._try(n), self.timeout):
+                    raise self._full(n)
+            finally:
+                self._blocked -= 1
+
+    def try_reserve(self, n: int) -> bool:
+        """Room for ``n`` now, if there is (``reserve`` waits for it)."""
+        with self._changed:
+            return self._try(n)
 
     async def reserve(self, n: int) -> None:
         """Wait up to ``timeout`` for room, without blocking the event loop."""
@@ -73,4 +83,5 @@ class Backlog:
     def release(self, n: int = 1) -> None:
         with self._changed:
             self._size = max(0, self._size - n)
-            self._changed.notify_all()
+            if self._blocked:
+                self._changed.notify_all()

@@ -124,13 +124,14 @@ async def run_plain(job: PlainJob, threads: Threads) -> None:
     else:
         job.result = result
         _finish(job, JobStatus.SUCCEEDED)
-        job_logger.debug(
-            "job %s (%s) succeeded in %.3f s",
-            job.id,
-            job.name,
-            time.perf_counter() - start,
-            extra=fields(job.id, job.name, job.attempts),
-        )
+        if job_logger.isEnabledFor(logging.DEBUG):
+            job_logger.debug(
+                "job %s (%s) succeeded in %.3f s",
+                job.id,
+                job.name,
+                time.perf_counter() - start,
+                extra=fields(job.id, job.name, job.attempts),
+            )
     finally:
         leaving(logged)
 
@@ -231,8 +232,9 @@ class PlainJobs:
         finally:
             self.finished(job)
             started = job.started_at
-            if self.metrics is not None and started is not None:  # (not: cancelled first)
-                self.metrics.attempted(
+            metrics = self.metrics
+            if metrics is not None and metrics.counting is not None and started is not None:
+                metrics.attempted(
                     job.name,
                     OUTCOMES.get(job.status, "failed"),
                     (started - job.created_at).total_seconds(),

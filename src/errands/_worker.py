@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
-from ._plain import Lane, PlainJob, PlainJobs
+from ._plain import PlainJob, PlainJobs
 from ._threads import Threads
 from ._tuning import POLL_LOCAL
 
@@ -176,20 +176,24 @@ class Worker:
 
     def fill(self, *, batch: bool = False) -> None:
         """Start what waits, in the free slots."""
-        if self._stopping or self.free() <= 0:
+        free = self.concurrency - len(self._tasks) - self._reserved
+        if self._stopping or free <= 0:
             return
         source, lanes = self.source, self._plain.lanes
         if source is not None:
             # With plain lanes waiting, half the free slots go to the source first,
             # so a steady stream of either kind cannot starve the other.
-            source.fill((self.free() + 1) // 2 if lanes else self.free(), batch=batch)
+            source.fill((free + 1) // 2 if lanes else free, batch=batch)
         while lanes and self.free() > 0:
-            self.start(self._run_lane(lanes.popleft()))
-        if source is not None and self.free() > 0:
-            source.fill(self.free(), batch=batch)
+            lane = lanes.popleft()
+            if isinstance(lane, PlainJob):  # a lane of one job: run it as it is
+                self.start(self._plain.run(lane, self._threads))
+            else:
+                self.start(self._run_lane(lane))
+        if source is not None and (free := self.free()) > 0:
+            source.fill(free, batch=batch)
 
-    async def _run_lane(self, lane: Lane) -> None:
-        jobs = [lane] if isinstance(lane, PlainJob) else lane
+    async def _run_lane(self, jobs: list[PlainJob]) -> None:
         lanes, run = self._plain.lanes, self._plain.run
         for index, job in enumerate(jobs):
             if self._stopping:

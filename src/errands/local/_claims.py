@@ -112,6 +112,8 @@ class Claims:
     def fill(self, free: int, *, batch: bool) -> None:
         if free <= 0 or not self._dirty or self._claiming or self.failure is not None:
             return
+        if not self._backend.tasks:
+            return  # nothing this worker could run (plain callables only, so far)
         if self._backoff.paused:
             return
         wants = self._wants(free, batch)
