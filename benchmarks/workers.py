@@ -1,0 +1,272 @@
+"""One worker process draining N jobs, errands on SQLite beside Huey, Taskiq, Dramatiq
+and Celery. Each job is one Redis INCR (DB 14, a key of the turn's own).
+
+For each system and round: a fresh temp dir and key prefix, one worker process started
+(its command below), one warm-up job run through it, then N jobs added one at a time
+from this process while the worker runs. Measured from just before the first add:
+
+- jobs/s: N over the time from the first add to the counter reaching N (polled);
+- worker CPU per job: user + system CPU of the worker process and its children (psutil),
+  from just before the first add to the counter reaching N, over N;
+- RSS: the worker process and its children, summed, at the end.
+
+Then the worker is stopped (SIGTERM, SIGKILL after --grace seconds, the same for any
+child left) and the turn's files and Redis keys are removed. The systems take turns,
+in a rotated order each round; medians over --rounds are printed and written to
+benchmarks/results/workers.json. The machine is shared: compare ratios within a run.
+
+    .venv/bin/python benchmarks/workers.py [--jobs 5000] [--rounds 3] [--systems a,b]
+    .venv/bin/python benchmarks/workers.py --profile /tmp/errands-worker.prof  # errands
+"""
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import psutil
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks import workers_app  # noqa: E402
+
+PY = sys.executable
+TARGET = "benchmarks.workers_app:target"
+
+# Each system's worker: one process (with the children it makes itself).
+HUEY = [PY, "-m", "huey.bin.huey_consumer", TARGET.replace(":", "."), "-k", "thread", "-w", "8"]
+CELERY = [PY, "-m", "celery", "-A", TARGET, "worker", "--loglevel", "WARNING"]
+COMMANDS: dict[str, list[str]] = {
+    "errands-sqlite": [PY, "-m", "errands", "worker", TARGET, "--log-level", "warning"],
+    "huey-redis": [*HUEY, "-q"],
+    "huey-sqlite": [*HUEY, "-q"],
+    "taskiq-redis": [
+        PY,
+        "-m",
+        "taskiq",
+        "worker",
+        TARGET,
+        "--workers",
+        "1",
+        "--log-level",
+        "WARNING",
+    ],
+    "dramatiq-redis": [PY, "-m", "dramatiq", TARGET, "--processes", "1", "--threads", "8"],
+    "celery-prefork": [*CELERY, "-P", "prefork"],
+    "celery-threads": [*CELERY, "-P", "threads", "-c", "8"],
+}
+PACKAGES = ("errands", "huey", "taskiq", "taskiq-redis", "dramatiq", "celery", "kombu", "redis")
+
+counter = redis.Redis.from_url(workers_app.COUNTER_URL)
+brokers = redis.Redis.from_url(workers_app.BROKER_URL)
+
+
+def tree(process: psutil.Process) -> list[psutil.Process]:
+    try:
+        return [process, *process.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def tree_cpu(process: psutil.Process) -> float:
+    """User + system seconds of the process and its children, live or reaped."""
+    total = 0.0
+    for p in tree(process):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            t = p.cpu_times()
+            total += t.user + t.system + t.children_user + t.children_system
+    return total
+
+
+def tree_rss(process: psutil.Process) -> tuple[float, float]:
+    """(the process's RSS, the sum over it and its children), in MB."""
+    sizes = []
+    for p in tree(process):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            sizes.append(p.memory_info().rss / 2**20)
+    return (sizes[0] if sizes else 0.0), sum(sizes)
+
+
+def stop(worker: subprocess.Popen[bytes], grace: float) -> None:
+    """SIGTERM, then SIGKILL after ``grace`` seconds; then the same for any child left."""
+    children = tree(psutil.Process(worker.pid))[1:] if worker.poll() is None else []
+    worker.send_signal(signal.SIGTERM)
+    try:
+        worker.wait(grace)
+    except subprocess.TimeoutExpired:
+        worker.kill()
+        worker.wait(10)
+    left = [c for c in children if c.is_running()]
+    for child in left:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.terminate()
+    _, alive = psutil.wait_procs(left, timeout=grace)
+    for child in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()
+    psutil.wait_procs(alive, timeout=5)
+
+
+def wait_for(key: str, n: int, timeout: float, worker: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + timeout
+    while int(counter.get(key) or 0) < n:
+        if worker.poll() is not None:
+            raise RuntimeError(f"the worker exited ({worker.returncode})")
+        if time.monotonic() > deadline:
+            got = int(counter.get(key) or 0)
+            raise TimeoutError(f"{got} of {n} jobs done after {timeout:.0f} s")
+        time.sleep(0.002)
+
+
+def turn(system: str, n: int, args: argparse.Namespace, profile: str | None = None) -> dict:
+    prefix = f"wbench-{uuid.uuid4().hex[:12]}"
+    key, ready = f"{prefix}:count", f"{prefix}:ready"
+    tmp = tempfile.mkdtemp(prefix="errands-workers-")
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{ROOT}:{ROOT}/src",
+        "BENCH_SYSTEM": system,
+        "BENCH_PREFIX": prefix,
+        "BENCH_TMP": tmp,
+    }
+    command = COMMANDS[system]
+    if profile:
+        command = [PY, "-m", "cProfile", "-o", profile, *command[1:]]
+    built = workers_app.build(system, prefix, tmp)
+    log = open(f"{tmp}/worker.log", "wb")  # noqa: SIM115 (closed below)
+    worker = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    result: dict[str, Any] = {"system": system}
+    try:
+        built.produce(ready, 1)  # the worker is up and has run one job
+        wait_for(ready, 1, args.start_timeout, worker)
+        process = psutil.Process(worker.pid)
+        cpu_before = tree_cpu(process)
+        started = time.perf_counter()
+        built.produce(key, n)
+        added = time.perf_counter()
+        wait_for(key, n, args.timeout, worker)
+        elapsed = time.perf_counter() - started
+        cpu = tree_cpu(process) - cpu_before
+        rss_main, rss_tree = tree_rss(process)
+        result |= {
+            "jobs_per_s": n / elapsed,
+            "add_per_s": n / (added - started),
+            "cpu_us_per_job": cpu / n * 1e6,
+            "rss_mb": rss_tree,
+            "rss_main_mb": rss_main,
+            "processes": len(tree(process)),
+        }
+    except Exception as error:
+        result["error"] = f"{type(error).__name__}: {error}"
+    finally:
+        stop(worker, args.grace)
+        log.close()
+        if "error" in result:
+            tail = Path(f"{tmp}/worker.log").read_bytes()[-2000:].decode(errors="replace")
+            result["log_tail"] = tail
+        with contextlib.suppress(Exception):
+            built.close()
+        counter.delete(key, ready)
+        stale = list(brokers.scan_iter(match=f"*{prefix}*", count=1000))
+        if stale:
+            brokers.delete(*stale)
+        shutil.rmtree(tmp, ignore_errors=True)
+    return result
+
+
+def versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for name in PACKAGES:
+        with contextlib.suppress(PackageNotFoundError):
+            found[name] = version(name)
+    return found
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=5_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--systems", default=",".join(workers_app.SYSTEMS))
+    parser.add_argument("--timeout", type=float, default=240, help="per drain, seconds")
+    parser.add_argument("--start-timeout", type=float, default=60, help="worker start-up")
+    parser.add_argument("--grace", type=float, default=15, help="SIGTERM to SIGKILL")
+    parser.add_argument("--profile", help="only profile the errands worker (cProfile) here")
+    args = parser.parse_args()
+    if args.profile:
+        result = turn("errands-sqlite", args.jobs, args, profile=args.profile)
+        print(json.dumps(result, indent=2))
+        return
+    systems = args.systems.split(",")
+    for system in systems:
+        if system not in COMMANDS:
+            parser.error(f"unknown system {system!r}; known: {', '.join(COMMANDS)}")
+    print(json.dumps(versions()), flush=True)
+    runs: list[dict] = []
+    for round_ in range(args.rounds):
+        shift = round_ % len(systems)
+        for system in systems[shift:] + systems[:shift]:
+            result = turn(system, args.jobs, args)
+            result["round"] = round_
+            runs.append(result)
+            if "error" in result:
+                print(f"round {round_} {system:<16} FAILED {result['error']}", flush=True)
+                print(result["log_tail"], flush=True)
+            else:
+                print(
+                    f"round {round_} {system:<16} {result['jobs_per_s']:8.0f} jobs/s "
+                    f"{result['cpu_us_per_job']:7.0f} µs CPU/job {result['rss_mb']:6.1f} MB",
+                    flush=True,
+                )
+
+    medians: dict[str, dict[str, float | int]] = {}
+    for system in systems:
+        ok = [r for r in runs if r["system"] == system and "error" not in r]
+        if ok:
+            medians[system] = {
+                measure: statistics.median(r[measure] for r in ok)
+                for measure in ("jobs_per_s", "cpu_us_per_job", "rss_mb", "add_per_s")
+            } | {"rounds": len(ok)}
+    print(f"\nmedians, N = {args.jobs}, {args.rounds} rounds")
+    print(f"{'system':<16} {'jobs/s':>8} {'CPU µs/job':>11} {'RSS MB':>7} {'rounds':>6}")
+    for system, m in medians.items():
+        print(
+            f"{system:<16} {m['jobs_per_s']:8.0f} {m['cpu_us_per_job']:11.0f} "
+            f"{m['rss_mb']:7.1f} {m['rounds']:6d}"
+        )
+    if "errands-sqlite" in medians and "huey-redis" in medians:
+        ratio = medians["errands-sqlite"]["jobs_per_s"] / medians["huey-redis"]["jobs_per_s"]
+        print(f"errands on SQLite / Huey on Redis, jobs/s: {ratio:.2f}x (target >= 1.5x)")
+
+    out = ROOT / "benchmarks" / "results"
+    out.mkdir(exist_ok=True)
+    report = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "jobs": args.jobs,
+        "rounds": args.rounds,
+        "versions": versions(),
+        "commands": {s: [c.replace(PY, "python") for c in COMMANDS[s]] for s in systems},
+        "medians": medians,
+        "runs": runs,
+    }
+    (out / "workers.json").write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
