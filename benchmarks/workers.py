@@ -16,7 +16,12 @@ in a rotated order each round; medians over --rounds are printed and written to
 benchmarks/results/workers.json. The machine is shared: compare ratios within a run.
 
     .venv/bin/python benchmarks/workers.py [--jobs 5000] [--rounds 3] [--systems a,b]
-    .venv/bin/python benchmarks/workers.py --profile /tmp/errands-worker.prof  # errands
+    .venv/bin/python benchmarks/workers.py --jobs 20000 --profile /tmp/worker.txt
+
+--profile runs errands alone, once, with py-spy (pip install py-spy) sampling every
+thread of the worker while it drains, and prints the functions by own samples. (The
+worker command under ``python -m cProfile -o`` writes nothing: ``errands worker`` ends
+with ``os._exit``, and cProfile would see only the event loop's thread.)
 """
 
 import argparse
@@ -24,6 +29,7 @@ import contextlib
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import statistics
@@ -83,14 +89,15 @@ def tree(process: psutil.Process) -> list[psutil.Process]:
         return []
 
 
-def tree_cpu(process: psutil.Process) -> float:
-    """User + system seconds of the process and its children, live or reaped."""
-    total = 0.0
+def tree_cpu(process: psutil.Process) -> tuple[float, float]:
+    """(user, system) seconds of the process and its children, live or reaped."""
+    user = system = 0.0
     for p in tree(process):
         with contextlib.suppress(psutil.NoSuchProcess):
             t = p.cpu_times()
-            total += t.user + t.system + t.children_user + t.children_system
-    return total
+            user += t.user + t.children_user
+            system += t.system + t.children_system
+    return user, system
 
 
 def tree_rss(process: psutil.Process) -> tuple[float, float]:
@@ -133,6 +140,35 @@ def wait_for(key: str, n: int, timeout: float, worker: subprocess.Popen[bytes]) 
         time.sleep(0.002)
 
 
+def spy(pid: int, path: str) -> subprocess.Popen[bytes]:
+    """py-spy sampling every thread of ``pid`` into ``path`` (collapsed stacks)."""
+    spy_bin = Path(PY).with_name("py-spy")
+    # --gil: only the thread holding the GIL, i.e. running Python (not one waiting).
+    command = [str(spy_bin), "record", "--pid", str(pid), "--rate", "250", "--gil"]
+    command += ["--format", "raw", "--output", path]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def own_time(path: str, top: int = 25) -> list[tuple[str, int, float]]:
+    """(function, own samples, share) from py-spy's collapsed stacks, most first; then
+    the same by the own frame's package (errands, asyncio, redis, ...)."""
+    own: dict[str, int] = {}
+    where: dict[str, int] = {}
+    for line in Path(path).read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frame = re.sub(r":\d+\)$", ")", stack.rpartition(";")[2])  # lines merged
+        own[frame] = own.get(frame, 0) + int(count)
+        file = frame.rpartition("(")[2]
+        parts = file.removesuffix(")").split("/")
+        package = "/".join(parts[:2] if parts[0] == "errands" else parts[:1])
+        package = package.removesuffix(".py")
+        where[f"[{package}]"] = where.get(f"[{package}]", 0) + int(count)
+    total = sum(own.values()) or 1
+    ranked = sorted(own.items(), key=lambda item: -item[1])[:top]
+    ranked += sorted(where.items(), key=lambda item: -item[1])[:12]
+    return [(frame, samples, samples / total) for frame, samples in ranked]
+
+
 def turn(system: str, n: int, args: argparse.Namespace, profile: str | None = None) -> dict:
     prefix = f"wbench-{uuid.uuid4().hex[:12]}"
     key, ready = f"{prefix}:count", f"{prefix}:ready"
@@ -145,8 +181,6 @@ def turn(system: str, n: int, args: argparse.Namespace, profile: str | None = No
         "BENCH_TMP": tmp,
     }
     command = COMMANDS[system]
-    if profile:
-        command = [PY, "-m", "cProfile", "-o", profile, *command[1:]]
     built = workers_app.build(system, prefix, tmp)
     log = open(f"{tmp}/worker.log", "wb")  # noqa: SIM115 (closed below)
     worker = subprocess.Popen(
@@ -157,18 +191,25 @@ def turn(system: str, n: int, args: argparse.Namespace, profile: str | None = No
         built.produce(ready, 1)  # the worker is up and has run one job
         wait_for(ready, 1, args.start_timeout, worker)
         process = psutil.Process(worker.pid)
+        sampler = spy(worker.pid, profile) if profile else None
         cpu_before = tree_cpu(process)
         started = time.perf_counter()
         built.produce(key, n)
         added = time.perf_counter()
         wait_for(key, n, args.timeout, worker)
         elapsed = time.perf_counter() - started
-        cpu = tree_cpu(process) - cpu_before
+        (user, system), (user_before, system_before) = tree_cpu(process), cpu_before
+        user, system = user - user_before, system - system_before
+        if sampler:
+            sampler.send_signal(signal.SIGINT)  # writes its file and exits
+            sampler.wait(30)
         rss_main, rss_tree = tree_rss(process)
         result |= {
             "jobs_per_s": n / elapsed,
             "add_per_s": n / (added - started),
-            "cpu_us_per_job": cpu / n * 1e6,
+            "cpu_us_per_job": (user + system) / n * 1e6,
+            "user_us_per_job": user / n * 1e6,
+            "system_us_per_job": system / n * 1e6,
             "rss_mb": rss_tree,
             "rss_main_mb": rss_main,
             "processes": len(tree(process)),
@@ -207,11 +248,14 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=240, help="per drain, seconds")
     parser.add_argument("--start-timeout", type=float, default=60, help="worker start-up")
     parser.add_argument("--grace", type=float, default=15, help="SIGTERM to SIGKILL")
-    parser.add_argument("--profile", help="only profile the errands worker (cProfile) here")
+    parser.add_argument("--profile", help="only profile the errands worker, py-spy's stacks here")
     args = parser.parse_args()
     if args.profile:
         result = turn("errands-sqlite", args.jobs, args, profile=args.profile)
         print(json.dumps(result, indent=2))
+        if "error" not in result:
+            for frame, samples, share in own_time(args.profile):
+                print(f"{share:6.1%} {samples:6d}  {frame}")
         return
     systems = args.systems.split(",")
     for system in systems:
@@ -241,14 +285,25 @@ def main() -> None:
         if ok:
             medians[system] = {
                 measure: statistics.median(r[measure] for r in ok)
-                for measure in ("jobs_per_s", "cpu_us_per_job", "rss_mb", "add_per_s")
+                for measure in (
+                    "jobs_per_s",
+                    "cpu_us_per_job",
+                    "user_us_per_job",
+                    "system_us_per_job",
+                    "rss_mb",
+                    "add_per_s",
+                )
             } | {"rounds": len(ok)}
     print(f"\nmedians, N = {args.jobs}, {args.rounds} rounds")
-    print(f"{'system':<16} {'jobs/s':>8} {'CPU µs/job':>11} {'RSS MB':>7} {'rounds':>6}")
+    print(
+        f"{'system':<16} {'jobs/s':>8} {'CPU µs/job':>11} {'user':>6} {'sys':>6} "
+        f"{'RSS MB':>7} {'adds/s':>7} {'rounds':>6}"
+    )
     for system, m in medians.items():
         print(
             f"{system:<16} {m['jobs_per_s']:8.0f} {m['cpu_us_per_job']:11.0f} "
-            f"{m['rss_mb']:7.1f} {m['rounds']:6d}"
+            f"{m['user_us_per_job']:6.0f} {m['system_us_per_job']:6.0f} "
+            f"{m['rss_mb']:7.1f} {m['add_per_s']:7.0f} {m['rounds']:6d}"
         )
     if "errands-sqlite" in medians and "huey-redis" in medians:
         ratio = medians["errands-sqlite"]["jobs_per_s"] / medians["huey-redis"]["jobs_per_s"]
