@@ -18,7 +18,7 @@ benchmarks/results/workers.json. The machine is shared: compare ratios within a 
     .venv/bin/python benchmarks/workers.py [--jobs 5000] [--rounds 3] [--systems a,b]
     .venv/bin/python benchmarks/workers.py --jobs 20000 --profile /tmp/worker.txt
 
---profile runs errands alone, once, with py-spy (pip install py-spy) sampling every
+--profile runs errands alone, once, with py-spy (in the bench extra) sampling every
 thread of the worker while it drains, and prints the functions by own samples. (The
 worker command under ``python -m cProfile -o`` writes nothing: ``errands worker`` ends
 with ``os._exit``, and cProfile would see only the event loop's thread.)
