@@ -1,0 +1,49 @@
+"""The PostgreSQL mode (``postgresql://user:password@host:5432/database``): jobs in a
+schema of one database (``errands``, or ``?schema=name``), shared by every process on
+every host that opens it. Needs the postgres extra: ``pip install 'errands[postgres]'``."""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from .._options import Runtime
+from ..exceptions import ConfigurationError
+from ..local import LocalBackend
+from ._store import PostgresStore
+
+__all__ = ["PostgresStore", "open_backend", "parse_url"]
+
+#: A schema name errands makes and names bare: no quoting needed, nor possible to misuse.
+_SCHEMA = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+
+def parse_url(url: str) -> tuple[str, str, str]:
+    """The connection string psycopg takes, the schema, and where the store is (the
+    URL without its password) for logs and errors."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgresql", "postgres") or (not parts.hostname and not parts.path):
+        raise ConfigurationError(
+            f"invalid errands URL {url!r}: give the database as "
+            f"postgresql://user:password@host:5432/database (optionally ?schema=name)"
+        )
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    schemas = [value for key, value in query if key == "schema"]
+    schema = schemas[-1] if schemas else "errands"
+    if not _SCHEMA.fullmatch(schema):
+        raise ConfigurationError(
+            f"invalid errands URL {url!r}: the schema {schema!r} must be lower-case letters, "
+            f"digits and underscores (at most 63, not starting with a digit)"
+        )
+    rest = urlencode([(key, value) for key, value in query if key != "schema"])
+    conninfo = urlunsplit(("postgresql", parts.netloc, parts.path, rest, ""))
+    host = parts.hostname or "localhost"
+    port = f":{parts.port}" if parts.port else ""
+    user = f"{parts.username}@" if parts.username else ""
+    location = f"postgresql://{user}{host}{port}{parts.path} (schema {schema})"
+    return conninfo, schema, location
+
+
+def open_backend(url: str, runtime: Runtime) -> LocalBackend:
+    conninfo, schema, location = parse_url(url)
+    return LocalBackend(PostgresStore(conninfo, schema=schema, location=location), runtime, url)

@@ -1,0 +1,159 @@
+"""The PostgreSQL store's connections and transactions, and the mapping of its errors.
+
+Connections come from one bounded pool (``psycopg_pool``), in autocommit mode: a read
+is one statement on a connection borrowed for it, a write is one transaction, or,
+inside ``batch`` (group commit), one savepoint of the batch's transaction, which
+keeps its connection until it commits. Each connection's ``search_path`` is the
+store's schema alone, so statements name their tables bare. No ``psycopg`` error
+leaves a method decorated with ``mapped``: it becomes the ``StoreError`` that
+``_errors`` chooses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import threading
+from collections.abc import Callable, Iterator
+from typing import Concatenate, ParamSpec, TypeVar
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import TupleRow
+from psycopg_pool import ConnectionPool
+
+from ..exceptions import ConfigurationError, StoreError
+from ._errors import store_error
+from ._schema import TABLES, VERSION
+
+P = ParamSpec("P")
+R = TypeVar("R")
+T = TypeVar("T", bound="Connections")
+
+Connection = psycopg.Connection[TupleRow]
+
+#: The most connections one store holds: the group-commit thread of each event loop,
+#: the worker's reads, and requests' reads in their thread pools share them.
+POOL_SIZE = 10
+#: How long a call waits for a free connection (or for the server to accept one)
+#: before it fails with a ``StoreError`` (``503`` for a request).
+POOL_TIMEOUT = 5.0
+CONNECT_TIMEOUT = 5
+
+
+def mapped(method: Callable[Concatenate[T, P], R]) -> Callable[Concatenate[T, P], R]:
+    """No raw ``psycopg`` error escapes ``method``: it leaves as a ``StoreError``."""
+
+    @functools.wraps(method)
+    def call(self: T, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(self, *args, **kwargs)
+        except psycopg.Error as exc:
+            raise self._error(exc) from exc
+
+    return call
+
+
+class Connections:
+    def __init__(self, conninfo: str, schema: str, location: str) -> None:
+        self.schema = schema
+        #: The server, database and schema (never the password): for logs and errors.
+        self.location = location
+        self._local = threading.local()
+        try:
+            # A connection of its own first: a server that cannot be reached fails the
+            # store now, with the server's reason (the pool would only time out).
+            with psycopg.connect(conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT) as db:
+                self._configure(db)
+                self._create(db)
+        except psycopg.Error as exc:
+            raise self._error(exc) from exc
+        self._pool: ConnectionPool[Connection] = ConnectionPool(
+            conninfo,
+            min_size=1,
+            max_size=POOL_SIZE,
+            timeout=POOL_TIMEOUT,
+            kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT},
+            configure=self._configure,
+            name=f"errands {location}",
+            open=True,
+        )
+
+    def _configure(self, db: Connection) -> None:
+        db.execute("SELECT set_config('search_path', %s, false)", (self.schema,))
+
+    def _error(self, exc: psycopg.Error) -> StoreError:
+        return store_error(exc, self.location)
+
+    def _create(self, db: Connection) -> None:
+        """Make the schema, its tables and indexes if missing (once, under a lock)."""
+        with db.transaction():
+            # Keyed by the schema's name: other schemas' errands start on their own.
+            db.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (self.schema,))
+            db.execute(
+                sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.schema))
+            )
+            db.execute(TABLES)
+            row = db.execute("SELECT max(version) FROM version").fetchone()
+            found = row[0] if row is not None else None
+            if found is None:
+                db.execute("INSERT INTO version (version) VALUES (%s)", (VERSION,))
+            elif not isinstance(found, int) or found > VERSION:
+                raise ConfigurationError(
+                    f"the PostgreSQL store {self.location} has the layout of version "
+                    f"{found!r}, newer than this errands knows ({VERSION}): upgrade errands"
+                )
+
+    # -- reads and writes ---------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[Connection]:
+        """A connection to read on: the batch's, if this thread has begun one (it sees
+        the batch's writes), else one borrowed from the pool for the statement."""
+        batch: Connection | None = getattr(self._local, "batch", None)
+        if batch is not None:
+            yield batch
+            return
+        with self._pool.connection() as db:
+            yield db
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """One transaction around several writes of this thread (group commit).
+
+        Inside it each write runs in a savepoint: a write that fails is undone alone.
+        The transaction begins with the first write: a batch of idle polls (claims
+        that find nothing due) only reads.
+        """
+        try:
+            # Leaving the stack commits the batch's transaction (or rolls it back, on an
+            # error) and gives its connection back.
+            with contextlib.ExitStack() as stack:
+                self._local.stack = stack
+                self._local.batch = None
+                try:
+                    yield
+                finally:
+                    self._local.stack = None
+                    self._local.batch = None
+        except psycopg.Error as exc:
+            raise self._error(exc) from exc
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[Connection]:
+        """One write transaction; nothing of it is kept if any statement fails."""
+        stack: contextlib.ExitStack | None = getattr(self._local, "stack", None)
+        if stack is None:
+            with self._pool.connection() as db, db.transaction():
+                yield db
+            return
+        batch: Connection | None = self._local.batch
+        if batch is None:
+            batch = stack.enter_context(self._pool.connection())
+            stack.enter_context(batch.transaction())
+            self._local.batch = batch
+        with batch.transaction():  # a savepoint
+            yield batch
+
+    def close(self) -> None:
+        self._pool.close()
