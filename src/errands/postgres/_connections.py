@@ -14,6 +14,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import threading
+import time
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Concatenate, ParamSpec, TypeVar
 
@@ -39,6 +41,11 @@ POOL_SIZE = 10
 #: before it fails with a ``StoreError`` (``503`` for a request).
 POOL_TIMEOUT = 5.0
 CONNECT_TIMEOUT = 5
+#: A connection that has waited in the pool longer than this (seconds) is checked (an
+#: empty query) before it is lent: one the server dropped meanwhile (a restart, a
+#: failover, an idle timeout) is replaced instead of failing the call that gets it.
+#: Connections in steady use skip the round trip.
+CHECK_AFTER_IDLE = 1.0
 
 
 def mapped(method: Callable[Concatenate[T, P], R]) -> Callable[Concatenate[T, P], R]:
@@ -60,6 +67,7 @@ class Connections:
         #: The server, database and schema (never the password): for logs and errors.
         self.location = location
         self._local = threading.local()
+        self._idle_since: weakref.WeakKeyDictionary[Connection, float] = weakref.WeakKeyDictionary()
         try:
             # A connection of its own first: a server that cannot be reached fails the
             # store now, with the server's reason (the pool would only time out).
@@ -75,12 +83,23 @@ class Connections:
             timeout=POOL_TIMEOUT,
             kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT},
             configure=self._configure,
+            check=self._check,
+            reset=self._returned,
             name=f"errands {location}",
             open=True,
         )
 
     def _configure(self, db: Connection) -> None:
         db.execute("SELECT set_config('search_path', %s, false)", (self.schema,))
+        self._returned(db)  # idle from now, until lent
+
+    def _returned(self, db: Connection) -> None:
+        self._idle_since[db] = time.monotonic()
+
+    def _check(self, db: Connection) -> None:
+        since = self._idle_since.pop(db, None)
+        if since is not None and time.monotonic() - since > CHECK_AFTER_IDLE:
+            ConnectionPool.check_connection(db)
 
     def _error(self, exc: psycopg.Error) -> StoreError:
         return store_error(exc, self.location)

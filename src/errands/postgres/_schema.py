@@ -117,8 +117,10 @@ INSERT_NEW = (
 PROCESS_NAMES = ["id", "role", "host", "pid", "tasks", "started_at", "seen_at", "stopped_at"]
 PROCESS_COLUMNS = ", ".join(epoch(name) for name in PROCESS_NAMES)
 
-#: A job waiting for the job added before it in its request (one look-up by id).
+#: A job waiting for the job added before it in its request: one look-up by id, a
+#: scalar subquery (an ``EXISTS`` here would let the planner hash every unfinished job
+#: into a table first). A job before it that was purged holds nothing back.
 BLOCKED = (
-    "(j.after IS NOT NULL AND EXISTS (SELECT 1 FROM jobs p "
-    "WHERE p.id = j.after AND p.status IN ('queued', 'running')))"
+    "(j.after IS NOT NULL AND COALESCE((SELECT p.status FROM jobs p WHERE p.id = j.after), "
+    "'') IN ('queued', 'running'))"
 )
