@@ -320,8 +320,12 @@ def running(
         mode = modes.make(name, path=str(folder / "jobs.db"), queue=queue, url=url)
         if mode.celery is not None:
             worker = CeleryWorker(name, queue, log)
-        with TestClient(mode.app, raise_server_exceptions=False) as client:
-            yield Running(mode, client, queue)
+        try:
+            with TestClient(mode.app, raise_server_exceptions=False) as client:
+                yield Running(mode, client, queue)
+        finally:
+            if name == "postgres":
+                mode.errands._core.backend.store.close()  # its pool's connections
     finally:
         if worker is not None:
             worker.stop()

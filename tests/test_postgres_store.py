@@ -10,7 +10,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -24,7 +24,7 @@ from errands.postgres import PostgresStore, parse_url
 from errands.postgres._connections import CHECK_AFTER_IDLE
 from errands.postgres._schema import VERSION
 from errands.postgres._sql import LOOK, claim_sql
-from tests.conftest import ROOT, postgres_url
+from tests.conftest import ROOT, postgres_url, wait_finished
 from tests.test_processes import Worker, lines, started, starts, wait_for
 
 pytestmark = pytest.mark.postgres
@@ -37,12 +37,26 @@ def now() -> datetime:
 
 
 def job(id: str, name: str = "t", **kw: object) -> JobRecord:
-    return JobRecord(id=id, name=name, run_at=now(), **kw)  # type: ignore[arg-type]
+    return JobRecord(**{"id": id, "name": name, "run_at": now(), **kw})  # type: ignore[arg-type]
 
 
 @pytest.fixture
 def url(postgres_database: str) -> str:
     return postgres_url(postgres_database)
+
+
+@pytest.fixture
+def opened() -> Iterator[Callable[[str], Errands]]:
+    """``Errands(url)``, its store's connections closed after the test."""
+    made: list[Errands] = []
+
+    def errands(url: str) -> Errands:
+        made.append(Errands(url))
+        return made[-1]
+
+    yield errands
+    for one in made:
+        one._core.backend.store.close()  # type: ignore[attr-defined]
 
 
 def open_store(url: str) -> PostgresStore:
@@ -72,10 +86,12 @@ def schema_of(url: str) -> str:
 # -- the schema -------------------------------------------------------------------------
 
 
-def test_the_store_makes_its_schema_tables_indexes_and_version_row(url: str) -> None:
+def test_the_store_makes_its_schema_tables_indexes_and_version_row(
+    opened: Callable[[str], Errands], url: str
+) -> None:
     schema = schema_of(url)
     assert query(url, "SELECT 1 FROM pg_namespace WHERE nspname = %s", schema) == []
-    errands = Errands(url)
+    errands = opened(url)
     tables = query(url, "SELECT tablename FROM pg_tables WHERE schemaname = %s", schema)
     assert sorted(name for (name,) in tables) == ["jobs", "limits", "processes", "version"]
     found = query(url, "SELECT indexname FROM pg_indexes WHERE schemaname = %s", schema)
@@ -83,7 +99,7 @@ def test_the_store_makes_its_schema_tables_indexes_and_version_row(url: str) -> 
     assert {"jobs_claimable", "jobs_running", "jobs_finished", "jobs_finished_by_task"} <= indexes
     assert query(url, f"SELECT version FROM {schema}.version") == [(VERSION,)]
     # Opened again (another process, a restart): nothing is made twice.
-    Errands(url)
+    opened(url)
     assert query(url, f"SELECT version FROM {schema}.version") == [(VERSION,)]
     assert isinstance(errands._core.backend, LocalBackend)
     assert errands._core.backend.location == (
@@ -105,30 +121,33 @@ def test_stores_in_two_schemas_of_one_database_never_see_each_others_jobs(
 
 
 def test_the_default_schema_is_errands_and_other_schemas_are_left_alone(
+    opened: Callable[[str], Errands],
     postgres_database: str,
 ) -> None:
     query(postgres_database, "CREATE SCHEMA bystander")
     query(postgres_database, "CREATE TABLE bystander.jobs (id text)")
     query(postgres_database, "INSERT INTO bystander.jobs VALUES ('theirs')")
-    errands = Errands(postgres_database)  # no ?schema=
+    errands = opened(postgres_database)  # no ?schema=
     assert errands._core.backend.location.endswith("(schema errands)")
     assert query(postgres_database, "SELECT id FROM bystander.jobs") == [("theirs",)]
     assert query(postgres_database, "SELECT version FROM errands.version") == [(VERSION,)]
 
 
-def test_a_schema_of_a_newer_layout_is_refused(url: str) -> None:
-    Errands(url)
+def test_a_schema_of_a_newer_layout_is_refused(opened: Callable[[str], Errands], url: str) -> None:
+    opened(url)
     query(url, f"UPDATE {schema_of(url)}.version SET version = %s", VERSION + 1)
     with pytest.raises(ConfigurationError, match="newer than this errands knows"):
-        Errands(url)
+        opened(url)
 
 
-def test_both_schemes_select_postgres_and_a_bad_schema_name_is_refused(url: str) -> None:
-    other = Errands(url.replace("postgresql://", "postgres://", 1))
+def test_both_schemes_select_postgres_and_a_bad_schema_name_is_refused(
+    opened: Callable[[str], Errands], url: str
+) -> None:
+    other = opened(url.replace("postgresql://", "postgres://", 1))
     assert isinstance(other._core.backend, LocalBackend)
     assert isinstance(other._core.backend.store, PostgresStore)
     with pytest.raises(ConfigurationError, match="lower-case letters"):
-        Errands(url.split("?")[0] + "?schema=Robert'); DROP TABLE x;--")
+        opened(url.split("?")[0] + "?schema=Robert'); DROP TABLE x;--")
 
 
 def test_the_location_never_shows_the_password() -> None:
@@ -278,6 +297,7 @@ def env(url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, 
 
 @pytest.mark.server
 def test_a_job_whose_worker_is_killed_runs_again_on_another_after_its_lease(
+    opened: Callable[[str], Errands],
     env: dict[str, str],
 ) -> None:
     from tests.test_processes import app_module
@@ -289,7 +309,7 @@ def test_a_job_whose_worker_is_killed_runs_again_on_another_after_its_lease(
         wait_for(lambda: started(env, "k"))
         workers[0].signal(signal.SIGKILL)  # mid-job: its lease is never renewed
         workers.append(Worker(env))
-        reader = Errands(env["ERRANDS_URL"])
+        reader = opened(env["ERRANDS_URL"])
         wait_for(lambda: reader.get(job_.id).status is JobStatus.SUCCEEDED, timeout=20)  # type: ignore[union-attr]
         record = reader.get(job_.id)
         assert record is not None
@@ -357,13 +377,15 @@ def test_a_connection_dropped_while_in_use_fails_its_call_as_a_store_error_then_
     assert [j.id for j in store.claim("w", 30, T)] == ["a"]
 
 
-def test_a_request_during_an_outage_gets_503_and_one_after_it_is_kept(url: str) -> None:
+def test_a_request_during_an_outage_gets_503_and_one_after_it_is_kept(
+    opened: Callable[[str], Errands], url: str
+) -> None:
     from fastapi import FastAPI
     from fastapi.testclient import TestClient
 
     from errands import BackgroundTasks
 
-    errands = Errands(url)
+    errands = opened(url)
 
     @errands.task(name="t")
     def t() -> None:
@@ -398,3 +420,53 @@ def test_a_request_during_an_outage_gets_503_and_one_after_it_is_kept(url: str) 
 
     wait_for(accepted, timeout=30)  # the pool connects again by itself
     assert query(url, f"SELECT count(*) FROM {schema_of(url)}.jobs") == [(1,)]
+
+
+# -- LISTEN/NOTIFY ----------------------------------------------------------------------
+
+
+def test_a_listening_store_is_told_of_jobs_other_processes_make_claimable(url: str) -> None:
+    listening, adding = open_store(url), open_store(url)
+    told = threading.Event()
+    stop = listening.listen(told.set)
+    try:
+        assert told.wait(5)  # once listening: for what was added before
+        told.clear()
+        adding.enqueue([job("free")])
+        assert told.wait(5)
+        told.clear()
+        adding.enqueue([job("held", owner="web-1", run_at=now() + timedelta(seconds=60))])
+        assert not told.wait(0.5)  # unreleased: nothing to claim yet
+        adding.release(["held"])
+        assert told.wait(5)
+        told.clear()
+        adding.release(["held"])  # released already: nothing new
+        assert not told.wait(0.5)
+    finally:
+        stop()
+        listening.close()
+        adding.close()
+
+
+def test_a_worker_runs_a_job_another_process_adds_without_waiting_for_its_poll(
+    opened: Callable[[str], Errands], url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from errands.local import _claims
+
+    monkeypatch.setattr(_claims, "POLL_ANNOUNCED", 60.0)  # only a notification wakes it
+    worker = opened(url)
+    adder = opened(url)  # another process, as far as the store can tell: no worker
+    worker.task(name="double")(double)
+    doubled = adder.task(name="double")(double)
+    with TestClient(FastAPI(lifespan=worker.lifespan)):
+        time.sleep(0.5)  # idle: its first polls are done
+        job_ = adder.add_task(doubled, 21)
+        record = wait_finished(worker, job_.id, timeout=10)
+    assert record.status is JobStatus.SUCCEEDED and record.result == 42
+
+
+def double(n: int) -> int:
+    return 2 * n

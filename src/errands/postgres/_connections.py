@@ -64,6 +64,7 @@ def mapped(method: Callable[Concatenate[T, P], R]) -> Callable[Concatenate[T, P]
 class Connections:
     def __init__(self, conninfo: str, schema: str, location: str) -> None:
         self.schema = schema
+        self._conninfo = conninfo
         #: The server, database and schema (never the password): for logs and errors.
         self.location = location
         self._local = threading.local()

@@ -29,6 +29,7 @@ from ..sqlite._rows import Row, Unreadable, corrupt_error, dumps, process_info, 
 from ..sqlite._sql import claim_order, split_limited, stopped_status, unless_stopped
 from ._activity import activity
 from ._connections import Connection, Connections, mapped
+from ._listen import Listener, channel
 from ._schema import COLUMNS, INSERT_NEW, PROCESS_COLUMNS, PROCESS_NAMES
 from ._sql import CLAIM_IDS, LOOK, allowance, claim_sql, lock_limits, spend
 
@@ -46,6 +47,7 @@ class PostgresStore(Connections):
         super().__init__(conninfo, schema, location or f"{conninfo} (schema {schema})")
         self._warned: set[str] = set()
         self.lost: deque[str] = deque()
+        self._listeners: list[Listener] = []
 
     # -- writing ----------------------------------------------------------------
 
@@ -69,20 +71,27 @@ class PostgresStore(Connections):
             # in ``jobs``) adds nothing and returns no row.
             cursor = db.cursor()
             cursor.executemany(INSERT_NEW, rows, returning=True)
+            free = False  # an added job nobody holds: claimable (when due) at once
             for job in jobs:
                 if cursor.fetchone() is None:
                     kept.append(job)
+                elif job.owner is None:
+                    free = True
                 cursor.nextset()
+            if free:
+                self._announce(db)
         return kept
 
     @mapped
     def release(self, ids: Collection[str]) -> None:
         with self._write() as db:
-            db.execute(
+            released = db.execute(
                 f"UPDATE jobs SET run_at = {RELEASED_RUN_AT}, owner = NULL WHERE id = ANY(%s) "
                 "AND status = 'queued' AND attempts = 0 AND owner IS NOT NULL",
                 (utcnow(), list(ids)),
-            )
+            ).rowcount
+            if released:
+                self._announce(db)
 
     @mapped
     def cancel(self, ids: Collection[str], reason: str) -> list[str]:
@@ -193,13 +202,15 @@ class PostgresStore(Connections):
             "WHERE status = 'running' AND lease_until < %s AND lost + 1 >= %s RETURNING name",
             (poison_error(MAX_LOST_LEASES), now, now, MAX_LOST_LEASES),
         ).fetchall()
-        lost += db.execute(
+        again = db.execute(
             "UPDATE jobs SET status = 'queued', lost = lost + 1, owner = NULL, "
             "lease_until = NULL, run_at = %s WHERE status = 'running' AND lease_until < %s "
             "RETURNING name",
             (now, now),
         ).fetchall()
-        return [name for (name,) in lost]
+        if again:
+            self._announce(db)  # for workers of the names this claim does not want
+        return [name for (name,) in lost + again]
 
     @mapped
     def renew(self, jobs: Sequence[JobRecord], lease: float) -> list[str]:
@@ -247,13 +258,21 @@ class PostgresStore(Connections):
             f"status = {stopped_status('queued')}, error = {unless_stopped('error', '%s')}, "
             f"finished_at = {unless_stopped('NULL', '%s')}, attempts = attempts - 1, run_at = %s",
             (CANCELLED_RUNNING, now, now),
+            announce=True,
         )
 
     def _update_claimed(
-        self, job: JobRecord, assignments: str, values: tuple[Any, ...], *, ends: bool = True
+        self,
+        job: JobRecord,
+        assignments: str,
+        values: tuple[Any, ...],
+        *,
+        ends: bool = True,
+        announce: bool = False,
     ) -> JobStatus | None:
         """Write to ``job``'s claim, if it is still the current one (with ``ends``, its
-        outcome: the claim ends); the job's status after it."""
+        outcome: the claim ends); the job's status after it. With ``announce``, a job
+        queued by it is announced (due now: given back)."""
         if ends:
             assignments += ", owner = NULL, lease_until = NULL"
         with self._write() as db:
@@ -263,6 +282,8 @@ class PostgresStore(Connections):
                 "RETURNING status",
                 (*values, job.id, job.owner, job.attempts),
             ).fetchone()
+            if announce and row is not None and row[0] == JobStatus.QUEUED.value:
+                self._announce(db)
         return None if row is None else JobStatus(row[0])
 
     @mapped
@@ -296,12 +317,14 @@ class PostgresStore(Connections):
     @mapped
     def requeue_finished(self, id: str, max_attempts: int) -> JobRecord | None:
         with self._write() as db:
-            db.execute(
+            queued = db.execute(
                 "UPDATE jobs SET status = 'queued', run_at = %s, max_attempts = %s, "
                 "result = NULL, finished_at = NULL, cancel_requested_at = NULL, owner = NULL, "
                 "lease_until = NULL WHERE id = %s AND status IN ('failed', 'cancelled')",
                 (utcnow(), max_attempts, id),
-            )
+            ).rowcount
+            if queued:
+                self._announce(db)
             return self._find(db, id)
 
     @mapped
@@ -334,6 +357,21 @@ class PostgresStore(Connections):
                 progress(purged)
             if deleted < PURGE_CHUNK:
                 return purged
+
+    def _announce(self, db: Connection) -> None:
+        """Tell the listening workers that jobs became claimable (at commit)."""
+        db.execute("SELECT pg_notify(%s, '')", (channel(self.schema),))
+
+    def listen(self, wake: Callable[[], None]) -> Callable[[], None]:
+        listener = Listener(self._conninfo, self.schema, wake, self.location)
+        self._listeners.append(listener)
+        return listener.close
+
+    def close(self) -> None:
+        for listener in self._listeners:
+            listener.close()
+        self._listeners.clear()
+        super().close()
 
     # -- processes --------------------------------------------------------------
 
@@ -390,11 +428,13 @@ class PostgresStore(Connections):
     def _release_held(self, db: Connection, owners: Sequence[str], now: datetime) -> None:
         """Release the unreleased jobs of processes that are gone: a read of the queued
         jobs (no index by owner: it would cost every enqueue, for a rare event)."""
-        db.execute(
+        released = db.execute(
             f"UPDATE jobs SET run_at = {RELEASED_RUN_AT}, owner = NULL WHERE status = 'queued' "
             "AND attempts = 0 AND owner = ANY(%s)",
             (now, list(owners)),
-        )
+        ).rowcount
+        if released:
+            self._announce(db)
 
     @mapped
     def processes(self) -> list[ProcessInfo]:
