@@ -470,3 +470,13 @@ def test_a_worker_runs_a_job_another_process_adds_without_waiting_for_its_poll(
 
 def double(n: int) -> int:
     return 2 * n
+
+
+def test_constructing_an_instance_starts_no_thread_its_first_read_opens_the_pool(
+    opened: Callable[[str], Errands], url: str
+) -> None:
+    before = threading.active_count()
+    errands = opened(url)
+    assert threading.active_count() == before  # as on SQLite: nothing runs yet
+    assert errands.get("nothing") is None
+    assert threading.active_count() > before  # the pool's

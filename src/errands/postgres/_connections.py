@@ -1,6 +1,7 @@
 """The PostgreSQL store's connections and transactions, and the mapping of its errors.
 
-Connections come from one bounded pool (``psycopg_pool``), in autocommit mode: a read
+Connections come from one bounded pool (``psycopg_pool``, opened by the first call that
+needs it, in each process), in autocommit mode: a read
 is one statement on a connection borrowed for it, a write is one transaction, or,
 inside ``batch`` (group commit), one savepoint of the batch's transaction, which
 keeps its connection until it commits. Each connection's ``search_path`` is the
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import threading
 import time
 import weakref
@@ -77,18 +79,33 @@ class Connections:
                 self._create(db)
         except psycopg.Error as exc:
             raise self._error(exc) from exc
-        self._pool: ConnectionPool[Connection] = ConnectionPool(
-            conninfo,
-            min_size=1,
-            max_size=POOL_SIZE,
-            timeout=POOL_TIMEOUT,
-            kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT},
-            configure=self._configure,
-            check=self._check,
-            reset=self._returned,
-            name=f"errands {location}",
-            open=True,
-        )
+        self._pool: ConnectionPool[Connection] | None = None
+        self._pid = 0
+        self._opening = threading.Lock()
+
+    def _connection(self) -> contextlib.AbstractContextManager[Connection]:
+        """A connection of this process's pool, made at the first call that needs one
+        (constructing a store starts no thread) and again in a forked child (a
+        connection is never shared across processes)."""
+        pool = self._pool
+        if pool is None or self._pid != os.getpid():
+            with self._opening:
+                if self._pool is None or self._pid != os.getpid():
+                    self._pool = ConnectionPool(
+                        self._conninfo,
+                        min_size=1,
+                        max_size=POOL_SIZE,
+                        timeout=POOL_TIMEOUT,
+                        kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT},
+                        configure=self._configure,
+                        check=self._check,
+                        reset=self._returned,
+                        name=f"errands {self.location}",
+                        open=True,
+                    )
+                    self._pid = os.getpid()
+                pool = self._pool
+        return pool.connection()
 
     def _configure(self, db: Connection) -> None:
         db.execute("SELECT set_config('search_path', %s, false)", (self.schema,))
@@ -134,7 +151,7 @@ class Connections:
         if batch is not None:
             yield batch
             return
-        with self._pool.connection() as db:
+        with self._connection() as db:
             yield db
 
     @contextlib.contextmanager
@@ -164,16 +181,19 @@ class Connections:
         """One write transaction; nothing of it is kept if any statement fails."""
         stack: contextlib.ExitStack | None = getattr(self._local, "stack", None)
         if stack is None:
-            with self._pool.connection() as db, db.transaction():
+            with self._connection() as db, db.transaction():
                 yield db
             return
         batch: Connection | None = self._local.batch
         if batch is None:
-            batch = stack.enter_context(self._pool.connection())
+            batch = stack.enter_context(self._connection())
             stack.enter_context(batch.transaction())
             self._local.batch = batch
         with batch.transaction():  # a savepoint
             yield batch
 
     def close(self) -> None:
-        self._pool.close()
+        with self._opening:
+            if self._pool is not None and self._pid == os.getpid():
+                self._pool.close()
+            self._pool = None
