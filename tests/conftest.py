@@ -110,9 +110,11 @@ def wait_until(predicate: object, timeout: float = 5.0, interval: float = 0.01) 
         time.sleep(interval)
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A store URL: the core behaviour tests run against every store."""
+    if request.param == "postgres":
+        return postgres_url(request.getfixturevalue("postgres_database"))
     return "memory://" if request.param == "memory" else f"sqlite:///{tmp_path}/jobs.db"
 
 
