@@ -137,6 +137,9 @@ class PostgresStore(Connections):
                 lost = self._expire_leases(db, now)
             if limited:
                 lock_limits(db, self.schema, list(limited))
+                # Counted from now on: a job that ended while this claim waited for the
+                # lock ended before the jobs it lets start (their started_at says so).
+                now = utcnow()
             allowed, tokens = allowance(db, limited, now.timestamp()) if limited else ({}, {})
             for names, most, kind in split_limited(groups, allowed):
                 left = min(most[kind], limit - len(claimed))
