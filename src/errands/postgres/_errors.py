@@ -43,6 +43,12 @@ def store_error(exc: psycopg.Error, where: str) -> StoreError:
             f"{store} could not be written: the server's disk is full ({said}). Nothing of "
             f"this call was stored. Free some space (or purge old jobs)."
         )
+    if isinstance(exc, errors.TransactionRollback):
+        # A deadlock or a serialization failure: PostgreSQL chose this transaction.
+        return StoreError(
+            f"{store} rolled back this call for a concurrent one ({said}); nothing of it "
+            f"was stored. Trying again succeeds."
+        )
     if isinstance(exc, psycopg.OperationalError):
         # Refused or lost connections, a server shutting down, the pool's timeout.
         return StoreError(

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping
 
-from .._limits import Limit
+from .._limits import Limit, allowances, spent
 from ._connections import Connection
 from ._schema import BLOCKED, COLUMNS
 
@@ -104,13 +104,7 @@ def allowance(
             "SELECT name, tokens, updated FROM limits WHERE name = ANY(%s)", (names,)
         ).fetchall()
     }
-    tokens: dict[str, float | None] = {}
-    allowed = {}
-    for name, limit in limited.items():
-        bucket = buckets.get(name)
-        tokens[name] = limit.refill(*bucket, now) if limit.rate is not None and bucket else None
-        allowed[name] = limit.allowed(running.get(name, 0), tokens[name])
-    return allowed, tokens
+    return allowances(limited, running, buckets, now)
 
 
 def spend(
@@ -124,9 +118,7 @@ def spend(
     """Take ``taken`` tokens from the name's bucket."""
     if limit.rate is None or not taken:
         return
-    had = tokens.get(name)
-    left = (limit.burst if had is None else had) - taken
-    tokens[name] = left
+    tokens[name] = left = spent(limit, tokens.get(name), taken)
     db.execute(
         "INSERT INTO limits (name, tokens, updated) VALUES (%s, %s, %s) "
         "ON CONFLICT (name) DO UPDATE SET tokens = excluded.tokens, updated = excluded.updated",
