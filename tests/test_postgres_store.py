@@ -133,6 +133,19 @@ def test_the_default_schema_is_errands_and_other_schemas_are_left_alone(
     assert query(postgres_database, "SELECT version FROM errands.version") == [(VERSION,)]
 
 
+def test_a_made_schema_is_opened_without_ddl_so_a_role_that_only_reads_and_writes_can(
+    opened: Callable[[str], Errands], url: str
+) -> None:
+    writer = opened(url)
+    writer.add_task(writer.task(name="t")(double), 21)
+    # A session that may not change anything (no CREATE, no INSERT) still opens it.
+    read_only = url + "&options=-c%20default_transaction_read_only%3Don"
+    assert opened(read_only).jobs()[0].args == [21]
+    fresh = postgres_url(url.split("?")[0])  # a schema not made yet needs its DDL
+    with pytest.raises(StoreError, match="read-only transaction"):
+        opened(fresh + "&options=-c%20default_transaction_read_only%3Don")
+
+
 def test_a_schema_of_a_newer_layout_is_refused(opened: Callable[[str], Errands], url: str) -> None:
     opened(url)
     query(url, f"UPDATE {schema_of(url)}.version SET version = %s", VERSION + 1)

@@ -5,7 +5,7 @@ every host that opens it. Needs the postgres extra: ``pip install 'errands[postg
 from __future__ import annotations
 
 import re
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from .._options import Runtime
 from ..exceptions import ConfigurationError
@@ -35,7 +35,7 @@ def parse_url(url: str) -> tuple[str, str, str]:
             f"invalid errands URL {url!r}: the schema {schema!r} must be lower-case letters, "
             f"digits and underscores (at most 63, not starting with a digit)"
         )
-    rest = urlencode([(key, value) for key, value in query if key != "schema"])
+    rest = urlencode([(k, v) for k, v in query if k != "schema"], quote_via=quote)
     conninfo = urlunsplit(("postgresql", parts.netloc, parts.path, rest, ""))
     host = parts.hostname or "localhost"
     port = f":{parts.port}" if parts.port else ""

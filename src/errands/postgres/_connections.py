@@ -125,21 +125,31 @@ class Connections:
     def _create(self, db: Connection) -> None:
         """Make the schema, its tables and indexes if missing (once, under a lock)."""
         with db.transaction():
+            if self._layout(db) == VERSION:
+                return  # made already: no DDL (a role that only reads and writes may open it)
             # Keyed by the schema's name: other schemas' errands start on their own.
             db.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (self.schema,))
             db.execute(
                 sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.schema))
             )
             db.execute(TABLES)
-            row = db.execute("SELECT max(version) FROM version").fetchone()
-            found = row[0] if row is not None else None
-            if found is None:
+            if self._layout(db) is None:  # (another process may have made it meanwhile)
                 db.execute("INSERT INTO version (version) VALUES (%s)", (VERSION,))
-            elif not isinstance(found, int) or found > VERSION:
-                raise ConfigurationError(
-                    f"the PostgreSQL store {self.location} has the layout of version "
-                    f"{found!r}, newer than this errands knows ({VERSION}): upgrade errands"
-                )
+
+    def _layout(self, db: Connection) -> int | None:
+        """The version of the schema's layout, None if it is not made yet; a
+        ``ConfigurationError`` if it is newer than this errands knows."""
+        row = db.execute("SELECT to_regclass(%s)", (f"{self.schema}.version",)).fetchone()
+        if row is None or row[0] is None:
+            return None
+        row = db.execute("SELECT max(version) FROM version").fetchone()
+        found = row[0] if row is not None else None
+        if found is not None and (not isinstance(found, int) or found > VERSION):
+            raise ConfigurationError(
+                f"the PostgreSQL store {self.location} has the layout of version "
+                f"{found!r}, newer than this errands knows ({VERSION}): upgrade errands"
+            )
+        return found if isinstance(found, int) else None
 
     # -- reads and writes ---------------------------------------------------------
 
