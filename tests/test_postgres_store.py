@@ -173,6 +173,21 @@ def test_the_location_never_shows_the_password() -> None:
     assert "s3cret" not in location
 
 
+def test_the_password_is_never_shown_and_a_misspelt_option_is_a_configuration_error(
+    opened: Callable[[str], Errands], postgres_database: str
+) -> None:
+    url = postgres_database.replace("postgres@", "postgres:s3cret@", 1)  # trust: ignored
+    errands = opened(url)
+    assert errands.url == url.replace(":s3cret@", ":***@")
+    assert "s3cret" not in repr(errands)
+    with pytest.raises(ConfigurationError, match="sslmod") as raised:
+        Errands(url + "?sslmod=require")
+    assert "s3cret" not in str(raised.value) and ":***@" in str(raised.value)
+    with pytest.raises(ConfigurationError, match="give the database as") as raised:
+        Errands("postgresql://postgres:s3cret@127.0.0.1:port/db")
+    assert "s3cret" not in str(raised.value)
+
+
 # -- the claim's plan -----------------------------------------------------------------
 
 
