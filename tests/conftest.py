@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import httpx
+import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
@@ -109,9 +110,11 @@ def wait_until(predicate: object, timeout: float = 5.0, interval: float = 0.01) 
         time.sleep(interval)
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A store URL: the core behaviour tests run against every store."""
+    if request.param == "postgres":
+        return postgres_url(request.getfixturevalue("postgres_database"))
     return "memory://" if request.param == "memory" else f"sqlite:///{tmp_path}/jobs.db"
 
 
@@ -143,7 +146,11 @@ def wait_finished(errands: Any, id: str, timeout: float = 30) -> Any:
         time.sleep(0.02)
 
 
-SERVICES = {"redis": ("127.0.0.1", 6379), "rabbitmq": ("127.0.0.1", 5672)}
+SERVICES = {
+    "redis": ("127.0.0.1", 6379),
+    "rabbitmq": ("127.0.0.1", 5672),
+    "postgres": ("127.0.0.1", 5432),
+}
 
 
 def require_service(name: str) -> None:
@@ -156,6 +163,30 @@ def require_service(name: str) -> None:
         if os.environ.get("CI") == "true":
             pytest.fail(message)
         pytest.skip(message)
+
+
+#: The server's own database, used only to create and drop the test run's database.
+POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[str]:
+    """A database of this test run's own (``errands_test_<random>``), dropped after it:
+    the URL of it. Tests never touch another database."""
+    require_service("postgres")
+    name = f"errands_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    try:
+        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def postgres_url(database: str) -> str:
+    """A store of its own in the run's database: a fresh schema."""
+    return f"{database}?schema=t_{uuid.uuid4().hex[:12]}"
 
 
 class CeleryWorker:
@@ -240,6 +271,7 @@ class CeleryWorker:
 MODES = [
     pytest.param("memory"),
     pytest.param("sqlite"),
+    pytest.param("postgres", marks=pytest.mark.postgres),
     pytest.param("celery-redis", marks=pytest.mark.celery),
     pytest.param("celery-rabbitmq", marks=[pytest.mark.celery, pytest.mark.slow]),
 ]
@@ -284,11 +316,18 @@ def running(
             require_service("redis")
             if name == "celery-rabbitmq":
                 require_service("rabbitmq")
-        mode = modes.make(name, path=str(folder / "jobs.db"), queue=queue)
+        url = ""
+        if name == "postgres":
+            url = postgres_url(request.getfixturevalue("postgres_database"))
+        mode = modes.make(name, path=str(folder / "jobs.db"), queue=queue, url=url)
         if mode.celery is not None:
             worker = CeleryWorker(name, queue, log)
-        with TestClient(mode.app, raise_server_exceptions=False) as client:
-            yield Running(mode, client, queue)
+        try:
+            with TestClient(mode.app, raise_server_exceptions=False) as client:
+                yield Running(mode, client, queue)
+        finally:
+            if name == "postgres":
+                mode.errands._core.backend.store.close()  # its pool's connections
     finally:
         if worker is not None:
             worker.stop()

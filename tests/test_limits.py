@@ -16,7 +16,14 @@ import pytest
 from errands import ConfigurationError, Errands, JobStatus
 from errands._limits import Limit
 from tests.apps import modes
-from tests.conftest import ROOT, CeleryWorker, delete_queues, require_service, wait_finished
+from tests.conftest import (
+    ROOT,
+    CeleryWorker,
+    delete_queues,
+    postgres_url,
+    require_service,
+    wait_finished,
+)
 
 
 @pytest.mark.parametrize(
@@ -66,9 +73,22 @@ def most_at_once(intervals: list[tuple[float, float]]) -> int:
     return most
 
 
-@pytest.mark.parametrize("url", ["memory://", "sqlite"])
-def test_concurrency_holds_a_tasks_jobs_and_lets_the_others_pass(url: str, tmp_path: Path) -> None:
-    errands = Errands(url if url == "memory://" else f"sqlite:///{tmp_path}/j.db")
+POSTGRES = pytest.param("postgres", marks=pytest.mark.postgres)
+
+
+def store_url(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    """The URL of a fresh store of this kind: memory://, a SQLite file, a PostgreSQL
+    schema of the test run's database."""
+    if kind == "postgres":
+        return postgres_url(request.getfixturevalue("postgres_database"))
+    return kind if kind == "memory://" else f"sqlite:///{tmp_path}/j.db"
+
+
+@pytest.mark.parametrize("url", ["memory://", "sqlite", POSTGRES])
+def test_concurrency_holds_a_tasks_jobs_and_lets_the_others_pass(
+    url: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    errands = Errands(store_url(url, tmp_path, request))
 
     @errands.task(name="narrow", concurrency=2)
     async def narrow() -> None:
@@ -88,9 +108,11 @@ def test_concurrency_holds_a_tasks_jobs_and_lets_the_others_pass(url: str, tmp_p
     assert all(errands.get(j.id).status is JobStatus.SUCCEEDED for j in held + others)  # type: ignore[union-attr]
 
 
-@pytest.mark.parametrize("url", ["memory://", "sqlite"])
-def test_a_rate_spreads_attempts_evenly(url: str, tmp_path: Path) -> None:
-    errands = Errands(url if url == "memory://" else f"sqlite:///{tmp_path}/j.db")
+@pytest.mark.parametrize("url", ["memory://", "sqlite", POSTGRES])
+def test_a_rate_spreads_attempts_evenly(
+    url: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    errands = Errands(store_url(url, tmp_path, request))
 
     @errands.task(name="paced", rate="20/s")
     async def paced() -> None: ...
@@ -124,9 +146,12 @@ async def paced(i: int) -> None: ...
 
 
 @pytest.mark.server
-def test_limits_hold_across_two_worker_processes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["sqlite", POSTGRES])
+def test_limits_hold_across_two_worker_processes(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     (tmp_path / "limited_app.py").write_text(WORKER_APP)
-    url = f"sqlite:///{tmp_path}/jobs.db"
+    url = store_url(kind, tmp_path, request)
     env = {**os.environ, "ERRANDS_URL": url, "PYTHONPATH": f"{tmp_path}:{ROOT}"}
     errands = Errands(url)
 

@@ -11,16 +11,25 @@ from errands import JobRecord, JobStatus
 from errands.local import Store
 from errands.local._store import ProcessInfo
 from errands.memory import MemoryStore
+from errands.postgres import PostgresStore, parse_url
 from errands.sqlite import SQLiteStore
+from tests.conftest import postgres_url
 
-STORES = ["memory", "sqlite"]
+STORES = ["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 #: What a worker that knows the task "t" asks for.
 T = [(("t",), 10)]
 
 
 @pytest.fixture(params=STORES)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    made: Store = MemoryStore() if request.param == "memory" else SQLiteStore(tmp_path / "j.db")
+    made: Store
+    if request.param == "memory":
+        made = MemoryStore()
+    elif request.param == "sqlite":
+        made = SQLiteStore(tmp_path / "j.db")
+    else:
+        conninfo, schema, _ = parse_url(postgres_url(request.getfixturevalue("postgres_database")))
+        made = PostgresStore(conninfo, schema=schema)
     yield made
     made.close()
 
@@ -583,7 +592,7 @@ def test_purge_tells_its_progress_as_it_goes(store: Store) -> None:
     told: list[int] = []
     assert store.purge(now() + timedelta(seconds=1), None, told.append) == 2500
     assert told and told[-1] == 2500 and told == sorted(told)
-    if isinstance(store, SQLiteStore):
+    if isinstance(store, SQLiteStore | PostgresStore):
         assert told == [1000, 2000, 2500]  # a chunk at a time
 
 

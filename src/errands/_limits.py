@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from .exceptions import ConfigurationError
@@ -50,6 +51,29 @@ class Limit:
         if self.rate is not None:
             most = min(most, math.floor(self.burst if tokens is None else tokens))
         return most
+
+
+def allowances(
+    limited: Mapping[str, Limit],
+    running: Mapping[str, int],
+    buckets: Mapping[str, tuple[float, float]],
+    now: float,
+) -> tuple[dict[str, int], dict[str, float | None]]:
+    """For a store that keeps buckets as rows: how many more jobs of each limited name
+    may start now, given how many run and each bucket's ``(tokens, updated)``; and the
+    tokens of each bucket now (None: no bucket yet: full)."""
+    tokens: dict[str, float | None] = {}
+    allowed = {}
+    for name, limit in limited.items():
+        bucket = buckets.get(name)
+        tokens[name] = limit.refill(*bucket, now) if limit.rate is not None and bucket else None
+        allowed[name] = limit.allowed(running.get(name, 0), tokens[name])
+    return allowed, tokens
+
+
+def spent(limit: Limit, tokens: float | None, taken: int) -> float:
+    """The bucket's tokens once ``taken`` attempts took theirs (None: it was full)."""
+    return (limit.burst if tokens is None else tokens) - taken
 
 
 def check_limit(name: str, concurrency: object, rate: object) -> Limit | None:

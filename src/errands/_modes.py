@@ -26,6 +26,8 @@ MODES: dict[str, tuple[str, str, str | None]] = {
     "memory": ("errands.memory", "memory://", None),
     "sqlite": ("errands.sqlite", "sqlite:///relative/path.db, sqlite:////absolute/path.db", None),
     "celery": ("errands.celery", "celery://module:attribute (a Celery app)", "celery"),
+    "postgresql": ("errands.postgres", "postgresql://user:password@host:5432/db", "postgres"),
+    "postgres": ("errands.postgres", "postgres://user:password@host:5432/db", "postgres"),
 }
 
 

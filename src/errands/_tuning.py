@@ -16,6 +16,10 @@ HOLD = 60.0
 #: How often an idle worker looks in a store that other processes add to (SQLite):
 #: an idle poll is one indexed read.
 POLL_SHARED = 0.01
+#: How often an idle worker looks in a store that tells it of jobs other processes
+#: add (PostgreSQL: LISTEN/NOTIFY): for what nobody announces, jobs that fall due
+#: later (a delay, another process's retry) and leases that run out.
+POLL_ANNOUNCED = 0.2
 #: How often an idle worker looks in the memory store (only this process adds to
 #: it, and wakes the worker when it does).
 POLL_LOCAL = 1.0

@@ -196,12 +196,14 @@ def make_celery(mode: str, queue: str) -> Celery:
     return app
 
 
-def make(mode: str, *, path: str = "", queue: str = "errands-modes") -> Mode:
+def make(mode: str, *, path: str = "", queue: str = "errands-modes", url: str = "") -> Mode:
     celery_app = None
     if mode == "memory":
         errands = Errands("memory://")
     elif mode == "sqlite":
         errands = Errands(f"sqlite:///{path}")
+    elif mode == "postgres":
+        errands = Errands(url)  # postgresql://...: the test run's database
     else:
         celery_app = make_celery(mode, queue)
         lease = float(os.environ.get("MODES_LEASE", 30))  # a Redis test's shorter one

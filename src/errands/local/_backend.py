@@ -37,7 +37,7 @@ from .._waiters import WAITERS
 from ..exceptions import ConfigurationError, StoreError
 from ._claims import Backoff, Claims, next_delay
 from ._liveness import Liveness
-from ._store import ProcessInfo, Store
+from ._store import Announcing, ProcessInfo, Store
 
 if TYPE_CHECKING:
     from collections import deque
@@ -66,6 +66,7 @@ class LocalBackend(Backend):
         self._groups: PerLoop[GroupCommit] = weakref.WeakKeyDictionary()
         self._liveness: PerLoop[Liveness] = weakref.WeakKeyDictionary()
         self._claims: Claims | None = None
+        self._unlisten: Callable[[], None] | None = None
         self._pid = -1
         self._id = ""
         self._started_at = utcnow()
@@ -307,6 +308,8 @@ class LocalBackend(Backend):
 
     def source(self, worker: Worker) -> Source:
         self._claims = Claims(self, worker)
+        if isinstance(self.store, Announcing) and self._unlisten is None:
+            self._unlisten = self.store.listen(self._wanted)
         return self._claims
 
     async def started(self, worker: Worker) -> None:
@@ -315,6 +318,9 @@ class LocalBackend(Backend):
 
     async def stopped(self) -> None:
         self._claims = None
+        if self._unlisten is not None:
+            self._unlisten()
+            self._unlisten = None
         if self._purge is not None:
             self._purge.cancel()
             self._purge = None

@@ -24,9 +24,15 @@ from typing import TYPE_CHECKING
 
 from .._limits import Limit
 from .._record import JobRecord
-from .._tuning import MAX_STORE_BACKOFF, MIN_STORE_BACKOFF, POLL_LOCAL, POLL_SHARED
+from .._tuning import (
+    MAX_STORE_BACKOFF,
+    MIN_STORE_BACKOFF,
+    POLL_ANNOUNCED,
+    POLL_LOCAL,
+    POLL_SHARED,
+)
 from ..exceptions import StoreCorrupt, StoreError, StoreUnwritable
-from ._store import Want
+from ._store import Announcing, Want
 
 if TYPE_CHECKING:
     from .._task import Kind
@@ -90,8 +96,12 @@ class Claims:
         self._backend = backend
         self._worker = self.worker = worker
         durable = backend.durable
-        #: A shared store gets jobs from other processes too: look for them often.
-        self.poll_interval = self._poll = POLL_SHARED if durable else POLL_LOCAL
+        #: A shared store gets jobs from other processes too: look for them often,
+        #: unless the store says when they come.
+        self._poll = POLL_SHARED if durable else POLL_LOCAL
+        if isinstance(backend.store, Announcing):
+            self._poll = POLL_ANNOUNCED
+        self.poll_interval = self._poll
         self._limits: dict[str, Limit] = {}
         self._dirty = True  # the store may have claimable jobs
         self._claiming = 0  # slots held by a claim in flight

@@ -37,7 +37,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from .._limits import Limit
 from .._record import JobRecord, JobStatus
@@ -224,3 +224,13 @@ class Store(Protocol):
 
     def close(self) -> None:
         """Release the store's resources. Further calls are not allowed."""
+
+
+@runtime_checkable
+class Announcing(Protocol):
+    """A store that tells this process when other processes add claimable jobs (the
+    PostgreSQL store, through LISTEN/NOTIFY): its worker polls less often."""
+
+    def listen(self, wake: Callable[[], None]) -> Callable[[], None]:
+        """Call ``wake`` (from a thread of the store's) whenever jobs may have become
+        claimable; returns the function that stops it."""

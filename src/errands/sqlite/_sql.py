@@ -8,7 +8,7 @@ import functools
 import sqlite3
 from collections.abc import Iterator, Mapping
 
-from .._limits import Limit
+from .._limits import Limit, allowances, spent
 from ._rows import Row
 from ._schema import ADDED, BLOCKED, CLAIMABLE_COLUMNS, COLUMNS, PRIORITY, RUN_AT
 
@@ -130,13 +130,7 @@ def allowance(
             names,
         ).fetchall()
     }
-    tokens: dict[str, float | None] = {}
-    allowed = {}
-    for name, limit in limited.items():
-        bucket = buckets.get(name)
-        tokens[name] = limit.refill(*bucket, now) if limit.rate is not None and bucket else None
-        allowed[name] = limit.allowed(running.get(name, 0), tokens[name])
-    return allowed, tokens
+    return allowances(limited, running, buckets, now)
 
 
 def spend(
@@ -150,9 +144,7 @@ def spend(
     """Take ``taken`` tokens from the name's bucket."""
     if limit.rate is None or not taken:
         return
-    had = tokens.get(name)
-    left = (limit.burst if had is None else had) - taken
-    tokens[name] = left
+    tokens[name] = left = spent(limit, tokens.get(name), taken)
     db.execute(
         "INSERT INTO errands_limits (name, tokens, updated) VALUES (?, ?, ?) "
         "ON CONFLICT (name) DO UPDATE SET tokens = excluded.tokens, updated = excluded.updated",

@@ -1,0 +1,75 @@
+"""The PostgreSQL mode (``postgresql://user:password@host:5432/database``): jobs in a
+schema of one database (``errands``, or ``?schema=name``), shared by every process on
+every host that opens it. Needs the postgres extra: ``pip install 'errands[postgres]'``."""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
+from .._options import Runtime
+from ..exceptions import ConfigurationError
+from ..local import LocalBackend
+from ._store import PostgresStore
+
+__all__ = ["PostgresStore", "masked", "open_backend", "parse_url"]
+
+#: A schema name errands makes and names bare: no quoting needed, nor possible to misuse.
+_SCHEMA = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+
+def parse_url(url: str) -> tuple[str, str, str]:
+    """The connection string psycopg takes, the schema, and where the store is (the
+    URL without its password) for logs and errors."""
+    shown = masked(url)
+    parts = urlsplit(url)
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        port = "?"
+    if (
+        parts.scheme not in ("postgresql", "postgres")
+        or (not parts.hostname and not parts.path)
+        or port == "?"
+    ):
+        raise ConfigurationError(
+            f"invalid errands URL {shown!r}: give the database as "
+            f"postgresql://user:password@host:5432/database (optionally ?schema=name)"
+        )
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    schemas = [value for key, value in query if key == "schema"]
+    schema = schemas[-1] if schemas else "errands"
+    if not _SCHEMA.fullmatch(schema):
+        raise ConfigurationError(
+            f"invalid errands URL {shown!r}: the schema {schema!r} must be lower-case letters, "
+            f"digits and underscores (at most 63, not starting with a digit)"
+        )
+    rest = urlencode([(k, v) for k, v in query if k != "schema"], quote_via=quote)
+    conninfo = urlunsplit(("postgresql", parts.netloc, parts.path, rest, ""))
+    try:
+        conninfo_to_dict(conninfo)  # libpq's own reading: a misspelt option fails here
+    except psycopg.ProgrammingError as exc:
+        raise ConfigurationError(f"invalid errands URL {shown!r}: {exc}") from None
+    user = f"{parts.username}@" if parts.username else ""
+    location = f"postgresql://{user}{parts.hostname or 'localhost'}{port}{parts.path}"
+    return conninfo, schema, f"{location} (schema {schema})"
+
+
+def masked(url: str) -> str:
+    """The URL with its password (if any) shown as ``***``: what logs and errors say."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user, _, host = parts.netloc.rpartition("@")
+    name = user.split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{name}:***@{host}"))
+
+
+def open_backend(url: str, runtime: Runtime) -> LocalBackend:
+    conninfo, schema, location = parse_url(url)
+    store = PostgresStore(conninfo, schema=schema, location=location)
+    # errands.url, and the line a served app logs, never show the password.
+    return LocalBackend(store, runtime, masked(url))

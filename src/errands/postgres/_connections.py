@@ -1,0 +1,209 @@
+"""The PostgreSQL store's connections and transactions, and the mapping of its errors.
+
+Connections come from one bounded pool (``psycopg_pool``, opened by the first call that
+needs it, in each process), in autocommit mode: a read
+is one statement on a connection borrowed for it, a write is one transaction, or,
+inside ``batch`` (group commit), one savepoint of the batch's transaction, which
+keeps its connection until it commits. Each connection's ``search_path`` is the
+store's schema alone, so statements name their tables bare. No ``psycopg`` error
+leaves a method decorated with ``mapped``: it becomes the ``StoreError`` that
+``_errors`` chooses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterator
+from typing import Concatenate, ParamSpec, TypeVar
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import TupleRow
+from psycopg_pool import ConnectionPool
+
+from ..exceptions import ConfigurationError, StoreError
+from ._errors import store_error
+from ._schema import TABLES, VERSION
+
+P = ParamSpec("P")
+R = TypeVar("R")
+T = TypeVar("T", bound="Connections")
+
+Connection = psycopg.Connection[TupleRow]
+
+#: The most connections one store holds: the group-commit thread of each event loop,
+#: the worker's reads, and requests' reads in their thread pools share them.
+POOL_SIZE = 10
+#: How long a call waits for a free connection (or for the server to accept one)
+#: before it fails with a ``StoreError`` (``503`` for a request).
+POOL_TIMEOUT = 5.0
+CONNECT_TIMEOUT = 5
+#: A connection that has waited in the pool longer than this (seconds) is checked (an
+#: empty query) before it is lent: one the server dropped meanwhile (a restart, a
+#: failover, an idle timeout) is replaced instead of failing the call that gets it.
+#: Connections in steady use skip the round trip.
+CHECK_AFTER_IDLE = 1.0
+
+
+def mapped(method: Callable[Concatenate[T, P], R]) -> Callable[Concatenate[T, P], R]:
+    """No raw ``psycopg`` error escapes ``method``: it leaves as a ``StoreError``."""
+
+    @functools.wraps(method)
+    def call(self: T, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(self, *args, **kwargs)
+        except psycopg.Error as exc:
+            raise self._error(exc) from exc
+
+    return call
+
+
+class Connections:
+    def __init__(self, conninfo: str, schema: str, location: str) -> None:
+        self.schema = schema
+        self._conninfo = conninfo
+        #: The server, database and schema (never the password): for logs and errors.
+        self.location = location
+        self._local = threading.local()
+        self._idle_since: weakref.WeakKeyDictionary[Connection, float] = weakref.WeakKeyDictionary()
+        try:
+            # A connection of its own first: a server that cannot be reached fails the
+            # store now, with the server's reason (the pool would only time out).
+            with psycopg.connect(conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT) as db:
+                self._configure(db)
+                self._create(db)
+        except psycopg.Error as exc:
+            raise self._error(exc) from exc
+        self._pool: ConnectionPool[Connection] | None = None
+        self._pid = 0
+        self._opening = threading.Lock()
+
+    def _connection(self) -> contextlib.AbstractContextManager[Connection]:
+        """A connection of this process's pool, made at the first call that needs one
+        (constructing a store starts no thread) and again in a forked child (a
+        connection is never shared across processes)."""
+        pool = self._pool
+        if pool is None or self._pid != os.getpid():
+            with self._opening:
+                if self._pool is None or self._pid != os.getpid():
+                    self._pool = ConnectionPool(
+                        self._conninfo,
+                        min_size=1,
+                        max_size=POOL_SIZE,
+                        timeout=POOL_TIMEOUT,
+                        kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT},
+                        configure=self._configure,
+                        check=self._check,
+                        reset=self._returned,
+                        name=f"errands {self.location}",
+                        open=True,
+                    )
+                    self._pid = os.getpid()
+                pool = self._pool
+        return pool.connection()
+
+    def _configure(self, db: Connection) -> None:
+        db.execute("SELECT set_config('search_path', %s, false)", (self.schema,))
+        self._returned(db)  # idle from now, until lent
+
+    def _returned(self, db: Connection) -> None:
+        self._idle_since[db] = time.monotonic()
+
+    def _check(self, db: Connection) -> None:
+        since = self._idle_since.pop(db, None)
+        if since is not None and time.monotonic() - since > CHECK_AFTER_IDLE:
+            ConnectionPool.check_connection(db)
+
+    def _error(self, exc: psycopg.Error) -> StoreError:
+        return store_error(exc, self.location)
+
+    def _create(self, db: Connection) -> None:
+        """Make the schema, its tables and indexes if missing (once, under a lock)."""
+        with db.transaction():
+            if self._layout(db) == VERSION:
+                return  # made already: no DDL (a role that only reads and writes may open it)
+            # Keyed by the schema's name: other schemas' errands start on their own.
+            db.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (self.schema,))
+            db.execute(
+                sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.schema))
+            )
+            db.execute(TABLES)
+            if self._layout(db) is None:  # (another process may have made it meanwhile)
+                db.execute("INSERT INTO version (version) VALUES (%s)", (VERSION,))
+
+    def _layout(self, db: Connection) -> int | None:
+        """The version of the schema's layout, None if it is not made yet; a
+        ``ConfigurationError`` if it is newer than this errands knows."""
+        row = db.execute("SELECT to_regclass(%s)", (f"{self.schema}.version",)).fetchone()
+        if row is None or row[0] is None:
+            return None
+        row = db.execute("SELECT max(version) FROM version").fetchone()
+        found = row[0] if row is not None else None
+        if found is not None and (not isinstance(found, int) or found > VERSION):
+            raise ConfigurationError(
+                f"the PostgreSQL store {self.location} has the layout of version "
+                f"{found!r}, newer than this errands knows ({VERSION}): upgrade errands"
+            )
+        return found if isinstance(found, int) else None
+
+    # -- reads and writes ---------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[Connection]:
+        """A connection to read on: the batch's, if this thread has begun one (it sees
+        the batch's writes), else one borrowed from the pool for the statement."""
+        batch: Connection | None = getattr(self._local, "batch", None)
+        if batch is not None:
+            yield batch
+            return
+        with self._connection() as db:
+            yield db
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """One transaction around several writes of this thread (group commit).
+
+        Inside it each write runs in a savepoint: a write that fails is undone alone.
+        The transaction begins with the first write: a batch of idle polls (claims
+        that find nothing due) only reads.
+        """
+        try:
+            # Leaving the stack commits the batch's transaction (or rolls it back, on an
+            # error) and gives its connection back.
+            with contextlib.ExitStack() as stack:
+                self._local.stack = stack
+                self._local.batch = None
+                try:
+                    yield
+                finally:
+                    self._local.stack = None
+                    self._local.batch = None
+        except psycopg.Error as exc:
+            raise self._error(exc) from exc
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[Connection]:
+        """One write transaction; nothing of it is kept if any statement fails."""
+        stack: contextlib.ExitStack | None = getattr(self._local, "stack", None)
+        if stack is None:
+            with self._connection() as db, db.transaction():
+                yield db
+            return
+        batch: Connection | None = self._local.batch
+        if batch is None:
+            batch = stack.enter_context(self._connection())
+            stack.enter_context(batch.transaction())
+            self._local.batch = batch
+        with batch.transaction():  # a savepoint
+            yield batch
+
+    def close(self) -> None:
+        with self._opening:
+            if self._pool is not None and self._pid == os.getpid():
+                self._pool.close()
+            self._pool = None

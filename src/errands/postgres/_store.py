@@ -1,0 +1,442 @@
+"""The PostgreSQL store: jobs in a schema of one database, shared by every process on
+every host that opens it.
+
+The same semantics as the SQLite store (``errands.sqlite._store``), statement for
+statement where they can be; what differs is concurrency. Claims pass over rows
+other claimers hold (``FOR UPDATE SKIP LOCKED``, see ``_sql``) instead of queueing on
+one write lock; task limits are counted under an advisory lock a name; every write
+that depends on a job's state says that state in its ``WHERE`` (PostgreSQL checks it
+again on the row it locks), so two processes never both end, expire or cancel one
+job. No ``psycopg`` error leaves a method: each becomes a ``StoreError`` (``_errors``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from collections.abc import Callable, Collection, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from .._cancel import CANCELLED_QUEUED, CANCELLED_RUNNING
+from .._limits import Limit
+from .._record import JobRecord, JobStatus, utcnow
+from .._tuning import MAX_LOST_LEASES, PURGE_CHUNK
+from ..local._store import ProcessInfo, Want, poison_error
+from ..sqlite._rows import Row, Unreadable, corrupt_error, dumps, process_info, record
+from ..sqlite._sql import claim_order, split_limited, stopped_status, unless_stopped
+from ._connections import Connection, mapped
+from ._listen import Listener, channel
+from ._reads import Reads
+from ._schema import INSERT_NEW, PROCESS_COLUMNS, PROCESS_NAMES
+from ._sql import CLAIM_IDS, LOOK, allowance, claim_sql, lock_limits, spend
+
+#: A released job is due now (parameter), or at its scheduled time if that is later.
+RELEASED_RUN_AT = "GREATEST(%s, scheduled_at)"
+FINAL = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+class PostgresStore(Reads):
+    durable = True
+
+    def __init__(self, conninfo: str, *, schema: str = "errands", location: str = "") -> None:
+        super().__init__(conninfo, schema, location or f"{conninfo} (schema {schema})")
+        self._warned: set[str] = set()
+        self.lost: deque[str] = deque()
+        self._listeners: list[Listener] = []
+
+    # -- writing ----------------------------------------------------------------
+
+    @mapped
+    def enqueue(self, jobs: Sequence[JobRecord]) -> list[JobRecord]:
+        if not jobs:
+            return []
+        rows = [
+            (
+                job.id, job.name, job.status.value, dumps(job.args, "[]"),
+                dumps(job.kwargs, "{}"), job.attempts, job.max_attempts, None, job.error,
+                job.traceback, job.created_at, job.started_at, job.finished_at, job.run_at,
+                job.after, job.owner, None, job.lost, job.scheduled_at, job.priority,
+                job.cancel_requested_at, job.traceparent,
+            )
+            for job in jobs
+        ]  # fmt: skip
+        kept = []
+        with self._write() as db:
+            # One statement a job, pipelined; an id already kept (a caller's, or twice
+            # in ``jobs``) adds nothing and returns no row.
+            cursor = db.cursor()
+            cursor.executemany(INSERT_NEW, rows, returning=True)
+            free = False  # an added job nobody holds: claimable (when due) at once
+            for job in jobs:
+                if cursor.fetchone() is None:
+                    kept.append(job)
+                elif job.owner is None:
+                    free = True
+                cursor.nextset()
+            if free:
+                self._announce(db)
+        return kept
+
+    @mapped
+    def release(self, ids: Collection[str]) -> None:
+        with self._write() as db:
+            released = db.execute(
+                f"UPDATE jobs SET run_at = {RELEASED_RUN_AT}, owner = NULL WHERE id = ANY(%s) "
+                "AND status = 'queued' AND attempts = 0 AND owner IS NOT NULL",
+                (utcnow(), list(ids)),
+            ).rowcount
+            if released:
+                self._announce(db)
+
+    @mapped
+    def cancel(self, ids: Collection[str], reason: str) -> list[str]:
+        wanted = list(ids)
+        with self._write() as db:
+            rows = db.execute(
+                "UPDATE jobs SET status = 'cancelled', error = %s, finished_at = %s, "
+                "owner = NULL WHERE id = ANY(%s) AND status = 'queued' RETURNING id",
+                (reason, utcnow(), wanted),
+            ).fetchall()
+        cancelled = {id for (id,) in rows}
+        return [id for id in dict.fromkeys(wanted) if id in cancelled]
+
+    @mapped
+    def claim(
+        self,
+        owner: str,
+        lease: float,
+        wants: Sequence[Want],
+        limit: int | None = None,
+        limits: Mapping[str, Limit] | None = None,
+    ) -> list[JobRecord]:
+        groups = [(tuple(names), most) for names, most in wants if most > 0 and names]
+        if limit is None:
+            limit = sum(most for _, most in groups)
+        if not groups or limit <= 0:
+            return []
+        now = utcnow()
+        wanted = list(dict.fromkeys(name for names, _ in groups for name in names))
+        limited = {name: limits[name] for name in wanted if limits and name in limits}
+        with self._read() as db:
+            row = db.execute(LOOK, (wanted, now, now)).fetchone()
+        assert row is not None
+        ready, expired = set(row[0]), row[1]
+        if not ready and not expired:
+            return []  # an idle poll: one read, no transaction
+        if not expired:
+            groups = [(tuple(name for name in names if name in ready), n) for names, n in groups]
+        claimed: list[JobRecord] = []
+        lost: list[str] = []
+        with self._write() as db:
+            if expired:
+                lost = self._expire_leases(db, now)
+            if limited:
+                lock_limits(db, self.schema, list(limited))
+                # Counted from now on: a job that ended while this claim waited for the
+                # lock ended before the jobs it lets start (their started_at says so).
+                now = utcnow()
+            allowed, tokens = allowance(db, limited, now.timestamp()) if limited else ({}, {})
+            for names, most, kind in split_limited(groups, allowed):
+                left = min(most[kind], limit - len(claimed))
+                if len(names) == 1 and names[0] in allowed:
+                    left = min(left, allowed[names[0]])
+                if not names or left <= 0:
+                    continue
+                values: tuple[Any, ...] = (owner, now + timedelta(seconds=lease), now)
+                if len(names) == 1:
+                    values += (names[0], now, left)
+                else:
+                    values += (list(names), now, left, left)
+                rows = db.execute(claim_sql(len(names) > 1), values).fetchall()
+                rows.sort(key=claim_order)  # priority first, then due time, then FIFO
+                most[kind] -= len(rows)
+                if len(names) == 1 and names[0] in allowed:
+                    spend(db, limited[names[0]], names[0], tokens, len(rows), now.timestamp())
+                claimed += self._records(db, rows, now)
+        self.lost.extend(lost)  # counted once the transaction is in
+        return claimed
+
+    @mapped
+    def claim_ids(self, owner: str, lease: float, ids: Collection[str]) -> list[JobRecord]:
+        wanted = list(ids)
+        if not wanted:
+            return []
+        now = utcnow()
+        with self._write() as db:
+            until = now + timedelta(seconds=lease)
+            rows = db.execute(CLAIM_IDS, (owner, until, now, wanted))
+            return self._records(db, sorted(rows.fetchall()), now)
+
+    def _records(self, db: Connection, rows: Sequence[Row], now: datetime) -> list[JobRecord]:
+        """Claimed rows as records; a row nobody can run is failed with the reason."""
+        claimed = []
+        for seq, *row in rows:
+            try:
+                claimed.append(record(row))
+            except Unreadable as exc:
+                self._warn(row[0], str(exc), "failed")
+                db.execute(
+                    "UPDATE jobs SET status = 'failed', error = %s, finished_at = %s, "
+                    "owner = NULL, lease_until = NULL WHERE seq = %s",
+                    (corrupt_error(str(exc)), now, seq),
+                )
+        return claimed
+
+    def _expire_leases(self, db: Connection, now: datetime) -> list[str]:
+        """Jobs whose worker stopped renewing its lease are claimable again, up to
+        MAX_LOST_LEASES times; then they are failed as poison. The task names of the
+        attempts so lost (each found by one claimer: the row's lock decides)."""
+        # One asked to stop ends cancelled: it is not run again.
+        lost = db.execute(
+            "UPDATE jobs SET status = 'cancelled', lost = lost + 1, error = %s, "
+            "finished_at = %s, owner = NULL, lease_until = NULL "
+            "WHERE status = 'running' AND lease_until < %s AND cancel_requested_at IS NOT NULL "
+            "RETURNING name",
+            (CANCELLED_RUNNING, now, now),
+        ).fetchall()
+        lost += db.execute(
+            "UPDATE jobs SET status = 'failed', lost = lost + 1, error = %s, "
+            "traceback = NULL, finished_at = %s, owner = NULL, lease_until = NULL "
+            "WHERE status = 'running' AND lease_until < %s AND lost + 1 >= %s RETURNING name",
+            (poison_error(MAX_LOST_LEASES), now, now, MAX_LOST_LEASES),
+        ).fetchall()
+        again = db.execute(
+            "UPDATE jobs SET status = 'queued', lost = lost + 1, owner = NULL, "
+            "lease_until = NULL, run_at = %s WHERE status = 'running' AND lease_until < %s "
+            "RETURNING name",
+            (now, now),
+        ).fetchall()
+        if again:
+            self._announce(db)  # for workers of the names this claim does not want
+        return [name for (name,) in lost + again]
+
+    @mapped
+    def renew(self, jobs: Sequence[JobRecord], lease: float) -> list[str]:
+        until = utcnow() + timedelta(seconds=lease)
+        return [
+            job.id
+            for job in jobs
+            if self._update_claimed(job, "lease_until = %s", (until,), ends=False) is None
+        ]
+
+    @mapped
+    def complete(self, job: JobRecord, result: Any) -> JobStatus | None:
+        return self._update_claimed(
+            job,
+            f"status = {stopped_status('succeeded')}, result = {unless_stopped('%s', 'NULL')}, "
+            f"error = {unless_stopped('error', '%s')}, finished_at = %s",
+            (json.dumps(result), CANCELLED_RUNNING, utcnow()),
+        )
+
+    @mapped
+    def retry(
+        self, job: JobRecord, error: str, traceback: str, run_at: datetime
+    ) -> JobStatus | None:
+        return self._update_claimed(
+            job,
+            f"status = {stopped_status('queued')}, error = {unless_stopped('%s', '%s')}, "
+            f"traceback = %s, run_at = %s, finished_at = {unless_stopped('NULL', '%s')}",
+            (error, CANCELLED_RUNNING, traceback, run_at, utcnow()),
+        )
+
+    @mapped
+    def fail(self, job: JobRecord, error: str, traceback: str | None) -> JobStatus | None:
+        return self._update_claimed(
+            job,
+            f"status = {stopped_status('failed')}, error = {unless_stopped('%s', '%s')}, "
+            "traceback = %s, finished_at = %s",
+            (error, CANCELLED_RUNNING, traceback, utcnow()),
+        )
+
+    @mapped
+    def requeue(self, job: JobRecord) -> JobStatus | None:
+        now = utcnow()
+        return self._update_claimed(
+            job,
+            f"status = {stopped_status('queued')}, error = {unless_stopped('error', '%s')}, "
+            f"finished_at = {unless_stopped('NULL', '%s')}, attempts = attempts - 1, run_at = %s",
+            (CANCELLED_RUNNING, now, now),
+            announce=True,
+        )
+
+    def _update_claimed(
+        self,
+        job: JobRecord,
+        assignments: str,
+        values: tuple[Any, ...],
+        *,
+        ends: bool = True,
+        announce: bool = False,
+    ) -> JobStatus | None:
+        """Write to ``job``'s claim, if it is still the current one (with ``ends``, its
+        outcome: the claim ends); the job's status after it. With ``announce``, a job
+        queued by it is announced (due now: given back)."""
+        if ends:
+            assignments += ", owner = NULL, lease_until = NULL"
+        with self._write() as db:
+            row = db.execute(
+                f"UPDATE jobs SET {assignments} "
+                "WHERE id = %s AND status = 'running' AND owner = %s AND attempts = %s "
+                "RETURNING status",
+                (*values, job.id, job.owner, job.attempts),
+            ).fetchone()
+            if announce and row is not None and row[0] == JobStatus.QUEUED.value:
+                self._announce(db)
+        return None if row is None else JobStatus(row[0])
+
+    @mapped
+    def request_cancel(self, id: str) -> tuple[JobRecord | None, bool]:
+        now = utcnow()
+        with self._write() as db:
+            cancelled = db.execute(
+                "UPDATE jobs SET status = 'cancelled', error = %s, finished_at = %s, "
+                "owner = NULL WHERE id = %s AND status = 'queued' RETURNING id",
+                (CANCELLED_QUEUED, now, id),
+            ).fetchone()
+            if cancelled is None:
+                db.execute(
+                    "UPDATE jobs SET cancel_requested_at = %s WHERE id = %s "
+                    "AND status = 'running' AND cancel_requested_at IS NULL",
+                    (now, id),
+                )
+            found = self._find(db, id)
+        return found, cancelled is not None
+
+    @mapped
+    def cancelling(self, ids: Collection[str]) -> list[str]:
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT id FROM jobs WHERE status = 'running' "
+                "AND cancel_requested_at IS NOT NULL AND id = ANY(%s)",
+                (list(ids),),
+            ).fetchall()
+        return [id for (id,) in rows]
+
+    @mapped
+    def requeue_finished(self, id: str, max_attempts: int) -> JobRecord | None:
+        with self._write() as db:
+            queued = db.execute(
+                "UPDATE jobs SET status = 'queued', run_at = %s, max_attempts = %s, "
+                "result = NULL, finished_at = NULL, cancel_requested_at = NULL, owner = NULL, "
+                "lease_until = NULL WHERE id = %s AND status IN ('failed', 'cancelled')",
+                (utcnow(), max_attempts, id),
+            ).rowcount
+            if queued:
+                self._announce(db)
+            return self._find(db, id)
+
+    @mapped
+    def purge(
+        self,
+        before: datetime,
+        statuses: Collection[JobStatus] | None = None,
+        progress: Callable[[int], object] | None = None,
+    ) -> int:
+        # In short transactions: a purge of a million jobs never holds their row locks
+        # (nor bloats one transaction) for long.
+        kinds = [s.value for s in (FINAL if statuses is None else statuses) if s.finished]
+        if not kinds:
+            return 0
+        with self._write() as db:
+            db.execute(
+                "DELETE FROM processes WHERE stopped_at IS NOT NULL AND stopped_at < %s",
+                (before,),
+            )
+        purged = 0
+        while True:
+            with self._write() as db:
+                deleted = db.execute(
+                    "DELETE FROM jobs WHERE seq IN (SELECT seq FROM jobs WHERE status = ANY(%s) "
+                    "AND finished_at < %s LIMIT %s)",
+                    (kinds, before, PURGE_CHUNK),
+                ).rowcount
+            purged += deleted
+            if progress is not None:
+                progress(purged)
+            if deleted < PURGE_CHUNK:
+                return purged
+
+    def _announce(self, db: Connection) -> None:
+        """Tell the listening workers that jobs became claimable (at commit)."""
+        db.execute("SELECT pg_notify(%s, '')", (channel(self.schema),))
+
+    def listen(self, wake: Callable[[], None]) -> Callable[[], None]:
+        listener = Listener(self._conninfo, self.schema, wake, self.location)
+        self._listeners.append(listener)
+        return listener.close
+
+    def close(self) -> None:
+        for listener in self._listeners:
+            listener.close()
+        self._listeners.clear()
+        super().close()
+
+    # -- processes --------------------------------------------------------------
+
+    @mapped
+    def beat(self, process: ProcessInfo) -> None:
+        with self._write() as db:
+            db.execute(
+                f"INSERT INTO processes ({', '.join(PROCESS_NAMES)}) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, NULL) ON CONFLICT (id) DO UPDATE SET "
+                "role = excluded.role, host = excluded.host, pid = excluded.pid, "
+                "tasks = excluded.tasks, seen_at = excluded.seen_at, stopped_at = NULL",
+                (
+                    process.id,
+                    process.role,
+                    process.host,
+                    process.pid,
+                    json.dumps(list(process.tasks)),
+                    process.started_at,
+                    utcnow(),
+                ),
+            )
+
+    @mapped
+    def stopped(self, id: str) -> None:
+        now = utcnow()
+        with self._write() as db:
+            db.execute(
+                "UPDATE processes SET stopped_at = %s WHERE id = %s AND stopped_at IS NULL",
+                (now, id),
+            )
+            self._release_held(db, [id], now)
+
+    @mapped
+    def release_orphans(self, seen_before: datetime) -> list[str]:
+        stale = "FROM processes WHERE stopped_at IS NULL AND seen_at < %s"
+        with self._read() as db:
+            found = db.execute(f"SELECT EXISTS (SELECT 1 {stale})", (seen_before,)).fetchone()
+        if not found or not found[0]:
+            return []  # the usual answer: one read
+        now = utcnow()
+        with self._write() as db:
+            # Asked again as a write: one may have beaten since, or another process
+            # found it first (the row's lock decides).
+            rows = db.execute(
+                "UPDATE processes SET stopped_at = %s WHERE stopped_at IS NULL "
+                "AND seen_at < %s RETURNING id",
+                (now, seen_before),
+            ).fetchall()
+            gone = [id for (id,) in rows]
+            if gone:
+                self._release_held(db, gone, now)
+        return gone
+
+    def _release_held(self, db: Connection, owners: Sequence[str], now: datetime) -> None:
+        """Release the unreleased jobs of processes that are gone: a read of the queued
+        jobs (no index by owner: it would cost every enqueue, for a rare event)."""
+        released = db.execute(
+            f"UPDATE jobs SET run_at = {RELEASED_RUN_AT}, owner = NULL WHERE status = 'queued' "
+            "AND attempts = 0 AND owner = ANY(%s)",
+            (now, list(owners)),
+        ).rowcount
+        if released:
+            self._announce(db)
+
+    @mapped
+    def processes(self) -> list[ProcessInfo]:
+        with self._read() as db:
+            rows = db.execute(f"SELECT {PROCESS_COLUMNS} FROM processes ORDER BY seen_at DESC")
+            return [process_info(row) for row in rows.fetchall()]

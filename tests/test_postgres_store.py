@@ -1,0 +1,510 @@
+"""The PostgreSQL store itself: its schema, its claim's plan, claims from processes side by
+side, a killed worker, and what it says when the server fails it. What every store must
+do is in test_store.py; every mode, test_modes.py and test_contract.py."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from errands import Errands, JobRecord, JobStatus, StoreError
+from errands.exceptions import ConfigurationError, StoreUnwritable
+from errands.local import LocalBackend
+from errands.postgres import PostgresStore, parse_url
+from errands.postgres._connections import CHECK_AFTER_IDLE
+from errands.postgres._schema import VERSION
+from errands.postgres._sql import LOOK, claim_sql
+from tests.conftest import ROOT, postgres_url, wait_finished
+from tests.test_processes import Worker, lines, started, starts, wait_for
+
+pytestmark = pytest.mark.postgres
+
+T = [(("t",), 10)]
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def job(id: str, name: str = "t", **kw: object) -> JobRecord:
+    return JobRecord(**{"id": id, "name": name, "run_at": now(), **kw})  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def url(postgres_database: str) -> str:
+    return postgres_url(postgres_database)
+
+
+@pytest.fixture
+def opened() -> Iterator[Callable[[str], Errands]]:
+    """``Errands(url)``, its store's connections closed after the test."""
+    made: list[Errands] = []
+
+    def errands(url: str) -> Errands:
+        made.append(Errands(url))
+        return made[-1]
+
+    yield errands
+    for one in made:
+        one._core.backend.store.close()  # type: ignore[attr-defined]
+
+
+def open_store(url: str) -> PostgresStore:
+    conninfo, schema, _ = parse_url(url)
+    return PostgresStore(conninfo, schema=schema)
+
+
+@pytest.fixture
+def store(url: str) -> Iterator[PostgresStore]:
+    made = open_store(url)
+    yield made
+    made.close()
+
+
+def query(url: str, sql: str, *params: object) -> list[tuple[object, ...]]:
+    """Rows of ``sql`` in the test run's database, on a connection of the test's own."""
+    conninfo, _, _ = parse_url(url)
+    with psycopg.connect(conninfo, autocommit=True) as db:
+        cursor = db.execute(sql, params or None)
+        return cursor.fetchall() if cursor.description else []
+
+
+def schema_of(url: str) -> str:
+    return parse_url(url)[1]
+
+
+# -- the schema -------------------------------------------------------------------------
+
+
+def test_the_store_makes_its_schema_tables_indexes_and_version_row(
+    opened: Callable[[str], Errands], url: str
+) -> None:
+    schema = schema_of(url)
+    assert query(url, "SELECT 1 FROM pg_namespace WHERE nspname = %s", schema) == []
+    errands = opened(url)
+    tables = query(url, "SELECT tablename FROM pg_tables WHERE schemaname = %s", schema)
+    assert sorted(name for (name,) in tables) == ["jobs", "limits", "processes", "version"]
+    found = query(url, "SELECT indexname FROM pg_indexes WHERE schemaname = %s", schema)
+    indexes = {name for (name,) in found}
+    assert {"jobs_claimable", "jobs_running", "jobs_finished", "jobs_finished_by_task"} <= indexes
+    assert query(url, f"SELECT version FROM {schema}.version") == [(VERSION,)]
+    # Opened again (another process, a restart): nothing is made twice.
+    opened(url)
+    assert query(url, f"SELECT version FROM {schema}.version") == [(VERSION,)]
+    assert isinstance(errands._core.backend, LocalBackend)
+    assert errands._core.backend.location == (
+        f"postgresql://postgres@127.0.0.1:5432/{parse_url(url)[0].rsplit('/', 1)[1]} "
+        f"(schema {schema})"
+    )
+
+
+def test_stores_in_two_schemas_of_one_database_never_see_each_others_jobs(
+    postgres_database: str,
+) -> None:
+    first = open_store(postgres_url(postgres_database))
+    second = open_store(postgres_url(postgres_database))
+    first.enqueue([job("a")])
+    assert second.get("a") is None and second.unfinished() == 0
+    assert [j.id for j in first.claim("w", 30, T)] == ["a"]
+    first.close()
+    second.close()
+
+
+def test_the_default_schema_is_errands_and_other_schemas_are_left_alone(
+    opened: Callable[[str], Errands],
+    postgres_database: str,
+) -> None:
+    query(postgres_database, "CREATE SCHEMA bystander")
+    query(postgres_database, "CREATE TABLE bystander.jobs (id text)")
+    query(postgres_database, "INSERT INTO bystander.jobs VALUES ('theirs')")
+    errands = opened(postgres_database)  # no ?schema=
+    assert errands._core.backend.location.endswith("(schema errands)")
+    assert query(postgres_database, "SELECT id FROM bystander.jobs") == [("theirs",)]
+    assert query(postgres_database, "SELECT version FROM errands.version") == [(VERSION,)]
+
+
+def test_a_made_schema_is_opened_without_ddl_so_a_role_that_only_reads_and_writes_can(
+    opened: Callable[[str], Errands], url: str
+) -> None:
+    writer = opened(url)
+    writer.add_task(writer.task(name="t")(double), 21)
+    # A session that may not change anything (no CREATE, no INSERT) still opens it.
+    read_only = url + "&options=-c%20default_transaction_read_only%3Don"
+    assert opened(read_only).jobs()[0].args == [21]
+    fresh = postgres_url(url.split("?")[0])  # a schema not made yet needs its DDL
+    with pytest.raises(StoreError, match="read-only transaction"):
+        opened(fresh + "&options=-c%20default_transaction_read_only%3Don")
+
+
+def test_a_schema_of_a_newer_layout_is_refused(opened: Callable[[str], Errands], url: str) -> None:
+    opened(url)
+    query(url, f"UPDATE {schema_of(url)}.version SET version = %s", VERSION + 1)
+    with pytest.raises(ConfigurationError, match="newer than this errands knows"):
+        opened(url)
+
+
+def test_both_schemes_select_postgres_and_a_bad_schema_name_is_refused(
+    opened: Callable[[str], Errands], url: str
+) -> None:
+    other = opened(url.replace("postgresql://", "postgres://", 1))
+    assert isinstance(other._core.backend, LocalBackend)
+    assert isinstance(other._core.backend.store, PostgresStore)
+    with pytest.raises(ConfigurationError, match="lower-case letters"):
+        opened(url.split("?")[0] + "?schema=Robert'); DROP TABLE x;--")
+
+
+def test_the_location_never_shows_the_password() -> None:
+    conninfo, schema, location = parse_url(
+        "postgres://app:s3cret@db.example:6543/jobs?sslmode=require&schema=work"
+    )
+    assert schema == "work"
+    assert conninfo == "postgresql://app:s3cret@db.example:6543/jobs?sslmode=require"
+    assert location == "postgresql://app@db.example:6543/jobs (schema work)"
+    assert "s3cret" not in location
+
+
+def test_the_password_is_never_shown_and_a_misspelt_option_is_a_configuration_error(
+    opened: Callable[[str], Errands], postgres_database: str
+) -> None:
+    url = postgres_database.replace("postgres@", "postgres:s3cret@", 1)  # trust: ignored
+    errands = opened(url)
+    assert errands.url == url.replace(":s3cret@", ":***@")
+    assert "s3cret" not in repr(errands)
+    with pytest.raises(ConfigurationError, match="sslmod") as raised:
+        Errands(url + "?sslmod=require")
+    assert "s3cret" not in str(raised.value) and ":***@" in str(raised.value)
+    with pytest.raises(ConfigurationError, match="give the database as") as raised:
+        Errands("postgresql://postgres:s3cret@127.0.0.1:port/db")
+    assert "s3cret" not in str(raised.value)
+
+
+# -- the claim's plan -----------------------------------------------------------------
+
+
+def test_claims_read_the_claimable_index_not_the_table_of_100000_jobs(
+    store: PostgresStore, url: str
+) -> None:
+    schema = store.schema
+    # 100,000 jobs: nearly all finished, some queued (a few names), some running.
+    query(
+        url,
+        f"INSERT INTO {schema}.jobs (id, name, status, args, kwargs, attempts, max_attempts, "
+        "created_at, run_at, finished_at, lease_until) "
+        "SELECT 'j' || i, 'n' || (i % 7), "
+        "CASE WHEN i % 10 = 0 THEN 'queued' WHEN i % 97 = 0 THEN 'running' ELSE 'succeeded' END, "
+        "'[]', '{}', 1, 1, now(), now() - interval '1 minute', "
+        "CASE WHEN i % 10 <> 0 AND i % 97 <> 0 THEN now() END, "
+        "CASE WHEN i % 97 = 0 THEN now() + interval '1 hour' END "
+        "FROM generate_series(1, 100000) AS i",
+    )
+    query(url, f"ANALYZE {schema}.jobs")
+    at = now()
+    lease = at + timedelta(seconds=30)
+    statements = [
+        (LOOK, (["n1", "n2"], at, at)),
+        (claim_sql(False), ("w", lease, at, "n1", at, 10)),
+        (claim_sql(True), ("w", lease, at, ["n1", "n2", "n3"], at, 10, 10)),
+    ]
+    conninfo, _, _ = parse_url(url)
+    with psycopg.connect(conninfo, autocommit=True) as db:
+        db.execute("SELECT set_config('search_path', %s, false)", (schema,))
+        for mode in ("auto", "force_generic_plan"):  # as first run, and once prepared
+            db.execute("SELECT set_config('plan_cache_mode', %s, false)", (mode,))
+            for sql, params in statements:
+                plan = "\n".join(row[0] for row in db.execute(f"EXPLAIN {sql}", params))
+                assert "Seq Scan" not in plan, plan
+                assert "jobs_claimable" in plan, plan
+    # And the claim takes what the plan promised.
+    claimed = store.claim("w", 30, [(("n1", "n2"), 5)])
+    assert len(claimed) == 5 and {j.name for j in claimed} <= {"n1", "n2"}
+
+
+# -- processes side by side -----------------------------------------------------------
+
+CLAIMER = textwrap.dedent(
+    """
+    import json, sys, time
+    from pathlib import Path
+    from errands.postgres import PostgresStore, parse_url
+
+    conninfo, schema, _ = parse_url(sys.argv[1])
+    store = PostgresStore(conninfo, schema=schema)
+    go = Path(sys.argv[2])
+    while not go.exists():  # both start claiming at once
+        time.sleep(0.001)
+    taken = []
+    turn = 0
+    while True:
+        turn += 1
+        wants = [(("t",), 3)] if turn % 2 else [(("t", "u"), 4)]
+        claimed = store.claim(sys.argv[3], 30, wants)
+        if not claimed and not store.unfinished():
+            break
+        for job in claimed:
+            store.complete(job, None)
+        taken += [job.id for job in claimed]
+    print(json.dumps(taken))
+    """
+)
+
+
+def test_two_processes_claiming_at_once_never_take_the_same_job(
+    store: PostgresStore, url: str, tmp_path: Path
+) -> None:
+    names = ["t", "u"]
+    store.enqueue([job(f"j{i}", name=names[i % 2]) for i in range(1500)])
+    go = tmp_path / "go"
+    claimers = [
+        subprocess.Popen(
+            [sys.executable, "-c", CLAIMER, url, str(go), f"w{n}"],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for n in range(2)
+    ]
+    go.touch()
+    taken = []
+    for claimer in claimers:
+        out, err = claimer.communicate(timeout=120)
+        assert claimer.returncode == 0, err
+        taken.append(json.loads(out))
+    first, second = (set(t) for t in taken)
+    assert first and second  # both took a share
+    assert not first & second  # never the same job
+    assert len(taken[0]) + len(taken[1]) == 1500 and first | second == {
+        f"j{i}" for i in range(1500)
+    }
+    assert store.counts()[JobStatus.SUCCEEDED] == 1500
+
+
+def test_a_concurrency_limit_holds_across_claimers_at_once(store: PostgresStore) -> None:
+    from errands._limits import Limit
+
+    store.enqueue([job(f"j{i}") for i in range(40)])
+    limits = {"t": Limit(concurrency=3, rate=None)}
+    taken: list[list[JobRecord]] = []
+    barrier = threading.Barrier(8)
+
+    def claim(n: int) -> None:
+        barrier.wait()
+        taken.append(store.claim(f"w{n}", 30, T, 10, limits))
+
+    threads = [threading.Thread(target=claim, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sum(len(t) for t in taken) == 3
+    assert store.counts()[JobStatus.RUNNING] == 3
+
+
+# -- a killed worker --------------------------------------------------------------------
+
+
+@pytest.fixture
+def env(url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    values = {"ERRANDS_URL": url, "DURABLE_LOG": str(tmp_path / "log")}
+    for key, value in values.items():
+        monkeypatch.setenv(key, value)
+    (tmp_path / "log").touch()
+    return values
+
+
+@pytest.mark.server
+def test_a_job_whose_worker_is_killed_runs_again_on_another_after_its_lease(
+    opened: Callable[[str], Errands],
+    env: dict[str, str],
+) -> None:
+    from tests.test_processes import app_module
+
+    app = app_module()  # lease=1.0, on $ERRANDS_URL
+    job_ = app.errands.add_task(app.slow, "k", 1.5)
+    workers = [Worker(env)]
+    try:
+        wait_for(lambda: started(env, "k"))
+        workers[0].signal(signal.SIGKILL)  # mid-job: its lease is never renewed
+        workers.append(Worker(env))
+        reader = opened(env["ERRANDS_URL"])
+        wait_for(lambda: reader.get(job_.id).status is JobStatus.SUCCEEDED, timeout=20)  # type: ignore[union-attr]
+        record = reader.get(job_.id)
+        assert record is not None
+        assert record.attempts == 2 and record.lost == 1  # shown, not counted as a failure
+        assert starts(env, "k") == 2
+        assert "done k" in lines(env)
+    finally:
+        for worker in workers:
+            if worker.process.poll() is None:
+                worker.signal(signal.SIGTERM)
+            worker.log.close()
+
+
+# -- when the server fails the store ----------------------------------------------------
+
+
+def test_a_server_that_cannot_be_reached_is_a_store_error_that_may_pass() -> None:
+    with pytest.raises(StoreError, match="cannot be reached") as raised:
+        Errands("postgresql://postgres@127.0.0.1:1/nothing")
+    assert type(raised.value) is StoreError  # not corrupt, not unwritable: it may pass
+    assert "127.0.0.1:1/nothing (schema errands)" in str(raised.value)
+
+
+def test_a_database_that_does_not_exist_is_unwritable(postgres_database: str) -> None:
+    missing = postgres_database.rsplit("/", 1)[0] + "/errands_test_no_such_database"
+    with pytest.raises(StoreUnwritable, match="refused access"):
+        Errands(missing)
+
+
+def drop_connections(url: str) -> None:
+    """The server ends every connection to the test run's database but the caller's
+    (as a restart or a failover does)."""
+    query(
+        url,
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+
+
+def test_connections_the_server_dropped_while_idle_are_replaced_unseen(
+    store: PostgresStore, url: str
+) -> None:
+    store.enqueue([job("a")])
+    drop_connections(url)
+    time.sleep(CHECK_AFTER_IDLE + 0.2)
+    record = store.get("a")  # no error: the pool checked its idle connection
+    assert record is not None and record.status is JobStatus.QUEUED
+
+
+def test_a_connection_dropped_while_in_use_fails_its_call_as_a_store_error_then_heals(
+    store: PostgresStore, url: str
+) -> None:
+    store.enqueue([job("a")])
+    drop_connections(url)
+    with pytest.raises(StoreError, match="cannot be reached"):  # mapped: no psycopg error
+        store.get("a")
+
+    def healed() -> bool:
+        try:
+            return store.get("a") is not None
+        except StoreError:
+            return False  # another connection the server dropped: discarded in turn
+
+    wait_for(healed)
+    assert [j.id for j in store.claim("w", 30, T)] == ["a"]
+
+
+def test_a_request_during_an_outage_gets_503_and_one_after_it_is_kept(
+    opened: Callable[[str], Errands], url: str
+) -> None:
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from errands import BackgroundTasks
+
+    errands = opened(url)
+
+    @errands.task(name="t")
+    def t() -> None:
+        pass
+
+    app = FastAPI()
+
+    @app.post("/")
+    async def add(tasks: BackgroundTasks) -> str:
+        return tasks.add_task(t).id
+
+    database = parse_url(url)[0].rsplit("/", 1)[1]
+    admin = url.split("?")[0].rsplit("/", 1)[0] + "/postgres"
+    client = TestClient(app, raise_server_exceptions=False)
+    # The test run's database refuses every connection, and drops those it has.
+    query(admin, f"ALTER DATABASE {database} ALLOW_CONNECTIONS false")
+    try:
+        query(
+            admin,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+            database,
+        )
+        response = client.post("/")
+        assert response.status_code == 503
+        assert "Retry-After" in response.headers
+    finally:
+        query(admin, f"ALTER DATABASE {database} ALLOW_CONNECTIONS true")
+    assert query(url, f"SELECT count(*) FROM {schema_of(url)}.jobs") == [(0,)]
+
+    def accepted() -> bool:
+        return client.post("/").status_code == 200
+
+    wait_for(accepted, timeout=30)  # the pool connects again by itself
+    assert query(url, f"SELECT count(*) FROM {schema_of(url)}.jobs") == [(1,)]
+
+
+# -- LISTEN/NOTIFY ----------------------------------------------------------------------
+
+
+def test_a_listening_store_is_told_of_jobs_other_processes_make_claimable(url: str) -> None:
+    listening, adding = open_store(url), open_store(url)
+    told = threading.Event()
+    stop = listening.listen(told.set)
+    try:
+        assert told.wait(5)  # once listening: for what was added before
+        told.clear()
+        adding.enqueue([job("free")])
+        assert told.wait(5)
+        told.clear()
+        adding.enqueue([job("held", owner="web-1", run_at=now() + timedelta(seconds=60))])
+        assert not told.wait(0.5)  # unreleased: nothing to claim yet
+        adding.release(["held"])
+        assert told.wait(5)
+        told.clear()
+        adding.release(["held"])  # released already: nothing new
+        assert not told.wait(0.5)
+    finally:
+        stop()
+        listening.close()
+        adding.close()
+
+
+def test_a_worker_runs_a_job_another_process_adds_without_waiting_for_its_poll(
+    opened: Callable[[str], Errands], url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from errands.local import _claims
+
+    monkeypatch.setattr(_claims, "POLL_ANNOUNCED", 60.0)  # only a notification wakes it
+    worker = opened(url)
+    adder = opened(url)  # another process, as far as the store can tell: no worker
+    worker.task(name="double")(double)
+    doubled = adder.task(name="double")(double)
+    with TestClient(FastAPI(lifespan=worker.lifespan)):
+        time.sleep(0.5)  # idle: its first polls are done
+        job_ = adder.add_task(doubled, 21)
+        record = wait_finished(worker, job_.id, timeout=10)
+    assert record.status is JobStatus.SUCCEEDED and record.result == 42
+
+
+def double(n: int) -> int:
+    return 2 * n
+
+
+def test_constructing_an_instance_starts_no_thread_its_first_read_opens_the_pool(
+    opened: Callable[[str], Errands], url: str
+) -> None:
+    before = threading.active_count()
+    errands = opened(url)
+    assert threading.active_count() == before  # as on SQLite: nothing runs yet
+    assert errands.get("nothing") is None
+    assert threading.active_count() > before  # the pool's
