@@ -2,6 +2,7 @@
 side, a killed worker, and what it says when the server fails it. What every store must
 do is in test_store.py; every mode, test_modes.py and test_contract.py."""
 
+import asyncio
 import json
 import os
 import signal
@@ -508,3 +509,68 @@ def test_constructing_an_instance_starts_no_thread_its_first_read_opens_the_pool
     assert threading.active_count() == before  # as on SQLite: nothing runs yet
     assert errands.get("nothing") is None
     assert threading.active_count() > before  # the pool's
+
+
+@pytest.mark.parametrize(
+    ("url", "hidden"),
+    [
+        ("postgresql://app@db/jobs?password=TOPSECRET&sslmode=require", "TOPSECRET"),
+        ("postgresql://app@db/jobs?sslpassword=TOPSECRET", "TOPSECRET"),
+        ("postgresql://app:p@ss@db/jobs", "p@ss"),
+    ],
+)
+def test_a_password_anywhere_in_the_url_is_hidden(url: str, hidden: str) -> None:
+    from errands.postgres import masked
+
+    assert hidden not in masked(url) and "***" in masked(url)
+    assert hidden not in parse_url(url)[2]
+
+
+def test_a_password_holding_an_at_sign_reaches_libpq_whole(postgres_database: str) -> None:
+    """libpq splits user and host at the first @: errands hands it the password
+    percent-encoded, so the host is read right and no part of the password shows."""
+    url = postgres_database.replace("postgres@", "postgres:p@ss@", 1)  # trust: ignored
+    errands = Errands(url)
+    try:
+        assert "p@ss" not in errands.url and "ss@" not in repr(errands)
+        assert errands.stats() is not None  # connected: the host was read right
+    finally:
+        errands._core.backend.store.close()
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("postgresql://app:pw@[::1/db", "give the database as"),
+        ("postgresql://app@db/jobs?schema=pg_jobs", "pg_"),
+        ("postgresql://app@db/jobs?schema=" + "s" * 56, "at most 55"),
+    ],
+)
+def test_a_url_errands_cannot_use_is_a_configuration_error(url: str, problem: str) -> None:
+    with pytest.raises(ConfigurationError, match=problem):
+        parse_url(url)
+
+
+def test_a_unix_socket_url_keeps_its_slashes() -> None:
+    conninfo, schema, _ = parse_url("postgresql:///jobs?host=/var/run/postgresql")
+    assert conninfo == "postgresql:///jobs?host=%2Fvar%2Frun%2Fpostgresql" and schema == "errands"
+
+
+def test_a_longest_schema_name_still_adds_and_wakes(
+    opened: Callable[[str], Errands], url: str
+) -> None:
+    """Its channel (errands_<schema>) must fit PostgreSQL's 63-byte names."""
+    errands = opened(url.split("?")[0] + "?schema=" + "s" * 55)
+
+    @errands.task(name="t")
+    def t() -> int:
+        return 1
+
+    async def main() -> str:
+        async with errands.lifespan():
+            job = errands.add_task(t)
+            await errands.join(timeout=20)
+            return job.id
+
+    record = errands.get(asyncio.run(main()))
+    assert record is not None and record.result == 1

@@ -5,7 +5,7 @@ every host that opens it. Needs the postgres extra: ``pip install 'errands[postg
 from __future__ import annotations
 
 import re
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
@@ -17,19 +17,23 @@ from ._store import PostgresStore
 
 __all__ = ["PostgresStore", "masked", "open_backend", "parse_url"]
 
-#: A schema name errands makes and names bare: no quoting needed, nor possible to misuse.
-_SCHEMA = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+#: A schema name errands makes and names bare: no quoting needed, nor possible to misuse;
+#: not PostgreSQL's own (pg_*), and short enough for its channel, ``errands_<schema>``
+#: (identifiers are at most 63 bytes).
+_SCHEMA = re.compile(r"(?!pg_)[a-z_][a-z0-9_]{0,54}")
+#: Query parameters that hold secrets: shown as *** too.
+_SECRETS = ("password", "sslpassword")
 
 
 def parse_url(url: str) -> tuple[str, str, str]:
     """The connection string psycopg takes, the schema, and where the store is (the
     URL without its password) for logs and errors."""
     shown = masked(url)
-    parts = urlsplit(url)
     try:
+        parts = urlsplit(url)
         port = f":{parts.port}" if parts.port else ""
     except ValueError:
-        port = "?"
+        parts, port = urlsplit(""), "?"
     if (
         parts.scheme not in ("postgresql", "postgres")
         or (not parts.hostname and not parts.path)
@@ -45,10 +49,16 @@ def parse_url(url: str) -> tuple[str, str, str]:
     if not _SCHEMA.fullmatch(schema):
         raise ConfigurationError(
             f"invalid errands URL {shown!r}: the schema {schema!r} must be lower-case letters, "
-            f"digits and underscores (at most 63, not starting with a digit)"
+            f"digits and underscores (at most 55, not starting with a digit or pg_)"
         )
     rest = urlencode([(k, v) for k, v in query if k != "schema"], quote_via=quote)
-    conninfo = urlunsplit(("postgresql", parts.netloc, parts.path, rest, ""))
+    # Built by hand: urlunsplit drops the // of a URL with no host (a Unix socket),
+    # and libpq splits user and host at the first @, which a password may hold.
+    netloc = parts.netloc.rpartition("@")[2]
+    if parts.username is not None:
+        secret = "" if parts.password is None else ":" + quote(unquote(parts.password), safe="")
+        netloc = f"{quote(unquote(parts.username), safe='')}{secret}@{netloc}"
+    conninfo = f"postgresql://{netloc}{parts.path}" + (f"?{rest}" if rest else "")
     try:
         conninfo_to_dict(conninfo)  # libpq's own reading: a misspelt option fails here
     except psycopg.ProgrammingError as exc:
@@ -59,13 +69,22 @@ def parse_url(url: str) -> tuple[str, str, str]:
 
 
 def masked(url: str) -> str:
-    """The URL with its password (if any) shown as ``***``: what logs and errors say."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user, _, host = parts.netloc.rpartition("@")
-    name = user.split(":", 1)[0]
-    return urlunsplit(parts._replace(netloc=f"{name}:***@{host}"))
+    """The URL with its password (if any, in the user part or the query) shown as
+    ``***``: what logs and errors say."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "postgresql://(a URL that cannot be read)"
+    shown = url
+    if "@" in parts.netloc:
+        user, _, host = parts.netloc.rpartition("@")
+        if ":" in user:
+            shown = shown.replace(parts.netloc, f"{user.split(':', 1)[0]}:***@{host}", 1)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    if any(key in _SECRETS for key, _ in query):
+        hidden = [(k, "***" if k in _SECRETS else v) for k, v in query]
+        shown = shown.replace(f"?{parts.query}", "?" + urlencode(hidden, safe="*"), 1)
+    return shown
 
 
 def open_backend(url: str, runtime: Runtime) -> LocalBackend:

@@ -40,7 +40,7 @@ class PostgresStore(Reads):
     durable = True
 
     def __init__(self, conninfo: str, *, schema: str = "errands", location: str = "") -> None:
-        super().__init__(conninfo, schema, location or f"{conninfo} (schema {schema})")
+        super().__init__(conninfo, schema, location or f"a PostgreSQL database (schema {schema})")
         self._warned: set[str] = set()
         self.lost: deque[str] = deque()
         self._listeners: list[Listener] = []
@@ -154,7 +154,8 @@ class PostgresStore(Reads):
                 if len(names) == 1 and names[0] in allowed:
                     spend(db, limited[names[0]], names[0], tokens, len(rows), now.timestamp())
                 claimed += self._records(db, rows, now)
-        self.lost.extend(lost)  # counted once the transaction is in
+        if lost:  # counted once the transaction is in (a batch's, inside one)
+            self.after_commit(lambda: self.lost.extend(lost))
         return claimed
 
     @mapped
