@@ -182,3 +182,19 @@ def test_the_logs_example_shows_the_job_in_every_record() -> None:
         line.startswith(f"INFO errands.jobs {job} task=receipts.send #1 job ") for line in lines
     )
     assert any(line.startswith("INFO errands job=None task=None #None worker") for line in lines)
+
+
+@pytest.mark.postgres
+def test_the_orders_example_commits_an_order_and_its_job_together(
+    postgres_database: str,
+) -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "docs" / "examples" / "orders.py")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env={**os.environ, "DATABASE_URL": postgres_database},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "409 True succeeded"
