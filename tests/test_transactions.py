@@ -2,6 +2,7 @@
 a rollback leaves no job, a commit always has its job, and no worker starts it before
 the commit; on psycopg and SQLAlchemy connections, sync and async."""
 
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -208,6 +209,32 @@ def test_job_id_is_kept_once_inside_a_transaction(app: tuple[Errands, Any], conn
     assert ids(errands) == ["receipt-7"]
 
 
+def test_a_job_id_racing_another_transaction_is_added_once(
+    app: tuple[Errands, Any], conninfo: str
+) -> None:
+    """The second insert of an id waits for the first transaction: if it rolls back,
+    the second adds the job; if it commits, the second adds nothing."""
+    errands, receipt = app
+    once = receipt.options(job_id="race")
+    with psycopg.connect(conninfo) as first, psycopg.connect(conninfo) as second:
+        assert errands.add_task_in(first, once, 1).created
+        done: list[bool] = []
+        racer = threading.Thread(
+            target=lambda: done.append(errands.add_task_in(second, once, 2).created)
+        )
+        racer.start()
+        time.sleep(0.3)
+        assert done == []  # waiting on the first transaction's row
+        first.rollback()
+        racer.join(10)
+        assert done == [True]
+        second.commit()
+        assert not errands.add_task_in(first, once, 3).created
+        first.commit()
+    record = errands.get("race")
+    assert record is not None and record.args == [2]
+
+
 def test_a_delay_and_the_arguments_are_checked_as_add_task_does(
     app: tuple[Errands, Any], conninfo: str
 ) -> None:
@@ -251,6 +278,15 @@ def test_unknown_closed_and_mismatched_connections_are_refused(
     conn.close()
     with pytest.raises(StoreError, match="closed"):
         errands.add_task_in(conn, receipt, 1)
+    postgres = sa.create_engine(sa_url(conninfo))
+    try:
+        with postgres.connect() as auto:
+            auto = auto.execution_options(isolation_level="AUTOCOMMIT")
+            with pytest.raises(ConfigurationError, match="autocommit"):
+                errands.add_task_in(auto, receipt, 1)
+    finally:
+        postgres.dispose()
+    assert ids(errands) == []
     engine = sa.create_engine("sqlite://")
     with engine.connect() as lite, pytest.raises(ConfigurationError, match="psycopg driver"):
         errands.add_task_in(lite, receipt, 1)

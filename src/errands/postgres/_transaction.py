@@ -88,7 +88,9 @@ def _check_dialect(dialect: Any, async_: bool) -> None:
         )
 
 
-def _check_psycopg(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> None:
+def _check_psycopg(conn: Any) -> None:
+    """Refuse a closed connection, a failed transaction, and autocommit with no
+    transaction open (``conn``: psycopg's, or the one under SQLAlchemy's)."""
     if conn.closed:
         raise StoreError(
             "add_task_in: the connection is closed; add the job on the open connection "
@@ -159,6 +161,7 @@ class Writer:
                 _check_dialect(conn.dialect, False)
                 if conn.closed:
                     raise StoreError("add_task_in: the SQLAlchemy Connection is closed")
+                _check_psycopg(conn.connection.driver_connection)
                 try:
                     self.check_database(conn.exec_driver_sql(DATABASE).scalar())
                     return conn.exec_driver_sql(self.insert, self.params).first() is not None
@@ -202,6 +205,8 @@ class Writer:
                 _check_dialect(conn.dialect, True)
                 if conn.closed:
                     raise StoreError("add_task_in_async: the SQLAlchemy AsyncConnection is closed")
+                raw = await conn.get_raw_connection()
+                _check_psycopg(raw.driver_connection)
                 try:
                     result = await conn.exec_driver_sql(DATABASE)
                     self.check_database(result.scalar())
