@@ -171,6 +171,21 @@ async def test_a_job_never_starts_before_its_commit_and_runs_promptly_after(
     assert took < 1.0
 
 
+def test_workers_are_notified_at_the_commit_only(app: tuple[Errands, Any], conninfo: str) -> None:
+    errands, receipt = app
+    schema = errands._core.backend.store.schema  # type: ignore[attr-defined]
+    with psycopg.connect(conninfo, autocommit=True) as listener, psycopg.connect(conninfo) as conn:
+        listener.execute(f"LISTEN errands_{schema}")
+        errands.add_task_in(conn, receipt, 1)
+        assert list(listener.notifies(timeout=0.5, stop_after=1)) == []
+        conn.commit()
+        heard = list(listener.notifies(timeout=5, stop_after=1))
+        assert [n.channel for n in heard] == [f"errands_{schema}"]
+        errands.add_task_in(conn, receipt, 2)
+        conn.rollback()
+        assert list(listener.notifies(timeout=0.5, stop_after=1)) == []
+
+
 @pytest.mark.anyio
 async def test_many_commits_each_have_their_job_and_rollbacks_none(
     app: tuple[Errands, Any], conninfo: str
