@@ -182,3 +182,36 @@ def test_the_logs_example_shows_the_job_in_every_record() -> None:
         line.startswith(f"INFO errands.jobs {job} task=receipts.send #1 job ") for line in lines
     )
     assert any(line.startswith("INFO errands job=None task=None #None worker") for line in lines)
+
+
+@pytest.mark.postgres
+def test_the_orders_example_commits_an_order_and_its_job_together() -> None:
+    import uuid
+
+    import psycopg
+
+    from tests.conftest import POSTGRES_ADMIN, require_service
+
+    # A database of its own: the example uses the default schema and its orders table.
+    require_service("postgres")
+    name = f"errands_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    try:
+        ran = run_orders(f"postgresql://postgres@127.0.0.1:5432/{name}")
+    finally:
+        with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.strip() == "409 True succeeded"
+
+
+def run_orders(database: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "docs" / "examples" / "orders.py")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env={**os.environ, "DATABASE_URL": database},
+    )

@@ -39,6 +39,8 @@ PUBLIC = {
 #: What an Errands instance shows: the README documents each.
 ERRANDS = {
     "add_task",
+    "add_task_in",
+    "add_task_in_async",
     "backlog",
     "cancel",
     "cron",

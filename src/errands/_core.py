@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
     from ._backend import Backend
     from ._worker import Worker
+    from .postgres._transaction import Writer
 
 logger = logging.getLogger("errands")
 
@@ -206,6 +207,33 @@ class Core:
             self.metrics.added([job.name])
         self.hand_over(job)
         return Job(job.id, job.name, self, job)
+
+    def transactional(self, func: object, args: Sequence[Any], kwargs: dict[str, Any]) -> Writer:
+        """What ``add_task_in`` writes on the caller's connection: the record, made as
+        ``add_now`` makes it, and the PostgreSQL store it goes to."""
+        import sys
+
+        where = sys.modules.get("errands.postgres._store")
+        store = getattr(self.backend, "store", None)
+        if where is None or not isinstance(store, where.PostgresStore):
+            kind = type(store).__name__ if store is not None else "Celery"
+            raise ConfigurationError(
+                f"add_task_in writes the job in your transaction, so the job must live in "
+                f"the database of that transaction: it needs an Errands instance on a "
+                f"PostgreSQL URL (postgresql://...) of that database, and this one's store "
+                f"is {kind}; use add_task there instead (not transactional)"
+            )
+        if not isinstance(func, Task):
+            raise ConfigurationError(
+                f"add_task_in adds registered tasks only (the job is a row of the store), "
+                f"got {func!r}: register it with @errands.task"
+            )
+        self.check_owner(func)
+        record = self.new_record(func, args, kwargs)
+        record.run_at = record.due(utcnow())
+        from .postgres._transaction import Writer
+
+        return Writer(store, record)
 
     def purge(
         self,

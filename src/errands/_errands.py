@@ -289,6 +289,54 @@ class Errands:
         """
         return self._core.add_now(func, args, kwargs)
 
+    # -- adding jobs in the caller's transaction (PostgreSQL) ----------------------------
+
+    @overload
+    def add_task_in(
+        self, conn: object, func: Task[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> Job[R]: ...
+
+    @overload
+    def add_task_in(
+        self, conn: object, func: Task[P, R], /, *args: P.args, **kwargs: P.kwargs
+    ) -> Job[R]: ...
+
+    def add_task_in(
+        self, conn: object, func: Task[P, Any], /, *args: P.args, **kwargs: P.kwargs
+    ) -> Job[Any]:
+        """Add a registered task's job in the transaction open on ``conn``: it exists
+        if, and only if, that transaction commits, and no worker starts it before.
+
+        ``conn`` is a psycopg 3 ``Connection`` (or ``Cursor``), or a SQLAlchemy
+        ``Connection`` or ``Session`` on the psycopg driver (``postgresql+psycopg://``),
+        on the database of this instance's PostgreSQL store. Workers are woken at the
+        commit (``NOTIFY``). A ``job_id`` kept already adds nothing (``job.created`` is
+        False). For ``AsyncConnection`` and ``AsyncSession``: ``add_task_in_async``.
+        """
+        writer = self._core.transactional(func, args, kwargs)
+        added = writer.write(conn)
+        return Job(writer.record.id, writer.record.name, self._core, created=added)
+
+    @overload
+    async def add_task_in_async(
+        self, conn: object, func: Task[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> Job[R]: ...
+
+    @overload
+    async def add_task_in_async(
+        self, conn: object, func: Task[P, R], /, *args: P.args, **kwargs: P.kwargs
+    ) -> Job[R]: ...
+
+    async def add_task_in_async(
+        self, conn: object, func: Task[P, Any], /, *args: P.args, **kwargs: P.kwargs
+    ) -> Job[Any]:
+        """``add_task_in`` on an async connection: a psycopg 3 ``AsyncConnection`` (or
+        ``AsyncCursor``), or a SQLAlchemy ``AsyncConnection`` or ``AsyncSession`` on the
+        psycopg driver."""
+        writer = self._core.transactional(func, args, kwargs)
+        added = await writer.write_async(conn)
+        return Job(writer.record.id, writer.record.name, self._core, created=added)
+
     # -- looking at jobs --------------------------------------------------------------
 
     def get(self, id: str) -> JobRecord | None:

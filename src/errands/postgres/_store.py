@@ -44,6 +44,17 @@ class PostgresStore(Reads):
         self._warned: set[str] = set()
         self.lost: deque[str] = deque()
         self._listeners: list[Listener] = []
+        self._database: str | None = None
+
+    @mapped
+    def database(self) -> str:
+        """The name of the database the store is in (asked once)."""
+        if self._database is None:
+            with self._read() as db:
+                row = db.execute("SELECT current_database()").fetchone()
+            assert row is not None
+            self._database = str(row[0])
+        return self._database
 
     # -- writing ----------------------------------------------------------------
 
