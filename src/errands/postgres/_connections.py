@@ -27,6 +27,7 @@ from psycopg.rows import TupleRow
 from psycopg_pool import ConnectionPool
 
 from ..exceptions import ConfigurationError, StoreError
+from ..local._commits import CommitHooks
 from ._errors import store_error
 from ._schema import TABLES, VERSION
 
@@ -63,7 +64,7 @@ def mapped(method: Callable[Concatenate[T, P], R]) -> Callable[Concatenate[T, P]
     return call
 
 
-class Connections:
+class Connections(CommitHooks):
     def __init__(self, conninfo: str, schema: str, location: str) -> None:
         self.schema = schema
         self._conninfo = conninfo
@@ -172,33 +173,19 @@ class Connections:
         The transaction begins with the first write: a batch of idle polls (claims
         that find nothing due) only reads.
         """
-        after: list[Callable[[], None]] = []
         try:
             # Leaving the stack commits the batch's transaction (or rolls it back, on an
             # error) and gives its connection back.
-            with contextlib.ExitStack() as stack:
+            with self._after_batch(), contextlib.ExitStack() as stack:
                 self._local.stack = stack
                 self._local.batch = None
-                self._local.after = after
                 try:
                     yield
                 finally:
                     self._local.stack = None
                     self._local.batch = None
-                    self._local.after = None
         except psycopg.Error as exc:
             raise self._error(exc) from exc
-        for action in after:
-            action()
-
-    def after_commit(self, action: Callable[[], None]) -> None:
-        """Do ``action`` once what this thread wrote is committed: now, after a write of
-        its own; at the end of the batch (if it commits) inside one."""
-        after: list[Callable[[], None]] | None = getattr(self._local, "after", None)
-        if after is not None and getattr(self._local, "batch", None) is not None:
-            after.append(action)
-        else:
-            action()
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[Connection]:

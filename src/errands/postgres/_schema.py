@@ -15,7 +15,13 @@ results are JSON text, as the worker wrote them (``jsonb`` would reorder keys).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
+from ..sqlite._rows import dumps
 from ..sqlite._schema import COLUMNS as ROW_COLUMNS
+
+if TYPE_CHECKING:
+    from .._record import JobRecord
 
 #: The layout this errands writes; ``version`` holds the one a database has.
 VERSION = 1
@@ -124,3 +130,15 @@ BLOCKED = (
     "(j.after IS NOT NULL AND COALESCE((SELECT p.status FROM jobs p WHERE p.id = j.after), "
     "'') IN ('queued', 'running'))"
 )
+
+
+def new_row(job: JobRecord) -> tuple[Any, ...]:
+    """A new job as the store writes it (``enqueue``, ``add_task_in``), its values in
+    ``NAMES``' order."""
+    return (
+        job.id, job.name, job.status.value, dumps(job.args, "[]"),
+        dumps(job.kwargs, "{}"), job.attempts, job.max_attempts, None, job.error,
+        job.traceback, job.created_at, job.started_at, job.finished_at, job.run_at,
+        job.after, job.owner, None, job.lost, job.scheduled_at, job.priority,
+        job.cancel_requested_at, job.traceparent,
+    )  # fmt: skip

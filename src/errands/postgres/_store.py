@@ -23,12 +23,12 @@ from .._limits import Limit
 from .._record import JobRecord, JobStatus, utcnow
 from .._tuning import MAX_LOST_LEASES, PURGE_CHUNK
 from ..local._store import ProcessInfo, Want, poison_error
-from ..sqlite._rows import Row, Unreadable, corrupt_error, dumps, process_info, record
+from ..sqlite._rows import Row, Unreadable, corrupt_error, process_info, record
 from ..sqlite._sql import claim_order, split_limited, stopped_status, unless_stopped
 from ._connections import Connection, mapped
 from ._listen import Listener, channel
 from ._reads import Reads
-from ._schema import INSERT_NEW, PROCESS_COLUMNS, PROCESS_NAMES
+from ._schema import INSERT_NEW, PROCESS_COLUMNS, PROCESS_NAMES, new_row
 from ._sql import CLAIM_IDS, LOOK, allowance, claim_sql, lock_limits, spend
 
 #: A released job is due now (parameter), or at its scheduled time if that is later.
@@ -62,16 +62,7 @@ class PostgresStore(Reads):
     def enqueue(self, jobs: Sequence[JobRecord]) -> list[JobRecord]:
         if not jobs:
             return []
-        rows = [
-            (
-                job.id, job.name, job.status.value, dumps(job.args, "[]"),
-                dumps(job.kwargs, "{}"), job.attempts, job.max_attempts, None, job.error,
-                job.traceback, job.created_at, job.started_at, job.finished_at, job.run_at,
-                job.after, job.owner, None, job.lost, job.scheduled_at, job.priority,
-                job.cancel_requested_at, job.traceparent,
-            )
-            for job in jobs
-        ]  # fmt: skip
+        rows = [new_row(job) for job in jobs]
         kept = []
         with self._write() as db:
             # One statement a job, pipelined; an id already kept (a caller's, or twice

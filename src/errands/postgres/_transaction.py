@@ -32,9 +32,8 @@ from psycopg.rows import tuple_row
 
 from .._record import JobRecord
 from ..exceptions import ConfigurationError, StoreError
-from ..sqlite._rows import dumps
 from ._listen import channel
-from ._schema import NAMES
+from ._schema import NAMES, new_row
 
 if TYPE_CHECKING:
     from ._store import PostgresStore
@@ -59,17 +58,6 @@ def insert_sql(schema: str) -> str:
         f"VALUES ({', '.join(['%s'] * len(NAMES))}) ON CONFLICT (id) DO NOTHING "
         "RETURNING seq) SELECT pg_notify(%s, '') FROM added"
     )
-
-
-def row(job: JobRecord) -> tuple[Any, ...]:
-    """The job as ``PostgresStore.enqueue`` writes it (columns in ``NAMES``' order)."""
-    return (
-        job.id, job.name, job.status.value, dumps(job.args, "[]"),
-        dumps(job.kwargs, "{}"), job.attempts, job.max_attempts, None, job.error,
-        job.traceback, job.created_at, job.started_at, job.finished_at, job.run_at,
-        job.after, job.owner, None, job.lost, job.scheduled_at, job.priority,
-        job.cancel_requested_at, job.traceparent,
-    )  # fmt: skip
 
 
 def _sqlalchemy() -> Any:
@@ -124,7 +112,7 @@ class Writer:
         self.store = store
         self.record = record
         self.insert = insert_sql(store.schema)
-        self.params = (*row(record), channel(store.schema))
+        self.params = (*new_row(record), channel(store.schema))
 
     def check_database(self, found: object) -> None:
         wanted = self.store.database()

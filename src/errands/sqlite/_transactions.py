@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Concatenate, ParamSpec, TypeVar
 
 from ..exceptions import StoreError
+from ..local._commits import CommitHooks
 from ._errors import store_error
 
 P = ParamSpec("P")
@@ -39,7 +40,7 @@ def mapped(method: Callable[Concatenate[T, P], R]) -> Callable[Concatenate[T, P]
     return call
 
 
-class Transactions:
+class Transactions(CommitHooks):
     def __init__(self, path: str | Path, busy_timeout: float) -> None:
         self.path = str(path)
         #: The file's absolute path: errors name it, whatever the current directory.
@@ -91,36 +92,23 @@ class Transactions:
         """
         self._local.batch = None
         self._local.lazy = True
-        after: list[Callable[[], None]] = []
-        self._local.after = after
-        try:
-            yield
-            db: sqlite3.Connection | None = self._local.batch
-            if db is not None:
-                try:
-                    db.execute("COMMIT")
-                except sqlite3.Error as exc:
-                    raise self._error(exc) from exc
-        except BaseException:
-            db = self._local.batch
-            if db is not None:
-                _rollback(db)
-            raise
-        finally:
-            self._local.lazy = False
-            self._local.batch = None
-            self._local.after = None
-        for action in after:
-            action()
-
-    def after_commit(self, action: Callable[[], None]) -> None:
-        """Do ``action`` once what this thread wrote is committed: now, after a write of
-        its own; at the end of the batch (if it commits) inside one."""
-        after: list[Callable[[], None]] | None = getattr(self._local, "after", None)
-        if after is not None and getattr(self._local, "batch", None) is not None:
-            after.append(action)
-        else:
-            action()
+        with self._after_batch():
+            try:
+                yield
+                db: sqlite3.Connection | None = self._local.batch
+                if db is not None:
+                    try:
+                        db.execute("COMMIT")
+                    except sqlite3.Error as exc:
+                        raise self._error(exc) from exc
+            except BaseException:
+                db = self._local.batch
+                if db is not None:
+                    _rollback(db)
+                raise
+            finally:
+                self._local.lazy = False
+                self._local.batch = None
 
     @contextlib.contextmanager
     def _write(self, *, one_statement: bool = False) -> Iterator[sqlite3.Connection]:
