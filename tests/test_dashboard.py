@@ -8,11 +8,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import sqlite3
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,6 +23,7 @@ from fastapi.testclient import TestClient
 from starlette.requests import Request
 
 from errands import ConfigurationError, Errands, JobStatus
+from errands.sqlite import SQLiteStore
 from tests.conftest import ROOT, Running, errands_command, wait_until
 
 AUTH = ("admin", "secret")
@@ -59,7 +62,7 @@ def test_a_failed_job_is_listed_shown_with_its_traceback_and_retried(running: Ru
         headers=SAME_ORIGIN,
         follow_redirects=False,
     )
-    assert pressed.status_code == 303
+    assert pressed.status_code == 303, pressed.text
     assert pressed.headers["location"] == f"/errands/jobs/{job.id}?done=retried"
     assert "Queued again" in client.get(pressed.headers["location"], auth=AUTH).text
     record = running.finished(job.id)
@@ -311,6 +314,56 @@ def test_bad_input_gets_a_clear_answer(client: tuple[Errands, TestClient]) -> No
     assert answer.status_code == 413
     answer = http.post("/errands/api/reboot", json={"id": "x"}, headers=auth)
     assert answer.status_code == 404 and "cancel, retry, purge" in answer.json()["detail"]
+
+
+def test_a_store_that_fails_an_action_is_a_503_not_a_conflict(tmp_path: Path) -> None:
+    """Cancel, retry and purge when the store cannot write (here: locked by another
+    process past its busy timeout): 503, which may pass, never the 409 that says the
+    job's state forbids it."""
+    errands = Errands(f"sqlite:///{tmp_path}/jobs.db", worker=False)
+
+    @errands.task(name="echo")
+    def echo(value: Any) -> Any:
+        return value
+
+    app = FastAPI(lifespan=errands.lifespan)
+    app.mount("/errands", errands.dashboard(auth=AUTH))
+    with TestClient(app) as http:
+        queued = errands.add_task(echo, 1)
+        failed = errands.add_task(echo, 2)
+        failed_id = failed.id
+        errands.cancel(failed_id)  # cancelled: a retry would be allowed
+        backend = errands._core.backend
+        backend.store.close()  # the same file, with a short busy timeout
+        backend.store = SQLiteStore(tmp_path / "jobs.db", busy_timeout=0.1)
+        other = sqlite3.connect(tmp_path / "jobs.db", isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # a long write elsewhere
+        try:
+            actions = {
+                "cancel": {"id": queued.id},
+                "retry": {"id": failed_id},
+                "purge": {"older_than": "0s", "status": ["cancelled"]},
+            }
+            for action, body in actions.items():
+                answer = http.post(
+                    f"/errands/api/{action}", json=body, auth=AUTH, headers=SAME_ORIGIN
+                )
+                assert answer.status_code == 503, (action, answer.text)
+                assert "was locked by another process" in answer.json()["detail"]
+            page = http.post(
+                "/errands/actions/retry", data={"id": failed_id}, auth=AUTH, headers=SAME_ORIGIN
+            )
+            assert page.status_code == 503 and "was locked by another process" in page.text
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        # Nothing was lost: it passes once the lock is gone.
+        answer = http.post(
+            "/errands/api/retry", json={"id": failed_id}, auth=AUTH, headers=SAME_ORIGIN
+        )
+        assert answer.status_code == 200 and answer.json()["job"]["status"] == "queued"
+        record = errands.get(queued.id)
+        assert record is not None and record.status is JobStatus.QUEUED
 
 
 def test_what_a_job_holds_is_shown_escaped(client: tuple[Errands, TestClient]) -> None:

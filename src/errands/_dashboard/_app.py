@@ -25,7 +25,7 @@ from .._record import JobRecord, JobStatus, utcnow
 from .._report import duration, first_line, plain, stats_object
 from .._task import Task
 from .._tuning import MAX_SECONDS
-from ..exceptions import ConfigurationError, ErrandsError, JobNotFound
+from ..exceptions import ConfigurationError, ErrandsError, JobNotFound, StoreError
 from . import _views as views
 from ._guard import Auth, Guard
 
@@ -215,8 +215,14 @@ class Dashboard:
 
     def do(self, action: str, form: dict[str, list[str]]) -> tuple[str, JobRecord]:
         """Cancel or retry the job ``id=``: what was done (a key of ``DONE``) and the
-        job's record after; Problem for what could not be."""
-        id = one(form, "id")
+        job's record after; Problem for what could not be (503 where the store or the
+        broker failed: that may pass, unlike a job's state)."""
+        try:
+            return self._do(action, one(form, "id"))
+        except StoreError as exc:
+            raise Problem(503, str(exc)) from None
+
+    def _do(self, action: str, id: str) -> tuple[str, JobRecord]:
         if action == "cancel":
             before = views.find(self.errands, id)
             if before is None:
@@ -238,6 +244,8 @@ class Dashboard:
                 return "retried", self.errands.retry(id)
             except JobNotFound:
                 raise Problem(404, f"no job {id[:80]}") from None
+            except StoreError:
+                raise
             except ErrandsError as exc:
                 raise Problem(409, str(exc)) from None
         raise Problem(404, f"no action {action[:40]!r}")
@@ -255,6 +263,8 @@ class Dashboard:
             return self.errands.purge(seconds, statuses)
         except ValueError as exc:
             raise Problem(400, str(exc)) from None
+        except StoreError as exc:
+            raise Problem(503, str(exc)) from None
         except ErrandsError as exc:
             raise Problem(409, str(exc)) from None
 

@@ -80,4 +80,6 @@ def retry_job(publisher: Publisher, id: str, max_attempts: int) -> JobRecord | N
             f"{publisher.broker} failed: {type(exc).__name__}: {exc}"
         ) from exc
     publisher.track(id)
-    return publisher.get(id)
+    # The record as queued, not read back: a worker may have started or even finished
+    # it by now, and the caller asked for the record its retry left.
+    return record
