@@ -21,7 +21,9 @@ import pytest
 from errands import Errands, JobRecord, JobStatus, StoreError
 from errands.exceptions import ConfigurationError, StoreUnwritable
 from errands.local import LocalBackend
+from errands.local._store import ProcessInfo
 from errands.postgres import PostgresStore, parse_url
+from errands.postgres import _store as pg_store
 from errands.postgres._connections import CHECK_AFTER_IDLE
 from errands.postgres._schema import VERSION
 from errands.postgres._sql import LOOK, claim_sql
@@ -210,11 +212,10 @@ def test_claims_read_the_claimable_index_not_the_table_of_100000_jobs(
     )
     query(url, f"ANALYZE {schema}.jobs")
     at = now()
-    lease = at + timedelta(seconds=30)
     statements = [
-        (LOOK, (["n1", "n2"], at, at)),
-        (claim_sql(False), ("w", lease, at, "n1", at, 10)),
-        (claim_sql(True), ("w", lease, at, ["n1", "n2", "n3"], at, 10, 10)),
+        (LOOK, (["n1", "n2"], at)),
+        (claim_sql(False), ("w", 30, at, "n1", at, 10)),
+        (claim_sql(True), ("w", 30, at, ["n1", "n2", "n3"], at, 10, 10)),
     ]
     conninfo, _, _ = parse_url(url)
     with psycopg.connect(conninfo, autocommit=True) as db:
@@ -236,7 +237,9 @@ CLAIMER = textwrap.dedent(
     """
     import json, sys, time
     from pathlib import Path
-    from errands.postgres import PostgresStore, parse_url
+    from errands.local._store import ProcessInfo
+from errands.postgres import PostgresStore, parse_url
+from errands.postgres import _store as pg_store
 
     conninfo, schema, _ = parse_url(sys.argv[1])
     store = PostgresStore(conninfo, schema=schema)
@@ -350,6 +353,33 @@ def test_a_job_whose_worker_is_killed_runs_again_on_another_after_its_lease(
             if worker.process.poll() is None:
                 worker.signal(signal.SIGTERM)
             worker.log.close()
+
+
+# -- hosts whose clocks disagree --------------------------------------------------------
+
+
+def test_a_host_whose_clock_runs_ahead_never_takes_a_live_workers_job(
+    store: PostgresStore, url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Leases and heartbeats are written and read on the server's clock: a host whose
+    clock is ten minutes ahead sees neither a 30 s lease nor a heartbeat as run out."""
+    store.enqueue([job("a")])
+    [claimed] = store.claim("w1", 30, T)
+    store.renew([claimed], 30)
+    store.beat(ProcessInfo("w1", "worker", "host1", 1, ("t",), now(), now()))
+    other = open_store(url)  # another host, whose clock runs ahead
+    try:
+        monkeypatch.setattr(pg_store, "utcnow", lambda: now() + timedelta(minutes=10))
+        assert other.claim("w2", 30, T) == []
+        assert other.release_orphans(pg_store.utcnow() - timedelta(seconds=30)) == []
+        record = other.get("a")
+        assert record is not None and record.status is JobStatus.RUNNING
+        assert record.owner == "w1" and record.lost == 0
+        # A lease that has run out by the server's clock is found all the same.
+        query(url, f"UPDATE {parse_url(url)[1]}.jobs SET lease_until = now() - interval '1 s'")
+        assert [j.id for j in other.claim("w2", 30, T)] == ["a"]
+    finally:
+        other.close()
 
 
 # -- when the server fails the store ----------------------------------------------------

@@ -17,10 +17,18 @@ from .._limits import Limit, allowances, spent
 from ._connections import Connection
 from ._schema import BLOCKED, COLUMNS
 
+#: The server's clock, which leases and heartbeats are written and read by: hosts
+#: whose own clocks disagree still agree on when a lease has run out, so a host whose
+#: clock runs ahead never takes a job whose worker is alive. (``statement_timestamp``,
+#: not ``clock_timestamp``: a stable function, which an index condition may use.)
+SERVER_NOW = "statement_timestamp()"
+#: That clock, ``%s`` seconds on: a lease's end.
+SERVER_LATER = f"{SERVER_NOW} + %s * interval '1 second'"
+
 ORDER = "ORDER BY j.priority DESC, j.run_at, j.seq"
 CLAIM = (
     "UPDATE jobs SET status = 'running', attempts = attempts + 1, owner = %s, "
-    "lease_until = %s, started_at = %s WHERE seq = ANY(ARRAY({chosen})) "
+    f"lease_until = {SERVER_LATER}, started_at = %s WHERE seq = ANY(ARRAY({{chosen}})) "
     f"RETURNING seq, {COLUMNS}"
 )
 
@@ -36,19 +44,19 @@ def claimable(name: str) -> str:
 
 
 #: Which of the names (parameter: an array) have a claimable job at the time
-#: (parameter), and whether a lease has run out by then (parameter): one read.
+#: (parameter), and whether a lease has run out (by the server's clock): one read.
 LOOK = (
     f"SELECT ARRAY(SELECT n FROM unnest(%s::text[]) AS n WHERE EXISTS (SELECT 1 "
     f"{claimable('n')})), EXISTS (SELECT 1 FROM jobs WHERE status = 'running' "
-    "AND lease_until < %s)"
+    f"AND lease_until < {SERVER_NOW})"
 )
 
 
 @functools.lru_cache(maxsize=2)
 def claim_sql(several: bool) -> str:
-    """Claim the first claimable jobs of one name (parameters ``owner, lease_until,
-    now, name, now, limit``) or of several (``owner, lease_until, now, names, now,
-    limit, limit``: up to ``limit`` of each name, then the first ``limit`` of those)."""
+    """Claim the first claimable jobs of one name (parameters ``owner, lease (seconds),
+    now, name, now, limit``) or of several (``owner, lease, now, names, now, limit,
+    limit``: up to ``limit`` of each name, then the first ``limit`` of those)."""
     if not several:
         chosen = f"SELECT j.seq {claimable('%s')} {ORDER} LIMIT %s FOR UPDATE OF j SKIP LOCKED"
         return CLAIM.format(chosen=chosen)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from collections import deque
 from collections.abc import Callable, Collection, Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from .._cancel import CANCELLED_QUEUED, CANCELLED_RUNNING
@@ -29,7 +29,16 @@ from ._connections import Connection, mapped
 from ._listen import Listener, channel
 from ._reads import Reads
 from ._schema import INSERT_NEW, PROCESS_COLUMNS, PROCESS_NAMES, new_row
-from ._sql import CLAIM_IDS, LOOK, allowance, claim_sql, lock_limits, spend
+from ._sql import (
+    CLAIM_IDS,
+    LOOK,
+    SERVER_LATER,
+    SERVER_NOW,
+    allowance,
+    claim_sql,
+    lock_limits,
+    spend,
+)
 
 #: A released job is due now (parameter), or at its scheduled time if that is later.
 RELEASED_RUN_AT = "GREATEST(%s, scheduled_at)"
@@ -121,7 +130,7 @@ class PostgresStore(Reads):
         wanted = list(dict.fromkeys(name for names, _ in groups for name in names))
         limited = {name: limits[name] for name in wanted if limits and name in limits}
         with self._read() as db:
-            row = db.execute(LOOK, (wanted, now, now)).fetchone()
+            row = db.execute(LOOK, (wanted, now)).fetchone()
         assert row is not None
         ready, expired = set(row[0]), row[1]
         if not ready and not expired:
@@ -145,7 +154,7 @@ class PostgresStore(Reads):
                     left = min(left, allowed[names[0]])
                 if not names or left <= 0:
                     continue
-                values: tuple[Any, ...] = (owner, now + timedelta(seconds=lease), now)
+                values: tuple[Any, ...] = (owner, lease, now)
                 if len(names) == 1:
                     values += (names[0], now, left)
                 else:
@@ -167,8 +176,7 @@ class PostgresStore(Reads):
             return []
         now = utcnow()
         with self._write() as db:
-            until = now + timedelta(seconds=lease)
-            rows = db.execute(CLAIM_IDS, (owner, until, now, wanted))
+            rows = db.execute(CLAIM_IDS, (owner, lease, now, wanted))
             return self._records(db, sorted(rows.fetchall()), now)
 
     def _records(self, db: Connection, rows: Sequence[Row], now: datetime) -> list[JobRecord]:
@@ -194,21 +202,22 @@ class PostgresStore(Reads):
         lost = db.execute(
             "UPDATE jobs SET status = 'cancelled', lost = lost + 1, error = %s, "
             "finished_at = %s, owner = NULL, lease_until = NULL "
-            "WHERE status = 'running' AND lease_until < %s AND cancel_requested_at IS NOT NULL "
-            "RETURNING name",
-            (CANCELLED_RUNNING, now, now),
+            f"WHERE status = 'running' AND lease_until < {SERVER_NOW} "
+            "AND cancel_requested_at IS NOT NULL RETURNING name",
+            (CANCELLED_RUNNING, now),
         ).fetchall()
         lost += db.execute(
             "UPDATE jobs SET status = 'failed', lost = lost + 1, error = %s, "
             "traceback = NULL, finished_at = %s, owner = NULL, lease_until = NULL "
-            "WHERE status = 'running' AND lease_until < %s AND lost + 1 >= %s RETURNING name",
-            (poison_error(MAX_LOST_LEASES), now, now, MAX_LOST_LEASES),
+            f"WHERE status = 'running' AND lease_until < {SERVER_NOW} AND lost + 1 >= %s "
+            "RETURNING name",
+            (poison_error(MAX_LOST_LEASES), now, MAX_LOST_LEASES),
         ).fetchall()
         again = db.execute(
             "UPDATE jobs SET status = 'queued', lost = lost + 1, owner = NULL, "
-            "lease_until = NULL, run_at = %s WHERE status = 'running' AND lease_until < %s "
-            "RETURNING name",
-            (now, now),
+            f"lease_until = NULL, run_at = %s WHERE status = 'running' AND lease_until < "
+            f"{SERVER_NOW} RETURNING name",
+            (now,),
         ).fetchall()
         if again:
             self._announce(db)  # for workers of the names this claim does not want
@@ -216,11 +225,11 @@ class PostgresStore(Reads):
 
     @mapped
     def renew(self, jobs: Sequence[JobRecord], lease: float) -> list[str]:
-        until = utcnow() + timedelta(seconds=lease)
         return [
             job.id
             for job in jobs
-            if self._update_claimed(job, "lease_until = %s", (until,), ends=False) is None
+            if self._update_claimed(job, f"lease_until = {SERVER_LATER}", (lease,), ends=False)
+            is None
         ]
 
     @mapped
@@ -382,9 +391,10 @@ class PostgresStore(Reads):
         with self._write() as db:
             db.execute(
                 f"INSERT INTO processes ({', '.join(PROCESS_NAMES)}) "
-                "VALUES (%s, %s, %s, %s, %s, %s, %s, NULL) ON CONFLICT (id) DO UPDATE SET "
-                "role = excluded.role, host = excluded.host, pid = excluded.pid, "
-                "tasks = excluded.tasks, seen_at = excluded.seen_at, stopped_at = NULL",
+                f"VALUES (%s, %s, %s, %s, %s, %s, {SERVER_NOW}, NULL) "
+                "ON CONFLICT (id) DO UPDATE SET role = excluded.role, host = excluded.host, "
+                "pid = excluded.pid, tasks = excluded.tasks, seen_at = excluded.seen_at, "
+                "stopped_at = NULL",
                 (
                     process.id,
                     process.role,
@@ -392,7 +402,6 @@ class PostgresStore(Reads):
                     process.pid,
                     json.dumps(list(process.tasks)),
                     process.started_at,
-                    utcnow(),
                 ),
             )
 
@@ -408,9 +417,13 @@ class PostgresStore(Reads):
 
     @mapped
     def release_orphans(self, seen_before: datetime) -> list[str]:
-        stale = "FROM processes WHERE stopped_at IS NULL AND seen_at < %s"
+        # Heartbeats are the server's times: the age asked for, on the server's clock.
+        age = max(0.0, (utcnow() - seen_before).total_seconds())
+        stale = f"stopped_at IS NULL AND seen_at < {SERVER_NOW} - %s * interval '1 second'"
         with self._read() as db:
-            found = db.execute(f"SELECT EXISTS (SELECT 1 {stale})", (seen_before,)).fetchone()
+            found = db.execute(
+                f"SELECT EXISTS (SELECT 1 FROM processes WHERE {stale})", (age,)
+            ).fetchone()
         if not found or not found[0]:
             return []  # the usual answer: one read
         now = utcnow()
@@ -418,9 +431,8 @@ class PostgresStore(Reads):
             # Asked again as a write: one may have beaten since, or another process
             # found it first (the row's lock decides).
             rows = db.execute(
-                "UPDATE processes SET stopped_at = %s WHERE stopped_at IS NULL "
-                "AND seen_at < %s RETURNING id",
-                (now, seen_before),
+                f"UPDATE processes SET stopped_at = %s WHERE {stale} RETURNING id",
+                (now, age),
             ).fetchall()
             gone = [id for (id,) in rows]
             if gone:
