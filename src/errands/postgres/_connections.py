@@ -22,14 +22,13 @@ from collections.abc import Callable, Iterator
 from typing import Concatenate, ParamSpec, TypeVar
 
 import psycopg
-from psycopg import sql
 from psycopg.rows import TupleRow
 from psycopg_pool import ConnectionPool
 
-from ..exceptions import ConfigurationError, StoreError
+from ..exceptions import StoreError
 from ..local._commits import CommitHooks
 from ._errors import store_error
-from ._schema import TABLES, VERSION
+from ._layout import open_layout
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -77,7 +76,7 @@ class Connections(CommitHooks):
             # store now, with the server's reason (the pool would only time out).
             with psycopg.connect(conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT) as db:
                 self._configure(db)
-                self._create(db)
+                open_layout(db, schema, location)
         except psycopg.Error as exc:
             raise self._error(exc) from exc
         self._pool: ConnectionPool[Connection] | None = None
@@ -122,35 +121,6 @@ class Connections(CommitHooks):
 
     def _error(self, exc: psycopg.Error) -> StoreError:
         return store_error(exc, self.location)
-
-    def _create(self, db: Connection) -> None:
-        """Make the schema, its tables and indexes if missing (once, under a lock)."""
-        with db.transaction():
-            if self._layout(db) == VERSION:
-                return  # made already: no DDL (a role that only reads and writes may open it)
-            # Keyed by the schema's name: other schemas' errands start on their own.
-            db.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (self.schema,))
-            db.execute(
-                sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.schema))
-            )
-            db.execute(TABLES)
-            if self._layout(db) is None:  # (another process may have made it meanwhile)
-                db.execute("INSERT INTO version (version) VALUES (%s)", (VERSION,))
-
-    def _layout(self, db: Connection) -> int | None:
-        """The version of the schema's layout, None if it is not made yet; a
-        ``ConfigurationError`` if it is newer than this errands knows."""
-        row = db.execute("SELECT to_regclass(%s)", (f"{self.schema}.version",)).fetchone()
-        if row is None or row[0] is None:
-            return None
-        row = db.execute("SELECT max(version) FROM version").fetchone()
-        found = row[0] if row is not None else None
-        if found is not None and (not isinstance(found, int) or found > VERSION):
-            raise ConfigurationError(
-                f"the PostgreSQL store {self.location} has the layout of version "
-                f"{found!r}, newer than this errands knows ({VERSION}): upgrade errands"
-            )
-        return found if isinstance(found, int) else None
 
     # -- reads and writes ---------------------------------------------------------
 

@@ -24,17 +24,26 @@ if TYPE_CHECKING:
     from .._record import JobRecord
 
 #: The layout this errands writes; ``version`` holds the one a database has.
-VERSION = 1
+VERSION = 2
+#: The oldest layout whose errands may still use this one (each upgrade so far only
+#: adds): during a rolling deploy, processes of the errands before keep working, and
+#: start again, beside the processes that upgraded it.
+READERS_FROM = 1
 
-TABLES = """
+#: Every status a job may have: a row holding another (a hand-made edit) is refused
+#: by the database, not found by a worker. A new status is a new layout version.
+STATUSES = "'queued', 'running', 'succeeded', 'failed', 'cancelled'"
+
+TABLES = f"""
 CREATE TABLE IF NOT EXISTS version (
-    version integer NOT NULL
+    version integer NOT NULL,
+    readers_from integer NOT NULL
 );
 CREATE TABLE IF NOT EXISTS jobs (
     seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     id text NOT NULL UNIQUE,
     name text NOT NULL,
-    status text NOT NULL,
+    status text NOT NULL CONSTRAINT jobs_status CHECK (status IN ({STATUSES})),
     args text NOT NULL,
     kwargs text NOT NULL,
     attempts integer NOT NULL,
@@ -78,6 +87,18 @@ CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (status, finished_at)
 CREATE INDEX IF NOT EXISTS jobs_finished_by_task ON jobs (name, status)
     WHERE finished_at IS NOT NULL;
 """
+#: What takes a layout from the version before to each version, in order: run in the
+#: transaction that then writes the new version, under the schema's lock. A schema
+#: made new gets ``TABLES``; one upgraded from any version ends the same (a test
+#: compares their catalogs).
+UPGRADES: dict[int, str] = {
+    2: f"""
+ALTER TABLE version ADD COLUMN readers_from integer NOT NULL DEFAULT 1;
+ALTER TABLE version ALTER COLUMN readers_from DROP DEFAULT;
+ALTER TABLE jobs ADD CONSTRAINT jobs_status CHECK (status IN ({STATUSES}));
+""",
+}
+
 # Each index is partial, as in the SQLite store (see its _schema): a queued job is in
 # the claimable index, in claim order within a name (priority, due time, then FIFO),
 # so a claim reads the first entries of the names it wants and never the table; a
