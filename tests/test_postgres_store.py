@@ -495,6 +495,21 @@ def test_a_listening_store_is_told_of_jobs_other_processes_make_claimable(url: s
     finally:
         stop()
         listening.close()
+    try:
+        # Stopped: nobody is woken, and its connection goes by itself.
+        adding.enqueue([job("after")])
+        assert not told.wait(1)
+
+        def listeners() -> int:
+            rows = query(
+                url,
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND query LIKE 'LISTEN %%'",
+            )
+            return int(rows[0][0])  # type: ignore[call-overload]
+
+        wait_for(lambda: listeners() == 0, timeout=5)
+    finally:
         adding.close()
 
 

@@ -25,7 +25,8 @@ from ._connections import CONNECT_TIMEOUT
 
 logger = logging.getLogger("errands")
 
-#: How often the listening thread looks whether it should stop (seconds).
+#: How often the listening thread looks whether it should stop (seconds): the longest
+#: its connection outlives ``close``.
 STOP_CHECK = 0.5
 
 
@@ -52,6 +53,8 @@ class Listener:
             try:
                 self._listen()
             except psycopg.Error as exc:
+                if self._stop.is_set():
+                    return  # closed meanwhile: nobody waits for it
                 self._pause = pause = next_delay(self._pause)
                 logger.warning(
                     "listening for new jobs in the PostgreSQL store %s failed (%s); polling "
@@ -71,6 +74,8 @@ class Listener:
             self._tell()  # what was added while nobody listened
             while not self._stop.is_set():
                 for _ in db.notifies(timeout=STOP_CHECK):
+                    if self._stop.is_set():
+                        return
                     self._tell()
 
     def _tell(self) -> None:
@@ -80,5 +85,7 @@ class Listener:
             logger.debug("waking the worker for new jobs failed", exc_info=True)
 
     def close(self) -> None:
+        """Stop listening. Returns at once: the thread ends by itself within
+        ``STOP_CHECK`` (closing its connection) and wakes nobody meanwhile. Waiting for
+        it cost every stop of a worker half a second (``join()`` in a test, each time)."""
         self._stop.set()
-        self._thread.join(timeout=STOP_CHECK + 1)
