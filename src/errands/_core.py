@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
     from ._backend import Backend
     from ._worker import Worker
-    from .postgres._transaction import Writer
+    from .local._store import Writer
 
 logger = logging.getLogger("errands")
 
@@ -211,11 +211,10 @@ class Core:
     def transactional(self, func: object, args: Sequence[Any], kwargs: dict[str, Any]) -> Writer:
         """What ``add_task_in`` writes on the caller's connection: the record, made as
         ``add_now`` makes it, and the PostgreSQL store it goes to."""
-        import sys
+        from .local._store import Transactional
 
-        where = sys.modules.get("errands.postgres._store")
         store = getattr(self.backend, "store", None)
-        if where is None or not isinstance(store, where.PostgresStore):
+        if not isinstance(store, Transactional):
             kind = type(store).__name__ if store is not None else "Celery"
             raise ConfigurationError(
                 f"add_task_in writes the job in your transaction, so the job must live in "
@@ -231,9 +230,7 @@ class Core:
         self.check_owner(func)
         record = self.new_record(func, args, kwargs)
         record.run_at = record.due(utcnow())
-        from .postgres._transaction import Writer
-
-        return Writer(store, record)
+        return store.writer(record)
 
     def purge(
         self,

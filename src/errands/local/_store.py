@@ -234,3 +234,24 @@ class Announcing(Protocol):
     def listen(self, wake: Callable[[], None]) -> Callable[[], None]:
         """Call ``wake`` (from a thread of the store's) whenever jobs may have become
         claimable; returns the function that stops it."""
+
+
+class Writer(Protocol):
+    """One job to write with the caller's own connection, in the caller's transaction."""
+
+    record: JobRecord
+
+    def write(self, conn: object) -> bool:
+        """Write it on ``conn`` (sync); whether it was added (not an id kept already)."""
+
+    async def write_async(self, conn: object) -> bool:
+        """Write it on ``conn`` (async); whether it was added."""
+
+
+@runtime_checkable
+class Transactional(Protocol):
+    """A store whose jobs can be written in the caller's transaction (``add_task_in``:
+    the PostgreSQL store, on the database of the caller's connection)."""
+
+    def writer(self, record: JobRecord) -> Writer:
+        """What writes ``record`` with a connection of the caller's."""

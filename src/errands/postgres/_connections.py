@@ -80,6 +80,7 @@ class Connections(CommitHooks):
         except psycopg.Error as exc:
             raise self._error(exc) from exc
         self._pool: ConnectionPool[Connection] | None = None
+        self._database: str | None = None
         self._pid = 0
         self._opening = threading.Lock()
 
@@ -121,6 +122,16 @@ class Connections(CommitHooks):
 
     def _error(self, exc: psycopg.Error) -> StoreError:
         return store_error(exc, self.location)
+
+    @mapped
+    def database(self) -> str:
+        """The name of the database the store is in (asked once)."""
+        if self._database is None:
+            with self._read() as db:
+                row = db.execute("SELECT current_database()").fetchone()
+            assert row is not None
+            self._database = str(row[0])
+        return self._database
 
     # -- reads and writes ---------------------------------------------------------
 

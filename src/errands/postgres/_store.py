@@ -39,6 +39,7 @@ from ._sql import (
     lock_limits,
     spend,
 )
+from ._transaction import Writer
 
 #: A released job is due now (parameter), or at its scheduled time if that is later.
 RELEASED_RUN_AT = "GREATEST(%s, scheduled_at)"
@@ -53,17 +54,10 @@ class PostgresStore(Reads):
         self._warned: set[str] = set()
         self.lost: deque[str] = deque()
         self._listeners: list[Listener] = []
-        self._database: str | None = None
 
-    @mapped
-    def database(self) -> str:
-        """The name of the database the store is in (asked once)."""
-        if self._database is None:
-            with self._read() as db:
-                row = db.execute("SELECT current_database()").fetchone()
-            assert row is not None
-            self._database = str(row[0])
-        return self._database
+    def writer(self, record: JobRecord) -> Writer:
+        """``add_task_in``: what writes ``record`` on a connection of the caller's."""
+        return Writer(self, record)
 
     # -- writing ----------------------------------------------------------------
 

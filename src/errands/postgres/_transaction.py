@@ -36,7 +36,7 @@ from ._listen import channel
 from ._schema import NAMES, new_row
 
 if TYPE_CHECKING:
-    from ._store import PostgresStore
+    from ._connections import Connections
 
 DATABASE = "SELECT current_database()"
 
@@ -108,7 +108,7 @@ def _failed(exc: BaseException) -> StoreError:
 class Writer:
     """What both forms share: the store, the record, the statements."""
 
-    def __init__(self, store: PostgresStore, record: JobRecord) -> None:
+    def __init__(self, store: Connections, record: JobRecord) -> None:
         self.store = store
         self.record = record
         self.insert = insert_sql(store.schema)
