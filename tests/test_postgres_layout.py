@@ -172,3 +172,28 @@ def test_a_newer_layout_is_used_if_it_says_so_and_refused_if_not(
     query(url, f"UPDATE {version} SET readers_from = %s", VERSION + 1)
     with pytest.raises(ConfigurationError, match=r"cannot use; this one knows .*: upgrade errands"):
         opened(url)
+
+
+def test_a_schema_holding_tables_errands_did_not_make_is_refused(
+    opened: Callable[[str], Errands], postgres_database: str
+) -> None:
+    """``?schema=public`` (or any schema of the application's) is refused before anything
+    is made: errands' table names (jobs, ...) could be the application's own."""
+    query(postgres_database, "CREATE TABLE public.jobs (id text)")
+    query(postgres_database, "INSERT INTO public.jobs VALUES ('theirs')")
+    try:
+        with pytest.raises(
+            ConfigurationError,
+            match=r"schema 'public', which holds tables errands did not make \(jobs\)",
+        ):
+            opened(f"{postgres_database}?schema=public")
+        assert query(postgres_database, "SELECT * FROM public.jobs") == [("theirs",)]
+        assert query(postgres_database, "SELECT to_regclass('public.version')") == [(None,)]
+    finally:
+        query(postgres_database, "DROP TABLE public.jobs")
+    # An empty schema someone made for errands is fine.
+    query(postgres_database, "CREATE SCHEMA made_for_errands")
+    try:
+        opened(f"{postgres_database}?schema=made_for_errands")
+    finally:
+        query(postgres_database, "DROP SCHEMA made_for_errands CASCADE")

@@ -39,6 +39,7 @@ def open_layout(db: psycopg.Connection[Any], schema: str, location: str) -> None
         if version is not None and version >= VERSION:
             return  # another process made or upgraded it meanwhile
         if version is None:
+            refuse_others(db, schema, location)
             db.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
             db.execute(TABLES)
             db.execute(
@@ -62,6 +63,24 @@ def open_layout(db: psycopg.Connection[Any], schema: str, location: str) -> None
             location,
             version,
             VERSION,
+        )
+
+
+def refuse_others(db: psycopg.Connection[Any], schema: str, location: str) -> None:
+    """A schema errands has not made must hold nothing yet: errands' tables are named
+    ``jobs``, ``limits``, ``processes``: in a schema of the application (``public``)
+    they could be the application's own."""
+    rows = db.execute(
+        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relkind IN ('r', 'p', 'v', 'm', 'f') ORDER BY 1 LIMIT 4",
+        (schema,),
+    ).fetchall()
+    if rows:
+        names = ", ".join(str(name) for (name,) in rows[:3]) + (", ..." if len(rows) > 3 else "")
+        raise ConfigurationError(
+            f"the PostgreSQL store {location} would be made in schema {schema!r}, which "
+            f"holds tables errands did not make ({names}); errands keeps its tables in a "
+            f"schema of its own: leave ?schema= out (the schema 'errands') or name a new one"
         )
 
 
