@@ -20,6 +20,7 @@ import pytest
 
 from errands import Errands, JobRecord, JobStatus, StoreError
 from errands.exceptions import ConfigurationError, StoreUnwritable
+from errands._lifecycle import where_jobs_go
 from errands.local import LocalBackend
 from errands.local._store import ProcessInfo
 from errands.postgres import PostgresStore, parse_url
@@ -109,6 +110,8 @@ def test_the_store_makes_its_schema_tables_indexes_and_version_row(
         f"postgresql://postgres@127.0.0.1:5432/{parse_url(url)[0].rsplit('/', 1)[1]} "
         f"(schema {schema})"
     )
+    # The start-up line names it so, once (not the URL, then that in brackets).
+    assert where_jobs_go(errands._core) == errands._core.backend.location
 
 
 def test_stores_in_two_schemas_of_one_database_never_see_each_others_jobs(

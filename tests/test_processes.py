@@ -402,3 +402,35 @@ def test_a_second_sigterm_still_drains_and_a_second_ctrl_c_does_not(
     assert "second Ctrl-C; exiting without draining" in output
     record = fresh().get(job.id)  # left running: it comes back after its lease
     assert record is not None and record.status is JobStatus.RUNNING
+
+
+@pytest.mark.parametrize("store", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_a_web_process_without_a_worker_says_it_stopped_when_its_app_stops(
+    store: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from errands import BackgroundTasks
+    from tests.conftest import postgres_url
+
+    url = (
+        postgres_url(request.getfixturevalue("postgres_database"))
+        if store == "postgres"
+        else f"sqlite:///{tmp_path}/jobs.db"
+    )
+    errands = Errands(url, worker=False)
+    noop = errands.task(name="noop")(lambda: None)
+    app = FastAPI(lifespan=errands.lifespan)
+
+    @app.post("/")
+    def add(tasks: BackgroundTasks) -> None:
+        tasks.add_task(noop)
+
+    with TestClient(app) as client:
+        assert client.post("/").status_code == 200
+        [web] = errands._core.backend.store.processes()  # type: ignore[attr-defined]
+        assert web.role == "web" and web.stopped_at is None
+    [web] = errands._core.backend.store.processes()  # type: ignore[attr-defined]
+    assert web.stopped_at is not None
+    errands._core.backend.store.close()  # type: ignore[attr-defined]

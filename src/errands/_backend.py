@@ -148,7 +148,8 @@ class Backend(ABC):
         """This process's worker has started (on the running event loop)."""
 
     async def stopped(self) -> None:  # noqa: B027 (optional)
-        """This process's worker has stopped: finish what it left (on its loop)."""
+        """This process's worker has stopped, or its app that ran none: finish what it
+        left (on its loop)."""
 
     def check_eager(self) -> None:  # noqa: B027 (optional)
         """Refuse ``eager=True`` if the mode cannot run jobs in the request."""

@@ -164,7 +164,11 @@ async def run_until_signalled(core: Core) -> None:
 def where_jobs_go(core: Core) -> str:
     """Where the instance's jobs are, for the log lines at start."""
     backend = core.backend
-    return backend.url if backend.location == "memory" else f"{backend.url} ({backend.location})"
+    if backend.location == "memory":
+        return backend.url
+    if "://" in backend.location:  # a server's address says it all (PostgreSQL's)
+        return backend.location
+    return f"{backend.url} ({backend.location})"  # the URL, and the file it names
 
 
 @asynccontextmanager
@@ -175,8 +179,14 @@ async def web_lifespan(core: Core, app: object, *, worker: bool) -> AsyncIterato
     if not worker:
         announce("errands: jobs go to %s; no worker runs in this process", where_jobs_go(core))
         with on_this_loop(core):  # its requests' plain callables are its (only_registered)
-            async with scheduling(core):
-                yield
+            try:
+                async with scheduling(core):
+                    yield
+            finally:
+                # Said to the store (a web process is one of its processes too): not
+                # left to look alive, and its unreleased jobs, if any, free at once.
+                with anyio.CancelScope(shield=True):
+                    await core.backend.stopped()
         return
     async with serving(core), scheduling(core):
         announce(
