@@ -19,8 +19,8 @@ import psycopg
 import pytest
 
 from errands import Errands, JobRecord, JobStatus, StoreError
-from errands.exceptions import ConfigurationError, StoreUnwritable
 from errands._lifecycle import where_jobs_go
+from errands.exceptions import ConfigurationError, StoreUnwritable
 from errands.local import LocalBackend
 from errands.local._store import ProcessInfo
 from errands.postgres import PostgresStore, parse_url
