@@ -16,7 +16,7 @@ import json
 import logging
 import sqlite3
 from collections import deque
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -24,11 +24,10 @@ from typing import Any
 from .._cancel import CANCELLED_QUEUED, CANCELLED_RUNNING
 from .._limits import Limit
 from .._record import JobRecord, JobStatus, utcnow
-from .._stats import Activity
 from .._tuning import BUSY_TIMEOUT, MAX_LOST_LEASES, PURGE_CHUNK
 from ..exceptions import ConfigurationError
 from ..local._store import ProcessInfo, Want, poison_error
-from ._activity import activity
+from ._reads import Reads
 from ._rows import (
     Row,
     Unreadable,
@@ -37,11 +36,9 @@ from ._rows import (
     process_info,
     record,
     ts,
-    unreadable,
 )
 from ._schema import (
     ADDED,
-    COLUMNS,
     INDEXES,
     INSERT,
     INSERT_NEW,
@@ -62,12 +59,12 @@ from ._sql import (
     stopped_status,
     unless_stopped,
 )
-from ._transactions import Transactions, mapped
+from ._transactions import mapped
 
 logger = logging.getLogger("errands")
 
 
-class SQLiteStore(Transactions):
+class SQLiteStore(Reads):
     durable = True
 
     def __init__(self, path: str | Path, *, busy_timeout: float = BUSY_TIMEOUT) -> None:
@@ -467,124 +464,3 @@ class SQLiteStore(Transactions):
             f"SELECT {PROCESS_COLUMNS} FROM errands_processes ORDER BY seen_at DESC"
         )
         return [process_info(row) for row in rows.fetchall()]
-
-    # -- reading ----------------------------------------------------------------
-
-    @mapped
-    def get(self, id: str) -> JobRecord | None:
-        return self._find(self._db(), id)
-
-    def _find(self, db: sqlite3.Connection, id: str) -> JobRecord | None:
-        row = db.execute(f"SELECT {COLUMNS} FROM errands_jobs WHERE id = ?", (id,)).fetchone()
-        return self._read(row) if row is not None else None
-
-    @mapped
-    def jobs(
-        self,
-        status: JobStatus | None = None,
-        limit: int = 100,
-        name: str | None = None,
-        offset: int = 0,
-    ) -> list[JobRecord]:
-        if name is not None:
-            where, values = ("name = ?", [name])
-            if status is not None:
-                where, values = (f"{where} AND status = ?", [name, status.value])
-            rows = self._db().execute(
-                f"SELECT {COLUMNS} FROM errands_jobs WHERE {where} "
-                f"ORDER BY seq DESC LIMIT ? OFFSET ?",
-                (*values, limit, offset),
-            )
-        elif status is None:
-            rows = self._db().execute(
-                f"SELECT {COLUMNS} FROM errands_jobs ORDER BY seq DESC LIMIT ? OFFSET ?",
-                (limit, offset),
-            )
-        else:
-            # The status as a literal, so that its partial index can serve the query
-            # rather than a scan of every job kept.
-            source = {
-                JobStatus.QUEUED: "errands_jobs INDEXED BY errands_claimable",
-                JobStatus.RUNNING: "errands_jobs INDEXED BY errands_running",
-            }.get(status, "errands_jobs")
-            finished = " AND finished_at IS NOT NULL" if status.finished else ""
-            rows = self._db().execute(
-                f"SELECT {COLUMNS} FROM {source} WHERE status = '{status.value}'"
-                f"{finished} ORDER BY seq DESC LIMIT ? OFFSET ?",
-                (limit, offset),
-            )
-        return [self._read(row) for row in rows.fetchall()]
-
-    @mapped
-    def activity(self, now: datetime) -> Activity:
-        return activity(self._db(), now)
-
-    def _read(self, row: Row) -> JobRecord:
-        try:
-            return record(row)
-        except Unreadable as exc:
-            self._warn(row[0], str(exc), "listed as failed")
-            return unreadable(row, str(exc))
-
-    def _warn(self, id: Any, reason: str, outcome: str) -> None:
-        key = str(id)
-        if key not in self._warned:
-            self._warned.add(key)
-            logger.warning(
-                "the job %s in the SQLite store %s cannot be read (%s); it is %s",
-                key,
-                self.location,
-                reason,
-                outcome,
-            )
-
-    @mapped
-    def counts(self) -> dict[JobStatus, int]:
-        # One count per index: each reads only its own (partial) index.
-        rows = self._db().execute(
-            "SELECT 'queued', COUNT(*) FROM errands_jobs WHERE status = 'queued' "
-            "UNION ALL SELECT 'running', COUNT(*) FROM errands_jobs WHERE status = 'running' "
-            "UNION ALL SELECT status, COUNT(*) FROM errands_jobs WHERE finished_at IS NOT NULL "
-            "GROUP BY status"
-        )
-        found = dict(rows.fetchall())
-        return {status: found.get(status.value, 0) for status in JobStatus}
-
-    @mapped
-    def counts_by_task(self) -> dict[str, dict[JobStatus, int]]:
-        statuses = {status.value: status for status in JobStatus}
-        by_task: dict[str, dict[JobStatus, int]] = {}
-        # One count per partial index, each read alone (no row of the table is read
-        # for the finished ones, nearly all of a big store).
-        rows = self._db().execute(
-            "SELECT name, 'queued', COUNT(*) FROM errands_jobs WHERE status = 'queued' "
-            "GROUP BY name UNION ALL SELECT name, 'running', COUNT(*) FROM errands_jobs "
-            "WHERE status = 'running' GROUP BY name UNION ALL SELECT name, status, COUNT(*) "
-            "FROM errands_jobs INDEXED BY errands_finished_by_task WHERE finished_at IS NOT "
-            "NULL GROUP BY name, status"
-        )
-        for name, status, n in _known(rows.fetchall(), statuses):
-            by_task.setdefault(name, {})[status] = n
-        return by_task
-
-    @mapped
-    def unfinished(self) -> int:
-        # Read from the two partial indexes alone: no finished job is looked at.
-        row = (
-            self._db()
-            .execute(
-                "SELECT (SELECT COUNT(*) FROM errands_jobs WHERE status = 'queued') + "
-                "(SELECT COUNT(*) FROM errands_jobs WHERE status = 'running')"
-            )
-            .fetchone()
-        )
-        return int(row[0])
-
-
-def _known(
-    rows: Iterable[tuple[str, str, int]], statuses: dict[str, JobStatus]
-) -> Iterator[tuple[str, JobStatus, int]]:
-    """Counts of rows whose status errands knows (an unreadable row counts nowhere)."""
-    for name, status, n in rows:
-        if status in statuses:
-            yield name, statuses[status], n
