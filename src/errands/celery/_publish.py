@@ -18,11 +18,8 @@ record of errands' own in the backend: ``get(id)`` says ``queued`` for it, and
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Collection, Sequence
 from datetime import datetime
@@ -43,12 +40,10 @@ from ._results import (
     BEFORE,
     CHAIN,
     ERROR,
-    FINAL,
     LOST,
     MAX_ATTEMPTS,
     PRIORITY,
     SCHEDULED_AT,
-    SET_UNLESS_FINAL,
     TRACEBACK,
     TRACEPARENT,
     broker_priority,
@@ -63,11 +58,12 @@ from ._results import (
     revoked_request,
     to_record,
 )
+from ._states import States, encoder
 
 logger = logging.getLogger("errands")
 
 
-class Publisher:
+class Publisher(States):
     """Publishing to a Celery app's broker, and errands' records in its result backend."""
 
     def __init__(self, app: Celery, *, publish_timeout: float = 5.0) -> None:
@@ -97,8 +93,7 @@ class Publisher:
         self._lock = threading.Lock()
         self._unfinished: dict[str, None] = {}
         self._recent: deque[str] = deque(maxlen=CELERY_RECENT)
-        self._sha: str | None = None
-        self._local = threading.local()
+        States.__init__(self)
 
     def __repr__(self) -> str:
         return f"<Publisher {self.app.main or 'celery'}>"
@@ -139,7 +134,7 @@ class Publisher:
             )
         expires = expires_args(getattr(backend, "expires", None))
         pipe = backend.client.pipeline(transaction=False)
-        encode = _encoder(backend)
+        encode = encoder(backend)
         for job in jobs:
             value = encode(meta(job.id, states.PENDING, queued_record(job)))
             pipe.set(
@@ -237,114 +232,6 @@ class Publisher:
                 backend.client.delete(key)
 
         return settle
-
-    def _connection(self, backend: RedisBackend) -> Any:
-        """This thread's own connection to the Redis result backend (the pool's
-        checkout costs more than the write). Each ``begin_states`` is settled before
-        the same thread writes again, so its replies never mix with the next ones'."""
-        local = self._local
-        if getattr(local, "pid", None) != os.getpid():  # first use in this process
-            pool = backend.client.connection_pool
-            local.pid, local.connection = (
-                os.getpid(),
-                pool.connection_class(**pool.connection_kwargs),
-            )
-        return local.connection
-
-    def _read(self, connection: Any, replies: int) -> None:
-        """Read ``replies`` replies, in ``publish_timeout`` at most."""
-        deadline = time.monotonic() + self.publish_timeout
-        for _ in range(replies):
-            if not connection.can_read(timeout=max(0.0, deadline - time.monotonic())):
-                raise TimeoutError(f"no answer in {self.publish_timeout:g} s")
-            connection.read_response()
-
-    def _script(self, connection: Any) -> tuple[str, ...]:
-        """``EVALSHA`` of the unless-final script (loaded once a process), or ``EVAL``."""
-        if self._sha is None:
-            try:
-                connection.send_command("SCRIPT", "LOAD", SET_UNLESS_FINAL)
-                sha = connection.read_response()
-                self._sha = sha.decode() if isinstance(sha, bytes) else str(sha)
-            except Exception:
-                return ("EVAL", SET_UNLESS_FINAL)
-        return ("EVALSHA", self._sha)
-
-    def begin_states(
-        self,
-        entries: Sequence[tuple[str, str, dict[str, Any]]],
-        *,
-        only_new: bool = False,
-        unless_final: bool = False,
-    ) -> Callable[[bool], None]:
-        """Write errands' own, unfinished states of jobs (``PENDING`` when published,
-        ``STARTED`` when an attempt starts): ``(id, state, errands' fields)`` each.
-        ``only_new``: only where nothing is stored yet; ``unless_final``: not over a
-        final state (a job delivered again after it finished stays finished).
-
-        Returns what settles them: call it with True once the work they describe is
-        under way, or False to take them back (calls after the first do nothing). On
-        Redis the writes leave at once and their replies are read when settled, so
-        their round trip overlaps the work in between (the publish, the task);
-        elsewhere they are written before returning.
-        Unlike ``store_result`` this does not read the old state first nor wake
-        result waiters: no waiter wants an unfinished state.
-        """
-        backend = self.app.backend
-        ids = [id for id, _, _ in entries]
-        if not isinstance(backend, RedisBackend):
-            for id, state, ours in entries:
-                if unless_final and backend.get_task_meta(id).get("status") in FINAL:
-                    continue
-                backend.store_result(id, {"errands": ours}, state)
-
-            def settle(keep: bool) -> None:
-                if not keep:
-                    for id in ids:
-                        backend.forget(id)
-
-            return settle
-        connection = self._connection(backend)
-        keys = [backend.get_key_for_task(id) for id in ids]
-        expires = expires_args(getattr(backend, "expires", None))
-        encode = _encoder(backend)
-        values = [encode(meta(id, state, ours)) for id, state, ours in entries]
-        if unless_final:
-            ttl = expires[1] if expires else 0
-            script = self._script(connection)
-            commands = [
-                (*script, 1, key, value, ttl) for key, value in zip(keys, values, strict=True)
-            ]
-        else:
-            tail = (*expires, *(("NX",) if only_new else ()))
-            commands = [("SET", key, value, *tail) for key, value in zip(keys, values, strict=True)]
-        try:
-            connection.send_packed_command(connection.pack_commands(commands))
-        except BaseException:
-            connection.disconnect()
-            raise
-        settled = False
-
-        def read(keep: bool) -> None:
-            nonlocal settled
-            if settled:
-                return
-            settled = True
-            try:
-                self._read(connection, len(commands))
-                if not keep:
-                    connection.send_command("DEL", *keys)
-                    connection.read_response()
-            except BaseException as exc:
-                connection.disconnect()  # replies may be left unread on it
-                if not isinstance(exc, Exception):
-                    raise
-                if "NOSCRIPT" in str(exc):
-                    self._sha = None  # the server restarted: load it again next time
-                # The work goes on; only the state that says so is missing.
-                logger.error("recording the state of jobs %s failed: %s", ids, exc)
-
-        return read
 
     def send(self, described: dict[str, Any], chain: tuple[str, int] | None) -> None:
         """Publish one job through the app's routing; ``chain`` says where the jobs to
@@ -512,13 +399,6 @@ class Publisher:
 #: What a job published again (``errands.retry``) carries from its earlier rounds,
 #: and the stamp that carries each.
 _AGAIN = {"before": BEFORE, "lost": LOST, "error": ERROR, "traceback": TRACEBACK}
-
-
-def _encoder(backend: RedisBackend) -> Callable[[Any], Any]:
-    """How the result backend's values are written: JSON results (the default) with
-    the standard library (kombu's encoder costs several times more, for the same text),
-    others with the backend's own serializer."""
-    return json.dumps if getattr(backend, "serializer", None) == "json" else backend.encode
 
 
 def queued_record(job: JobRecord) -> dict[str, Any]:
