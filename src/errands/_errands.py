@@ -4,17 +4,14 @@ is public here; the rest is ``Core`` (``_core.py``) and the backend behind it.""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar, overload
 
-import anyio
-
 from ._core import Core, check_id
 from ._job import Job
-from ._lifecycle import serving, web_lifespan
+from ._lifecycle import join, web_lifespan
 from ._limits import check_limit
 from ._options import Options, check_count, check_flag, check_seconds
 from ._policy import Policy
@@ -22,8 +19,8 @@ from ._record import JobRecord, JobStatus, finished_statuses
 from ._schedule import Schedule, check_cron, check_interval, check_no_arguments
 from ._stats import Stats
 from ._task import Task, callable_name
-from ._tuning import HOLD, JOIN_POLL_LOCAL, JOIN_POLL_SHARED
-from .exceptions import ConfigurationError, WaitTimeout
+from ._tuning import HOLD
+from .exceptions import ConfigurationError
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -489,22 +486,4 @@ class Errands:
         until then: ``errands.add_task(...); await errands.join()`` runs the jobs of a
         script or a test.
         """
-        core = self._core
-        deadline = None if timeout is None else time.monotonic() + timeout
-        pause = JOIN_POLL_SHARED if core.backend.durable else JOIN_POLL_LOCAL
-
-        async def idle() -> int:
-            while left := await core.read(core.unfinished):
-                if deadline is not None and time.monotonic() >= deadline:
-                    return left
-                await anyio.sleep(pause)
-            return 0
-
-        if core.worker is not None:
-            left = await idle()
-        else:
-            # The temporary worker stops at once: join's timeout bounds the whole call.
-            async with serving(core, drain_timeout=0, keep_lanes=True):
-                left = await idle()
-        if left:
-            raise WaitTimeout(f"{left} jobs were still waiting or running after {timeout:g} s")
+        await join(self._core, timeout)

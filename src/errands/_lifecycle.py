@@ -9,6 +9,7 @@ import contextlib
 import logging
 import os
 import signal
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING
@@ -17,8 +18,9 @@ import anyio
 
 from ._schedule import Scheduler
 from ._tracing import fastapi_telemetry
+from ._tuning import JOIN_POLL_LOCAL, JOIN_POLL_SHARED
 from ._worker import Worker
-from .exceptions import ConfigurationError
+from .exceptions import ConfigurationError, WaitTimeout
 
 if TYPE_CHECKING:
     from ._core import Core
@@ -115,6 +117,29 @@ async def _stop(core: Core, worker: Worker, drain_timeout: float | None, keep_la
     if not keep_lanes:
         core.plain.cancel_waiting("cancelled: the worker stopped before it ran")
     await core.backend.stopped()
+
+
+async def join(core: Core, timeout: float | None) -> None:
+    """``Errands.join``: wait until no job is unfinished, running a worker on this loop
+    meanwhile if none runs in this process."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    pause = JOIN_POLL_SHARED if core.backend.durable else JOIN_POLL_LOCAL
+
+    async def idle() -> int:
+        while left := await core.read(core.unfinished):
+            if deadline is not None and time.monotonic() >= deadline:
+                return left
+            await anyio.sleep(pause)
+        return 0
+
+    if core.worker is not None:
+        left = await idle()
+    else:
+        # The temporary worker stops at once: join's timeout bounds the whole call.
+        async with serving(core, drain_timeout=0, keep_lanes=True):
+            left = await idle()
+    if left:
+        raise WaitTimeout(f"{left} jobs were still waiting or running after {timeout:g} s")
 
 
 async def run_until_signalled(core: Core) -> None:
