@@ -8,22 +8,19 @@ job with the reason, as on SQLite (``errands.sqlite._rows``), and said once in t
 
 from __future__ import annotations
 
-import logging
 from datetime import datetime
 from typing import Any
 
 from .._record import JobRecord, JobStatus
 from .._stats import Activity
-from ..sqlite._rows import Row, Unreadable, record, unreadable
+from ..sqlite._rows import Unreadables
 from ._activity import activity
 from ._connections import Connection, Connections, mapped
 from ._schema import COLUMNS
 
-logger = logging.getLogger("errands")
 
-
-class Reads(Connections):
-    _warned: set[str]  # the ids of unreadable rows already logged
+class Reads(Connections, Unreadables):
+    KIND = "PostgreSQL"
 
     @mapped
     def get(self, id: str) -> JobRecord | None:
@@ -64,25 +61,6 @@ class Reads(Connections):
     def activity(self, now: datetime) -> Activity:
         with self._read() as db:
             return activity(db, now)
-
-    def _read_row(self, row: Row) -> JobRecord:
-        try:
-            return record(row)
-        except Unreadable as exc:
-            self._warn(row[0], str(exc), "listed as failed")
-            return unreadable(row, str(exc))
-
-    def _warn(self, id: Any, reason: str, outcome: str) -> None:
-        key = str(id)
-        if key not in self._warned:
-            self._warned.add(key)
-            logger.warning(
-                "the job %s in the PostgreSQL store %s cannot be read (%s); it is %s",
-                key,
-                self.location,
-                reason,
-                outcome,
-            )
 
     @mapped
     def counts(self) -> dict[JobStatus, int]:

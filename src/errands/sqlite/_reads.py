@@ -8,24 +8,20 @@ job with the reason (``_rows.unreadable``), and said once in the log.
 
 from __future__ import annotations
 
-import logging
 import sqlite3
 from collections.abc import Iterable, Iterator
 from datetime import datetime
-from typing import Any
 
 from .._record import JobRecord, JobStatus
 from .._stats import Activity
 from ._activity import activity
-from ._rows import Row, Unreadable, record, unreadable
+from ._rows import Unreadables
 from ._schema import COLUMNS
 from ._transactions import Transactions, mapped
 
-logger = logging.getLogger("errands")
 
-
-class Reads(Transactions):
-    _warned: set[str]  # the ids of unreadable rows already logged
+class Reads(Transactions, Unreadables):
+    KIND = "SQLite"
 
     @mapped
     def get(self, id: str) -> JobRecord | None:
@@ -33,7 +29,7 @@ class Reads(Transactions):
 
     def _find(self, db: sqlite3.Connection, id: str) -> JobRecord | None:
         row = db.execute(f"SELECT {COLUMNS} FROM errands_jobs WHERE id = ?", (id,)).fetchone()
-        return self._read(row) if row is not None else None
+        return self._read_row(row) if row is not None else None
 
     @mapped
     def jobs(
@@ -70,30 +66,11 @@ class Reads(Transactions):
                 f"{finished} ORDER BY seq DESC LIMIT ? OFFSET ?",
                 (limit, offset),
             )
-        return [self._read(row) for row in rows.fetchall()]
+        return [self._read_row(row) for row in rows.fetchall()]
 
     @mapped
     def activity(self, now: datetime) -> Activity:
         return activity(self._db(), now)
-
-    def _read(self, row: Row) -> JobRecord:
-        try:
-            return record(row)
-        except Unreadable as exc:
-            self._warn(row[0], str(exc), "listed as failed")
-            return unreadable(row, str(exc))
-
-    def _warn(self, id: Any, reason: str, outcome: str) -> None:
-        key = str(id)
-        if key not in self._warned:
-            self._warned.add(key)
-            logger.warning(
-                "the job %s in the SQLite store %s cannot be read (%s); it is %s",
-                key,
-                self.location,
-                reason,
-                outcome,
-            )
 
     @mapped
     def counts(self) -> dict[JobStatus, int]:

@@ -9,10 +9,11 @@ or its status is none of errands'. Such a row must not take down what reads it:
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from .._record import JobRecord, JobStatus, utcnow
 from ..local._store import ProcessInfo
@@ -132,3 +133,32 @@ def process_info(row: Row) -> ProcessInfo:
         seen_at=dt(seen_at) or utcnow(),
         stopped_at=dt(stopped_at),
     )
+
+
+class Unreadables:
+    """What both SQL stores do with a row something other than errands wrote: it is
+    read as a failed job with the reason (``unreadable``), and said once in the log."""
+
+    KIND: ClassVar[str]  # "SQLite", "PostgreSQL": for the log line
+    location: str
+    _warned: set[str]  # the ids of unreadable rows already logged
+
+    def _read_row(self, row: Row) -> JobRecord:
+        try:
+            return record(row)
+        except Unreadable as exc:
+            self._warn(row[0], str(exc), "listed as failed")
+            return unreadable(row, str(exc))
+
+    def _warn(self, id: Any, reason: str, outcome: str) -> None:
+        key = str(id)
+        if key not in self._warned:
+            self._warned.add(key)
+            logging.getLogger("errands").warning(
+                "the job %s in the %s store %s cannot be read (%s); it is %s",
+                key,
+                self.KIND,
+                self.location,
+                reason,
+                outcome,
+            )
