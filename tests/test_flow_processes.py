@@ -18,7 +18,15 @@ import pytest
 
 from errands import Errands, JobStatus
 from tests.apps import modes
-from tests.conftest import ROOT, CeleryWorker, Server, delete_queues, require_service, wait_until
+from tests.conftest import (
+    ROOT,
+    CeleryWorker,
+    Server,
+    delete_queues,
+    postgres_url,
+    require_service,
+    wait_until,
+)
 
 pytestmark = pytest.mark.server
 
@@ -55,9 +63,16 @@ def race(mode: str, path: str, queue: str, key: str, processes: int, each: int) 
     return handles
 
 
-@pytest.mark.parametrize("mode", ["sqlite", pytest.param("celery-redis", marks=pytest.mark.celery)])
+@pytest.mark.parametrize(
+    "mode",
+    [
+        "sqlite",
+        pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("celery-redis", marks=pytest.mark.celery),
+    ],
+)
 def test_processes_racing_with_one_job_id_make_one_job_that_runs_once(
-    mode: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    mode: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
 ) -> None:
     if mode.startswith("celery"):
         require_service("redis")
@@ -68,10 +83,12 @@ def test_processes_racing_with_one_job_id_make_one_job_that_runs_once(
         f"errands-test-{uuid.uuid4().hex[:8]}",
         f"k-{uuid.uuid4().hex[:6]}",
     )
+    if mode == "postgres":
+        path = postgres_url(request.getfixturevalue("postgres_database"))
     handles = race(mode, path, queue, key, processes=2, each=10)
     assert len(handles) == 20 and {id for id, _ in handles} == {key}
     assert sum(created for _, created in handles) == 1  # outside a request, each knows
-    reader = modes.make(mode, path=path, queue=queue)
+    reader = modes.make(mode, path=path, queue=queue, url=path if mode == "postgres" else "")
     record = reader.errands.get(key)
     assert record is not None and record.status is JobStatus.QUEUED
     won = record.args[0]  # whichever add was kept

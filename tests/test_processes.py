@@ -16,18 +16,36 @@ import httpx
 import pytest
 
 from errands import Errands, JobStatus
-from tests.conftest import ROOT, Server
+from tests.conftest import ROOT, Server, postgres_url
 
 pytestmark = pytest.mark.server
 
 
-@pytest.fixture
-def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    values = {"ERRANDS_URL": f"sqlite:///{tmp_path}/jobs.db", "DURABLE_LOG": str(tmp_path / "log")}
+def environment(url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    values = {"ERRANDS_URL": url, "DURABLE_LOG": str(tmp_path / "log")}
     for key, value in values.items():
         monkeypatch.setenv(key, value)
     (tmp_path / "log").touch()
     return values
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def env(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> dict[str, str]:
+    """The processes' environment: a store every durable one runs the same tests on
+    (a SQLite file; a schema of the run's PostgreSQL database)."""
+    if request.param == "postgres":
+        url = postgres_url(request.getfixturevalue("postgres_database"))
+    else:
+        url = f"sqlite:///{tmp_path}/jobs.db"
+    return environment(url, tmp_path, monkeypatch)
+
+
+@pytest.fixture
+def sqlite_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """For what only a file has."""
+    return environment(f"sqlite:///{tmp_path}/jobs.db", tmp_path, monkeypatch)
 
 
 def lines(env: dict[str, str]) -> list[str]:
@@ -248,7 +266,7 @@ def test_jobs_of_requests_that_failed_never_run(env: dict[str, str], workers: li
     assert "fail1" not in notes(env)
 
 
-def test_many_processes_on_one_file_run_each_job_once_and_all_make_progress(
+def test_many_processes_on_one_store_run_each_job_once_and_all_make_progress(
     env: dict[str, str], workers: list[Worker]
 ) -> None:
     server = Server("tests.apps.durable:app", env=env, args=("--workers", "2"))
@@ -341,8 +359,9 @@ def test_an_older_worker_leaves_a_newer_tasks_jobs_for_a_worker_that_knows_them(
 
 
 def test_a_worker_whose_file_turns_corrupt_exits_with_one_line(
-    env: dict[str, str], workers: list[Worker], tmp_path: Path
+    sqlite_env: dict[str, str], workers: list[Worker], tmp_path: Path
 ) -> None:
+    env = sqlite_env
     worker = Worker(env)
     workers.append(worker)
     app = app_module()
@@ -359,8 +378,9 @@ def test_a_worker_whose_file_turns_corrupt_exits_with_one_line(
 
 
 def test_a_served_app_says_where_its_jobs_go_in_uvicorns_log(
-    env: dict[str, str], tmp_path: Path
+    sqlite_env: dict[str, str], tmp_path: Path
 ) -> None:
+    env = sqlite_env
     server = Server(
         "tests.apps.durable:app", env={**env, "SERVER_WORKER": "1"}, args=("--log-level", "info")
     )

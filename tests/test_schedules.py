@@ -24,7 +24,15 @@ from fastapi.testclient import TestClient
 from errands import ConfigurationError, Errands, JobStatus
 from errands._schedule import Schedule
 from tests.apps import modes
-from tests.conftest import ROOT, CeleryWorker, Server, delete_queues, require_service, wait_until
+from tests.conftest import (
+    ROOT,
+    CeleryWorker,
+    Server,
+    delete_queues,
+    postgres_url,
+    require_service,
+    wait_until,
+)
 
 
 def schedule(errands: Errands, **when: object) -> Schedule:
@@ -150,9 +158,13 @@ def test_a_tick_older_than_retention_is_not_caught_up(tmp_path: Path) -> None:
         assert errands.jobs(limit=10) == []
 
 
-@pytest.fixture
-def sched_env(tmp_path: Path) -> Iterator[dict[str, str]]:
-    env = {"ERRANDS_URL": f"sqlite:///{tmp_path}/jobs.db", "DURABLE_LOG": str(tmp_path / "log")}
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def sched_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
+    if request.param == "postgres":
+        url = postgres_url(request.getfixturevalue("postgres_database"))
+    else:
+        url = f"sqlite:///{tmp_path}/jobs.db"
+    env = {"ERRANDS_URL": url, "DURABLE_LOG": str(tmp_path / "log")}
     (tmp_path / "log").touch()
     yield env
 

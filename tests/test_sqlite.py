@@ -144,15 +144,22 @@ def test_a_request_whose_jobs_cannot_be_stored_fails(tmp_path: Path) -> None:
     assert str(tmp_path) not in response.text
 
 
+@pytest.mark.parametrize("store", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def test_the_worker_purges_jobs_past_the_retention_time(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
 ) -> None:
     import asyncio
 
     from errands.local import _backend
+    from tests.conftest import postgres_url
 
     monkeypatch.setattr(_backend, "PURGE_EVERY", 0.05)
-    errands = Errands(f"sqlite:///{tmp_path}/jobs.db", retention=0.2)
+    url = (
+        postgres_url(request.getfixturevalue("postgres_database"))
+        if store == "postgres"
+        else f"sqlite:///{tmp_path}/jobs.db"
+    )
+    errands = Errands(url, retention=0.2)
 
     @errands.task(name="quick")
     def quick() -> None: ...

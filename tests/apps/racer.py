@@ -1,5 +1,6 @@
 """Adds one job id many times at once, from threads of this process, for the tests
-that race processes: ``python -m tests.apps.racer MODE PATH QUEUE KEY START N``.
+that race processes: ``python -m tests.apps.racer MODE PATH QUEUE KEY START N`` (PATH:
+the SQLite file, or the store's URL on PostgreSQL).
 
 Waits until ``START`` (a ``time.time()``), then ``N`` threads each add the task
 ``modes.record`` with the job id ``KEY``; prints one JSON line: each handle's id and
@@ -14,7 +15,8 @@ import time
 from tests.apps import modes
 
 mode_name, path, queue, key, start, n = sys.argv[1:]
-mode = modes.make(mode_name, path=path, queue=queue)
+# PATH: the SQLite file, or PostgreSQL's URL.
+mode = modes.make(mode_name, path=path, queue=queue, url=path if mode_name == "postgres" else "")
 handles: list[tuple[str, bool]] = []
 lock = threading.Lock()
 
