@@ -19,9 +19,14 @@ from errands import BackgroundTasks, Errands, JobLogFilter
 
 WEB_ONLY = os.environ.get("WEB_ONLY") == "1"
 
+if "POLL_ANNOUNCED" in os.environ:  # how often a worker told of new jobs still looks
+    from errands.local import _claims
+
+    _claims.POLL_ANNOUNCED = float(os.environ["POLL_ANNOUNCED"])
+
 errands = Errands(
     worker=not WEB_ONLY,
-    lease=1.0,
+    lease=float(os.environ.get("LEASE", "1.0")),
     hold=float(os.environ.get("HOLD", "1")),
     drain_timeout=float(os.environ.get("DRAIN", "10")),
     concurrency=int(os.environ.get("CONCURRENCY", "100")),
