@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from typing import Concatenate, ParamSpec, TypeVar
 
 import psycopg
-from psycopg import sql
+from psycopg import Transaction, sql
 from psycopg.rows import TupleRow
 from psycopg_pool import ConnectionPool
 
@@ -62,6 +62,16 @@ def mapped(method: Callable[Concatenate[T, P], R]) -> Callable[Concatenate[T, P]
             raise self._error(exc) from exc
 
     return call
+
+
+def committed(transaction: Transaction) -> None:
+    """Raise unless ``transaction`` committed. psycopg leaves one whose connection broke
+    without a word (it sends no COMMIT): in a batch, a write that failed on the broken
+    connection had its error, and the writes before it would pass for kept."""
+    if transaction.status is not Transaction.Status.COMMITTED:
+        raise psycopg.OperationalError(
+            f"the connection broke before the transaction committed ({transaction.status.value})"
+        )
 
 
 class Connections(CommitHooks):
@@ -174,16 +184,19 @@ class Connections(CommitHooks):
         that find nothing due) only reads.
         """
         try:
-            # Leaving the stack commits the batch's transaction (or rolls it back, on an
-            # error) and gives its connection back.
-            with self._after_batch(), contextlib.ExitStack() as stack:
-                self._local.stack = stack
-                self._local.batch = None
-                try:
-                    yield
-                finally:
-                    self._local.stack = None
-                    self._local.batch = None
+            with self._after_batch():
+                # Leaving the stack commits the batch's transaction (or rolls it back, on
+                # an error) and gives its connection back.
+                with contextlib.ExitStack() as stack:
+                    self._local.stack = stack
+                    self._local.batch = self._local.transaction = None
+                    try:
+                        yield
+                    finally:
+                        begun: Transaction | None = self._local.transaction
+                        self._local.stack = self._local.batch = self._local.transaction = None
+                if begun is not None:
+                    committed(begun)
         except psycopg.Error as exc:
             raise self._error(exc) from exc
 
@@ -192,13 +205,15 @@ class Connections(CommitHooks):
         """One write transaction; nothing of it is kept if any statement fails."""
         stack: contextlib.ExitStack | None = getattr(self._local, "stack", None)
         if stack is None:
-            with self._connection() as db, db.transaction():
-                yield db
+            with self._connection() as db:
+                with db.transaction() as transaction:
+                    yield db
+                committed(transaction)
             return
         batch: Connection | None = self._local.batch
         if batch is None:
             batch = stack.enter_context(self._connection())
-            stack.enter_context(batch.transaction())
+            self._local.transaction = stack.enter_context(batch.transaction())
             self._local.batch = batch
         with batch.transaction():  # a savepoint
             yield batch
