@@ -17,7 +17,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from errands import Errands, JobStatus
+from errands import Errands, JobRecord, JobStatus, StoreError
+from errands._record import utcnow
+from errands.postgres import PostgresStore, parse_url
+from errands.postgres._connections import AWAY_TIMEOUT, POOL_TIMEOUT
 from tests.conftest import Server, free_port, postgres_url, require_service
 from tests.test_processes import Worker, lines, starts, wait_for
 
@@ -227,10 +230,13 @@ def test_a_database_restart_during_a_burst_costs_no_acknowledged_job(
     env = {
         "ERRANDS_URL": postgres_url(private_postgres.url),
         "DURABLE_LOG": str(tmp_path / "log"),
-        # Leases longer than the outage, as the default 30 s is: a job running across it
-        # stays its worker's. And no poll to speak of: only a notification wakes the
-        # idle worker at once, so its listening connection must come back with the server.
-        "LEASE": "10",
+        # The default lease (30 s): the outage is shorter than two thirds of it (renewed
+        # every third), so a job running across it stays its worker's. (With 10 s, a
+        # lease renewed 3 s before the outage ran out before the server was back, and
+        # the first claim after it ran that job again, as one whose worker died.) And
+        # no poll to speak of: only a notification wakes the idle worker at once, so
+        # its listening connection must come back with the server.
+        "LEASE": "30",
         "POLL_ANNOUNCED": "30",
     }
     worker = Worker(env)
@@ -275,9 +281,11 @@ def test_a_database_restart_during_a_burst_costs_no_acknowledged_job(
         statuses = Counter(status for *_, status in answers)
         assert set(statuses) <= {200, 503}, statuses  # never a 500
         assert statuses[503] >= 1, statuses
-        # None waited much past the pool's 5 s, and none sent while the server was up
-        # was refused: each request only ever meets the connections of its time.
-        assert max(answered - sent for sent, answered, *_ in answers) < 7
+        # None waited longer than a wait for a connection (5 s) behind a batch of
+        # writes that waited in vain (3 s), and none sent while the server was up was
+        # refused: each request only ever meets the connections of its time.
+        bound = POOL_TIMEOUT + AWAY_TIMEOUT + 1.5
+        assert max(answered - sent for sent, answered, *_ in answers) < bound
         assert all(status == 200 for sent, _, _, status in answers if sent > up), answers
         assert all(status == 200 for _, answered, _, status in answers if answered < down)
         acknowledged = {token for *_, token, status in answers if status == 200}
@@ -317,3 +325,68 @@ def test_a_database_restart_during_a_burst_costs_no_acknowledged_job(
 
 #: How long the server is down: longer than a request waits for a connection.
 OUTAGE = 6.0
+
+
+@pytest.fixture
+def private_store(private_postgres: PrivatePostgres) -> Iterator[PostgresStore]:
+    """A store on the private server, its pool open."""
+    conninfo, schema, _ = parse_url(postgres_url(private_postgres.url))
+    store = PostgresStore(conninfo, schema=schema)
+    assert store.get("nothing") is None
+    yield store
+    store.close()
+
+
+def works(store: PostgresStore) -> bool:
+    try:
+        return store.get("nothing") is None
+    except StoreError:
+        return False
+
+
+def test_in_an_outage_a_batch_of_writes_fails_after_one_wait_and_calls_behind_it_sooner(
+    private_postgres: PrivatePostgres, private_store: PostgresStore
+) -> None:
+    private_postgres.stop()
+    down = time.monotonic()
+    # One batch (a group commit) of four requests' writes: they fail together, after
+    # one wait for a connection, not a wait each.
+    failed = []
+    with private_store.batch():
+        for n in range(4):
+            try:
+                private_store.enqueue([JobRecord(id=f"j{n}", name="t", run_at=utcnow())])
+            except StoreError as exc:
+                failed.append(str(exc))
+    assert len(failed) == 4 and all("cannot be reached" in e for e in failed), failed
+    assert time.monotonic() - down < POOL_TIMEOUT + 2
+    # The calls after it (the requests queued behind that batch) wait less.
+    asked = time.monotonic()
+    with pytest.raises(StoreError, match="cannot be reached"):
+        private_store.get("nothing")
+    assert AWAY_TIMEOUT < POOL_TIMEOUT and time.monotonic() - asked < AWAY_TIMEOUT + 1
+    private_postgres.start()
+    wait_for(lambda: works(private_store), timeout=10)
+
+
+def test_a_store_connects_again_as_soon_as_the_server_is_back_from_a_long_outage(
+    private_postgres: PrivatePostgres, private_store: PostgresStore
+) -> None:
+    private_postgres.stop()
+    down = time.monotonic()
+    # Calls meet the dropped connections, then one waits for a new one, and the pool
+    # starts a round of attempts to connect for it: by psycopg_pool's default, with
+    # pauses of 1, 2, 4, 8 s ... for 5 minutes, and no other round meanwhile.
+    while True:
+        asked = time.monotonic()
+        assert not works(private_store)
+        if time.monotonic() - asked > 1:
+            break
+    # Back after the round's first pauses: it would try next 8 s later, and refuse
+    # calls till then (after an hour's outage, 2 minutes). A round now lasts 5 s, and
+    # the next starts as it ends.
+    time.sleep(max(0.0, down + 8.5 - time.monotonic()))
+    private_postgres.start()
+    up = time.monotonic()
+    wait_for(lambda: works(private_store), timeout=15)
+    assert time.monotonic() - up < 3.5
