@@ -430,6 +430,28 @@ def test_a_connection_dropped_while_in_use_fails_its_call_as_a_store_error_then_
     assert [j.id for j in store.claim("w", 30, T)] == ["a"]
 
 
+def test_a_batch_whose_connection_breaks_midway_fails_whole_and_never_passes_as_committed(
+    store: PostgresStore, url: str
+) -> None:
+    """psycopg leaves a transaction whose connection broke without a word (its COMMIT
+    is never sent): a batch whose later write failed so must not report the earlier
+    ones (a request's jobs: its 200) as kept."""
+    with pytest.raises(StoreError, match="cannot be reached"), store.batch():
+        store.enqueue([job("a")])  # in the batch's transaction, not committed yet
+        drop_connections(url)
+        with pytest.raises(StoreError, match="cannot be reached"):
+            store.enqueue([job("b")])  # (the group commit gives this one its error)
+
+    def healed() -> bool:
+        try:
+            return store.get("z") is None
+        except StoreError:
+            return False
+
+    wait_for(healed)
+    assert store.get("a") is None and store.get("b") is None
+
+
 def test_a_request_during_an_outage_gets_503_and_one_after_it_is_kept(
     opened: Callable[[str], Errands], url: str
 ) -> None:

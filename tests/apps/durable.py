@@ -1,10 +1,13 @@
-"""An app on the SQLite store ($ERRANDS_URL) for tests that kill real processes.
+"""An app on the store of $ERRANDS_URL (SQLite or PostgreSQL) for tests that kill real
+processes.
 
 Every task appends a line to $DURABLE_LOG, so a test can see what ran, and how often,
-whichever process ran it.
+whichever process ran it. WEB_ONLY=1 serves it as a web process that only adds jobs
+(``worker=False``, its lifespan running); SERVER_WORKER=1 runs a worker in the server.
 """
 
 import asyncio
+import logging
 import os
 import time
 from collections.abc import AsyncIterator
@@ -12,15 +15,25 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI, HTTPException
 from fastapi.responses import StreamingResponse
 
-from errands import BackgroundTasks, Errands
+from errands import BackgroundTasks, Errands, JobLogFilter
+
+WEB_ONLY = os.environ.get("WEB_ONLY") == "1"
+
+if "POLL_ANNOUNCED" in os.environ:  # how often a worker told of new jobs still looks
+    from errands.local import _claims
+
+    _claims.POLL_ANNOUNCED = float(os.environ["POLL_ANNOUNCED"])
 
 errands = Errands(
-    lease=1.0,
+    worker=not WEB_ONLY,
+    lease=float(os.environ.get("LEASE", "1.0")),
     hold=float(os.environ.get("HOLD", "1")),
     drain_timeout=float(os.environ.get("DRAIN", "10")),
     concurrency=int(os.environ.get("CONCURRENCY", "100")),
 )
-app = FastAPI(lifespan=errands.lifespan if os.environ.get("SERVER_WORKER") == "1" else None)
+app = FastAPI(
+    lifespan=errands.lifespan if WEB_ONLY or os.environ.get("SERVER_WORKER") == "1" else None
+)
 
 
 def log(line: str) -> None:
@@ -28,15 +41,22 @@ def log(line: str) -> None:
         f.write(line + "\n")
 
 
+def attempt() -> str:
+    """The running job's id and attempt, as errands gives them to its log records."""
+    record = logging.makeLogRecord({})
+    JobLogFilter().filter(record)
+    return f"job={record.job_id} attempt={record.attempt}"
+
+
 @errands.task(name="note")
 def note(token: str) -> None:
     time.sleep(float(os.environ.get("NOTE_SECONDS", "0")))
-    log(f"note {token} pid={os.getpid()}")
+    log(f"note {token} pid={os.getpid()} {attempt()}")
 
 
 @errands.task(name="slow")
 async def slow(token: str, seconds: float) -> str:
-    log(f"start {token} pid={os.getpid()}")
+    log(f"start {token} pid={os.getpid()} {attempt()}")
     await asyncio.sleep(seconds)
     log(f"done {token}")
     return token
@@ -44,7 +64,7 @@ async def slow(token: str, seconds: float) -> str:
 
 @errands.task(name="slow_sync")
 def slow_sync(token: str, seconds: float) -> str:
-    log(f"start {token} pid={os.getpid()}")
+    log(f"start {token} pid={os.getpid()} {attempt()}")
     time.sleep(seconds)
     log(f"done {token}")
     return token

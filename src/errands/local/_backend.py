@@ -206,8 +206,9 @@ class LocalBackend(Backend):
         if done.cancelled() or done.exception() is not None or done.result():
             return
         logger.warning(
-            "a request stored jobs in %s, but no worker runs in this process (no lifespan) "
-            "and no worker has ever run on that store: they wait until one does. Run "
+            "a request stored jobs in %s, but no worker runs in this process (no lifespan, "
+            "or worker=False) and no worker has ever run on that store: they wait until one "
+            "does. Run "
             "FastAPI(lifespan=errands.lifespan), or `errands worker module:errands`",
             self.store.location,
         )

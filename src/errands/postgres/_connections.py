@@ -22,8 +22,9 @@ from collections.abc import Callable, Iterator
 from typing import Concatenate, ParamSpec, TypeVar
 
 import psycopg
+from psycopg import Transaction
 from psycopg.rows import TupleRow
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ..exceptions import StoreError
 from ..local._commits import CommitHooks
@@ -42,12 +43,24 @@ POOL_SIZE = 10
 #: How long a call waits for a free connection (or for the server to accept one)
 #: before it fails with a ``StoreError`` (``503`` for a request).
 POOL_TIMEOUT = 5.0
+#: Once a call has waited in vain, the calls after it wait this long at most, until
+#: one gets a connection: through an outage, the requests queued behind one that
+#: waited get their ``503`` sooner. It is longer than the pool's pauses between
+#: attempts to connect (2.3 s at most, see RECONNECT_TIMEOUT), so that a call made as
+#: the server comes back still gets the connection the next attempt makes.
+AWAY_TIMEOUT = 3.0
 CONNECT_TIMEOUT = 5
 #: A connection that has waited in the pool longer than this (seconds) is checked (an
 #: empty query) before it is lent: one the server dropped meanwhile (a restart, a
 #: failover, an idle timeout) is replaced instead of failing the call that gets it.
 #: Connections in steady use skip the round trip.
 CHECK_AFTER_IDLE = 1.0
+#: How long one round of the pool's attempts to connect lasts (seconds; pauses of
+#: about 1 s, 2 s, then what is left); the next round starts as it ends
+#: (``_connect_again``), for as long as the server is away. With psycopg_pool's
+#: default (5 minutes, pauses doubling to 2 minutes) a server back from a long outage
+#: went unused for up to as long.
+RECONNECT_TIMEOUT = POOL_TIMEOUT
 
 
 def mapped(method: Callable[Concatenate[T, P], R]) -> Callable[Concatenate[T, P], R]:
@@ -61,6 +74,24 @@ def mapped(method: Callable[Concatenate[T, P], R]) -> Callable[Concatenate[T, P]
             raise self._error(exc) from exc
 
     return call
+
+
+def committed(transaction: Transaction) -> None:
+    """Raise unless ``transaction`` committed. psycopg leaves one whose connection broke
+    without a word (it sends no COMMIT): in a batch, a write that failed on the broken
+    connection had its error, and the writes before it would pass for kept."""
+    if transaction.status is not Transaction.Status.COMMITTED:
+        raise psycopg.OperationalError(
+            f"the connection broke before the transaction committed ({transaction.status.value})"
+        )
+
+
+def _connect_again(pool: ConnectionPool[Connection]) -> None:
+    """A round of attempts to connect failed: start another (``check`` grows a pool
+    with no connection), so that a server back after any outage is used within the
+    pause of a round (at most 2 s)."""
+    if not pool.closed:
+        pool.check()
 
 
 class Connections(CommitHooks):
@@ -83,6 +114,7 @@ class Connections(CommitHooks):
         self._database: str | None = None
         self._pid = 0
         self._opening = threading.Lock()
+        self._away = False  # the last wait for a connection was in vain
 
     def _connection(self) -> contextlib.AbstractContextManager[Connection]:
         """A connection of this process's pool, made at the first call that needs one
@@ -97,6 +129,8 @@ class Connections(CommitHooks):
                         min_size=1,
                         max_size=POOL_SIZE,
                         timeout=POOL_TIMEOUT,
+                        reconnect_timeout=RECONNECT_TIMEOUT,
+                        reconnect_failed=_connect_again,
                         kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT},
                         configure=self._configure,
                         check=self._check,
@@ -106,7 +140,26 @@ class Connections(CommitHooks):
                     )
                     self._pid = os.getpid()
                 pool = self._pool
-        return pool.connection()
+        return pool.connection(timeout=AWAY_TIMEOUT if self._away else None)
+
+    @contextlib.contextmanager
+    def _lent(self) -> Iterator[Connection]:
+        """A connection of the pool for a statement or a transaction. A batch that
+        waited in vain for one fails its other writes at once (each would wait as
+        long again: a batch of 50 requests' writes, over 4 minutes)."""
+        failed: str | None = getattr(self._local, "failed", None)
+        if failed is not None:
+            raise PoolTimeout(failed)
+        with contextlib.ExitStack() as stack:
+            try:
+                db = stack.enter_context(self._connection())
+            except PoolTimeout as exc:
+                self._away = True
+                if getattr(self._local, "stack", None) is not None:
+                    self._local.failed = str(exc)
+                raise
+            self._away = False
+            yield db
 
     def _configure(self, db: Connection) -> None:
         db.execute("SELECT set_config('search_path', %s, false)", (self.schema,))
@@ -143,7 +196,7 @@ class Connections(CommitHooks):
         if batch is not None:
             yield batch
             return
-        with self._connection() as db:
+        with self._lent() as db:
             yield db
 
     @contextlib.contextmanager
@@ -155,16 +208,20 @@ class Connections(CommitHooks):
         that find nothing due) only reads.
         """
         try:
-            # Leaving the stack commits the batch's transaction (or rolls it back, on an
-            # error) and gives its connection back.
-            with self._after_batch(), contextlib.ExitStack() as stack:
-                self._local.stack = stack
-                self._local.batch = None
-                try:
-                    yield
-                finally:
-                    self._local.stack = None
-                    self._local.batch = None
+            with self._after_batch():
+                # Leaving the stack commits the batch's transaction (or rolls it back, on
+                # an error) and gives its connection back.
+                with contextlib.ExitStack() as stack:
+                    self._local.stack = stack
+                    self._local.batch = self._local.transaction = self._local.failed = None
+                    try:
+                        yield
+                    finally:
+                        begun: Transaction | None = self._local.transaction
+                        self._local.stack = self._local.batch = None
+                        self._local.transaction = self._local.failed = None
+                if begun is not None:
+                    committed(begun)
         except psycopg.Error as exc:
             raise self._error(exc) from exc
 
@@ -173,13 +230,15 @@ class Connections(CommitHooks):
         """One write transaction; nothing of it is kept if any statement fails."""
         stack: contextlib.ExitStack | None = getattr(self._local, "stack", None)
         if stack is None:
-            with self._connection() as db, db.transaction():
-                yield db
+            with self._lent() as db:
+                with db.transaction() as transaction:
+                    yield db
+                committed(transaction)
             return
         batch: Connection | None = self._local.batch
         if batch is None:
-            batch = stack.enter_context(self._connection())
-            stack.enter_context(batch.transaction())
+            batch = stack.enter_context(self._lent())
+            self._local.transaction = stack.enter_context(batch.transaction())
             self._local.batch = batch
         with batch.transaction():  # a savepoint
             yield batch

@@ -7,8 +7,9 @@ twice in a transaction). A thread of the worker's process listens on a connectio
 its own (not the pool's) and wakes the worker, which claims at once instead of at its
 next poll. The worker still polls, less often: jobs that fall due later (a delay, a
 retry's backoff) and leases that run out are announced by nobody. A connection that
-breaks is opened again, after a pause that doubles; the worker is woken once it is
-back, for what was added meanwhile.
+breaks (a restart, a failover) is opened again, after a pause that doubles to a cap,
+logged as the worker's other backoffs are (once a step, and a line when it works
+again); the worker is woken once it is back, for what was added meanwhile.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from collections.abc import Callable
 import psycopg
 from psycopg import sql
 
-from ..local._claims import next_delay
+from ..exceptions import StoreError
+from ..local._claims import Backoff
 from ._connections import CONNECT_TIMEOUT
 
 logger = logging.getLogger("errands")
@@ -42,9 +44,9 @@ class Listener:
         self._conninfo = conninfo
         self._channel = channel(schema)
         self._wake = wake
-        self._where = where
         self._stop = threading.Event()
-        self._pause = 0.0  # before opening the connection again: doubles while it fails
+        # The pause before opening the connection again: doubles while it fails.
+        self._backoff = Backoff(f"listening for new jobs in the PostgreSQL store {where}")
         self._thread = threading.Thread(target=self._run, name="errands-listen", daemon=True)
         self._thread.start()
 
@@ -55,22 +57,16 @@ class Listener:
             except psycopg.Error as exc:
                 if self._stop.is_set():
                     return  # closed meanwhile: nobody waits for it
-                self._pause = pause = next_delay(self._pause)
-                logger.warning(
-                    "listening for new jobs in the PostgreSQL store %s failed (%s); polling "
-                    "until it works again, in %.2g s",
-                    self._where,
-                    str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
-                    pause,
-                )
-                self._stop.wait(pause)
+                said = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+                # (The worker polls meanwhile.)
+                self._stop.wait(self._backoff.failed(StoreError(said)))
 
     def _listen(self) -> None:
         with psycopg.connect(
             self._conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT
         ) as db:
             db.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
-            self._pause = 0.0
+            self._backoff.succeeded()
             self._tell()  # what was added while nobody listened
             while not self._stop.is_set():
                 for _ in db.notifies(timeout=STOP_CHECK):
