@@ -108,8 +108,10 @@ def test_an_upgraded_schema_is_the_layout_a_new_schema_gets(
     assert catalog(upgraded, schema_of(upgraded)) == catalog(fresh, schema_of(fresh))
 
 
-def test_processes_starting_together_upgrade_it_once(url: str) -> None:
-    make_v1(url)
+@pytest.mark.parametrize("start", ["new", "layout 1"])
+def test_processes_starting_together_make_or_upgrade_it_once(start: str, url: str) -> None:
+    if start == "layout 1":
+        make_v1(url)
     made: list[Errands] = []
     failures: list[BaseException] = []
     start = threading.Barrier(4)

@@ -544,9 +544,7 @@ def test_a_worker_runs_a_job_another_process_adds_without_waiting_for_its_poll(
     from fastapi import FastAPI
     from fastapi.testclient import TestClient
 
-    from errands.local import _claims
-
-    monkeypatch.setattr(_claims, "POLL_ANNOUNCED", 60.0)  # only a notification wakes it
+    monkeypatch.setattr(PostgresStore, "poll_announced", 60.0)  # only a notification wakes it
     worker = opened(url)
     adder = opened(url)  # another process, as far as the store can tell: no worker
     worker.task(name="double")(double)

@@ -20,6 +20,10 @@ POLL_SHARED = 0.01
 #: add (PostgreSQL: LISTEN/NOTIFY): for what nobody announces, jobs that fall due
 #: later (a delay, another process's retry) and leases that run out.
 POLL_ANNOUNCED = 0.2
+#: The same for the SQLite store, whose processes wake each other through sockets
+#: beside the file: an idle poll costs less there, and delayed jobs start closer to
+#: their time.
+POLL_ANNOUNCED_SQLITE = 0.05
 #: How often an idle worker looks in the memory store (only this process adds to
 #: it, and wakes the worker when it does).
 POLL_LOCAL = 1.0

@@ -308,9 +308,9 @@ class LocalBackend(Backend):
     # -- running ----------------------------------------------------------------------
 
     def source(self, worker: Worker) -> Source:
-        self._claims = Claims(self, worker)
         if isinstance(self.store, Announcing) and self._unlisten is None:
             self._unlisten = self.store.listen(self._wanted)
+        self._claims = Claims(self, worker, listening=self._unlisten is not None)
         return self._claims
 
     async def started(self, worker: Worker) -> None:

@@ -27,7 +27,6 @@ from .._record import JobRecord
 from .._tuning import (
     MAX_STORE_BACKOFF,
     MIN_STORE_BACKOFF,
-    POLL_ANNOUNCED,
     POLL_LOCAL,
     POLL_SHARED,
 )
@@ -92,15 +91,15 @@ def next_delay(delay: float) -> float:
 
 
 class Claims:
-    def __init__(self, backend: LocalBackend, worker: Worker) -> None:
+    def __init__(self, backend: LocalBackend, worker: Worker, *, listening: bool = False) -> None:
         self._backend = backend
         self._worker = self.worker = worker
         durable = backend.durable
         #: A shared store gets jobs from other processes too: look for them often,
         #: unless the store says when they come.
         self._poll = POLL_SHARED if durable else POLL_LOCAL
-        if isinstance(backend.store, Announcing):
-            self._poll = POLL_ANNOUNCED
+        if listening and isinstance(backend.store, Announcing):
+            self._poll = backend.store.poll_announced
         self.poll_interval = self._poll
         self._limits: dict[str, Limit] = {}
         self._dirty = True  # the store may have claimable jobs

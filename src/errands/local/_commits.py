@@ -14,12 +14,14 @@ class CommitHooks:
     #: Per thread: ``batch`` (the batch's transaction, once begun) and ``after``.
     _local: threading.local
 
-    def after_commit(self, action: Callable[[], None]) -> None:
+    def after_commit(self, action: Callable[[], None], *, once: bool = False) -> None:
         """Do ``action`` once what this thread wrote is committed: now, after a write of
-        its own; at the end of the batch (if it commits) inside one."""
+        its own; at the end of the batch (if it commits) inside one (with ``once``, not
+        if the batch will do it already)."""
         after: list[Callable[[], None]] | None = getattr(self._local, "after", None)
         if after is not None and getattr(self._local, "batch", None) is not None:
-            after.append(action)
+            if not (once and action in after):
+                after.append(action)
         else:
             action()
 

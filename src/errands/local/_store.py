@@ -229,11 +229,16 @@ class Store(Protocol):
 @runtime_checkable
 class Announcing(Protocol):
     """A store that tells this process when other processes add claimable jobs (the
-    PostgreSQL store, through LISTEN/NOTIFY): its worker polls less often."""
+    PostgreSQL store, through LISTEN/NOTIFY; the SQLite store, through sockets beside
+    its file): its worker polls less often."""
 
-    def listen(self, wake: Callable[[], None]) -> Callable[[], None]:
+    #: How often a worker that listens still polls (seconds).
+    poll_announced: float
+
+    def listen(self, wake: Callable[[], None]) -> Callable[[], None] | None:
         """Call ``wake`` (from a thread of the store's) whenever jobs may have become
-        claimable; returns the function that stops it."""
+        claimable; returns the function that stops it, or None if it cannot listen
+        here (the worker then polls as often as without)."""
 
 
 class Writer(Protocol):

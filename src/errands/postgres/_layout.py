@@ -32,9 +32,19 @@ def open_layout(db: psycopg.Connection[Any], schema: str, location: str) -> None
     version = found(db, schema, location)
     if version is not None and version >= VERSION:
         return  # the usual case: no lock, no DDL (newer: found said it may be used)
+    # Keyed by the schema's name: other schemas' errands start on their own. Taken for
+    # the session, before the transaction: a transaction begun after it sees what the
+    # process that held it made (one begun before might not, PostgreSQL's catalog
+    # caches being read at its start).
+    db.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (schema,))
+    try:
+        _make_or_upgrade(db, schema, location)
+    finally:
+        db.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (schema,))
+
+
+def _make_or_upgrade(db: psycopg.Connection[Any], schema: str, location: str) -> None:
     with db.transaction():
-        # Keyed by the schema's name: other schemas' errands start on their own.
-        db.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (schema,))
         version = found(db, schema, location)
         if version is not None and version >= VERSION:
             return  # another process made or upgraded it meanwhile

@@ -21,7 +21,7 @@ from typing import Any
 from .._cancel import CANCELLED_QUEUED, CANCELLED_RUNNING
 from .._limits import Limit
 from .._record import JobRecord, JobStatus, utcnow
-from .._tuning import MAX_LOST_LEASES, PURGE_CHUNK
+from .._tuning import MAX_LOST_LEASES, POLL_ANNOUNCED, PURGE_CHUNK
 from ..local._store import ProcessInfo, Want, poison_error
 from ..sqlite._rows import Row, Unreadable, corrupt_error, process_info, record
 from ..sqlite._sql import claim_order, split_limited, stopped_status, unless_stopped
@@ -367,7 +367,10 @@ class PostgresStore(Reads):
         """Tell the listening workers that jobs became claimable (at commit)."""
         db.execute("SELECT pg_notify(%s, '')", (channel(self.schema),))
 
-    def listen(self, wake: Callable[[], None]) -> Callable[[], None]:
+    #: How often a worker that is told of new jobs still polls (seconds).
+    poll_announced = POLL_ANNOUNCED
+
+    def listen(self, wake: Callable[[], None]) -> Callable[[], None] | None:
         listener = Listener(self._conninfo, self.schema, wake, self.location)
         self._listeners.append(listener)
         return listener.close

@@ -24,7 +24,7 @@ from typing import Any
 from .._cancel import CANCELLED_QUEUED, CANCELLED_RUNNING
 from .._limits import Limit
 from .._record import JobRecord, JobStatus, utcnow
-from .._tuning import BUSY_TIMEOUT, MAX_LOST_LEASES, PURGE_CHUNK
+from .._tuning import BUSY_TIMEOUT, MAX_LOST_LEASES, POLL_ANNOUNCED_SQLITE, PURGE_CHUNK
 from ..exceptions import ConfigurationError
 from ..local._store import ProcessInfo, Want, poison_error
 from ._reads import Reads
@@ -60,6 +60,7 @@ from ._sql import (
     unless_stopped,
 )
 from ._transactions import mapped
+from ._wake import Listener, Waker, wake_folder
 
 logger = logging.getLogger("errands")
 
@@ -75,6 +76,8 @@ class SQLiteStore(Reads):
         super().__init__(path, busy_timeout)
         self._warned: set[str] = set()
         self.lost: deque[str] = deque()
+        self._waker = Waker(wake_folder(Path(self.location)))
+        self._listeners: list[Listener] = []
         try:
             self._db().executescript(SCHEMA)
             if missing_columns(self._db()) or old_claimable(self._db()):  # made by an earlier build
@@ -103,6 +106,7 @@ class SQLiteStore(Reads):
             )
             for job in jobs
         ]  # fmt: skip
+        kept: list[JobRecord] = []
         with self._write() as db:
             # One statement for all, in a savepoint of its own: an id already kept (a
             # caller's, task.options(job_id=)) fails it, and then each row goes alone.
@@ -112,23 +116,28 @@ class SQLiteStore(Reads):
             except sqlite3.IntegrityError:
                 db.execute("ROLLBACK TO errands_enqueue")
                 db.execute("RELEASE errands_enqueue")
-                return [
+                kept = [
                     job
                     for job, row in zip(jobs, rows, strict=True)
                     if db.execute(INSERT_NEW, row).fetchone() is None
                 ]
-            db.execute("RELEASE errands_enqueue")
-        return []
+            else:
+                db.execute("RELEASE errands_enqueue")
+        if any(job.owner is None for job in jobs):  # free: claimable (when due) at once
+            self._announce()
+        return kept
 
     @mapped
     def release(self, ids: Collection[str]) -> None:
         now = utcnow().timestamp()
         with self._write() as db:
-            db.executemany(
+            released = db.executemany(
                 f"UPDATE errands_jobs SET run_at = {RELEASED_RUN_AT}, owner = NULL WHERE id = ? "
                 "AND status = 'queued' AND attempts = 0 AND owner IS NOT NULL",
                 [(now, id) for id in ids],
-            )
+            ).rowcount
+        if released:
+            self._announce()
 
     @mapped
     def cancel(self, ids: Collection[str], reason: str) -> list[str]:
@@ -201,6 +210,7 @@ class SQLiteStore(Reads):
                 claimed += self._records(db, rows, now)
         if lost:  # counted once the transaction is in
             self.after_commit(lambda: self.lost.extend(lost))
+            self._announce()  # for workers of the names this claim does not want
         return claimed
 
     @mapped
@@ -295,12 +305,15 @@ class SQLiteStore(Reads):
     @mapped
     def requeue(self, job: JobRecord) -> JobStatus | None:
         now = utcnow().timestamp()
-        return self._update_claimed(
+        status = self._update_claimed(
             job,
             f"status = {stopped_status('queued')}, error = {unless_stopped('error', '?')}, "
             f"finished_at = {unless_stopped('NULL', '?')}, attempts = attempts - 1, run_at = ?",
             (CANCELLED_RUNNING, now, now),
         )
+        if status is JobStatus.QUEUED:  # given back, due now
+            self._announce()
+        return status
 
     def _update_claimed(
         self, job: JobRecord, assignments: str, values: tuple[Any, ...], *, ends: bool = True
@@ -359,7 +372,10 @@ class SQLiteStore(Reads):
                 "lease_until = NULL WHERE id = ? AND status IN ('failed', 'cancelled')",
                 (utcnow().timestamp(), max_attempts, id),
             )
-            return self._find(db, id)
+            found = self._find(db, id)
+        if found is not None and found.status is JobStatus.QUEUED:
+            self._announce()
+        return found
 
     @mapped
     def purge(
@@ -395,6 +411,37 @@ class SQLiteStore(Reads):
             if deleted < PURGE_CHUNK:
                 return purged
 
+    # -- wake-ups ---------------------------------------------------------------
+
+    #: How often a worker that is told of new jobs still polls (seconds): for jobs
+    #: falling due (delays, retries) and lost wake-ups.
+    poll_announced = POLL_ANNOUNCED_SQLITE
+
+    def _announce(self) -> None:
+        """Wake the workers of other processes once this thread's writes commit."""
+        self.after_commit(self._waker.announce, once=True)
+
+    def listen(self, wake: Callable[[], None]) -> Callable[[], None] | None:
+        try:
+            listener = Listener(self._waker.folder, wake)
+        except OSError as exc:
+            logger.info(
+                "the worker polls the SQLite store %s (%s): it cannot be woken through "
+                "a socket in %s",
+                self.location,
+                exc,
+                self._waker.folder,
+            )
+            return None
+        self._listeners.append(listener)
+        return listener.close
+
+    def close(self) -> None:
+        for listener in self._listeners:
+            listener.close()
+        self._listeners.clear()
+        super().close()
+
     # -- processes --------------------------------------------------------------
 
     @mapped
@@ -424,7 +471,9 @@ class SQLiteStore(Reads):
                 "UPDATE errands_processes SET stopped_at = ? WHERE id = ? AND stopped_at IS NULL",
                 (now, id),
             )
-            self._release_held(db, [id], now)
+            released = self._release_held(db, [id], now)
+        if released:
+            self._announce()
 
     @mapped
     def release_orphans(self, seen_before: datetime) -> list[str]:
@@ -444,19 +493,21 @@ class SQLiteStore(Reads):
                     (now, cutoff),
                 ).fetchall()
             ]
-            if gone:
-                self._release_held(db, gone, now)
+            released = self._release_held(db, gone, now) if gone else 0
+        if released:
+            self._announce()
         return gone
 
-    def _release_held(self, db: sqlite3.Connection, owners: Sequence[str], now: float) -> None:
+    def _release_held(self, db: sqlite3.Connection, owners: Sequence[str], now: float) -> int:
         """Release the unreleased jobs of processes that are gone: a scan of the queued
-        jobs (no index by owner: it would cost every enqueue, for a rare event)."""
+        jobs (no index by owner: it would cost every enqueue, for a rare event); how
+        many."""
         marks = ", ".join("?" * len(owners))
-        db.execute(
+        return db.execute(
             f"UPDATE errands_jobs INDEXED BY errands_claimable SET run_at = {RELEASED_RUN_AT}, "
             f"owner = NULL WHERE status = 'queued' AND attempts = 0 AND owner IN ({marks})",
             (now, *owners),
-        )
+        ).rowcount
 
     @mapped
     def processes(self) -> list[ProcessInfo]:

@@ -1,0 +1,172 @@
+"""Wake-ups for the SQLite store: a worker hears at once of jobs another process adds.
+
+Each process whose worker claims from a file binds a Unix datagram socket of its own
+in a folder beside the file (``jobs.db-wake/``, or one under the temporary folder
+named after the file's path where that path is too long for a socket's). A write
+that makes jobs claimable now (adding jobs nobody holds, releasing a request's jobs,
+giving one back, ``errands.retry``, a lease found run out) sends an empty datagram to
+every socket there once its transaction has committed: the worker claims at once
+instead of at its next poll. It still polls, less often: jobs that fall due later
+(a delay, a retry's backoff) are announced by nobody, and a datagram may be lost (a
+full socket buffer: it is not waited for).
+
+Sending never blocks and never fails a write: a socket nobody reads (its process
+died) is removed; any other error leaves the poll to do the work. The folder is
+listed again at most every ``LIST_EVERY`` seconds, or when a send fails, so a
+request's commit costs a ``sendto`` a listening process (a few microseconds).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import hashlib
+import logging
+import os
+import select
+import socket
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+logger = logging.getLogger("errands")
+
+#: How often a sender lists the folder again for sockets made since (seconds).
+LIST_EVERY = 1.0
+#: How often the listening thread looks whether it should stop (seconds).
+STOP_CHECK = 0.5
+#: The longest path a Unix socket may have (``sun_path``, less its final NUL).
+MAX_SOCKET_PATH = 107
+#: A socket's name in the folder: ``<pid>-<12 hex>.sock``.
+NAME_LENGTH = 30
+
+
+def wake_folder(database: Path) -> Path:
+    """The folder of the file's sockets: beside it, or, if that path would be too long
+    for a socket's, under the temporary folder (named after the file's real path, so
+    that every process that opens it finds the same)."""
+    real = Path(os.path.realpath(database))
+    beside = real.with_name(real.name + "-wake")
+    if len(os.fsencode(beside)) + 1 + NAME_LENGTH <= MAX_SOCKET_PATH:
+        return beside
+    digest = hashlib.sha256(os.fsencode(real)).hexdigest()[:24]
+    return Path(tempfile.gettempdir()) / f"errands-wake-{digest}"
+
+
+_sender: socket.socket | None = None
+_sender_pid = 0
+_sender_lock = threading.Lock()
+
+
+def sender() -> socket.socket:
+    """This process's socket to send wake-ups from (one for every store; a forked child
+    makes its own), closed at exit."""
+    global _sender, _sender_pid
+    with _sender_lock:
+        if _sender is None or _sender_pid != os.getpid():
+            _sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            _sender.setblocking(False)
+            _sender_pid = os.getpid()
+        return _sender
+
+
+@atexit.register
+def _close_sender() -> None:
+    if _sender is not None and _sender_pid == os.getpid():
+        _sender.close()
+
+
+class Waker:
+    """The sending side: ``announce`` wakes every listening process (never blocks)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._paths: list[str] = []
+        self._listed = -LIST_EVERY
+        self._lock = threading.Lock()
+
+    def announce(self) -> None:
+        with self._lock:
+            now = time.monotonic()
+            if now - self._listed >= LIST_EVERY:
+                self._list(now)
+            if not self._paths:
+                return
+            out = sender()
+            failed = False
+            for path in self._paths:
+                try:
+                    out.sendto(b"", path)
+                except ConnectionRefusedError:  # nobody reads it: its process is gone
+                    with contextlib.suppress(OSError):
+                        os.unlink(path)
+                    failed = True
+                except BlockingIOError:
+                    pass  # its buffer is full of wake-ups already: it will claim
+                except OSError:
+                    failed = True  # (removed meanwhile, ...): the poll does the work
+            if failed:
+                self._list(now)
+
+    def _list(self, now: float) -> None:
+        self._listed = now
+        try:
+            with os.scandir(self.folder) as entries:
+                self._paths = [e.path for e in entries if e.name.endswith(".sock")]
+        except OSError:
+            self._paths = []  # no folder: no process listens yet
+
+
+class Listener:
+    """The receiving side: calls ``wake`` (in its own thread) whenever a datagram comes."""
+
+    def __init__(self, folder: Path, wake: Callable[[], None]) -> None:
+        """Raises ``OSError`` when it cannot listen here (the caller then polls)."""
+        folder.mkdir(exist_ok=True)
+        self.path = str(folder / f"{os.getpid()}-{uuid.uuid4().hex[:12]}.sock")
+        self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            self._socket.bind(self.path)
+        except OSError:
+            self._socket.close()
+            raise
+        self._socket.settimeout(STOP_CHECK)
+        self._wake = wake
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="errands-wake", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                try:
+                    self._socket.recv(1)
+                    # The rest of a burst: one wake-up does for all.
+                    while select.select([self._socket], [], [], 0)[0]:
+                        self._socket.recv(1)
+                except TimeoutError:
+                    continue
+                except OSError:
+                    return  # closed
+                if self._stop.is_set():
+                    return
+                try:
+                    self._wake()
+                except Exception:  # (a worker's loop closing meanwhile): its poll will do
+                    logger.debug("waking the worker for new jobs failed", exc_info=True)
+        finally:
+            self._socket.close()
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
+
+    def close(self) -> None:
+        """Stop listening; returns at once (the thread ends within ``STOP_CHECK``,
+        removing its socket)."""
+        self._stop.set()
+        # Woken now rather than at its timeout.
+        with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as poke:
+            poke.setblocking(False)
+            poke.sendto(b"", self.path)

@@ -1,0 +1,105 @@
+"""The SQLite store's wake-ups: an idle worker hears at once of jobs another process
+adds, through a Unix socket beside the file; a socket whose process died is removed; a
+folder that cannot hold sockets leaves the worker polling as before."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from errands import Errands, JobStatus
+from errands.sqlite import SQLiteStore
+from errands.sqlite._wake import MAX_SOCKET_PATH, Listener, Waker, wake_folder
+from tests.conftest import wait_finished, wait_until
+
+
+def double(n: int) -> int:
+    return 2 * n
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> Iterator[tuple[Errands, Errands]]:
+    """Two instances on one file: a worker's and an adder's, as two processes would be
+    (each its own store, connections, sockets)."""
+    worker, adder = (
+        Errands(f"sqlite:///{tmp_path}/jobs.db"),
+        Errands(f"sqlite:///{tmp_path}/jobs.db"),
+    )
+    worker.task(name="double")(double)
+    adder.task(name="double")(double)
+    yield worker, adder
+    for one in (worker, adder):
+        one._core.backend.store.close()  # type: ignore[attr-defined]
+
+
+def test_an_idle_worker_runs_a_job_another_process_adds_without_waiting_for_its_poll(
+    pair: tuple[Errands, Errands], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(SQLiteStore, "poll_announced", 60.0)  # only a wake-up wakes it
+    worker, adder = pair
+    doubled = adder._core.tasks["double"]
+    with TestClient(FastAPI(lifespan=worker.lifespan)):
+        wait_until(lambda: any(wake_folder(tmp_path / "jobs.db").glob("*.sock")))
+        time.sleep(0.3)  # idle: its first polls are done
+        for n in (21, 22):  # twice: the first may have been the sender's first listing
+            job = adder.add_task(doubled, n)
+            record = wait_finished(worker, job.id, timeout=10)
+            assert record.status is JobStatus.SUCCEEDED and record.result == 2 * n
+    # Stopped: its socket is gone with it.
+    wait_until(lambda: not any(wake_folder(tmp_path / "jobs.db").glob("*.sock")))
+
+
+def test_a_socket_whose_process_died_is_removed_by_the_next_sender(tmp_path: Path) -> None:
+    folder = wake_folder(tmp_path / "jobs.db")
+    folder.mkdir()
+    dead = folder / "1-000000000000.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as gone:
+        gone.bind(str(dead))  # bound, then closed: what a SIGKILLed process leaves
+    woken = threading.Event()
+    alive = Listener(folder, woken.set)
+    try:
+        waker = Waker(folder)
+        waker.announce()
+        assert woken.wait(5)
+        assert not dead.exists() and Path(alive.path).exists()
+    finally:
+        alive.close()
+
+
+def test_a_path_too_long_for_a_socket_has_its_folder_in_the_temporary_folder(
+    tmp_path: Path,
+) -> None:
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    folder = wake_folder(deep / "jobs.db")
+    assert folder.parent == Path(os.environ.get("TMPDIR", "/tmp"))
+    assert len(os.fsencode(folder)) + 31 <= MAX_SOCKET_PATH
+    assert wake_folder(deep / "." / "jobs.db") == folder  # every process finds the same
+    woken = threading.Event()
+    listener = Listener(folder, woken.set)
+    try:
+        Waker(folder).announce()
+        assert woken.wait(5)
+    finally:
+        listener.close()
+
+
+def test_a_folder_that_cannot_hold_sockets_leaves_the_worker_polling(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    wake_folder(tmp_path / "jobs.db").write_text("not a folder")
+    errands = Errands(f"sqlite:///{tmp_path}/jobs.db")
+    doubled = errands.task(name="double")(double)
+    with caplog.at_level("INFO", logger="errands"), TestClient(FastAPI(lifespan=errands.lifespan)):
+        job = errands.add_task(doubled, 4)
+        assert wait_finished(errands, job.id, timeout=10).result == 8
+    assert "it cannot be woken through a socket" in caplog.text
+    errands._core.backend.store.close()  # type: ignore[attr-defined]
