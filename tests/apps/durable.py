@@ -19,11 +19,6 @@ from errands import BackgroundTasks, Errands, JobLogFilter
 
 WEB_ONLY = os.environ.get("WEB_ONLY") == "1"
 
-if "POLL_ANNOUNCED" in os.environ:  # how often a worker told of new jobs still looks
-    from errands.local import _claims
-
-    _claims.POLL_ANNOUNCED = float(os.environ["POLL_ANNOUNCED"])
-
 errands = Errands(
     worker=not WEB_ONLY,
     lease=float(os.environ.get("LEASE", "1.0")),
@@ -31,6 +26,12 @@ errands = Errands(
     drain_timeout=float(os.environ.get("DRAIN", "10")),
     concurrency=int(os.environ.get("CONCURRENCY", "100")),
 )
+
+if "POLL_ANNOUNCED" in os.environ:  # how often a worker told of new jobs still looks
+    type(errands._core.backend.store).poll_announced = float(  # type: ignore[attr-defined]
+        os.environ["POLL_ANNOUNCED"]
+    )
+
 app = FastAPI(
     lifespan=errands.lifespan if WEB_ONLY or os.environ.get("SERVER_WORKER") == "1" else None
 )
