@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -74,13 +75,14 @@ def test_a_socket_whose_process_died_is_removed_by_the_next_sender(tmp_path: Pat
         alive.close()
 
 
-def test_a_path_too_long_for_a_socket_has_its_folder_in_the_temporary_folder(
-    tmp_path: Path,
+def test_a_path_too_long_for_a_socket_has_its_folder_in_one_of_the_users_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
     deep = tmp_path / ("d" * 60) / ("e" * 60)
     deep.mkdir(parents=True)
     folder = wake_folder(deep / "jobs.db")
-    assert folder.parent == Path(os.environ.get("TMPDIR", "/tmp"))
+    assert folder.parent == Path(tempfile.gettempdir()) / f"errands-{os.getuid()}"
     assert len(os.fsencode(folder)) + 31 <= MAX_SOCKET_PATH
     assert wake_folder(deep / "." / "jobs.db") == folder  # every process finds the same
     woken = threading.Event()
@@ -103,3 +105,59 @@ def test_a_folder_that_cannot_hold_sockets_leaves_the_worker_polling(
         assert wait_finished(errands, job.id, timeout=10).result == 8
     assert "it cannot be woken through a socket" in caplog.text
     errands._core.backend.store.close()  # type: ignore[attr-defined]
+
+
+def test_a_folder_that_is_a_link_or_others_may_write_to_is_not_used(tmp_path: Path) -> None:
+    """Not followed, not listened in, and nothing in it is removed: a wake-up then is
+    left to the poll."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "notes.sock").write_text("a file of someone else's")
+    folder = wake_folder(tmp_path / "jobs.db")
+    folder.symlink_to(elsewhere)
+    with pytest.raises(PermissionError, match="not a folder of this user's alone"):
+        Listener(folder, lambda: None)
+    Waker(folder).announce()
+    assert (elsewhere / "notes.sock").read_text() == "a file of someone else's"
+    folder.unlink()
+    folder.mkdir(mode=0o777)
+    folder.chmod(0o777)  # (the umask is not asked)
+    with pytest.raises(PermissionError):
+        Listener(folder, lambda: None)
+
+
+def test_only_a_socket_nobody_reads_is_removed_never_another_file(tmp_path: Path) -> None:
+    folder = wake_folder(tmp_path / "jobs.db")
+    folder.mkdir(mode=0o700)
+    stray = folder / "stray.sock"
+    stray.write_text("not a socket")
+    woken = threading.Event()
+    listener = Listener(folder, woken.set)
+    try:
+        Waker(folder).announce()
+        assert woken.wait(5)
+        assert stray.read_text() == "not a socket"
+    finally:
+        listener.close()
+
+
+def test_a_listener_whose_socket_has_a_high_descriptor_is_woken(tmp_path: Path) -> None:
+    """A busy process has descriptors past 1024 (where select() gives up)."""
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        woken = threading.Event()
+        listener = Listener(wake_folder(tmp_path / "jobs.db"), woken.set)
+        assert listener._socket.fileno() >= 1024
+        try:
+            waker = Waker(listener_folder := wake_folder(tmp_path / "jobs.db"))
+            assert listener_folder.exists()
+            for _ in range(3):  # a burst, then more: each wakes it
+                waker.announce()
+                waker.announce()
+                assert woken.wait(5)
+                woken.clear()
+        finally:
+            listener.close()
+    finally:
+        for fd in held:
+            os.close(fd)

@@ -23,8 +23,8 @@ import contextlib
 import hashlib
 import logging
 import os
-import select
 import socket
+import stat
 import tempfile
 import threading
 import time
@@ -46,14 +46,36 @@ NAME_LENGTH = 30
 
 def wake_folder(database: Path) -> Path:
     """The folder of the file's sockets: beside it, or, if that path would be too long
-    for a socket's, under the temporary folder (named after the file's real path, so
-    that every process that opens it finds the same)."""
+    for a socket's, in a folder of this user's (``$XDG_RUNTIME_DIR``, else one of its
+    own under the temporary folder), named after the file's real path, so that every
+    process of the user that opens it finds the same."""
     real = Path(os.path.realpath(database))
     beside = real.with_name(real.name + "-wake")
     if len(os.fsencode(beside)) + 1 + NAME_LENGTH <= MAX_SOCKET_PATH:
         return beside
     digest = hashlib.sha256(os.fsencode(real)).hexdigest()[:24]
-    return Path(tempfile.gettempdir()) / f"errands-wake-{digest}"
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    base = Path(runtime) if runtime else Path(tempfile.gettempdir()) / f"errands-{os.getuid()}"
+    return base / f"errands-wake-{digest}"
+
+
+def private_folder(folder: Path, *, make: bool) -> bool:
+    """Whether ``folder`` is one to trust with this user's sockets: a real folder (not
+    a link), this user's, that nobody else may write to; made so (``0700``) if missing
+    and ``make``. Anything else is not used: wake-ups are then left to the poll."""
+    for path in (folder.parent, folder) if folder.parent.name.startswith("errands-") else (folder,):
+        if make:
+            with contextlib.suppress(FileExistsError):
+                path.mkdir(mode=0o700)
+        try:
+            found = os.lstat(path)
+        except OSError:
+            return False
+        if not stat.S_ISDIR(found.st_mode) or found.st_uid != os.getuid():
+            return False
+        if found.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            return False
+    return True
 
 
 _sender: socket.socket | None = None
@@ -102,7 +124,8 @@ class Waker:
                     out.sendto(b"", path)
                 except ConnectionRefusedError:  # nobody reads it: its process is gone
                     with contextlib.suppress(OSError):
-                        os.unlink(path)
+                        if stat.S_ISSOCK(os.lstat(path).st_mode):  # (only a socket)
+                            os.unlink(path)
                     failed = True
                 except BlockingIOError:
                     pass  # its buffer is full of wake-ups already: it will claim
@@ -113,6 +136,9 @@ class Waker:
 
     def _list(self, now: float) -> None:
         self._listed = now
+        if not private_folder(self.folder, make=False):
+            self._paths = []  # none yet, or not one to trust: the poll does the work
+            return
         try:
             with os.scandir(self.folder) as entries:
                 self._paths = [e.path for e in entries if e.name.endswith(".sock")]
@@ -125,7 +151,11 @@ class Listener:
 
     def __init__(self, folder: Path, wake: Callable[[], None]) -> None:
         """Raises ``OSError`` when it cannot listen here (the caller then polls)."""
-        folder.mkdir(exist_ok=True)
+        if not private_folder(folder, make=True):
+            raise PermissionError(
+                f"{folder} is not a folder of this user's alone (a link, another user's, "
+                f"or one others may write to)"
+            )
         self.path = str(folder / f"{os.getpid()}-{uuid.uuid4().hex[:12]}.sock")
         self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:
@@ -144,13 +174,17 @@ class Listener:
             while not self._stop.is_set():
                 try:
                     self._socket.recv(1)
-                    # The rest of a burst: one wake-up does for all.
-                    while select.select([self._socket], [], [], 0)[0]:
-                        self._socket.recv(1)
                 except TimeoutError:
                     continue
-                except OSError:
-                    return  # closed
+                except OSError as exc:
+                    if not self._stop.is_set():
+                        logger.warning(
+                            "listening for new jobs at %s failed (%s); the worker polls",
+                            self.path,
+                            exc,
+                        )
+                    return
+                self._drain()
                 if self._stop.is_set():
                     return
                 try:
@@ -161,6 +195,17 @@ class Listener:
             self._socket.close()
             with contextlib.suppress(OSError):
                 os.unlink(self.path)
+
+    def _drain(self) -> None:
+        """Read the rest of a burst: one wake-up does for all."""
+        self._socket.settimeout(0)
+        try:
+            while True:
+                self._socket.recv(1)
+        except OSError:  # BlockingIOError: none left
+            pass
+        finally:
+            self._socket.settimeout(STOP_CHECK)
 
     def close(self) -> None:
         """Stop listening; returns at once (the thread ends within ``STOP_CHECK``,
