@@ -80,10 +80,14 @@ def committed(transaction: Transaction) -> None:
     """Raise unless ``transaction`` committed. psycopg leaves one whose connection broke
     without a word (it sends no COMMIT): in a batch, a write that failed on the broken
     connection had its error, and the writes before it would pass for kept."""
-    if transaction.status is not Transaction.Status.COMMITTED:
-        raise psycopg.OperationalError(
-            f"the connection broke before the transaction committed ({transaction.status.value})"
-        )
+    status = getattr(transaction, "status", None)  # psycopg 3.3 and later
+    if status is not None:
+        if status is not Transaction.Status.COMMITTED:
+            raise psycopg.OperationalError(
+                f"the connection broke before the transaction committed ({status.value})"
+            )
+    elif transaction.connection.broken:  # psycopg 3.2: what skips the COMMIT
+        raise psycopg.OperationalError("the connection broke before the transaction committed")
 
 
 def _connect_again(pool: ConnectionPool[Connection]) -> None:
