@@ -176,26 +176,69 @@ def test_a_newer_layout_is_used_if_it_says_so_and_refused_if_not(
         opened(url)
 
 
-def test_a_schema_holding_tables_errands_did_not_make_is_refused(
+def test_public_and_a_schema_holding_tables_errands_did_not_make_are_refused(
     opened: Callable[[str], Errands], postgres_database: str
 ) -> None:
-    """``?schema=public`` (or any schema of the application's) is refused before anything
-    is made: errands' table names (jobs, ...) could be the application's own."""
-    query(postgres_database, "CREATE TABLE public.jobs (id text)")
-    query(postgres_database, "INSERT INTO public.jobs VALUES ('theirs')")
+    """Refused before anything is made: errands' table names (jobs, ...) could be the
+    application's own. ``public`` is, even while empty."""
+    with pytest.raises(ConfigurationError, match="the schema 'public' is your application's"):
+        opened(f"{postgres_database}?schema=public")
+    assert query(postgres_database, "SELECT to_regclass('public.version')") == [(None,)]
+    query(postgres_database, "CREATE SCHEMA app")
+    query(postgres_database, "CREATE TABLE app.jobs (id text)")
+    query(postgres_database, "INSERT INTO app.jobs VALUES ('theirs')")
     try:
         with pytest.raises(
             ConfigurationError,
-            match=r"schema 'public', which holds tables errands did not make \(jobs\)",
+            match=r"schema 'app', which holds tables errands did not make \(jobs\)",
         ):
-            opened(f"{postgres_database}?schema=public")
-        assert query(postgres_database, "SELECT * FROM public.jobs") == [("theirs",)]
-        assert query(postgres_database, "SELECT to_regclass('public.version')") == [(None,)]
+            opened(f"{postgres_database}?schema=app")
+        assert query(postgres_database, "SELECT * FROM app.jobs") == [("theirs",)]
+        assert query(postgres_database, "SELECT to_regclass('app.version')") == [(None,)]
     finally:
-        query(postgres_database, "DROP TABLE public.jobs")
+        query(postgres_database, "DROP SCHEMA app CASCADE")
     # An empty schema someone made for errands is fine.
     query(postgres_database, "CREATE SCHEMA made_for_errands")
     try:
         opened(f"{postgres_database}?schema=made_for_errands")
     finally:
         query(postgres_database, "DROP SCHEMA made_for_errands CASCADE")
+
+
+def test_a_row_errands_did_not_write_does_not_stop_the_upgrade(
+    opened: Callable[[str], Errands], url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A hand-made status fails the new check on the rows there: the upgrade goes on,
+    the check holds for new writes, and the log says what to do."""
+    make_v1(url)
+    schema = schema_of(url)
+    query(url, f"UPDATE {schema}.jobs SET status = 'done' WHERE id = 'done'")
+    errands = opened(url)
+    assert query(url, f"SELECT version FROM {schema}.version") == [(VERSION,)]
+    assert "holds rows errands did not write" in caplog.text
+    assert "VALIDATE CONSTRAINT jobs_status" in caplog.text
+    odd = errands.get("done")
+    assert odd is not None and odd.status is JobStatus.FAILED  # shown, with the reason
+    with pytest.raises(psycopg.errors.CheckViolation, match="jobs_status"):
+        query(url, f"UPDATE {schema}.jobs SET status = 'gone' WHERE id = 'waiting'")
+    waiting = errands.get("waiting")
+    assert waiting is not None and waiting.status is JobStatus.QUEUED
+
+
+def test_an_upgrade_that_waits_too_long_for_a_table_changes_nothing_and_says_so(
+    opened: Callable[[str], Errands], url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from errands import StoreError
+    from errands.postgres import _layout, parse_url
+
+    monkeypatch.setattr(_layout, "UPGRADE_LOCK_TIMEOUT", "200ms")
+    make_v1(url)
+    schema = schema_of(url)
+    with psycopg.connect(parse_url(url)[0]) as old_worker:  # a transaction left open
+        old_worker.execute(f"SELECT count(*) FROM {schema}.jobs")
+        with pytest.raises(StoreError, match="held its tables for longer than 200ms"):
+            opened(url)
+        old_worker.rollback()
+    assert query(url, f"SELECT version FROM {schema}.version") == [(1,)]
+    opened(url)  # the next start
+    assert query(url, f"SELECT version FROM {schema}.version") == [(VERSION,)]

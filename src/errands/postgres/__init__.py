@@ -51,6 +51,13 @@ def parse_url(url: str) -> tuple[str, str, str]:
             f"invalid errands URL {shown!r}: the schema {schema!r} must be lower-case letters, "
             f"digits and underscores (at most 55, not starting with a digit or pg_)"
         )
+    if schema == "public":
+        raise ConfigurationError(
+            f"invalid errands URL {shown!r}: the schema 'public' is your application's (its "
+            f"tables are there unless you say otherwise), and errands' tables (jobs, "
+            f"limits, processes, version) could take its names: leave ?schema= out (the "
+            f"schema 'errands') or name one of errands' own"
+        )
     rest = urlencode([(k, v) for k, v in query if k != "schema"], quote_via=quote)
     # Built by hand: urlunsplit drops the // of a URL with no host (a Unix socket),
     # and libpq splits user and host at the first @, which a password may hold.

@@ -18,8 +18,15 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from ..exceptions import ConfigurationError
-from ._schema import READERS_FROM, TABLES, UPGRADES, VERSION
+from ..exceptions import ConfigurationError, StoreError
+from ._schema import (
+    READERS_FROM,
+    TABLES,
+    UPGRADE_LOCK_TIMEOUT,
+    UPGRADES,
+    VALIDATIONS,
+    VERSION,
+)
 
 logger = logging.getLogger("errands")
 
@@ -57,6 +64,7 @@ def _make_or_upgrade(db: psycopg.Connection[Any], schema: str, location: str) ->
                 (VERSION, READERS_FROM),
             )
             return
+        db.execute(f"SET LOCAL lock_timeout = '{UPGRADE_LOCK_TIMEOUT}'")
         try:
             for step in range(version + 1, VERSION + 1):
                 db.execute(UPGRADES[step])
@@ -67,13 +75,32 @@ def _make_or_upgrade(db: psycopg.Connection[Any], schema: str, location: str) ->
                 f"to upgrade it ({exc.diag.message_primary}): start errands once as the "
                 f"schema's owner, which upgrades it in place (nothing is lost)"
             ) from None
+        except psycopg.errors.LockNotAvailable:
+            raise StoreError(
+                f"the PostgreSQL store {location} could not be upgraded from layout version "
+                f"{version} to {VERSION}: another session held its tables for longer than "
+                f"{UPGRADE_LOCK_TIMEOUT}; nothing was changed, and the next start tries again"
+            ) from None
         db.execute("UPDATE version SET version = %s, readers_from = %s", (VERSION, READERS_FROM))
-        logger.warning(
-            "errands upgraded the PostgreSQL store %s from layout version %s to %s",
-            location,
-            version,
-            VERSION,
-        )
+    logger.warning(
+        "errands upgraded the PostgreSQL store %s from layout version %s to %s",
+        location,
+        version,
+        VERSION,
+    )
+    for step in range(version + 1, VERSION + 1):
+        for statement in VALIDATIONS.get(step, []):
+            try:
+                db.execute(statement)
+            except psycopg.errors.CheckViolation as exc:
+                logger.warning(
+                    "the PostgreSQL store %s holds rows errands did not write (%s): the "
+                    "check stays for new writes only; fix or delete those rows, then run "
+                    "%r as the schema's owner",
+                    location,
+                    exc.diag.message_primary,
+                    statement,
+                )
 
 
 def refuse_others(db: psycopg.Connection[Any], schema: str, location: str) -> None:

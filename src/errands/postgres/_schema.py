@@ -95,9 +95,20 @@ UPGRADES: dict[int, str] = {
     2: f"""
 ALTER TABLE version ADD COLUMN readers_from integer NOT NULL DEFAULT 1;
 ALTER TABLE version ALTER COLUMN readers_from DROP DEFAULT;
-ALTER TABLE jobs ADD CONSTRAINT jobs_status CHECK (status IN ({STATUSES}));
+ALTER TABLE jobs ADD CONSTRAINT jobs_status CHECK (status IN ({STATUSES})) NOT VALID;
 """,
 }
+#: What checks the rows already there against an upgrade's new constraints, each
+#: statement in a transaction of its own after the upgrade's: it reads every job
+#: without holding others off (``VALIDATE`` lets reads and writes go on). A row that
+#: fails it (a hand-made edit) leaves the constraint unvalidated, holding for new
+#: writes only, and is said in the log.
+VALIDATIONS: dict[int, list[str]] = {
+    2: ["ALTER TABLE jobs VALIDATE CONSTRAINT jobs_status"],
+}
+#: How long an upgrade waits for a table others hold (old workers' transactions are
+#: short): past it, this start fails and the next one tries again.
+UPGRADE_LOCK_TIMEOUT = "10s"
 
 # Each index is partial, as in the SQLite store (see its _schema): a queued job is in
 # the claimable index, in claim order within a name (priority, due time, then FIFO),
