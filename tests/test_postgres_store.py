@@ -369,6 +369,9 @@ def test_a_host_whose_clock_runs_ahead_never_takes_a_live_workers_job(
         record = other.get("a")
         assert record is not None and record.status is JobStatus.RUNNING
         assert record.owner == "w1" and record.lost == 0
+        # Seen on this host's clock: a second ago, not ten minutes before now.
+        [seen] = other.processes()
+        assert abs((pg_store.utcnow() - seen.seen_at).total_seconds()) < 5
         # A lease that has run out by the server's clock is found all the same.
         query(url, f"UPDATE {parse_url(url)[1]}.jobs SET lease_until = now() - interval '1 s'")
         assert [j.id for j in other.claim("w2", 30, T)] == ["a"]

@@ -67,6 +67,8 @@ class Listener:
         ) as db:
             db.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
             self._backoff.succeeded()
+            if self._stop.is_set():
+                return
             self._tell()  # what was added while nobody listened
             while not self._stop.is_set():
                 for _ in db.notifies(timeout=STOP_CHECK):
@@ -80,8 +82,11 @@ class Listener:
         except Exception:  # (a worker's loop closing meanwhile): its poll will do
             logger.debug("waking the worker for new jobs failed", exc_info=True)
 
-    def close(self) -> None:
+    def close(self, *, wait: bool = False) -> None:
         """Stop listening. Returns at once: the thread ends by itself within
-        ``STOP_CHECK`` (closing its connection) and wakes nobody meanwhile. Waiting for
-        it cost every stop of a worker half a second (``join()`` in a test, each time)."""
+        ``STOP_CHECK`` (closing its connection) and wakes nobody meanwhile (waiting for
+        it cost every stop of a worker half a second); with ``wait``, once it has (the
+        store closing: its connections go with it)."""
         self._stop.set()
+        if wait:
+            self._thread.join(timeout=STOP_CHECK + CONNECT_TIMEOUT)

@@ -12,6 +12,7 @@ job. No ``psycopg`` error leaves a method: each becomes a ``StoreError`` (``_err
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections import deque
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -373,11 +374,17 @@ class PostgresStore(Reads):
     def listen(self, wake: Callable[[], None]) -> Callable[[], None] | None:
         listener = Listener(self._conninfo, self.schema, wake, self.location)
         self._listeners.append(listener)
-        return listener.close
+
+        def unlisten() -> None:
+            listener.close()
+            with contextlib.suppress(ValueError):
+                self._listeners.remove(listener)
+
+        return unlisten
 
     def close(self) -> None:
         for listener in self._listeners:
-            listener.close()
+            listener.close(wait=True)
         self._listeners.clear()
         super().close()
 
@@ -450,5 +457,11 @@ class PostgresStore(Reads):
     @mapped
     def processes(self) -> list[ProcessInfo]:
         with self._read() as db:
-            rows = db.execute(f"SELECT {PROCESS_COLUMNS} FROM processes ORDER BY seen_at DESC")
-            return [process_info(row) for row in rows.fetchall()]
+            rows = db.execute(
+                f"SELECT {PROCESS_COLUMNS}, EXTRACT(EPOCH FROM {SERVER_NOW})::float8 "
+                "FROM processes ORDER BY seen_at DESC"
+            ).fetchall()
+        # Heartbeats are the server's times: read on this host's clock, as the callers
+        # compare them with it (which processes are alive, how long ago each was seen).
+        here = utcnow().timestamp()
+        return [process_info((*row[:6], row[6] - (row[8] - here), row[7])) for row in rows]

@@ -12,6 +12,7 @@ each becomes the ``StoreError`` that says what happened and what to do (``_error
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sqlite3
@@ -434,7 +435,13 @@ class SQLiteStore(Reads):
             )
             return None
         self._listeners.append(listener)
-        return listener.close
+
+        def unlisten() -> None:
+            listener.close()
+            with contextlib.suppress(ValueError):
+                self._listeners.remove(listener)
+
+        return unlisten
 
     def close(self) -> None:
         for listener in self._listeners:
