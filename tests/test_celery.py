@@ -660,3 +660,27 @@ def test_status_is_readable_from_another_process(log: Path, queue: str) -> None:
         assert out.split() == ["succeeded", "3", "1"]
     finally:
         worker.stop()
+
+
+def test_a_retry_the_broker_refuses_leaves_the_job_failed_to_retry_again(
+    log: Path, queue: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not published, not queued: a job the retry said ``queued`` that no message carries
+    would never run, nor could it be retried."""
+    mode = modes.make("celery-redis", queue=queue)
+    worker = CeleryWorker("celery-redis", queue, log)
+    try:
+        fickle = mode.errands._core.tasks["modes.fickle"]
+        job = mode.errands.add_task(fickle, uuid.uuid4().hex[:8], 1)
+        assert finished(mode.errands, job.id).status is JobStatus.FAILED
+        monkeypatch.setenv("MODES_BROKER", "redis://127.0.0.1:1/0")
+        down = modes.make("celery-redis", queue=queue)  # its broker is down; same backend
+        with pytest.raises(BrokerUnavailable, match="it is failed still: retry it again"):
+            down.errands.retry(job.id)
+        assert status(mode.errands, job.id) is JobStatus.FAILED
+        again = mode.errands.retry(job.id)
+        assert again.status is JobStatus.QUEUED
+        record = finished(mode.errands, job.id)
+        assert record.status is JobStatus.SUCCEEDED and record.attempts == 2
+    finally:
+        worker.stop()

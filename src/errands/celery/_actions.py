@@ -3,6 +3,8 @@ side of a cancel is ``_cancels.py``)."""
 
 from __future__ import annotations
 
+import contextlib
+
 from celery import states
 from celery.backends.redis import RedisBackend
 
@@ -47,24 +49,33 @@ def retry_job(publisher: Publisher, id: str, max_attempts: int) -> JobRecord | N
     if record is None or record.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
         return record
     backend = publisher.app.backend
-    if isinstance(backend, RedisBackend):
-        backend.client.delete(cancel_key(id))
-    if record.status is JobStatus.CANCELLED:
-        # Workers keep revoked ids for hours, and would discard it again: ask them
-        # to forget it first (each live worker answers; waits up to a second).
-        publisher.app.control.broadcast(
-            "errands_unrevoke",
-            arguments={"ids": [id]},
-            reply=True,
-            timeout=CELERY_INSPECT_TIMEOUT,
-        )
+    try:
+        # Its state before, to put back should the publish fail (on Redis, as it was).
+        key = backend.get_key_for_task(id) if isinstance(backend, RedisBackend) else None
+        before = backend.client.get(key) if isinstance(backend, RedisBackend) else None
+        if isinstance(backend, RedisBackend):
+            backend.client.delete(cancel_key(id))
+        if record.status is JobStatus.CANCELLED:
+            # Workers keep revoked ids for hours, and would discard it again: ask them
+            # to forget it first (each live worker answers; waits up to a second).
+            publisher.app.control.broadcast(
+                "errands_unrevoke",
+                arguments={"ids": [id]},
+                reply=True,
+                timeout=CELERY_INSPECT_TIMEOUT,
+            )
+    except Exception as exc:
+        raise BrokerUnavailable(
+            f"retrying job {id} ({record.name}): the Celery app's broker or result backend "
+            f"failed ({type(exc).__name__}: {exc}); nothing was changed"
+        ) from exc
+    failed = record.status
     record.status = JobStatus.QUEUED
     record.max_attempts = max_attempts
     record.after = None  # what it waited for has finished
     record.scheduled_at = None
     record.run_at = utcnow()
     record.result = record.finished_at = record.cancel_requested_at = None
-    backend.store_result(id, {"errands": queued_record(record)}, states.PENDING)
     described = message_body(record)
     described.update(
         before=record.attempts - record.lost,
@@ -73,11 +84,19 @@ def retry_job(publisher: Publisher, id: str, max_attempts: int) -> JobRecord | N
         traceback=record.traceback and cut(record.traceback, CELERY_MAX_TRACEBACK, keep_end=True),
     )
     try:
+        # Queued before it is published: a worker's states, written after, stand.
+        backend.store_result(id, {"errands": queued_record(record)}, states.PENDING)
         publisher.send(described, None)
     except Exception as exc:
+        # Not published: what it was, so that it can be retried again (a queued job
+        # that no message carries would never run, nor be retried).
+        with contextlib.suppress(Exception):
+            if isinstance(backend, RedisBackend) and key is not None and before is not None:
+                backend.client.set(key, before, keepttl=True)
         raise BrokerUnavailable(
             f"publishing job {id} ({record.name}) again to the Celery broker at "
-            f"{publisher.broker} failed: {type(exc).__name__}: {exc}"
+            f"{publisher.broker} failed: {type(exc).__name__}: {exc}; it is "
+            f"{failed.value} still: retry it again once the broker answers"
         ) from exc
     publisher.track(id)
     # The record as queued, not read back: a worker may have started or even finished
