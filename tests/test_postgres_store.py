@@ -179,8 +179,11 @@ def test_the_password_is_never_shown_and_a_misspelt_option_is_a_configuration_er
     errands = opened(url)
     assert errands.url == url.replace(":s3cret@", ":***@")
     assert "s3cret" not in repr(errands)
-    with pytest.raises(ConfigurationError, match="sslmod") as raised:
+    with pytest.raises(ConfigurationError, match="did you mean sslmode for sslmod") as raised:
         Errands(url + "?sslmod=require")
+    with pytest.raises(ConfigurationError, match="did you mean password for pasword") as typo:
+        Errands(url + "?pasword=hunter2")
+    assert "hunter2" not in str(typo.value)  # a misspelt option may hold a secret
     assert "s3cret" not in str(raised.value) and ":***@" in str(raised.value)
     with pytest.raises(ConfigurationError, match="give the database as") as raised:
         Errands("postgresql://postgres:s3cret@127.0.0.1:port/db")

@@ -4,11 +4,13 @@ every host that opens it. Needs the postgres extra: ``pip install 'errands[postg
 
 from __future__ import annotations
 
+import difflib
 import re
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
+from psycopg.pq import Conninfo
 
 from .._options import Runtime
 from ..exceptions import ConfigurationError
@@ -69,7 +71,20 @@ def parse_url(url: str) -> tuple[str, str, str]:
     try:
         conninfo_to_dict(conninfo)  # libpq's own reading: a misspelt option fails here
     except psycopg.ProgrammingError as exc:
-        raise ConfigurationError(f"invalid errands URL {shown!r}: {exc}") from None
+        known = [option.keyword.decode() for option in Conninfo.get_defaults()]
+        # The option's name only: a value misspelt beside it may be a secret.
+        close = [
+            f"{match} for {key}"
+            for key, _ in query
+            if key != "schema" and key not in known
+            for match in difflib.get_close_matches(key, known, n=1)
+        ]
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        said = str(exc).strip()
+        # Every option's value hidden: which one holds a secret is not known here.
+        hidden = re.sub(r"=[^&]*", "=***", shown.partition("?")[2])
+        where = f"{shown.partition('?')[0]}?{hidden}"
+        raise ConfigurationError(f"invalid errands URL {where!r}: {said}{hint}") from None
     user = f"{parts.username}@" if parts.username else ""
     location = f"postgresql://{user}{parts.hostname or 'localhost'}{port}{parts.path}"
     return conninfo, schema, f"{location} (schema {schema})"
