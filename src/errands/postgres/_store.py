@@ -12,7 +12,6 @@ job. No ``psycopg`` error leaves a method: each becomes a ``StoreError`` (``_err
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections import deque
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -23,6 +22,7 @@ from .._cancel import CANCELLED_QUEUED, CANCELLED_RUNNING
 from .._limits import Limit
 from .._record import JobRecord, JobStatus, utcnow
 from .._tuning import MAX_LOST_LEASES, POLL_ANNOUNCED, PURGE_CHUNK
+from ..local._listeners import Listeners
 from ..local._store import ProcessInfo, Want, poison_error
 from ..sqlite._rows import Row, Unreadable, corrupt_error, process_info, record
 from ..sqlite._sql import claim_order, split_limited, stopped_status, unless_stopped
@@ -54,7 +54,7 @@ class PostgresStore(Reads):
         super().__init__(conninfo, schema, location or f"a PostgreSQL database (schema {schema})")
         self._warned: set[str] = set()
         self.lost: deque[str] = deque()
-        self._listeners: list[Listener] = []
+        self._listeners = Listeners()
 
     def writer(self, record: JobRecord) -> Writer:
         """``add_task_in``: what writes ``record`` on a connection of the caller's."""
@@ -373,19 +373,10 @@ class PostgresStore(Reads):
 
     def listen(self, wake: Callable[[], None]) -> Callable[[], None] | None:
         listener = Listener(self._conninfo, self.schema, wake, self.location)
-        self._listeners.append(listener)
-
-        def unlisten() -> None:
-            listener.close()
-            with contextlib.suppress(ValueError):
-                self._listeners.remove(listener)
-
-        return unlisten
+        return self._listeners.keep(listener)
 
     def close(self) -> None:
-        for listener in self._listeners:
-            listener.close(wait=True)
-        self._listeners.clear()
+        self._listeners.close()
         super().close()
 
     # -- processes --------------------------------------------------------------

@@ -12,7 +12,6 @@ each becomes the ``StoreError`` that says what happened and what to do (``_error
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import sqlite3
@@ -27,6 +26,7 @@ from .._limits import Limit
 from .._record import JobRecord, JobStatus, utcnow
 from .._tuning import BUSY_TIMEOUT, MAX_LOST_LEASES, POLL_ANNOUNCED_SQLITE, PURGE_CHUNK
 from ..exceptions import ConfigurationError
+from ..local._listeners import Listeners
 from ..local._store import ProcessInfo, Want, poison_error
 from ._reads import Reads
 from ._rows import (
@@ -78,7 +78,7 @@ class SQLiteStore(Reads):
         self._warned: set[str] = set()
         self.lost: deque[str] = deque()
         self._waker = Waker(wake_folder(Path(self.location)))
-        self._listeners: list[Listener] = []
+        self._listeners = Listeners()
         try:
             self._db().executescript(SCHEMA)
             if missing_columns(self._db()) or old_claimable(self._db()):  # made by an earlier build
@@ -434,19 +434,10 @@ class SQLiteStore(Reads):
                 self._waker.folder,
             )
             return None
-        self._listeners.append(listener)
-
-        def unlisten() -> None:
-            listener.close()
-            with contextlib.suppress(ValueError):
-                self._listeners.remove(listener)
-
-        return unlisten
+        return self._listeners.keep(listener)
 
     def close(self) -> None:
-        for listener in self._listeners:
-            listener.close()
-        self._listeners.clear()
+        self._listeners.close()
         super().close()
 
     # -- processes --------------------------------------------------------------

@@ -207,11 +207,13 @@ class Listener:
         finally:
             self._socket.settimeout(STOP_CHECK)
 
-    def close(self) -> None:
+    def close(self, *, wait: bool = False) -> None:
         """Stop listening; returns at once (the thread ends within ``STOP_CHECK``,
-        removing its socket)."""
+        removing its socket), or with ``wait`` once it has."""
         self._stop.set()
         # Woken now rather than at its timeout.
         with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as poke:
             poke.setblocking(False)
             poke.sendto(b"", self.path)
+        if wait:
+            self._thread.join(timeout=STOP_CHECK + 1)
