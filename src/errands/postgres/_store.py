@@ -28,12 +28,19 @@ from ..sqlite._sql import claim_order, split_limited, stopped_status, unless_sto
 from ._connections import Connection, mapped
 from ._listen import Listener, channel
 from ._reads import Reads
-from ._schema import INSERT_NEW, PROCESS_COLUMNS, PROCESS_NAMES, new_row
+from ._schema import INSERT_NEW, PROCESS_COLUMNS, PROCESS_NAMES, insert_sql, new_row
 from ._sql import CLAIM_IDS, LOOK, allowance, claim_sql, lock_limits, spend
 
 #: A released job is due now (parameter), or at its scheduled time if that is later.
 RELEASED_RUN_AT = "GREATEST(%s, scheduled_at)"
 FINAL = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+#: A request's jobs released (parameters: now, their ids, the channel), and the workers
+#: told if any was: one statement, one round trip.
+RELEASE = (
+    f"WITH released AS (UPDATE jobs SET run_at = {RELEASED_RUN_AT}, owner = NULL "
+    "WHERE id = ANY(%s) AND status = 'queued' AND attempts = 0 AND owner IS NOT NULL "
+    "RETURNING 1) SELECT pg_notify(%s, '') WHERE EXISTS (SELECT 1 FROM released)"
+)
 
 
 class PostgresStore(Reads):
@@ -45,6 +52,7 @@ class PostgresStore(Reads):
         self.lost: deque[str] = deque()
         self._listeners: list[Listener] = []
         self._database: str | None = None
+        self._insert_announced = insert_sql(schema)
 
     @mapped
     def database(self) -> str:
@@ -62,6 +70,15 @@ class PostgresStore(Reads):
     def enqueue(self, jobs: Sequence[JobRecord]) -> list[JobRecord]:
         if not jobs:
             return []
+        if len(jobs) == 1:  # (add_task): one statement, its notification in it
+            job = jobs[0]
+            with self._write(one_statement=True) as db:
+                if job.owner is None:  # free: claimable (when due) at once
+                    row = (*new_row(job), channel(self.schema))
+                    added = db.execute(self._insert_announced, row).fetchone()
+                else:
+                    added = db.execute(INSERT_NEW, new_row(job)).fetchone()
+            return [] if added is not None else [job]
         rows = [new_row(job) for job in jobs]
         kept = []
         with self._write() as db:
@@ -82,14 +99,8 @@ class PostgresStore(Reads):
 
     @mapped
     def release(self, ids: Collection[str]) -> None:
-        with self._write() as db:
-            released = db.execute(
-                f"UPDATE jobs SET run_at = {RELEASED_RUN_AT}, owner = NULL WHERE id = ANY(%s) "
-                "AND status = 'queued' AND attempts = 0 AND owner IS NOT NULL",
-                (utcnow(), list(ids)),
-            ).rowcount
-            if released:
-                self._announce(db)
+        with self._write(one_statement=True) as db:
+            db.execute(RELEASE, (utcnow(), list(ids), channel(self.schema)))
 
     @mapped
     def cancel(self, ids: Collection[str], reason: str) -> list[str]:
@@ -128,9 +139,11 @@ class PostgresStore(Reads):
             return []  # an idle poll: one read, no transaction
         if not expired:
             groups = [(tuple(name for name in names if name in ready), n) for names, n in groups]
+        # The usual claim is one statement: no lease ran out, no limit, one group.
+        single = not expired and not limited and sum(bool(names) for names, _ in groups) == 1
         claimed: list[JobRecord] = []
         lost: list[str] = []
-        with self._write() as db:
+        with self._write(one_statement=single) as db:
             if expired:
                 lost = self._expire_leases(db, now)
             if limited:
@@ -172,7 +185,9 @@ class PostgresStore(Reads):
             return self._records(db, sorted(rows.fetchall()), now)
 
     def _records(self, db: Connection, rows: Sequence[Row], now: datetime) -> list[JobRecord]:
-        """Claimed rows as records; a row nobody can run is failed with the reason."""
+        """Claimed rows as records; a row nobody can run is failed with the reason (in
+        the claim's transaction, or just after a claim of one statement: should that
+        write be lost, the row's lease runs out, and it is claimed and failed again)."""
         claimed = []
         for seq, *row in rows:
             try:
