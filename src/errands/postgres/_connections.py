@@ -94,10 +94,20 @@ class Connections(CommitHooks):
         self._pid = 0
         self._opening = threading.Lock()
 
-    def _connection(self) -> contextlib.AbstractContextManager[Connection]:
+    @contextlib.contextmanager
+    def _connection(self) -> Iterator[Connection]:
         """A connection of this process's pool, made at the first call that needs one
         (constructing a store starts no thread) and again in a forked child (a
         connection is never shared across processes)."""
+        with self._pool_now().connection() as db:
+            try:
+                yield db
+            finally:
+                # Idle from now. (Not the pool's reset hook: with one, the pool hands
+                # every connection given back to a thread of its own, a wake-up a call.)
+                self._returned(db)
+
+    def _pool_now(self) -> ConnectionPool[Connection]:
         pool = self._pool
         if pool is None or self._pid != os.getpid():
             with self._opening:
@@ -110,13 +120,12 @@ class Connections(CommitHooks):
                         kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT},
                         configure=self._configure,
                         check=self._check,
-                        reset=self._returned,
                         name=f"errands {self.location}",
                         open=True,
                     )
                     self._pid = os.getpid()
                 pool = self._pool
-        return pool.connection()
+        return pool
 
     def _configure(self, db: Connection) -> None:
         db.execute("SELECT set_config('search_path', %s, false)", (self.schema,))
