@@ -3,6 +3,7 @@ side, a killed worker, and what it says when the server fails it. What every sto
 do is in test_store.py; every mode, test_modes.py and test_contract.py."""
 
 import asyncio
+import dataclasses
 import functools
 import json
 import os
@@ -23,6 +24,7 @@ from errands import Errands, JobRecord, JobStatus, StoreError
 from errands._group_commit import GroupCommit, _Write
 from errands.exceptions import ConfigurationError, StoreUnwritable
 from errands.local import LocalBackend
+from errands.local._store import Success
 from errands.postgres import PostgresStore, parse_url
 from errands.postgres._connections import CHECK_AFTER_IDLE
 from errands.postgres._schema import VERSION
@@ -492,6 +494,26 @@ def test_a_write_the_server_refuses_in_a_group_fails_alone_first_or_not(
     assert outcomes[0] == (True, None) and [j.id for j in outcomes[1][1]] == ["a"]
     released = store.get("a")
     assert released is not None and released.owner is None
+
+
+def test_successes_recorded_in_one_call_each_get_the_status_complete_would_give(
+    store: PostgresStore,
+) -> None:
+    store.enqueue([job(id) for id in ("a", "b", "c", "d")])
+    a, b, c, d = sorted(store.claim("w", 30, T, 4), key=lambda j: j.id)
+    store.request_cancel("b")  # asked to stop while it ran: ends cancelled
+    stale = dataclasses.replace(c, attempts=c.attempts + 1)  # not the current claim
+    successes = [Success(a, {"n": 1}), Success(b, 2), Success(stale, 3), Success(d, None)]
+    store.complete_all(successes)
+    assert [s.status for s in successes] == [
+        JobStatus.SUCCEEDED, JobStatus.CANCELLED, None, JobStatus.SUCCEEDED,
+    ]  # fmt: skip
+    records = {id: store.get(id) for id in "abcd"}
+    assert records["a"] is not None and records["a"].result == {"n": 1}
+    assert records["b"] is not None and records["b"].result is None
+    assert records["c"] is not None and records["c"].status is JobStatus.RUNNING  # untouched
+    assert records["d"] is not None and records["d"].status is JobStatus.SUCCEEDED
+    assert all(r is not None and r.owner is None for r in (records["a"], records["d"]))
 
 
 def test_a_group_whose_read_failed_in_its_transaction_keeps_nothing_and_says_so(

@@ -234,3 +234,22 @@ class Announcing(Protocol):
     def listen(self, wake: Callable[[], None]) -> Callable[[], None]:
         """Call ``wake`` (from a thread of the store's) whenever jobs may have become
         claimable; returns the function that stops it."""
+
+
+@dataclass(slots=True)
+class Success:
+    """A claimed job's attempt that succeeded, to record (``Merging.complete_all``). The
+    store sets ``status`` as ``complete`` returns it."""
+
+    job: JobRecord
+    result: Any
+    status: JobStatus | None = None
+
+
+@runtime_checkable
+class Merging(Protocol):
+    """A store whose writes cost round trips more than statements (PostgreSQL): the
+    successes recorded in one group commit go to it as one call, one statement."""
+
+    def complete_all(self, successes: Sequence[Success]) -> None:
+        """``complete`` each of ``successes``, in one write; sets each one's ``status``."""

@@ -22,7 +22,7 @@ from .._cancel import CANCELLED_QUEUED, CANCELLED_RUNNING
 from .._limits import Limit
 from .._record import JobRecord, JobStatus, utcnow
 from .._tuning import MAX_LOST_LEASES, PURGE_CHUNK
-from ..local._store import ProcessInfo, Want, poison_error
+from ..local._store import ProcessInfo, Success, Want, poison_error
 from ..sqlite._rows import Row, Unreadable, corrupt_error, process_info, record
 from ..sqlite._sql import claim_order, split_limited, stopped_status, unless_stopped
 from ._connections import Connection, mapped
@@ -34,6 +34,17 @@ from ._sql import CLAIM_IDS, LOOK, allowance, claim_sql, lock_limits, spend
 #: A released job is due now (parameter), or at its scheduled time if that is later.
 RELEASED_RUN_AT = "GREATEST(%s, scheduled_at)"
 FINAL = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+#: Successes recorded (parameters: the error of a job asked to stop, now, then arrays
+#: of the jobs' ids, owners, attempts and results), each where its claim is current:
+#: ``complete``'s statement for many jobs, one round trip.
+COMPLETE_ALL = (
+    f"UPDATE jobs SET status = {stopped_status('succeeded')}, "
+    f"result = {unless_stopped('done.result', 'NULL')}, error = {unless_stopped('error', '%s')}, "
+    "finished_at = %s, owner = NULL, lease_until = NULL FROM unnest(%s::text[], %s::text[], "
+    "%s::integer[], %s::text[]) AS done(id, owner, attempts, result) WHERE jobs.id = done.id "
+    "AND jobs.status = 'running' AND jobs.owner = done.owner AND jobs.attempts = done.attempts "
+    "RETURNING jobs.id, jobs.status"
+)
 #: A request's jobs released (parameters: now, their ids, the channel), and the workers
 #: told if any was: one statement, one round trip.
 RELEASE = (
@@ -246,6 +257,23 @@ class PostgresStore(Reads):
             f"error = {unless_stopped('error', '%s')}, finished_at = %s",
             (json.dumps(result), CANCELLED_RUNNING, utcnow()),
         )
+
+    @mapped
+    def complete_all(self, successes: Sequence[Success]) -> None:
+        ids, owners, attempts, results = [], [], [], []
+        for success in successes:
+            ids.append(success.job.id)
+            owners.append(success.job.owner)
+            attempts.append(success.job.attempts)
+            results.append(json.dumps(success.result))
+        with self._write() as db:
+            rows = db.execute(
+                COMPLETE_ALL, (CANCELLED_RUNNING, utcnow(), ids, owners, attempts, results)
+            ).fetchall()
+        statuses = dict(rows)
+        for success in successes:
+            status = statuses.get(success.job.id)
+            success.status = None if status is None else JobStatus(status)
 
     @mapped
     def retry(
