@@ -311,13 +311,14 @@ def measure_celery(n: int, side: str) -> dict[str, float]:
     return {"jobs_per_s": rate, **per_job_us(spent, n)}
 
 
-def measure_latency(samples: int, path: str) -> dict[str, float]:
+def measure_latency(samples: int, path: str, idle: float) -> dict[str, float]:
     """Enqueue -> start, one job in flight, this process -> one separate worker left
-    idle between jobs: each job is looked for only ``FIRST_LOOK`` after it was added
-    (then every ms), and the next is added ``IDLE`` after it finished, so that nothing
-    of this process competes with the worker's wake-up. ``path``: ``add_task`` (one
-    write, the job free at once), or ``request`` (a request's two writes: stored held
-    before the response, released after it; the release wakes the workers)."""
+    idle between jobs for ``idle`` seconds: each job is looked for only a third of it
+    after it was added (then every ms), and the next is added the rest of it after it
+    finished, so that nothing of this process competes with the worker's wake-up.
+    ``path``: ``add_task`` (one write, the job free at once), or ``request`` (a
+    request's two writes: stored held before the response, released after it; the
+    release wakes the workers)."""
     fresh_store()
     [worker] = start_workers(1, 8)
 
@@ -331,10 +332,10 @@ def measure_latency(samples: int, path: str) -> dict[str, float]:
             await backend.commit([record])
             await backend.release([record.id])
             job_id = record.id
-        await asyncio.sleep(FIRST_LOOK)
+        await asyncio.sleep(idle / 3)
         while (found := errands.get(job_id)) is None or not found.finished:
             await asyncio.sleep(0.001)
-        await asyncio.sleep(IDLE)
+        await asyncio.sleep(idle * 2 / 3)
         return float(found.result - enqueued) * 1000
 
     async def main() -> list[float]:
@@ -344,7 +345,7 @@ def measure_latency(samples: int, path: str) -> dict[str, float]:
 
     try:
         delays = asyncio.run(main())
-        floor = idle_floor(samples // 5) if POSTGRES and path == "add_task" else {}
+        floor = idle_floor(samples // 5, idle) if POSTGRES and path == "add_task" else {}
     finally:
         stop(worker)
     quantiles = statistics.quantiles(delays, n=100)
@@ -356,7 +357,7 @@ def measure_latency(samples: int, path: str) -> dict[str, float]:
     }
 
 
-def idle_floor(samples: int) -> dict[str, float]:
+def idle_floor(samples: int, idle: float) -> dict[str, float]:
     """What the server charges any statement after the same idle time as the jobs had
     (medians, ms): a round trip (``SELECT 1``), and a committed one-row insert (a WAL
     flush); a job's latency holds two commits, the add's and the claim's."""
@@ -368,7 +369,7 @@ def idle_floor(samples: int) -> dict[str, float]:
                 ("SELECT 1", trip),
                 ("INSERT INTO bench_floor VALUES (1)", commit),
             ):
-                time.sleep(FIRST_LOOK + IDLE)
+                time.sleep(idle)
                 started = time.perf_counter()
                 db.execute(statement)
                 times.append((time.perf_counter() - started) * 1000)
@@ -376,12 +377,6 @@ def idle_floor(samples: int) -> dict[str, float]:
         "idle_round_trip_ms": statistics.median(trip),
         "idle_commit_ms": statistics.median(commit),
     }
-
-
-#: Seconds between adding a job and the first look at it, and between its end and the
-#: next add (``measure_latency``).
-FIRST_LOOK = 0.01
-IDLE = 0.02
 
 
 def measure(args: argparse.Namespace) -> dict[str, float]:
@@ -392,7 +387,7 @@ def measure(args: argparse.Namespace) -> dict[str, float]:
         return measure_end_to_end(args.jobs, args.workers)
     if args.one == "celery":
         return measure_celery(args.jobs, args.side)
-    return measure_latency(args.samples, args.one.removeprefix("latency-"))
+    return measure_latency(args.samples, args.one.removeprefix("latency-"), args.idle_ms / 1000)
 
 
 #: What ``compare`` runs each round: name, store, the child's options. With ``--before``,
@@ -441,7 +436,7 @@ def compare(args: argparse.Namespace) -> None:
     runs: dict[str, list[dict[str, float]]] = {name: [] for name, *_ in scenarios}
     loads: list[float] = []
     common = ["--jobs", str(args.jobs), "--enqueue-jobs", str(args.enqueue_jobs)]
-    common += ["--samples", str(args.samples)]
+    common += ["--samples", str(args.samples), "--idle-ms", str(args.idle_ms)]
     info = {"CPUs": str(os.cpu_count()), "python": platform.python_version()}
     with psycopg.connect(args.postgres, autocommit=True) as admin:
         info["postgresql"] = str(admin.execute("SHOW server_version").fetchone()[0])  # type: ignore[index]
@@ -531,6 +526,12 @@ def main() -> None:
         "--before",
         metavar="REV",
         help="--store postgres: run the PostgreSQL measurements on that build too",
+    )
+    parser.add_argument(
+        "--idle-ms",
+        type=float,
+        default=30,
+        help="--store postgres: how long the worker idles between two jobs of the latency",
     )
     parser.add_argument("--enqueue-jobs", type=int, default=20_000, help=argparse.SUPPRESS)
     parser.add_argument("--one", help=argparse.SUPPRESS)
