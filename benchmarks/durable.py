@@ -408,6 +408,10 @@ SCENARIOS: list[tuple[str, str, list[str]]] = [
 ]
 
 
+#: ``--only``'s words, and the scenarios each stands for.
+MEASURES = {"enqueue": "enqueue", "e2e": "end to end", "latency": "latency"}
+
+
 def database_url(server: str, database: str, schema: str) -> str:
     parts = urlsplit(server)
     return urlunsplit(parts._replace(path=f"/{database}", query=f"schema={schema}"))
@@ -421,7 +425,12 @@ def compare(args: argparse.Namespace) -> None:
     from psycopg import sql
 
     database = f"errands_bench_{secrets.token_hex(4)}"
-    scenarios = [(name, store, options, ROOT / "src") for name, store, options in SCENARIOS]
+    wanted = [
+        (name, store, options)
+        for name, store, options in SCENARIOS
+        if not args.only or any(name.startswith(MEASURES[m]) for m in args.only.split(","))
+    ]
+    scenarios = [(name, store, options, ROOT / "src") for name, store, options in wanted]
     before = Path(tempfile.mkdtemp(prefix="errands-before-"))
     if args.before:
         subprocess.run(
@@ -430,7 +439,7 @@ def compare(args: argparse.Namespace) -> None:
         )  # fmt: skip
         scenarios += [
             (f"{name} (before)", store, options, before / "src")
-            for name, store, options in SCENARIOS
+            for name, store, options in wanted
             if store == "postgres"
         ]
     runs: dict[str, list[dict[str, float]]] = {name: [] for name, *_ in scenarios}
@@ -478,17 +487,22 @@ def compare(args: argparse.Namespace) -> None:
     print(f"medians of {args.rounds} rounds; load average (1 min) {low:.2f}-{high:.2f}")
     for name, figures in medians.items():
         show(name, "  ".join(f"{key} {value:,.2f}" for key, value in figures.items()))
-    pg = [run["jobs_per_s"] for run in runs["end to end, 1 worker: PostgreSQL"]]
-    celery = [
-        max(raw["jobs_per_s"], ours["jobs_per_s"])
-        for raw, ours in zip(
-            runs["end to end, Celery prefork -c 2: raw delay()"],
-            runs["end to end, Celery prefork -c 2: errands"],
-            strict=True,
-        )
-    ]
-    paired = statistics.median(p / c for p, c in zip(pg, celery, strict=True))
-    show("PostgreSQL 1 worker / the faster Celery, paired", f"{paired:.2f}x")
+    if "end to end, 1 worker: PostgreSQL" in runs:
+        celery = [
+            max(raw["jobs_per_s"], ours["jobs_per_s"])
+            for raw, ours in zip(
+                runs["end to end, Celery prefork -c 2: raw delay()"],
+                runs["end to end, Celery prefork -c 2: errands"],
+                strict=True,
+            )
+        ]
+        for workers in (1, 2):
+            pg = [
+                run["jobs_per_s"]
+                for run in runs[f"end to end, {workers} worker{'s' * (workers > 1)}: PostgreSQL"]
+            ]
+            paired = statistics.median(p / c for p, c in zip(pg, celery, strict=True))
+            show(f"PostgreSQL {workers} worker(s) / the faster Celery, paired", f"{paired:.2f}x")
     out = ROOT / "benchmarks" / "results"
     out.mkdir(exist_ok=True)
     (out / "durable_postgres.json").write_text(
@@ -532,6 +546,10 @@ def main() -> None:
         type=float,
         default=30,
         help="--store postgres: how long the worker idles between two jobs of the latency",
+    )
+    parser.add_argument(
+        "--only",
+        help="--store postgres: comma-separated measures to run, of: enqueue, e2e, latency",
     )
     parser.add_argument("--enqueue-jobs", type=int, default=20_000, help=argparse.SUPPRESS)
     parser.add_argument("--one", help=argparse.SUPPRESS)
