@@ -23,6 +23,7 @@ import json
 import os
 import platform
 import secrets
+import signal
 import statistics
 import subprocess
 import sys
@@ -209,11 +210,25 @@ def start_workers(count: int, concurrency: int) -> list[subprocess.Popen[bytes]]
     return workers
 
 
-def run_jobs(n: int) -> None:
-    """Add ``n`` no-op jobs one ``add_task`` at a time; return once all have succeeded."""
+def run_jobs(n: int) -> float:
+    """Add ``n`` no-op jobs one ``add_task`` at a time; return once all have succeeded.
+    How long the adds took (seconds)."""
     before = backend.store.counts()[JobStatus.SUCCEEDED]
+    added = add_jobs(n)
+    wait_succeeded(before, n)
+    return added
+
+
+def add_jobs(n: int) -> float:
+    """Add ``n`` no-op jobs one ``add_task`` at a time; how long it took (seconds)."""
+    started = time.perf_counter()
     for _ in range(n):
         errands.add_task(durable_app.noop)
+    return time.perf_counter() - started
+
+
+def wait_succeeded(before: int, n: int) -> None:
+    """Until no job is left unfinished; then ``n`` more have succeeded than ``before``."""
     deadline = time.monotonic() + 60 + n / 50
     while backend.store.unfinished():  # all were stored before: none left means all ran
         if time.monotonic() > deadline:
@@ -272,28 +287,45 @@ def per_job_us(cpu: dict[str, float], n: int) -> dict[str, float]:
     return {f"cpu_{part}_us_per_job": seconds / n * 1e6 for part, seconds in cpu.items()}
 
 
-def measure_end_to_end(n: int, workers: int) -> dict[str, float]:
+def measure_end_to_end(n: int, workers: int, drain: bool) -> dict[str, float]:
     """``n`` jobs added one ``add_task`` at a time while ``workers`` separate ``errands
     worker`` processes (concurrency 64 each) run them: from the first add to the last
-    success, after 200 jobs of warm-up (imports, connections, first claims)."""
+    success, after 200 jobs of warm-up (imports, connections, first claims). With
+    ``drain``, the jobs are added while the workers are stopped (SIGSTOP), and timed
+    from when they go on (SIGCONT): what the workers do, without the adds' pace."""
     fresh_store()
     processes = start_workers(workers, 64)
     try:
         run_jobs(200)
-        cpu = CpuTimes([p.pid for p in processes])
-        started = time.perf_counter()
-        run_jobs(n)
+        if drain:
+            before = backend.store.counts()[JobStatus.SUCCEEDED]
+            for process in processes:
+                process.send_signal(signal.SIGSTOP)
+            add_jobs(n)
+            cpu = CpuTimes([p.pid for p in processes])
+            started = time.perf_counter()
+            for process in processes:
+                process.send_signal(signal.SIGCONT)
+            wait_succeeded(before, n)
+            figures = {}
+        else:
+            cpu = CpuTimes([p.pid for p in processes])
+            started = time.perf_counter()
+            added = run_jobs(n)
+            figures = {"adds_per_s": n / added}
         elapsed = time.perf_counter() - started
         spent = cpu.spent()
     finally:
         for process in processes:
+            process.send_signal(signal.SIGCONT)
             stop(process)
-    return {"jobs_per_s": n / elapsed, **per_job_us(spent, n)}
+    return {"jobs_per_s": n / elapsed, **figures, **per_job_us(spent, n)}
 
 
-def measure_celery(n: int, side: str) -> dict[str, float]:
+def measure_celery(n: int, side: str, drain: bool) -> dict[str, float]:
     """celery_mode.py's end to end (``side``: raw ``delay`` or errands' Celery mode), on
-    one worker ``-P prefork -c 2``, after 200 jobs of warm-up."""
+    one worker ``-P prefork -c 2``, after 200 jobs of warm-up. With ``drain``, as
+    ``measure_end_to_end``'s (the worker's process group stopped while they are added)."""
     from benchmarks import celery_mode
 
     celery_mode.purge()
@@ -301,11 +333,23 @@ def measure_celery(n: int, side: str) -> dict[str, float]:
     try:
         add = celery_mode.ADD[side]
         celery_mode.wait_succeeded([add(i) for i in range(200)], timeout=60)
-        cpu = CpuTimes([worker.pid])
-        rate = celery_mode.end_to_end_rate(side, n)
+        if drain:
+            celery_mode.purge(worker_running=True)
+            os.killpg(worker.pid, signal.SIGSTOP)  # the worker and its pool
+            ids = [add(i) for i in range(n)]
+            cpu = CpuTimes([worker.pid])
+            started = time.perf_counter()
+            os.killpg(worker.pid, signal.SIGCONT)
+            celery_mode.wait_succeeded(ids, timeout=60 + n / 50)
+            rate = n / (time.perf_counter() - started)
+        else:
+            cpu = CpuTimes([worker.pid])
+            rate = celery_mode.end_to_end_rate(side, n)
         spent = cpu.spent()
         del spent["server"]  # (Redis serves other sessions too: not told apart)
     finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(worker.pid, signal.SIGCONT)
         celery_mode.stop_worker(worker)
         celery_mode.purge()
     return {"jobs_per_s": rate, **per_job_us(spent, n)}
@@ -383,10 +427,10 @@ def measure(args: argparse.Namespace) -> dict[str, float]:
     """One measurement, in a child of ``compare``."""
     if args.one == "enqueue":
         return {"jobs_per_s": enqueue_concurrent(args.enqueue_jobs)}
-    if args.one == "e2e":
-        return measure_end_to_end(args.jobs, args.workers)
-    if args.one == "celery":
-        return measure_celery(args.jobs, args.side)
+    if args.one in ("e2e", "drain"):
+        return measure_end_to_end(args.jobs, args.workers, args.one == "drain")
+    if args.one in ("celery", "celery-drain"):
+        return measure_celery(args.jobs, args.side, args.one == "celery-drain")
     return measure_latency(args.samples, args.one.removeprefix("latency-"), args.idle_ms / 1000)
 
 
@@ -401,6 +445,11 @@ SCENARIOS: list[tuple[str, str, list[str]]] = [
     ("end to end, 2 workers: PostgreSQL", "postgres", ["e2e", "--workers", "2"]),
     ("end to end, Celery prefork -c 2: raw delay()", "celery", ["celery", "--side", "raw"]),
     ("end to end, Celery prefork -c 2: errands", "celery", ["celery", "--side", "errands"]),
+    ("drain, 1 worker: SQLite", "sqlite", ["drain", "--workers", "1"]),
+    ("drain, 1 worker: PostgreSQL", "postgres", ["drain", "--workers", "1"]),
+    ("drain, 2 workers: PostgreSQL", "postgres", ["drain", "--workers", "2"]),
+    ("drain, Celery prefork -c 2: raw delay()", "celery", ["celery-drain", "--side", "raw"]),
+    ("drain, Celery prefork -c 2: errands", "celery", ["celery-drain", "--side", "errands"]),
     ("latency, add_task: SQLite", "sqlite", ["latency-add_task"]),
     ("latency, add_task: PostgreSQL", "postgres", ["latency-add_task"]),
     ("latency, request: SQLite", "sqlite", ["latency-request"]),
@@ -409,7 +458,7 @@ SCENARIOS: list[tuple[str, str, list[str]]] = [
 
 
 #: ``--only``'s words, and the scenarios each stands for.
-MEASURES = {"enqueue": "enqueue", "e2e": "end to end", "latency": "latency"}
+MEASURES = {"enqueue": "enqueue", "e2e": "end to end", "drain": "drain", "latency": "latency"}
 
 
 def database_url(server: str, database: str, schema: str) -> str:
@@ -549,7 +598,7 @@ def main() -> None:
     )
     parser.add_argument(
         "--only",
-        help="--store postgres: comma-separated measures to run, of: enqueue, e2e, latency",
+        help="--store postgres: comma-separated measures to run, of: enqueue, e2e, drain, latency",
     )
     parser.add_argument("--enqueue-jobs", type=int, default=20_000, help=argparse.SUPPRESS)
     parser.add_argument("--one", help=argparse.SUPPRESS)
