@@ -3,6 +3,8 @@ side, a killed worker, and what it says when the server fails it. What every sto
 do is in test_store.py; every mode, test_modes.py and test_contract.py."""
 
 import asyncio
+import dataclasses
+import functools
 import json
 import os
 import signal
@@ -19,10 +21,11 @@ import psycopg
 import pytest
 
 from errands import Errands, JobRecord, JobStatus, StoreError
+from errands._group_commit import GroupCommit, _Write
 from errands._lifecycle import where_jobs_go
 from errands.exceptions import ConfigurationError, StoreUnwritable
 from errands.local import LocalBackend
-from errands.local._store import ProcessInfo
+from errands.local._store import ProcessInfo, Success
 from errands.postgres import PostgresStore, parse_url
 from errands.postgres import _store as pg_store
 from errands.postgres._connections import CHECK_AFTER_IDLE
@@ -501,6 +504,90 @@ def test_a_request_during_an_outage_gets_503_and_one_after_it_is_kept(
 
     wait_for(accepted, timeout=30)  # the pool connects again by itself
     assert query(url, f"SELECT count(*) FROM {schema_of(url)}.jobs") == [(1,)]
+
+
+# -- group commit ------------------------------------------------------------------------
+
+
+def alone(write: Callable[[], object]) -> _Write:
+    return _Write(write, None, ())
+
+
+def test_a_write_the_server_refuses_in_a_group_fails_alone_first_or_not(
+    store: PostgresStore,
+) -> None:
+    """A batch's first write of one statement is a transaction by itself; a first write
+    of more takes no savepoint (its failure rolls back the transaction, which holds
+    nothing else yet); each later write takes one."""
+
+    def enqueue(*ids: str, **kw: object) -> _Write:
+        return alone(functools.partial(store.enqueue, [job(id, **kw) for id in ids]))
+
+    out_of_range = {"priority": 2**40}  # the server refuses it: integer out of range
+    groups = [
+        [enqueue("bad-alone", **out_of_range), enqueue("a", owner="web"), enqueue("b")],
+        [enqueue("bad-first", "c", **out_of_range), enqueue("d"), enqueue("e")],
+        [enqueue("f", "g"), enqueue("bad-then", **out_of_range), enqueue("h")],
+        [enqueue("i", "j"), enqueue("bad-last", **out_of_range)],
+    ]
+    outcomes = [[ok for ok, _ in GroupCommit(store.batch)._run(writes)] for writes in groups]
+    assert outcomes == [
+        [False, True, True],
+        [False, True, True],
+        [True, False, True],
+        [True, False],
+    ]
+    # What a write was told is what happened: the good ones are kept, the bad ones not.
+    assert sorted(record.id for record in store.jobs(limit=20)) == list("abdefghij")
+    # Released in a group: a job held by a request, then a job whose id is kept already.
+    writes = [alone(functools.partial(store.release, ["a"])), enqueue("k", "a")]
+    outcomes = GroupCommit(store.batch)._run(writes)
+    assert outcomes[0] == (True, None) and [j.id for j in outcomes[1][1]] == ["a"]
+    released = store.get("a")
+    assert released is not None and released.owner is None
+
+
+def test_successes_recorded_in_one_call_each_get_the_status_complete_would_give(
+    store: PostgresStore,
+) -> None:
+    store.enqueue([job(id) for id in ("a", "b", "c", "d")])
+    a, b, c, d = sorted(store.claim("w", 30, T, 4), key=lambda j: j.id)
+    store.request_cancel("b")  # asked to stop while it ran: ends cancelled
+    stale = dataclasses.replace(c, attempts=c.attempts + 1)  # not the current claim
+    successes = [Success(a, {"n": 1}), Success(b, 2), Success(stale, 3), Success(d, None)]
+    store.complete_all(successes)
+    assert [s.status for s in successes] == [
+        JobStatus.SUCCEEDED, JobStatus.CANCELLED, None, JobStatus.SUCCEEDED,
+    ]  # fmt: skip
+    records = {id: store.get(id) for id in "abcd"}
+    assert records["a"] is not None and records["a"].result == {"n": 1}
+    assert records["b"] is not None and records["b"].result is None
+    assert records["c"] is not None and records["c"].status is JobStatus.RUNNING  # untouched
+    assert records["d"] is not None and records["d"].status is JobStatus.SUCCEEDED
+    assert all(r is not None and r.owner is None for r in (records["a"], records["d"]))
+
+
+def test_a_group_whose_read_failed_in_its_transaction_keeps_nothing_and_says_so(
+    store: PostgresStore,
+) -> None:
+    """A failed statement outside a savepoint dooms the transaction: PostgreSQL would take
+    its COMMIT for a ROLLBACK. The writes before it must not be reported kept."""
+
+    def bad_read() -> None:
+        with store._read() as db:
+            db.execute("SELECT 1 / 0")
+
+    writes = [
+        alone(functools.partial(store.enqueue, [job("a"), job("b")])),  # a transaction
+        alone(bad_read),
+        alone(functools.partial(store.enqueue, [job("c")])),
+    ]
+    with pytest.raises(StoreError, match="nothing of it was kept"):
+        GroupCommit(store.batch)._run(writes)
+    assert store.jobs(limit=10) == []
+    # The connection went back to the pool in a usable state.
+    GroupCommit(store.batch)._run([alone(functools.partial(store.enqueue, [job("d")]))])
+    assert [record.id for record in store.jobs(limit=10)] == ["d"]
 
 
 # -- LISTEN/NOTIFY ----------------------------------------------------------------------

@@ -37,7 +37,7 @@ from .._waiters import WAITERS
 from ..exceptions import ConfigurationError, StoreError
 from ._claims import Backoff, Claims, next_delay
 from ._liveness import Liveness
-from ._store import Announcing, ProcessInfo, Store
+from ._store import Announcing, Merging, ProcessInfo, Store, Success
 
 if TYPE_CHECKING:
     from collections import deque
@@ -446,7 +446,11 @@ class LocalBackend(Backend):
             # would read the job as lost).
             liveness.untrack(job)
             try:
-                kept = await self.write(write)
+                if isinstance(write, Success):
+                    await asyncio.shield(self.group().submit_bulk(self._merged, [write]))
+                    kept = write.status
+                else:
+                    kept = await self.write(write)
             except StoreError as exc:
                 liveness.track(job)
                 delay = next_delay(delay)
@@ -472,9 +476,13 @@ class LocalBackend(Backend):
 
     def _write_for(
         self, job: JobRecord, outcome: Outcome, retry_at: datetime | None
-    ) -> Callable[[], JobStatus | None]:
+    ) -> Callable[[], JobStatus | None] | Success:
+        """The write that records ``outcome``: a call, or a success that the group
+        commit merges with the others of its batch (``Merging``)."""
         store = self.store
         if outcome.status is JobStatus.SUCCEEDED:
+            if self.durable and isinstance(store, Merging):
+                return Success(job, outcome.result)
             return functools.partial(store.complete, job, outcome.result)
         assert outcome.error is not None
         if outcome.status is JobStatus.QUEUED:
@@ -483,6 +491,10 @@ class LocalBackend(Backend):
             return functools.partial(store.retry, job, outcome.error, outcome.traceback or "", when)
         # Cancelled by errands.cancel: the store ends a job asked to stop cancelled.
         return functools.partial(store.fail, job, outcome.error, outcome.traceback)
+
+    def _merged(self, successes: Sequence[Success]) -> None:
+        assert isinstance(self.store, Merging)
+        self.store.complete_all(successes)
 
     async def run_here(self, record: JobRecord) -> None:
         owner = f"{self.process_id}-eager"

@@ -260,3 +260,22 @@ class Transactional(Protocol):
 
     def writer(self, record: JobRecord) -> Writer:
         """What writes ``record`` with a connection of the caller's."""
+
+
+@dataclass(slots=True)
+class Success:
+    """A claimed job's attempt that succeeded, to record (``Merging.complete_all``). The
+    store sets ``status`` as ``complete`` returns it."""
+
+    job: JobRecord
+    result: Any
+    status: JobStatus | None = None
+
+
+@runtime_checkable
+class Merging(Protocol):
+    """A store whose writes cost round trips more than statements (PostgreSQL): the
+    successes recorded in one group commit go to it as one call, one statement."""
+
+    def complete_all(self, successes: Sequence[Success]) -> None:
+        """``complete`` each of ``successes``, in one write; sets each one's ``status``."""

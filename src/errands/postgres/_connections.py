@@ -1,13 +1,17 @@
 """The PostgreSQL store's connections and transactions, and the mapping of its errors.
 
 Connections come from one bounded pool (``psycopg_pool``, opened by the first call that
-needs it, in each process), in autocommit mode: a read
-is one statement on a connection borrowed for it, a write is one transaction, or,
-inside ``batch`` (group commit), one savepoint of the batch's transaction, which
-keeps its connection until it commits. Each connection's ``search_path`` is the
-store's schema alone, so statements name their tables bare. No ``psycopg`` error
-leaves a method decorated with ``mapped``: it becomes the ``StoreError`` that
-``_errors`` chooses.
+needs it, in each process), in autocommit mode: a read is one statement on a connection
+borrowed for it, a write is one transaction (or one statement, which is one), or, inside
+``batch`` (group commit), a part of the batch's transaction, which keeps its connection
+until it commits. Each connection's ``search_path`` is the store's schema alone, so
+statements name their tables bare. No ``psycopg`` error leaves a method decorated with
+``mapped``: it becomes the ``StoreError`` that ``_errors`` chooses.
+
+Round trips are what a write costs here (each one a wake-up of the server's process and
+of this thread), more than the statements themselves: a batch's savepoints are managed
+by hand, one round trip a write (psycopg's nested transactions take two), and none for
+the transaction's first write.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Concatenate, ParamSpec, TypeVar
 
 import psycopg
 from psycopg import Transaction
+from psycopg.pq import TransactionStatus
 from psycopg.rows import TupleRow
 from psycopg_pool import ConnectionPool, PoolTimeout
 
@@ -61,6 +66,11 @@ CHECK_AFTER_IDLE = 1.0
 #: default (5 minutes, pauses doubling to 2 minutes) a server back from a long outage
 #: went unused for up to as long.
 RECONNECT_TIMEOUT = POOL_TIMEOUT
+
+#: A write's savepoint in a batch (the same name for each: one at a time).
+SAVEPOINT = "SAVEPOINT errands_write"
+NEXT_SAVEPOINT = "RELEASE SAVEPOINT errands_write; SAVEPOINT errands_write"
+UNDO_WRITE = "ROLLBACK TO SAVEPOINT errands_write"
 
 
 def mapped(method: Callable[Concatenate[T, P], R]) -> Callable[Concatenate[T, P], R]:
@@ -120,10 +130,21 @@ class Connections(CommitHooks):
         self._opening = threading.Lock()
         self._away = False  # the last wait for a connection was in vain
 
-    def _connection(self) -> contextlib.AbstractContextManager[Connection]:
+    @contextlib.contextmanager
+    def _connection(self) -> Iterator[Connection]:
         """A connection of this process's pool, made at the first call that needs one
         (constructing a store starts no thread) and again in a forked child (a
         connection is never shared across processes)."""
+        timeout = AWAY_TIMEOUT if self._away else None
+        with self._pool_now().connection(timeout=timeout) as db:
+            try:
+                yield db
+            finally:
+                # Idle from now. (Not the pool's reset hook: with one, the pool hands
+                # every connection given back to a thread of its own, a wake-up a call.)
+                self._returned(db)
+
+    def _pool_now(self) -> ConnectionPool[Connection]:
         pool = self._pool
         if pool is None or self._pid != os.getpid():
             with self._opening:
@@ -138,13 +159,12 @@ class Connections(CommitHooks):
                         kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT},
                         configure=self._configure,
                         check=self._check,
-                        reset=self._returned,
                         name=f"errands {self.location}",
                         open=True,
                     )
                     self._pid = os.getpid()
                 pool = self._pool
-        return pool.connection(timeout=AWAY_TIMEOUT if self._away else None)
+        return pool
 
     @contextlib.contextmanager
     def _lent(self) -> Iterator[Connection]:
@@ -194,58 +214,125 @@ class Connections(CommitHooks):
 
     @contextlib.contextmanager
     def _read(self) -> Iterator[Connection]:
-        """A connection to read on: the batch's, if this thread has begun one (it sees
-        the batch's writes), else one borrowed from the pool for the statement."""
-        batch: Connection | None = getattr(self._local, "batch", None)
-        if batch is not None:
-            yield batch
+        """A connection to read on: the batch's, if this thread is in one (it sees the
+        batch's writes, and the writes after the read take the same connection), else
+        one borrowed from the pool for the statement."""
+        stack: contextlib.ExitStack | None = getattr(self._local, "stack", None)
+        if stack is None:
+            with self._lent() as db:
+                yield db
             return
-        with self._lent() as db:
-            yield db
+        yield self._batch_connection(stack)
+
+    def _batch_connection(self, stack: contextlib.ExitStack) -> Connection:
+        batch: Connection | None = self._local.batch
+        if batch is None:
+            # Given back to the pool when the batch ends.
+            batch = self._local.batch = stack.enter_context(self._lent())
+        return batch
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
         """One transaction around several writes of this thread (group commit).
 
-        Inside it each write runs in a savepoint: a write that fails is undone alone.
-        The transaction begins with the first write: a batch of idle polls (claims
-        that find nothing due) only reads.
+        Each write but the transaction's first runs in a savepoint: a write that fails
+        is undone alone (the first one by rolling back the transaction, which holds
+        nothing else yet: a batch of one write pays no savepoint). The transaction
+        begins with the first write: a batch of idle polls (claims that find nothing
+        due) only reads.
         """
         try:
-            with self._after_batch():
-                # Leaving the stack commits the batch's transaction (or rolls it back, on
-                # an error) and gives its connection back.
-                with contextlib.ExitStack() as stack:
-                    self._local.stack = stack
-                    self._local.batch = self._local.transaction = self._local.failed = None
-                    try:
-                        yield
-                    finally:
-                        begun: Transaction | None = self._local.transaction
-                        self._local.stack = self._local.batch = None
-                        self._local.transaction = self._local.failed = None
-                if begun is not None:
-                    committed(begun)
+            # Leaving the stack gives the batch's connection back.
+            with self._after_batch(), contextlib.ExitStack() as stack:
+                self._local.stack = stack
+                self._local.batch = self._local.failed = None
+                self._local.savepoint = False
+                self._local.first = True
+                self._local.kept = False  # a write of the batch went through
+                try:
+                    yield
+                    self._commit_batch()
+                except BaseException:
+                    self._roll_back_batch()
+                    raise
+                finally:
+                    self._local.stack = self._local.batch = self._local.failed = None
         except psycopg.Error as exc:
             raise self._error(exc) from exc
 
+    def _commit_batch(self) -> None:
+        batch: Connection | None = self._local.batch
+        if batch is None:
+            return
+        if not self._local.kept:  # each write failed, and its caller was told: none to keep
+            self._roll_back_batch()
+            return
+        if batch.broken:  # (what psycopg's own transactions would skip the COMMIT of)
+            raise psycopg.OperationalError("the connection broke before the batch committed")
+        status = batch.info.transaction_status
+        if status == TransactionStatus.INTRANS:
+            batch.execute("COMMIT")
+        elif status != TransactionStatus.IDLE:
+            # A read of the batch failed in its transaction: PostgreSQL would take the
+            # COMMIT for a ROLLBACK, and the writes before it are not kept.
+            raise psycopg.errors.InFailedSqlTransaction(
+                "a statement of the batch failed outside a savepoint: nothing of it was kept"
+            )
+
+    def _roll_back_batch(self) -> None:
+        batch: Connection | None = self._local.batch
+        if batch is not None and batch.info.transaction_status != TransactionStatus.IDLE:
+            with contextlib.suppress(psycopg.Error):  # (a broken connection: the pool drops it)
+                batch.execute("ROLLBACK")
+
     @contextlib.contextmanager
-    def _write(self) -> Iterator[Connection]:
-        """One write transaction; nothing of it is kept if any statement fails."""
+    def _write(self, *, one_statement: bool = False, alone: bool = False) -> Iterator[Connection]:
+        """One write transaction; nothing of it is kept if any statement fails.
+
+        A write of ``one_statement`` takes no ``BEGIN`` and ``COMMIT`` outside a batch:
+        the statement is a transaction by itself, one round trip. Nor, if it may commit
+        ``alone``, as a batch's first write (a claim woken by a notification, alone in
+        its batch, pays two round trips with its look, not five); the writes after it
+        in the batch share a transaction. A write whose caller must learn that nothing
+        of it was kept when its batch fails (a request's) is never ``alone``.
+        """
         stack: contextlib.ExitStack | None = getattr(self._local, "stack", None)
         if stack is None:
             with self._lent() as db:
-                with db.transaction() as transaction:
+                if one_statement:
                     yield db
-                committed(transaction)
+                else:
+                    with db.transaction() as transaction:
+                        yield db
+                    committed(transaction)
             return
-        batch: Connection | None = self._local.batch
-        if batch is None:
-            batch = stack.enter_context(self._lent())
-            self._local.transaction = stack.enter_context(batch.transaction())
-            self._local.batch = batch
-        with batch.transaction():  # a savepoint
+        batch = self._batch_connection(stack)
+        first, self._local.first = self._local.first, False
+        status = batch.info.transaction_status
+        if one_statement and alone and first and status == TransactionStatus.IDLE:
             yield batch
+            self._local.kept = True
+            return
+        if status == TransactionStatus.IDLE:
+            batch.execute("BEGIN")
+            self._local.savepoint = protected = False
+        elif status == TransactionStatus.INTRANS:
+            # One round trip: the last write's savepoint is not needed any more.
+            batch.execute(NEXT_SAVEPOINT if self._local.savepoint else SAVEPOINT)
+            self._local.savepoint = protected = True
+        elif batch.broken:  # the server went away: so did the batch
+            raise psycopg.OperationalError("the connection broke before the batch committed")
+        else:  # the batch is lost already (see _commit_batch): so would this write be
+            raise psycopg.errors.InFailedSqlTransaction(
+                "a statement of the batch failed outside a savepoint"
+            )
+        try:
+            yield batch
+        except BaseException:
+            with contextlib.suppress(psycopg.Error):  # (a broken connection: the commit fails)
+                batch.execute(UNDO_WRITE if protected else "ROLLBACK")
+            raise
+        self._local.kept = True
 
     def close(self) -> None:
         with self._opening:

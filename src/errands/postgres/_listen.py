@@ -71,7 +71,10 @@ class Listener:
                 return
             self._tell()  # what was added while nobody listened
             while not self._stop.is_set():
-                for _ in db.notifies(timeout=STOP_CHECK):
+                # One wake-up for all the notifications read at once (``stop_after``
+                # ends the generator after the read that brought the first): a busy
+                # worker, slow to listen, is not woken once a job.
+                if list(db.notifies(timeout=STOP_CHECK, stop_after=1)):
                     if self._stop.is_set():
                         return
                     self._tell()

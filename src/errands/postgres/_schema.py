@@ -152,6 +152,18 @@ INSERT_NEW = (
     "ON CONFLICT (id) DO NOTHING RETURNING seq"
 )
 
+
+def insert_sql(schema: str) -> str:
+    """``INSERT_NEW`` into ``schema`` (named: a caller's connection has its own
+    ``search_path``), and its notification on the store's channel (the last parameter)
+    if it added the job: one statement, so that it needs no transaction of its own."""
+    return (
+        f"WITH added AS (INSERT INTO {schema}.jobs ({', '.join(NAMES)}) "
+        f"VALUES ({', '.join(['%s'] * len(NAMES))}) ON CONFLICT (id) DO NOTHING "
+        "RETURNING seq) SELECT pg_notify(%s, '') FROM added"
+    )
+
+
 PROCESS_NAMES = ["id", "role", "host", "pid", "tasks", "started_at", "seen_at", "stopped_at"]
 PROCESS_COLUMNS = ", ".join(epoch(name) for name in PROCESS_NAMES)
 

@@ -23,13 +23,13 @@ from .._limits import Limit
 from .._record import JobRecord, JobStatus, utcnow
 from .._tuning import MAX_LOST_LEASES, POLL_ANNOUNCED, PURGE_CHUNK
 from ..local._listeners import Listeners
-from ..local._store import ProcessInfo, Want, poison_error
+from ..local._store import ProcessInfo, Success, Want, poison_error
 from ..sqlite._rows import Row, Unreadable, corrupt_error, process_info, record
 from ..sqlite._sql import claim_order, split_limited, stopped_status, unless_stopped
 from ._connections import Connection, mapped
 from ._listen import Listener, channel
 from ._reads import Reads
-from ._schema import INSERT_NEW, PROCESS_COLUMNS, PROCESS_NAMES, new_row
+from ._schema import INSERT_NEW, PROCESS_COLUMNS, PROCESS_NAMES, insert_sql, new_row
 from ._sql import (
     CLAIM_IDS,
     LOOK,
@@ -45,6 +45,24 @@ from ._transaction import Writer
 #: A released job is due now (parameter), or at its scheduled time if that is later.
 RELEASED_RUN_AT = "GREATEST(%s, scheduled_at)"
 FINAL = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+#: Successes recorded (parameters: the error of a job asked to stop, now, then arrays
+#: of the jobs' ids, owners, attempts and results), each where its claim is current:
+#: ``complete``'s statement for many jobs, one round trip.
+COMPLETE_ALL = (
+    f"UPDATE jobs SET status = {stopped_status('succeeded')}, "
+    f"result = {unless_stopped('done.result', 'NULL')}, error = {unless_stopped('error', '%s')}, "
+    "finished_at = %s, owner = NULL, lease_until = NULL FROM unnest(%s::text[], %s::text[], "
+    "%s::integer[], %s::text[]) AS done(id, owner, attempts, result) WHERE jobs.id = done.id "
+    "AND jobs.status = 'running' AND jobs.owner = done.owner AND jobs.attempts = done.attempts "
+    "RETURNING jobs.id, jobs.status"
+)
+#: A request's jobs released (parameters: now, their ids, the channel), and the workers
+#: told if any was: one statement, one round trip.
+RELEASE = (
+    f"WITH released AS (UPDATE jobs SET run_at = {RELEASED_RUN_AT}, owner = NULL "
+    "WHERE id = ANY(%s) AND status = 'queued' AND attempts = 0 AND owner IS NOT NULL "
+    "RETURNING 1) SELECT pg_notify(%s, '') WHERE EXISTS (SELECT 1 FROM released)"
+)
 
 
 class PostgresStore(Reads):
@@ -55,6 +73,7 @@ class PostgresStore(Reads):
         self._warned: set[str] = set()
         self.lost: deque[str] = deque()
         self._listeners = Listeners()
+        self._insert_announced = insert_sql(schema)
 
     def writer(self, record: JobRecord) -> Writer:
         """``add_task_in``: what writes ``record`` on a connection of the caller's."""
@@ -66,6 +85,15 @@ class PostgresStore(Reads):
     def enqueue(self, jobs: Sequence[JobRecord]) -> list[JobRecord]:
         if not jobs:
             return []
+        if len(jobs) == 1:  # (add_task): one statement, its notification in it
+            job = jobs[0]
+            with self._write(one_statement=True) as db:
+                if job.owner is None:  # free: claimable (when due) at once
+                    row = (*new_row(job), channel(self.schema))
+                    added = db.execute(self._insert_announced, row).fetchone()
+                else:
+                    added = db.execute(INSERT_NEW, new_row(job)).fetchone()
+            return [] if added is not None else [job]
         rows = [new_row(job) for job in jobs]
         kept = []
         with self._write() as db:
@@ -86,14 +114,8 @@ class PostgresStore(Reads):
 
     @mapped
     def release(self, ids: Collection[str]) -> None:
-        with self._write() as db:
-            released = db.execute(
-                f"UPDATE jobs SET run_at = {RELEASED_RUN_AT}, owner = NULL WHERE id = ANY(%s) "
-                "AND status = 'queued' AND attempts = 0 AND owner IS NOT NULL",
-                (utcnow(), list(ids)),
-            ).rowcount
-            if released:
-                self._announce(db)
+        with self._write(one_statement=True) as db:
+            db.execute(RELEASE, (utcnow(), list(ids), channel(self.schema)))
 
     @mapped
     def cancel(self, ids: Collection[str], reason: str) -> list[str]:
@@ -132,9 +154,14 @@ class PostgresStore(Reads):
             return []  # an idle poll: one read, no transaction
         if not expired:
             groups = [(tuple(name for name in names if name in ready), n) for names, n in groups]
+        # The usual claim is one statement: no lease ran out, no limit, one group.
+        single = not expired and not limited and sum(bool(names) for names, _ in groups) == 1
         claimed: list[JobRecord] = []
         lost: list[str] = []
-        with self._write() as db:
+        # A claim may commit alone as its batch's first write: should the batch fail
+        # after it, the jobs wait for their lease, claimed by nobody that runs them (a
+        # request's writes never do: a 503 means nothing of them was kept).
+        with self._write(one_statement=single, alone=True) as db:
             if expired:
                 lost = self._expire_leases(db, now)
             if limited:
@@ -175,7 +202,9 @@ class PostgresStore(Reads):
             return self._records(db, sorted(rows.fetchall()), now)
 
     def _records(self, db: Connection, rows: Sequence[Row], now: datetime) -> list[JobRecord]:
-        """Claimed rows as records; a row nobody can run is failed with the reason."""
+        """Claimed rows as records; a row nobody can run is failed with the reason (in
+        the claim's transaction, or just after a claim of one statement: should that
+        write be lost, the row's lease runs out, and it is claimed and failed again)."""
         claimed = []
         for seq, *row in rows:
             try:
@@ -235,6 +264,23 @@ class PostgresStore(Reads):
             f"error = {unless_stopped('error', '%s')}, finished_at = %s",
             (json.dumps(result), CANCELLED_RUNNING, utcnow()),
         )
+
+    @mapped
+    def complete_all(self, successes: Sequence[Success]) -> None:
+        ids, owners, attempts, results = [], [], [], []
+        for success in successes:
+            ids.append(success.job.id)
+            owners.append(success.job.owner)
+            attempts.append(success.job.attempts)
+            results.append(json.dumps(success.result))
+        with self._write() as db:
+            rows = db.execute(
+                COMPLETE_ALL, (CANCELLED_RUNNING, utcnow(), ids, owners, attempts, results)
+            ).fetchall()
+        statuses = dict(rows)
+        for success in successes:
+            status = statuses.get(success.job.id)
+            success.status = None if status is None else JobStatus(status)
 
     @mapped
     def retry(

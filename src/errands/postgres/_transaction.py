@@ -33,7 +33,7 @@ from psycopg.rows import tuple_row
 from .._record import JobRecord
 from ..exceptions import ConfigurationError, StoreError
 from ._listen import channel
-from ._schema import NAMES, new_row
+from ._schema import insert_sql, new_row
 
 if TYPE_CHECKING:
     from ._connections import Connections
@@ -48,16 +48,6 @@ SUPPORTED_ASYNC = (
     "a psycopg 3 AsyncConnection or AsyncCursor, or a SQLAlchemy AsyncConnection or "
     "AsyncSession on the psycopg driver (postgresql+psycopg://)"
 )
-
-
-def insert_sql(schema: str) -> str:
-    """The store's insert of a new job into ``schema`` (named: the caller's connection
-    has its own ``search_path``), and its notification if it added the job."""
-    return (
-        f"WITH added AS (INSERT INTO {schema}.jobs ({', '.join(NAMES)}) "
-        f"VALUES ({', '.join(['%s'] * len(NAMES))}) ON CONFLICT (id) DO NOTHING "
-        "RETURNING seq) SELECT pg_notify(%s, '') FROM added"
-    )
 
 
 def _sqlalchemy() -> Any:
