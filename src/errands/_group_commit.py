@@ -115,6 +115,16 @@ class GroupCommit:
         self._thread.shutdown(wait=False)
 
     def _run(self, writes: list[_Write]) -> list[_Outcome]:
+        if len(writes) == 1:
+            # Alone: the write is its own transaction, so its outcome is the store's
+            # very own (and a store may commit a write of one statement without a
+            # BEGIN: one round trip to a server, not three).
+            write = writes[0]
+            if write.bulk is not None:
+                ok, returned = _outcome(write.bulk, write.items)
+                return [(ok, _own(returned, write.items) if ok else returned)]
+            assert write.call is not None
+            return [_outcome(write.call)]
         outcomes: list[_Outcome | None] = [None] * len(writes)
         bulks: dict[Callable[[Sequence[Any]], Sequence[Any] | None], list[int]] = {}
         for index, write in enumerate(writes):
