@@ -29,7 +29,7 @@ from .._group_commit import GroupCommit
 from .._loops import PerLoop, loop_entry
 from .._metrics import outcome_of
 from .._options import Runtime
-from .._record import JobRecord, JobStatus, describe_error, utcnow
+from .._record import JobRecord, JobStatus, utcnow
 from .._stats import Stats, WorkerInfo
 from .._tracing import attempt_span, ended
 from .._tuning import PURGE_EVERY
@@ -37,6 +37,7 @@ from .._waiters import WAITERS
 from ..exceptions import ConfigurationError, StoreError
 from ._claims import Backoff, Claims, next_delay
 from ._liveness import Liveness
+from ._outcomes import unrecordable, write_for
 from ._store import Announcing, Merging, ProcessInfo, Store, Success
 
 if TYPE_CHECKING:
@@ -441,7 +442,7 @@ class LocalBackend(Backend):
         fell_back = False
         kept: JobStatus | None = None
         while True:
-            write = self._write_for(job, outcome, retry_at)
+            write = write_for(self.store, self.durable, job, outcome, retry_at)
             # The attempt is over: no renewal may race the write that records it (it
             # would read the job as lost).
             liveness.untrack(job)
@@ -462,7 +463,7 @@ class LocalBackend(Backend):
                 if fell_back:
                     return None  # not even that: its lease runs out, and it runs again
                 fell_back = True
-                outcome = _unrecordable(outcome, exc)
+                outcome = unrecordable(outcome, exc)
                 continue
             break
         if delay:
@@ -473,24 +474,6 @@ class LocalBackend(Backend):
         if kept is not None and kept.finished:
             self._finished(job.id)
         return None
-
-    def _write_for(
-        self, job: JobRecord, outcome: Outcome, retry_at: datetime | None
-    ) -> Callable[[], JobStatus | None] | Success:
-        """The write that records ``outcome``: a call, or a success that the group
-        commit merges with the others of its batch (``Merging``)."""
-        store = self.store
-        if outcome.status is JobStatus.SUCCEEDED:
-            if self.durable and isinstance(store, Merging):
-                return Success(job, outcome.result)
-            return functools.partial(store.complete, job, outcome.result)
-        assert outcome.error is not None
-        if outcome.status is JobStatus.QUEUED:
-            assert outcome.retry_in is not None
-            when = retry_at or utcnow() + timedelta(seconds=outcome.retry_in)
-            return functools.partial(store.retry, job, outcome.error, outcome.traceback or "", when)
-        # Cancelled by errands.cancel: the store ends a job asked to stop cancelled.
-        return functools.partial(store.fail, job, outcome.error, outcome.traceback)
 
     def _merged(self, successes: Sequence[Success]) -> None:
         assert isinstance(self.store, Merging)
@@ -534,14 +517,3 @@ class LocalBackend(Backend):
                 f"on Celery ({self.url})"
             )
         asyncio.run(run_until_signalled(core))
-
-
-def _unrecordable(outcome: Outcome, exc: Exception) -> Outcome:
-    error, trace = describe_error(exc)
-    return Outcome(
-        JobStatus.FAILED,
-        error=f"StoreError: the store could not keep this job's outcome: {error}",
-        traceback=trace,
-        seconds=outcome.seconds,
-        exc=exc,
-    )
