@@ -354,6 +354,8 @@ def test_an_older_worker_leaves_a_newer_tasks_jobs_for_a_worker_that_knows_them(
     assert all("newer" not in w.tasks for w in stats.workers)
     workers.append(Worker(env, NEWER="1"))
     wait_for(lambda: "newer rolled" in " ".join(lines(env)))
+    # (Its outcome is written just after the task has logged.)
+    wait_for(lambda: (r := web.get(job.id)) is not None and r.finished)
     record = web.get(job.id)
     assert record is not None and record.status is JobStatus.SUCCEEDED and record.attempts == 1
 
