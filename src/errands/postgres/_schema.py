@@ -15,6 +15,7 @@ results are JSON text, as the worker wrote them (``jsonb`` would reorder keys).
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any
 
 from ..sqlite._rows import dumps
@@ -146,21 +147,22 @@ J_COLUMNS = ", ".join(epoch(name, "j") for name in NAMES)
 RUN_AT = 1 + NAMES.index("run_at")
 PRIORITY = 1 + NAMES.index("priority")
 
-#: A new job, not added if its id is kept: returns a row if added.
-INSERT_NEW = (
-    f"INSERT INTO jobs ({', '.join(NAMES)}) VALUES ({', '.join(['%s'] * len(NAMES))}) "
+#: A new job's row, not added if its id is kept, returning a row if added.
+_NEW_ROW = (
+    f"({', '.join(NAMES)}) VALUES ({', '.join(['%s'] * len(NAMES))}) "
     "ON CONFLICT (id) DO NOTHING RETURNING seq"
 )
+#: A new job, not added if its id is kept: returns a row if added.
+INSERT_NEW = f"INSERT INTO jobs {_NEW_ROW}"
 
 
+@functools.lru_cache(maxsize=16)
 def insert_sql(schema: str) -> str:
     """``INSERT_NEW`` into ``schema`` (named: a caller's connection has its own
     ``search_path``), and its notification on the store's channel (the last parameter)
     if it added the job: one statement, so that it needs no transaction of its own."""
     return (
-        f"WITH added AS (INSERT INTO {schema}.jobs ({', '.join(NAMES)}) "
-        f"VALUES ({', '.join(['%s'] * len(NAMES))}) ON CONFLICT (id) DO NOTHING "
-        "RETURNING seq) SELECT pg_notify(%s, '') FROM added"
+        f"WITH added AS (INSERT INTO {schema}.jobs {_NEW_ROW}) SELECT pg_notify(%s, '') FROM added"
     )
 
 

@@ -73,7 +73,6 @@ class PostgresStore(Reads):
         self._warned: set[str] = set()
         self.lost: deque[str] = deque()
         self._listeners = Listeners()
-        self._insert_announced = insert_sql(schema)
 
     def writer(self, record: JobRecord) -> Writer:
         """``add_task_in``: what writes ``record`` on a connection of the caller's."""
@@ -90,7 +89,7 @@ class PostgresStore(Reads):
             with self._write(one_statement=True) as db:
                 if job.owner is None:  # free: claimable (when due) at once
                     row = (*new_row(job), channel(self.schema))
-                    added = db.execute(self._insert_announced, row).fetchone()
+                    added = db.execute(insert_sql(self.schema), row).fetchone()
                 else:
                     added = db.execute(INSERT_NEW, new_row(job)).fetchone()
             return [] if added is not None else [job]
