@@ -50,10 +50,11 @@ def retry_job(publisher: Publisher, id: str, max_attempts: int) -> JobRecord | N
         return record
     backend = publisher.app.backend
     try:
-        # Its state before, to put back should the publish fail (on Redis, as it was).
-        key = backend.get_key_for_task(id) if isinstance(backend, RedisBackend) else None
-        before = backend.client.get(key) if isinstance(backend, RedisBackend) else None
+        key = before = None
         if isinstance(backend, RedisBackend):
+            # Its state before, to put back as it was should the publish fail.
+            key = backend.get_key_for_task(id)
+            before = backend.client.get(key)
             backend.client.delete(cancel_key(id))
         if record.status is JobStatus.CANCELLED:
             # Workers keep revoked ids for hours, and would discard it again: ask them
@@ -91,7 +92,7 @@ def retry_job(publisher: Publisher, id: str, max_attempts: int) -> JobRecord | N
         # Not published: what it was, so that it can be retried again (a queued job
         # that no message carries would never run, nor be retried).
         with contextlib.suppress(Exception):
-            if isinstance(backend, RedisBackend) and key is not None and before is not None:
+            if isinstance(backend, RedisBackend) and before is not None:
                 backend.client.set(key, before, keepttl=True)
         raise BrokerUnavailable(
             f"publishing job {id} ({record.name}) again to the Celery broker at "
