@@ -55,15 +55,20 @@ def wake_folder(database: Path) -> Path:
         return beside
     digest = hashlib.sha256(os.fsencode(real)).hexdigest()[:24]
     runtime = os.environ.get("XDG_RUNTIME_DIR")
-    base = Path(runtime) if runtime else Path(tempfile.gettempdir()) / f"errands-{os.getuid()}"
-    return base / f"errands-wake-{digest}"
+    return (Path(runtime) if runtime else own_temporary()) / f"errands-wake-{digest}"
+
+
+def own_temporary() -> Path:
+    """This user's folder under the temporary folder (made private, as the folders in
+    it, by ``private_folder``)."""
+    return Path(tempfile.gettempdir()) / f"errands-{os.getuid()}"
 
 
 def private_folder(folder: Path, *, make: bool) -> bool:
     """Whether ``folder`` is one to trust with this user's sockets: a real folder (not
     a link), this user's, that nobody else may write to; made so (``0700``) if missing
     and ``make``. Anything else is not used: wake-ups are then left to the poll."""
-    for path in (folder.parent, folder) if folder.parent.name.startswith("errands-") else (folder,):
+    for path in (folder.parent, folder) if folder.parent == own_temporary() else (folder,):
         if make:
             with contextlib.suppress(FileExistsError):
                 path.mkdir(mode=0o700)
