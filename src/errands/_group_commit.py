@@ -119,12 +119,7 @@ class GroupCommit:
             # Alone: the write is its own transaction, so its outcome is the store's
             # very own (and a store may commit a write of one statement without a
             # BEGIN: one round trip to a server, not three).
-            write = writes[0]
-            if write.bulk is not None:
-                ok, returned = _outcome(write.bulk, write.items)
-                return [(ok, _own(returned, write.items) if ok else returned)]
-            assert write.call is not None
-            return [_outcome(write.call)]
+            return [_alone(writes[0])]
         outcomes: list[_Outcome | None] = [None] * len(writes)
         bulks: dict[Callable[[Sequence[Any]], Sequence[Any] | None], list[int]] = {}
         for index, write in enumerate(writes):
@@ -141,13 +136,21 @@ class GroupCommit:
                             outcomes[i] = (True, _own(returned, writes[i].items))
                         continue
                 for i in indexes:  # alone, or again one by one after the merged call failed
-                    ok, returned = _outcome(method, writes[i].items)
-                    outcomes[i] = (ok, _own(returned, writes[i].items) if ok else returned)
+                    outcomes[i] = _alone(writes[i])
             for index, write in enumerate(writes):
                 if write.call is not None:
-                    outcomes[index] = _outcome(write.call)
+                    outcomes[index] = _alone(write)
         assert all(outcome is not None for outcome in outcomes)
         return outcomes  # type: ignore[return-value]
+
+
+def _alone(write: _Write) -> _Outcome:
+    """One write's outcome, run by itself (a bulk one gets back its own items)."""
+    if write.bulk is None:
+        assert write.call is not None
+        return _outcome(write.call)
+    ok, returned = _outcome(write.bulk, write.items)
+    return (ok, _own(returned, write.items) if ok else returned)
 
 
 def _own(returned: Sequence[Any] | None, items: Sequence[Any]) -> list[Any]:
