@@ -330,6 +330,8 @@ OUTAGE = 6.0
 @pytest.fixture
 def private_store(private_postgres: PrivatePostgres) -> Iterator[PostgresStore]:
     """A store on the private server, its pool open."""
+    if not (private_postgres.data / "postmaster.pid").exists():
+        private_postgres.start()  # (a test that failed in its outage left it stopped)
     conninfo, schema, _ = parse_url(postgres_url(private_postgres.url))
     store = PostgresStore(conninfo, schema=schema)
     assert store.get("nothing") is None

@@ -48,11 +48,12 @@ POOL_SIZE = 10
 #: How long a call waits for a free connection (or for the server to accept one)
 #: before it fails with a ``StoreError`` (``503`` for a request).
 POOL_TIMEOUT = 5.0
-#: Once a call has waited in vain, the calls after it wait this long at most, until
-#: one gets a connection: through an outage, the requests queued behind one that
-#: waited get their ``503`` sooner. It is longer than the pool's pauses between
-#: attempts to connect (2.3 s at most, see RECONNECT_TIMEOUT), so that a call made as
-#: the server comes back still gets the connection the next attempt makes.
+#: Once a call has waited in vain (or the server dropped the connection it had), the
+#: calls after it wait this long at most, until one gets a connection: through an
+#: outage, the requests queued behind one that waited get their ``503`` sooner. It
+#: is longer than the pool's pauses between attempts to connect (2.3 s at most, see
+#: RECONNECT_TIMEOUT), so that a call made as the server comes back still gets the
+#: connection the next attempt makes.
 AWAY_TIMEOUT = 3.0
 CONNECT_TIMEOUT = 5
 #: A connection that has waited in the pool longer than this (seconds) is checked (an
@@ -183,7 +184,11 @@ class Connections(CommitHooks):
                     self._local.failed = str(exc)
                 raise
             self._away = False
-            yield db
+            try:
+                yield db
+            finally:
+                if db.broken:  # the server dropped it: as much a sign it is away
+                    self._away = True
 
     def _configure(self, db: Connection) -> None:
         db.execute("SELECT set_config('search_path', %s, false)", (self.schema,))
