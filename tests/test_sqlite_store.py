@@ -267,6 +267,32 @@ def test_a_group_of_idle_polls_never_takes_the_write_lock(tmp_path: Path) -> Non
     store.close()
 
 
+def test_claim_now_never_waits_for_another_writer_and_claims_once_it_is_gone(
+    tmp_path: Path,
+) -> None:
+    """What a worker that owns its event loop claims with there: never held up by a
+    write elsewhere (None: it then claims through its commit thread, which waits)."""
+    store = SQLiteStore(tmp_path / "jobs.db", busy_timeout=30)
+    store.enqueue([job("a")])
+    other = sqlite3.connect(tmp_path / "jobs.db", isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")  # another process is writing, at length
+    started = time.monotonic()
+    assert store.claim_now("w", 30, T) is None
+    assert time.monotonic() - started < 5  # not the 30 s busy timeout
+    other.execute("ROLLBACK")
+    [claimed] = store.claim_now("w", 30, T) or []
+    assert claimed.id == "a" and claimed.owner == "w" and claimed.attempts == 1
+    assert store.get("a").status is JobStatus.RUNNING  # type: ignore[union-attr]
+    assert store.claim_now("w", 30, T) == []  # nothing left
+    # The thread's own connection still waits as before: a write elsewhere is waited for.
+    other.execute("BEGIN IMMEDIATE")
+    threading.Timer(0.3, other.execute, ("ROLLBACK",)).start()
+    store.enqueue([job("b")])
+    assert store.get("b") is not None
+    other.close()
+    store.close()
+
+
 def test_connections_of_threads_that_ended_are_closed(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "jobs.db")
     threads = [threading.Thread(target=store.get, args=("x",)) for _ in range(10)]

@@ -4,8 +4,10 @@ folder that cannot hold sockets leaves the worker polling as before."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
+import sqlite3
 import tempfile
 import threading
 import time
@@ -17,6 +19,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from errands import Errands, JobStatus
+from errands._lifecycle import serving
 from errands.sqlite import SQLiteStore
 from errands.sqlite._wake import MAX_SOCKET_PATH, Listener, Waker, wake_folder
 from tests.conftest import wait_finished, wait_until
@@ -161,3 +164,77 @@ def test_a_listener_whose_socket_has_a_high_descriptor_is_woken(tmp_path: Path) 
     finally:
         for fd in held:
             os.close(fd)
+
+
+def test_a_worker_that_owns_its_loop_claims_there_but_never_waits_there_for_the_file(
+    tmp_path: Path,
+) -> None:
+    """``errands worker`` claims on its event loop when idle (no hop to a thread and
+    back); while another process holds the file, the claim goes through the commit
+    thread, which waits, and the loop goes on meanwhile."""
+    errands = Errands(f"sqlite:///{tmp_path}/jobs.db")
+    doubled = errands.task(name="double")(double)
+    store = errands._core.backend.store  # type: ignore[attr-defined]
+    gaps: list[float] = []
+
+    async def main() -> tuple[list[object], float, bool]:
+        async with serving(errands._core, owns_loop=True):
+            first = await errands.add_task(doubled, 1).wait(timeout=10)
+            claimed_on_loop = getattr(store._local, "now", None) is not None
+            job = errands.add_task(doubled.options(delay=0.3), 5)  # due while the file is held
+            other = sqlite3.connect(tmp_path / "jobs.db", isolation_level=None)
+            other.execute("BEGIN IMMEDIATE")
+            until = time.monotonic() + 1.0
+            last = time.monotonic()
+            while last < until:
+                await asyncio.sleep(0.01)
+                gaps.append(time.monotonic() - last)
+                last = time.monotonic()
+            released = time.time()
+            other.execute("ROLLBACK")
+            other.close()
+            second = await job.wait(timeout=10)
+        return [first, second], released, claimed_on_loop
+
+    (first, second), released, claimed_on_loop = asyncio.run(main())
+    assert claimed_on_loop
+    assert first.status is JobStatus.SUCCEEDED and first.result == 2  # type: ignore[attr-defined]
+    assert second.status is JobStatus.SUCCEEDED and second.result == 10  # type: ignore[attr-defined]
+    assert second.attempts == 1  # type: ignore[attr-defined]
+    assert second.finished_at.timestamp() >= released - 0.05  # type: ignore[attr-defined]
+    assert max(gaps) < 0.5  # the loop was not held for the second the file was
+    store.close()
+
+
+def test_a_listener_on_an_event_loop_wakes_it_there_and_stops_from_any_thread(
+    tmp_path: Path,
+) -> None:
+    """A worker's listener is one of its loop's readers (no thread of its own); the
+    store may close it from another thread."""
+    folder = wake_folder(tmp_path / "jobs.db")
+
+    async def main() -> Listener:
+        loop = asyncio.get_running_loop()
+        woken = asyncio.Event()
+        threads: set[int] = set()
+
+        def wake() -> None:
+            threads.add(threading.get_ident())
+            woken.set()
+
+        listener = Listener(folder, wake, loop=loop)
+        assert listener._thread is None
+        waker = Waker(folder)
+        for _ in range(3):  # a burst, then more: each wakes it
+            waker.announce()
+            waker.announce()
+            await asyncio.wait_for(woken.wait(), 5)
+            woken.clear()
+        assert threads == {threading.get_ident()}  # on the loop's own thread
+        await asyncio.to_thread(listener.close, wait=True)
+        await asyncio.sleep(0.1)  # (the loop takes its reader back at its next turn)
+        return listener
+
+    listener = asyncio.run(main())
+    assert not os.path.exists(listener.path)
+    assert listener._socket.fileno() == -1  # closed, and no longer one of the loop's

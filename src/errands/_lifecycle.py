@@ -73,18 +73,28 @@ async def scheduling(core: Core) -> AsyncIterator[None]:
 
 @asynccontextmanager
 async def serving(
-    core: Core, drain_timeout: float | None = None, *, keep_lanes: bool = False
+    core: Core,
+    drain_timeout: float | None = None,
+    *,
+    keep_lanes: bool = False,
+    owns_loop: bool = False,
 ) -> AsyncIterator[Worker]:
     """Run ``core``'s worker on this loop while inside. When it stops, the plain jobs
     that never started are cancelled, unless ``keep_lanes`` (for a later worker of this
     process: ``join()`` runs one for a while). Schedules are kept by ``scheduling``,
-    not here: ``join()`` must not add ticks while it waits for the jobs to end."""
+    not here: ``join()`` must not add ticks while it waits for the jobs to end.
+    ``owns_loop``: the loop runs nothing but this worker (``errands worker``)."""
     if core.worker is not None:
         raise ConfigurationError(
             "this Errands instance's worker is already running; enter its lifespan once"
         )
     backend = core.backend
-    worker = Worker(concurrency=core.options.concurrency, plain=core.plain, threads=core.threads)
+    worker = Worker(
+        concurrency=core.options.concurrency,
+        plain=core.plain,
+        threads=core.threads,
+        owns_loop=owns_loop,
+    )
     worker.source = backend.source(worker)
     core.worker = worker
     with on_this_loop(core):
@@ -168,7 +178,7 @@ async def run_until_signalled(core: Core) -> None:
         loop.add_signal_handler(signum, on_signal, signum)
     observe(core, None)  # a worker of its own: OpenTelemetry's global providers, if set
     try:
-        async with serving(core) as worker, scheduling(core):
+        async with serving(core, owns_loop=True) as worker, scheduling(core):
             worker.on_failure = on_failure
             logger.info(
                 "worker running on %s with %d task(s): %s",

@@ -32,8 +32,13 @@ logger = logging.getLogger("errands")
 
 
 class Worker:
-    def __init__(self, *, concurrency: int, plain: PlainJobs, threads: Threads) -> None:
+    def __init__(
+        self, *, concurrency: int, plain: PlainJobs, threads: Threads, owns_loop: bool = False
+    ) -> None:
         self.concurrency = concurrency
+        #: Its event loop runs nothing else (``errands worker``): while it is idle, a
+        #: store may claim on the loop itself, which then waits for nobody.
+        self.owns_loop = owns_loop
         self.source: Source | None = None
         self._plain = plain
         self._threads = threads
@@ -147,6 +152,11 @@ class Worker:
         self._loop = None
 
     # -- slots ----------------------------------------------------------------------
+
+    @property
+    def idle(self) -> bool:
+        """Nothing runs, and no claim is in flight."""
+        return not self._tasks and not self._reserved
 
     def free(self) -> int:
         """Slots for more jobs now."""

@@ -8,7 +8,9 @@ waits in this process holding a lease it cannot use, and its timeout never count
 a wait for a thread.
 
 A durable store's claim is a write: it joins the group commit, off the event
-loop, holding its slots meanwhile. A store error backs off (doubling, to a cap)
+loop, holding its slots meanwhile; except in a worker whose loop runs nothing else
+(``errands worker``), which claims on its loop while idle if the store can without
+waiting (``ClaimsNow``: an idle worker's job then starts with no thread hop). A store error backs off (doubling, to a cap)
 and is logged once a step; an error that will not heal (a corrupt or unwritable
 file) stops the claims and tells the worker.
 """
@@ -31,7 +33,7 @@ from .._tuning import (
     POLL_SHARED,
 )
 from ..exceptions import StoreCorrupt, StoreError, StoreUnwritable
-from ._store import Announcing, Want
+from ._store import Announcing, ClaimsNow, Want
 
 if TYPE_CHECKING:
     from .._task import Kind
@@ -83,6 +85,10 @@ class Backoff:
     @property
     def paused(self) -> bool:
         return self.until > time.monotonic()
+
+
+def _raise(exc: Exception) -> list[JobRecord]:
+    raise exc
 
 
 def next_delay(delay: float) -> float:
@@ -137,6 +143,18 @@ class Claims:
         if not backend.durable:
             self._claimed(total, claim)
             return
+        store = backend.store
+        if self._worker.owns_loop and self._worker.idle and isinstance(store, ClaimsNow):
+            # Nothing else on this loop to hold up: claim here, unless another writer
+            # holds the store (then through the commit thread, which waits for it).
+            try:
+                now = store.claim_now(backend.process_id, backend.lease, wants, total, self._limits)
+            except Exception as exc:
+                self._claimed(total, functools.partial(_raise, exc))
+                return
+            if now is not None:
+                self._claimed(total, lambda: now)
+                return
         self._claiming = total
         self._worker.reserve(total)
         backend.group().submit(claim).add_done_callback(

@@ -227,6 +227,24 @@ class Store(Protocol):
 
 
 @runtime_checkable
+class ClaimsNow(Protocol):
+    """A durable store that can claim in the calling thread without waiting (the
+    SQLite store: a claim there is a short local write). A worker whose event loop
+    runs nothing else claims so when idle: no hop to the commit thread and back."""
+
+    def claim_now(
+        self,
+        owner: str,
+        lease: float,
+        wants: Sequence[Want],
+        limit: int | None = None,
+        limits: Mapping[str, Limit] | None = None,
+    ) -> list[JobRecord] | None:
+        """``claim`` now, or None if another writer holds the store (never waits for
+        it): the caller then claims through its commit thread."""
+
+
+@runtime_checkable
 class Announcing(Protocol):
     """A store that tells this process when other processes add claimable jobs (the
     PostgreSQL store, through LISTEN/NOTIFY; the SQLite store, through sockets beside
@@ -236,9 +254,10 @@ class Announcing(Protocol):
     poll_announced: float
 
     def listen(self, wake: Callable[[], None]) -> Callable[[], None] | None:
-        """Call ``wake`` (from a thread of the store's) whenever jobs may have become
-        claimable; returns the function that stops it, or None if it cannot listen
-        here (the worker then polls as often as without)."""
+        """Call ``wake`` whenever jobs may have become claimable (on the event loop
+        that called this, or from a thread of the store's); returns the function that
+        stops it, or None if it cannot listen here (the worker then polls as often as
+        without)."""
 
 
 class Writer(Protocol):

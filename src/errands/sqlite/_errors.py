@@ -19,6 +19,16 @@ _RESTORE = (
 )
 
 
+def busy(exc: BaseException | None) -> bool:
+    """Whether ``exc`` is SQLite's "another connection holds the lock"."""
+    if not isinstance(exc, sqlite3.Error):
+        return False
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int) and code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+        return True
+    return "locked" in str(exc)
+
+
 def store_error(exc: sqlite3.Error, path: str, busy_timeout: float) -> StoreError:
     """The errands error for ``exc``, raised by SQLite on the store at ``path``."""
     code = getattr(exc, "sqlite_errorcode", None)
@@ -54,7 +64,7 @@ def store_error(exc: sqlite3.Error, path: str, busy_timeout: float) -> StoreErro
             f"{where} refused access ({said}); nothing of this call was stored. Check the "
             f"permissions of the file and its directory for this user."
         )
-    if primary in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) or "locked" in said:
+    if busy(exc):
         return StoreError(
             f"{where} was locked by another process for longer than the busy timeout "
             f"({busy_timeout:g} s); nothing of this call was stored. It passes when that "

@@ -24,17 +24,16 @@ from typing import Any
 from .._cancel import CANCELLED_QUEUED, CANCELLED_RUNNING
 from .._limits import Limit
 from .._record import JobRecord, JobStatus, utcnow
-from .._tuning import BUSY_TIMEOUT, MAX_LOST_LEASES, POLL_ANNOUNCED_SQLITE, PURGE_CHUNK
-from ..exceptions import ConfigurationError
-from ..local._listeners import Listeners
-from ..local._store import ProcessInfo, Want, poison_error
-from ._reads import Reads
+from .._tuning import BUSY_TIMEOUT, MAX_LOST_LEASES, PURGE_CHUNK
+from ..exceptions import ConfigurationError, StoreError
+from ..local._store import Want, poison_error
+from ._errors import busy
+from ._processes import Processes
 from ._rows import (
     Row,
     Unreadable,
     corrupt_error,
     dumps,
-    process_info,
     record,
     ts,
 )
@@ -43,7 +42,6 @@ from ._schema import (
     INDEXES,
     INSERT,
     INSERT_NEW,
-    PROCESS_COLUMNS,
     SCHEMA,
 )
 from ._sql import (
@@ -61,12 +59,11 @@ from ._sql import (
     unless_stopped,
 )
 from ._transactions import mapped
-from ._wake import Listener, Waker, wake_folder
 
 logger = logging.getLogger("errands")
 
 
-class SQLiteStore(Reads):
+class SQLiteStore(Processes):
     durable = True
 
     def __init__(self, path: str | Path, *, busy_timeout: float = BUSY_TIMEOUT) -> None:
@@ -77,8 +74,6 @@ class SQLiteStore(Reads):
         super().__init__(path, busy_timeout)
         self._warned: set[str] = set()
         self.lost: deque[str] = deque()
-        self._waker = Waker(wake_folder(Path(self.location)))
-        self._listeners = Listeners()
         try:
             self._db().executescript(SCHEMA)
             if missing_columns(self._db()) or old_claimable(self._db()):  # made by an earlier build
@@ -213,6 +208,24 @@ class SQLiteStore(Reads):
             self.after_commit(lambda: self.lost.extend(lost))
             self._announce()  # for workers of the names this claim does not want
         return claimed
+
+    def claim_now(
+        self,
+        owner: str,
+        lease: float,
+        wants: Sequence[Want],
+        limit: int | None = None,
+        limits: Mapping[str, Limit] | None = None,
+    ) -> list[JobRecord] | None:
+        try:
+            with self._without_waiting():
+                return self.claim(owner, lease, wants, limit, limits)
+        except StoreError as exc:
+            if busy(exc.__cause__):
+                return None
+            raise
+        except sqlite3.Error as exc:  # (opening the connection)
+            raise self._error(exc) from exc
 
     @mapped
     def claim_ids(self, owner: str, lease: float, ids: Collection[str]) -> list[JobRecord]:
@@ -411,105 +424,3 @@ class SQLiteStore(Reads):
                 progress(purged)
             if deleted < PURGE_CHUNK:
                 return purged
-
-    # -- wake-ups ---------------------------------------------------------------
-
-    #: How often a worker that is told of new jobs still polls (seconds): for jobs
-    #: falling due (delays, retries) and lost wake-ups.
-    poll_announced = POLL_ANNOUNCED_SQLITE
-
-    def _announce(self) -> None:
-        """Wake the workers of other processes once this thread's writes commit."""
-        self.after_commit(self._waker.announce, once=True)
-
-    def listen(self, wake: Callable[[], None]) -> Callable[[], None] | None:
-        try:
-            listener = Listener(self._waker.folder, wake)
-        except OSError as exc:
-            logger.info(
-                "the worker polls the SQLite store %s (%s): it cannot be woken through "
-                "a socket in %s",
-                self.location,
-                exc,
-                self._waker.folder,
-            )
-            return None
-        return self._listeners.keep(listener)
-
-    def close(self) -> None:
-        self._listeners.close()
-        super().close()
-
-    # -- processes --------------------------------------------------------------
-
-    @mapped
-    def beat(self, process: ProcessInfo) -> None:
-        with self._write(one_statement=True) as db:
-            db.execute(
-                f"INSERT INTO errands_processes ({PROCESS_COLUMNS}) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, NULL) ON CONFLICT (id) DO UPDATE SET "
-                "role = excluded.role, host = excluded.host, pid = excluded.pid, "
-                "tasks = excluded.tasks, seen_at = excluded.seen_at, stopped_at = NULL",
-                (
-                    process.id,
-                    process.role,
-                    process.host,
-                    process.pid,
-                    json.dumps(list(process.tasks)),
-                    process.started_at.timestamp(),
-                    utcnow().timestamp(),
-                ),
-            )
-
-    @mapped
-    def stopped(self, id: str) -> None:
-        now = utcnow().timestamp()
-        with self._write() as db:
-            db.execute(
-                "UPDATE errands_processes SET stopped_at = ? WHERE id = ? AND stopped_at IS NULL",
-                (now, id),
-            )
-            released = self._release_held(db, [id], now)
-        if released:
-            self._announce()
-
-    @mapped
-    def release_orphans(self, seen_before: datetime) -> list[str]:
-        cutoff = seen_before.timestamp()
-        stale = "FROM errands_processes WHERE stopped_at IS NULL AND seen_at < ?"
-        (found,) = self._db().execute(f"SELECT EXISTS (SELECT 1 {stale})", (cutoff,)).fetchone()
-        if not found:
-            return []  # the usual answer: read only, no write lock
-        now = utcnow().timestamp()
-        with self._write() as db:
-            # Asked again under the write lock: one may have beaten since.
-            gone = [
-                id
-                for (id,) in db.execute(
-                    "UPDATE errands_processes SET stopped_at = ? WHERE stopped_at IS NULL "
-                    "AND seen_at < ? RETURNING id",
-                    (now, cutoff),
-                ).fetchall()
-            ]
-            released = self._release_held(db, gone, now) if gone else 0
-        if released:
-            self._announce()
-        return gone
-
-    def _release_held(self, db: sqlite3.Connection, owners: Sequence[str], now: float) -> int:
-        """Release the unreleased jobs of processes that are gone: a scan of the queued
-        jobs (no index by owner: it would cost every enqueue, for a rare event); how
-        many."""
-        marks = ", ".join("?" * len(owners))
-        return db.execute(
-            f"UPDATE errands_jobs INDEXED BY errands_claimable SET run_at = {RELEASED_RUN_AT}, "
-            f"owner = NULL WHERE status = 'queued' AND attempts = 0 AND owner IN ({marks})",
-            (now, *owners),
-        ).rowcount
-
-    @mapped
-    def processes(self) -> list[ProcessInfo]:
-        rows = self._db().execute(
-            f"SELECT {PROCESS_COLUMNS} FROM errands_processes ORDER BY seen_at DESC"
-        )
-        return [process_info(row) for row in rows.fetchall()]

@@ -53,30 +53,56 @@ class Transactions(CommitHooks):
     def _db(self) -> sqlite3.Connection:
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
         if db is None:
-            db = sqlite3.connect(
-                self.path,
-                timeout=self._busy_timeout,
-                isolation_level=None,  # transactions are explicit
-                check_same_thread=False,
-            )
-            try:
-                db.execute("PRAGMA journal_mode=WAL")
-                db.execute("PRAGMA synchronous=NORMAL")
-            except sqlite3.Error:
-                db.close()
-                raise
-            self._local.db = db
-            with self._lock:
-                # Threads come and go (thread pools shrink): close what dead ones left.
-                alive = []
-                for thread, conn in self._connections:
-                    if thread.is_alive():
-                        alive.append((thread, conn))
-                    else:
-                        conn.close()
-                alive.append((threading.current_thread(), db))
-                self._connections = alive
+            db = self._local.db = self._connect(self._busy_timeout)
         return db
+
+    def _connect(self, busy_timeout: float) -> sqlite3.Connection:
+        """A new connection of this thread's (closed with the store)."""
+        db = sqlite3.connect(
+            self.path,
+            timeout=busy_timeout,
+            isolation_level=None,  # transactions are explicit
+            check_same_thread=False,
+        )
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+        except sqlite3.Error:
+            db.close()
+            raise
+        with self._lock:
+            # Threads come and go (thread pools shrink): close what dead ones left.
+            alive = []
+            for thread, conn in self._connections:
+                if thread.is_alive():
+                    alive.append((thread, conn))
+                else:
+                    conn.close()
+            alive.append((threading.current_thread(), db))
+            self._connections = alive
+        return db
+
+    @contextlib.contextmanager
+    def _without_waiting(self) -> Iterator[None]:
+        """Inside, this thread's statements go through a connection of its own that
+        never waits for another's lock (it fails with SQLITE_BUSY at once) and never
+        copies the journal back into the file (a checkpoint: other connections' commits
+        do): a caller on an event loop is held for its statements alone."""
+        now: sqlite3.Connection | None = getattr(self._local, "now", None)
+        if now is None:
+            now = self._connect(0)
+            try:
+                now.execute("PRAGMA wal_autocheckpoint = 0")
+            except sqlite3.Error:
+                now.close()
+                raise
+            self._local.now = now
+        kept = getattr(self._local, "db", None)
+        self._local.db = now
+        try:
+            yield
+        finally:
+            self._local.db = kept
 
     def _error(self, exc: sqlite3.Error) -> StoreError:
         return store_error(exc, self.location, self._busy_timeout)

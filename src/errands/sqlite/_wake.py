@@ -6,7 +6,8 @@ named after the file's path where that path is too long for a socket's). A write
 that makes jobs claimable now (adding jobs nobody holds, releasing a request's jobs,
 giving one back, ``errands.retry``, a lease found run out) sends an empty datagram to
 every socket there once its transaction has committed: the worker claims at once
-instead of at its next poll. It still polls, less often: jobs that fall due later
+instead of at its next poll. The worker's event loop reads its socket (one of the
+loop's readers), so a wake-up costs no thread. It still polls, less often: jobs that fall due later
 (a delay, a retry's backoff) are announced by nobody, and a datagram may be lost (a
 full socket buffer: it is not waited for).
 
@@ -18,6 +19,7 @@ request's commit costs a ``sendto`` a listening process (a few microseconds).
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import contextlib
 import hashlib
@@ -151,10 +153,26 @@ class Waker:
             self._paths = []  # no folder: no process listens yet
 
 
-class Listener:
-    """The receiving side: calls ``wake`` (in its own thread) whenever a datagram comes."""
+def running_loop() -> asyncio.AbstractEventLoop | None:
+    """The event loop running in this thread, if one is."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
-    def __init__(self, folder: Path, wake: Callable[[], None]) -> None:
+
+class Listener:
+    """The receiving side: calls ``wake`` whenever a datagram comes. With ``loop``, on
+    that event loop (the socket is one of the loop's readers: no thread, no hop from
+    one to the loop); without, in a thread of its own."""
+
+    def __init__(
+        self,
+        folder: Path,
+        wake: Callable[[], None],
+        *,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
         """Raises ``OSError`` when it cannot listen here (the caller then polls)."""
         if not private_folder(folder, make=True):
             raise PermissionError(
@@ -168,11 +186,28 @@ class Listener:
         except OSError:
             self._socket.close()
             raise
-        self._socket.settimeout(STOP_CHECK)
         self._wake = wake
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="errands-wake", daemon=True)
-        self._thread.start()
+        self._loop = loop
+        self._thread: threading.Thread | None = None
+        if loop is not None:
+            self._socket.setblocking(False)
+            try:
+                loop.add_reader(self._socket.fileno(), self._ready)
+            except (NotImplementedError, RuntimeError):  # a loop without readers
+                self._loop = None
+        if self._loop is None:
+            self._socket.settimeout(STOP_CHECK)
+            self._thread = threading.Thread(target=self._run, name="errands-wake", daemon=True)
+            self._thread.start()
+
+    def _ready(self) -> None:
+        """On the loop: datagrams came."""
+        self._drain()
+        try:
+            self._wake()
+        except Exception:  # a bug in the worker's wake-up: its poll will do
+            logger.debug("waking the worker for new jobs failed", exc_info=True)
 
     def _run(self) -> None:
         try:
@@ -189,7 +224,11 @@ class Listener:
                             exc,
                         )
                     return
-                self._drain()
+                self._socket.settimeout(0)
+                try:
+                    self._drain()
+                finally:
+                    self._socket.settimeout(STOP_CHECK)
                 if self._stop.is_set():
                     return
                 try:
@@ -197,28 +236,47 @@ class Listener:
                 except Exception:  # (a worker's loop closing meanwhile): its poll will do
                     logger.debug("waking the worker for new jobs failed", exc_info=True)
         finally:
-            self._socket.close()
-            with contextlib.suppress(OSError):
-                os.unlink(self.path)
+            self._release()
 
     def _drain(self) -> None:
-        """Read the rest of a burst: one wake-up does for all."""
-        self._socket.settimeout(0)
+        """Read the rest of a burst (the socket does not block): one wake-up does for all."""
         try:
             while True:
                 self._socket.recv(1)
         except OSError:  # BlockingIOError: none left
             pass
-        finally:
-            self._socket.settimeout(STOP_CHECK)
+
+    def _release(self) -> None:
+        self._socket.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
 
     def close(self, *, wait: bool = False) -> None:
-        """Stop listening; returns at once (the thread ends within ``STOP_CHECK``,
-        removing its socket), or with ``wait`` once it has."""
+        """Stop listening; returns at once (a thread ends within ``STOP_CHECK``, removing
+        its socket), or with ``wait`` once it has."""
+        if self._stop.is_set():
+            return
         self._stop.set()
+        loop = self._loop
+        if loop is not None:
+            if running_loop() is loop or loop.is_closed():
+                self._unregister()
+            else:  # (the store closing from another thread): the loop's readers are its own
+                try:
+                    loop.call_soon_threadsafe(self._unregister)
+                except RuntimeError:  # closed meanwhile
+                    self._unregister()
+            return
         # Woken now rather than at its timeout.
         with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as poke:
             poke.setblocking(False)
             poke.sendto(b"", self.path)
-        if wait:
+        if wait and self._thread is not None:
             self._thread.join(timeout=STOP_CHECK + 1)
+
+    def _unregister(self) -> None:
+        assert self._loop is not None
+        if not self._loop.is_closed():
+            with contextlib.suppress(ValueError, OSError):
+                self._loop.remove_reader(self._socket.fileno())
+        self._release()
