@@ -17,6 +17,10 @@ benchmarks/results/workers.json. The machine is shared: compare ratios within a 
 
     .venv/bin/python benchmarks/workers.py [--jobs 5000] [--rounds 3] [--systems a,b]
     .venv/bin/python benchmarks/workers.py --jobs 20000 --profile /tmp/worker.txt
+    .venv/bin/python benchmarks/workers.py --latency 300 [--idle-ms 30] [--rounds 3]
+
+--latency measures enqueue -> start instead, one job in flight, the worker idle
+between jobs (see ``latency_turn``).
 
 --profile runs errands alone, once, with py-spy (in the bench extra) sampling every
 thread of the worker while it drains, and prints the functions by own samples. (The
@@ -76,6 +80,9 @@ COMMANDS: dict[str, list[str]] = {
     "celery-prefork": [*CELERY, "-P", "prefork"],
     "celery-threads": [*CELERY, "-P", "threads", "-c", "8"],
 }
+#: The systems whose latency is measured with an ``async def`` job too (they run one on
+#: their event loop; the others would run it in a thread, or not at all).
+ASYNC_JOBS = ("errands-sqlite", "taskiq-redis")
 PACKAGES = ("errands", "huey", "taskiq", "taskiq-redis", "dramatiq", "celery", "kombu", "redis")
 
 counter = redis.Redis.from_url(workers_app.COUNTER_URL)
@@ -232,6 +239,114 @@ def turn(system: str, n: int, args: argparse.Namespace, profile: str | None = No
     return result
 
 
+def latency_turn(system: str, args: argparse.Namespace, *, asynchronous: bool) -> dict:
+    """Enqueue -> start, one job in flight: the worker idles ``--idle-ms`` between
+    jobs; each job pushes ``time.time()`` as its first step to a list this process waits
+    on (BLPOP: woken at once, no poll); the latency is that stamp less the time just
+    before the add. With ``asynchronous``, the job is an ``async def`` (where the system
+    has one)."""
+    prefix = f"wbench-{uuid.uuid4().hex[:12]}"
+    stamps, ready = f"{prefix}:stamps", f"{prefix}:ready"
+    tmp = tempfile.mkdtemp(prefix="errands-workers-")
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{ROOT}:{ROOT}/src",
+        "BENCH_SYSTEM": system,
+        "BENCH_PREFIX": prefix,
+        "BENCH_TMP": tmp,
+    }
+    built = workers_app.build(system, prefix, tmp)
+    log = open(f"{tmp}/worker.log", "wb")  # noqa: SIM115 (closed below)
+    worker = subprocess.Popen(
+        COMMANDS[system], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )  # fmt: skip
+    name = f"{system}{' (async def)' if asynchronous else ''}"
+    result: dict[str, Any] = {"system": name}
+    idle = args.idle_ms / 1000
+    try:
+        built.produce(ready, 1)
+        wait_for(ready, 1, args.start_timeout, worker)
+        delays = []
+        for sample in range(args.latency + 20):  # the first 20: warm-up
+            time.sleep(idle)
+            before = time.time()
+            built.add_stamp(stamps, asynchronous)
+            popped = counter.blpop([stamps], timeout=10)
+            if popped is None:
+                raise TimeoutError(f"latency job {sample} did not start within 10 s")
+            if sample >= 20:
+                delays.append((float(popped[1]) - before) * 1000)
+        quantiles = statistics.quantiles(delays, n=100)
+        result |= {
+            "p50_ms": statistics.median(delays),
+            "p90_ms": quantiles[89],
+            "p99_ms": quantiles[98],
+        }
+    except Exception as error:
+        result["error"] = f"{type(error).__name__}: {error}"
+    finally:
+        stop(worker, args.grace)
+        log.close()
+        if "error" in result:
+            tail = Path(f"{tmp}/worker.log").read_bytes()[-2000:].decode(errors="replace")
+            result["log_tail"] = tail
+        with contextlib.suppress(Exception):
+            built.close()
+        counter.delete(stamps, ready)
+        stale = list(brokers.scan_iter(match=f"*{prefix}*", count=1000))
+        if stale:
+            brokers.delete(*stale)
+        shutil.rmtree(tmp, ignore_errors=True)
+    return result
+
+
+def latencies(systems: list[str], args: argparse.Namespace) -> None:
+    """``--latency``: each system's turn in a rotated order each round (errands twice:
+    its job a ``def``, then an ``async def``); the medians of the rounds' p50/p90/p99."""
+    turns = [(system, False) for system in systems]
+    turns += [(system, True) for system in systems if system in ASYNC_JOBS]
+    runs: list[dict] = []
+    for round_ in range(args.rounds):
+        shift = round_ % len(turns)
+        for system, asynchronous in turns[shift:] + turns[:shift]:
+            result = latency_turn(system, args, asynchronous=asynchronous)
+            runs.append(result)
+            if "error" in result:
+                print(f"round {round_} {result['system']:<28} FAILED {result['error']}")
+                print(result["log_tail"], flush=True)
+            else:
+                print(
+                    f"round {round_} {result['system']:<28} p50 {result['p50_ms']:6.3f} ms "
+                    f"p90 {result['p90_ms']:6.3f} p99 {result['p99_ms']:6.3f}",
+                    flush=True,
+                )
+    print(f"\nmedians, {args.latency} jobs a turn, worker idle {args.idle_ms:g} ms between jobs")
+    medians = {}
+    for name in dict.fromkeys(r["system"] for r in runs):
+        ok = [r for r in runs if r["system"] == name and "error" not in r]
+        if ok:
+            medians[name] = {
+                k: statistics.median(r[k] for r in ok) for k in ("p50_ms", "p90_ms", "p99_ms")
+            }
+            m = medians[name]
+            print(
+                f"{name:<28} p50 {m['p50_ms']:6.3f} ms  p90 {m['p90_ms']:6.3f}  "
+                f"p99 {m['p99_ms']:6.3f}  ({len(ok)} rounds)"
+            )
+    out = ROOT / "benchmarks" / "results"
+    out.mkdir(exist_ok=True)
+    report = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "versions": versions(),
+        "samples": args.latency,
+        "idle_ms": args.idle_ms,
+        "medians": medians,
+        "runs": runs,
+    }
+    (out / "workers_latency.json").write_text(json.dumps(report, indent=2))
+
+
 def versions() -> dict[str, str]:
     found = {"python": platform.python_version()}
     for name in PACKAGES:
@@ -249,6 +364,15 @@ def main() -> None:
     parser.add_argument("--start-timeout", type=float, default=60, help="worker start-up")
     parser.add_argument("--grace", type=float, default=15, help="SIGTERM to SIGKILL")
     parser.add_argument("--profile", help="only profile the errands worker, py-spy's stacks here")
+    parser.add_argument(
+        "--latency",
+        type=int,
+        metavar="SAMPLES",
+        help="measure enqueue -> start instead, SAMPLES jobs one at a time a turn",
+    )
+    parser.add_argument(
+        "--idle-ms", type=float, default=30, help="--latency: the worker's idle time between jobs"
+    )
     args = parser.parse_args()
     if args.profile:
         result = turn("errands-sqlite", args.jobs, args, profile=args.profile)
@@ -262,6 +386,9 @@ def main() -> None:
         if system not in COMMANDS:
             parser.error(f"unknown system {system!r}; known: {', '.join(COMMANDS)}")
     print(json.dumps(versions()), flush=True)
+    if args.latency:
+        latencies(systems, args)
+        return
     runs: list[dict] = []
     for round_ in range(args.rounds):
         shift = round_ % len(systems)

@@ -12,6 +12,7 @@ The counter is on Redis DB 14 (``BENCH_COUNTER_URL``), the Redis brokers on DB 1
 
 import asyncio
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
@@ -43,11 +44,26 @@ def incr(key: str) -> None:
     counter().incr(key)
 
 
+def stamp(key: str) -> None:
+    """The latency job: when it started (``time.time()``, its first step), pushed to a
+    list the benchmark waits on."""
+    started = time.time()
+    counter().rpush(key, repr(started))
+
+
+async def stamp_async(key: str) -> None:
+    """The same as an ``async def`` (what a FastAPI app's tasks mostly are)."""
+    started = time.time()
+    counter().rpush(key, repr(started))
+
+
 @dataclass
 class Built:
     target: Any  # what the worker command is given
     produce: Callable[[str, int], None]  # add n jobs incrementing key, one at a time
     close: Callable[[], None] = field(default=lambda: None)
+    #: add one latency job (``stamp``) pushing to key; with "async", its async form
+    add_stamp: Callable[[str, bool], None] = field(default=lambda key, kind: None)
 
 
 def _errands(prefix: str, tmp: str) -> Built:
@@ -55,6 +71,10 @@ def _errands(prefix: str, tmp: str) -> Built:
 
     errands = Errands(f"sqlite:///{tmp}/jobs.db")
     task = errands.task(name="incr")(incr)
+    stamps = {
+        False: errands.task(name="stamp")(stamp),
+        True: errands.task(name="astamp")(stamp_async),
+    }
 
     def produce(key: str, n: int) -> None:
         for _ in range(n):
@@ -63,7 +83,7 @@ def _errands(prefix: str, tmp: str) -> Built:
     def close() -> None:
         errands._core.backend.store.close()
 
-    return Built(errands, produce, close)
+    return Built(errands, produce, close, lambda key, a: errands.add_task(stamps[a], key))
 
 
 def _huey(kind: str, prefix: str, tmp: str) -> Built:
@@ -74,6 +94,7 @@ def _huey(kind: str, prefix: str, tmp: str) -> Built:
     else:
         huey = SqliteHuey(name=prefix, filename=f"{tmp}/huey.db", results=False)
     task = huey.task(name="incr")(incr)
+    stamped = huey.task(name="stamp")(stamp)
 
     def produce(key: str, n: int) -> None:
         for _ in range(n):
@@ -83,7 +104,7 @@ def _huey(kind: str, prefix: str, tmp: str) -> Built:
         if kind == "sqlite":
             huey.storage.close()  # the producer's connection (absent in older Huey)
 
-    return Built(huey, produce, close)
+    return Built(huey, produce, close, lambda key, _: stamped(key))
 
 
 def _taskiq(prefix: str, tmp: str) -> Built:
@@ -91,19 +112,36 @@ def _taskiq(prefix: str, tmp: str) -> Built:
 
     broker = ListQueueBroker(BROKER_URL, queue_name=prefix)
     task = broker.task(task_name="incr")(incr)
+    stamps = {
+        False: broker.task(task_name="stamp")(stamp),
+        True: broker.task(task_name="astamp")(stamp_async),
+    }
+    # The producer's loop, kept (the broker's pool lives on it), started on first use:
+    # the worker process builds this too, and starts the broker itself.
+    loops: list[asyncio.AbstractEventLoop] = []
+
+    def run(coroutine: Any) -> None:
+        if not loops:
+            loops.append(asyncio.new_event_loop())
+            loops[0].run_until_complete(broker.startup())
+        loops[0].run_until_complete(coroutine)
 
     async def add_all(key: str, n: int) -> None:
-        await broker.startup()
-        try:
-            for _ in range(n):
-                await task.kiq(key)
-        finally:
-            await broker.shutdown()
+        for _ in range(n):
+            await task.kiq(key)
 
     def produce(key: str, n: int) -> None:
-        asyncio.run(add_all(key, n))
+        run(add_all(key, n))
 
-    return Built(broker, produce)
+    def add_stamp(key: str, kind: bool) -> None:
+        run(stamps[kind].kiq(key))
+
+    def close() -> None:
+        if loops:
+            loops[0].run_until_complete(broker.shutdown())
+            loops[0].close()
+
+    return Built(broker, produce, close, add_stamp)
 
 
 def _dramatiq(prefix: str, tmp: str) -> Built:
@@ -113,12 +151,13 @@ def _dramatiq(prefix: str, tmp: str) -> Built:
     broker = RedisBroker(url=BROKER_URL, namespace=prefix)
     dramatiq.set_broker(broker)
     actor = dramatiq.actor(incr, actor_name="incr", queue_name="bench", max_retries=0)
+    stamped = dramatiq.actor(stamp, actor_name="stamp", queue_name="bench", max_retries=0)
 
     def produce(key: str, n: int) -> None:
         for _ in range(n):
             actor.send(key)
 
-    return Built(broker, produce, broker.close)
+    return Built(broker, produce, broker.close, lambda key, _: stamped.send(key))
 
 
 def _celery(prefix: str, tmp: str) -> Built:
@@ -133,6 +172,7 @@ def _celery(prefix: str, tmp: str) -> Built:
         worker_hijack_root_logger=False,
     )
     task = app.task(name="incr", ignore_result=True)(incr)
+    stamped = app.task(name="stamp", ignore_result=True)(stamp)
 
     def produce(key: str, n: int) -> None:
         for _ in range(n):
@@ -141,7 +181,7 @@ def _celery(prefix: str, tmp: str) -> Built:
     def close() -> None:
         app.close()
 
-    return Built(app, produce, close)
+    return Built(app, produce, close, lambda key, _: stamped.delay(key))
 
 
 def build(system: str, prefix: str, tmp: str) -> Built:

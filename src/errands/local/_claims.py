@@ -10,9 +10,11 @@ a wait for a thread.
 A durable store's claim is a write: it joins the group commit, off the event
 loop, holding its slots meanwhile; except in a worker whose loop runs nothing else
 (``errands worker``), which claims on its loop while idle if the store can without
-waiting (``ClaimsNow``: an idle worker's job then starts with no thread hop). A store error backs off (doubling, to a cap)
-and is logged once a step; an error that will not heal (a corrupt or unwritable
-file) stops the claims and tells the worker.
+waiting (``ClaimsNow``: an idle worker's job then starts with no thread hop).
+
+A store error backs off (doubling, to a cap) and is logged once a step; an error
+that will not heal (a corrupt or unwritable file) stops the claims and tells the
+worker.
 """
 
 from __future__ import annotations
