@@ -7,9 +7,9 @@ that makes jobs claimable now (adding jobs nobody holds, releasing a request's j
 giving one back, ``errands.retry``, a lease found run out) sends an empty datagram to
 every socket there once its transaction has committed: the worker claims at once
 instead of at its next poll. The worker's event loop reads its socket (one of the
-loop's readers), so a wake-up costs no thread. It still polls, less often: jobs that fall due later
-(a delay, a retry's backoff) are announced by nobody, and a datagram may be lost (a
-full socket buffer: it is not waited for).
+loop's readers), so a wake-up costs no thread. It still polls, less often: jobs that
+fall due later (a delay, a retry's backoff) are announced by nobody, and a datagram
+may be lost (a full socket buffer: it is not waited for).
 
 Sending never blocks and never fails a write: a socket nobody reads (its process
 died) is removed; any other error leaves the poll to do the work. The folder is
@@ -254,11 +254,11 @@ class Listener:
     def close(self, *, wait: bool = False) -> None:
         """Stop listening; returns at once (a thread ends within ``STOP_CHECK``, removing
         its socket), or with ``wait`` once it has."""
-        if self._stop.is_set():
-            return
-        self._stop.set()
         loop = self._loop
         if loop is not None:
+            if self._stop.is_set():
+                return
+            self._stop.set()
             if running_loop() is loop or loop.is_closed():
                 self._unregister()
             else:  # (the store closing from another thread): the loop's readers are its own
@@ -267,6 +267,7 @@ class Listener:
                 except RuntimeError:  # closed meanwhile
                     self._unregister()
             return
+        self._stop.set()
         # Woken now rather than at its timeout.
         with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as poke:
             poke.setblocking(False)
