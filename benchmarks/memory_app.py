@@ -1,0 +1,55 @@
+"""The app and tasks of the memory benchmark (benchmarks/memory.py).
+
+``errands`` is ``Errands()`` with its defaults, as a user would write it: its store is
+``$ERRANDS_URL`` or, without it, ``errands.db`` in the current directory (SQLite). The
+web process serves ``/`` (one plain async no-op task a request) and ``/registered``
+(one registered no-op task a request); ``errands worker benchmarks.memory_app:errands``
+runs the registered ones.
+"""
+
+import gc
+from typing import Any
+
+from fastapi import FastAPI
+
+from errands import BackgroundTasks, Errands
+
+errands = Errands()
+app = FastAPI(lifespan=errands.lifespan)
+counts = {"served": 0, "ran": 0}
+
+
+async def noop() -> None:
+    counts["ran"] += 1
+
+
+@errands.task(name="noop")
+async def registered_noop() -> None:
+    pass
+
+
+@app.get("/")
+async def plain(tasks: BackgroundTasks) -> dict[str, int]:
+    counts["served"] += 1
+    tasks.add_task(noop)
+    return {"ok": 1}
+
+
+@app.get("/registered")
+async def registered(tasks: BackgroundTasks) -> dict[str, int]:
+    counts["served"] += 1
+    tasks.add_task(registered_noop)
+    return {"ok": 1}
+
+
+@app.get("/count")
+async def count(objects: bool = False) -> dict[str, Any]:
+    """Requests served, plain tasks run, and what errands holds in memory; with
+    ``objects``, the garbage collector's count of live objects too."""
+    plain = errands._core.plain
+    return {
+        **counts,
+        "backlog": errands.backlog,
+        "plain_records": len(plain._records),
+        "objects": len(gc.get_objects()) if objects else None,
+    }
