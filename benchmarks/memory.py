@@ -131,7 +131,7 @@ def web(args: argparse.Namespace) -> list[Sample]:
                 "--no-access-log",
             ],
             cwd=folder,  # Errands()'s default store: errands.db in the cwd
-            env=child_env(),
+            env=child_env(**({"PYTHONTRACEMALLOC": "1"} if args.trace else {})),
         )
         base = f"http://127.0.0.1:{port}"
         try:
@@ -158,6 +158,7 @@ def load(
         return {
             "done": state["served"],
             "rss_mb": rss_mb(server.pid),
+            "threads": psutil.Process(server.pid).num_threads(),
             "seconds": time.monotonic() - started,
             **{k: v for k, v in state.items() if k != "served" and v is not None},
         }
@@ -178,6 +179,12 @@ def load(
         rate = served / (time.monotonic() - before)
         series.append(sample(started))
         report(series[-1], "requests")
+        if args.trace and len(series) == 3:  # past warm-up: the baseline snapshot
+            client.get("/trace")
+    if args.trace:
+        print("  grown most since the second run (tracemalloc):", flush=True)
+        for line in client.get("/trace").json():
+            print(f"    {line}", flush=True)
     series[-1]["bad_responses"] = bad
     return series
 
@@ -222,7 +229,12 @@ def drain(
     task: Any,
 ) -> list[Sample]:
     started = time.monotonic()
-    series: list[Sample] = [{"done": 0, "rss_mb": rss_mb(process.pid), "seconds": 0.0}]
+
+    def sample(done: int, seconds: float) -> Sample:
+        threads = psutil.Process(process.pid).num_threads()
+        return {"done": done, "rss_mb": rss_mb(process.pid), "seconds": seconds, "threads": threads}
+
+    series = [sample(0, 0.0)]
     report(series[-1], "jobs")
     added = done = 0
     progress_at, progress_done = started, 0
@@ -245,7 +257,7 @@ def drain(
         else:
             time.sleep(0.01)
         if done >= series[-1]["done"] + args.every or (done >= args.jobs > series[-1]["done"]):
-            series.append({"done": done, "rss_mb": rss_mb(process.pid), "seconds": now - started})
+            series.append(sample(done, now - started))
             report(series[-1], "jobs")
     return series
 
@@ -308,6 +320,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=3600, help="seconds a part may take")
     parser.add_argument(
         "--objects", action="store_true", help="web: count the server's live objects too"
+    )
+    parser.add_argument(
+        "--trace",
+        action="store_true",
+        help="web: run the server under tracemalloc and list what grew after warm-up (slow)",
     )
     parser.add_argument("--json", type=Path, help="write the series and summaries here")
     args = parser.parse_args(argv)

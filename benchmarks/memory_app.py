@@ -8,6 +8,7 @@ runs the registered ones.
 """
 
 import gc
+import tracemalloc
 from typing import Any
 
 from fastapi import FastAPI
@@ -52,4 +53,26 @@ async def count(objects: bool = False) -> dict[str, Any]:
         "backlog": errands.backlog,
         "plain_records": len(plain._records),
         "objects": len(gc.get_objects()) if objects else None,
+        "traced_mb": tracemalloc.get_traced_memory()[0] / 2**20
+        if tracemalloc.is_tracing()
+        else None,
     }
+
+
+baseline: list[tracemalloc.Snapshot] = []
+
+
+@app.get("/trace")
+async def trace(top: int = 15) -> list[str]:
+    """Under PYTHONTRACEMALLOC: the first call takes a snapshot; each later one lists
+    the lines whose allocations grew most since it."""
+    if not tracemalloc.is_tracing():
+        return []
+    snapshot = tracemalloc.take_snapshot().filter_traces(
+        [tracemalloc.Filter(False, tracemalloc.__file__)]
+    )
+    if not baseline:
+        baseline.append(snapshot)
+        return []
+    grown = sorted(snapshot.compare_to(baseline[0], "lineno"), key=lambda s: -s.size_diff)
+    return [str(stat) for stat in grown[:top]]
