@@ -13,9 +13,12 @@ store: SQLite, ``errands.db`` there; its lifespan runs the worker. ``--web-task
 plain`` (the default) serves ``/``, an ``async def`` endpoint that adds one plain
 async no-op to errands' ``BackgroundTasks``; ``registered`` serves ``/registered``,
 which adds a registered no-op (a job committed to SQLite before the response, run by
-that worker). wrk (-t1, --connections) loads it in runs back to back, each sized for
-about --every requests; after each the server's own count of requests served is read,
-then its RSS (psutil).
+that worker); ``fastapi`` serves ``/fastapi``, the plain no-op on FastAPI's own
+``BackgroundTasks`` (the baseline: the same process and stack without errands' part).
+wrk (-t1, --connections) loads it in runs back to back, each sized for about --every
+requests; after each the server's own count of requests served is read, then its RSS
+(psutil). ``--trace`` runs the server under tracemalloc and adds its traced size to
+each sample, and at the end the lines that grew most after warm-up (slow: a debug run).
 
 **worker**: one ``errands worker benchmarks.memory_app:errands`` process (the
 Errands() defaults: concurrency 100) on a SQLite file in a temporary folder. This
@@ -111,7 +114,7 @@ def wrk_run(url: str, seconds: int, connections: int) -> tuple[int, int]:
 
 def web(args: argparse.Namespace) -> list[Sample]:
     """Load one uvicorn process with wrk until --requests were served."""
-    path = "/" if args.web_task == "plain" else "/registered"
+    path = {"plain": "/", "registered": "/registered", "fastapi": "/fastapi"}[args.web_task]
     port = free_port()
     with temporary_folder() as folder:
         server = subprocess.Popen(
@@ -310,9 +313,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--only", choices=["web", "worker"], help="run one part")
     parser.add_argument(
         "--web-task",
-        choices=["plain", "registered"],
+        choices=["plain", "registered", "fastapi"],
         default="plain",
-        help="what each request adds: a plain async no-op, or a registered one (SQLite)",
+        help="what each request adds: a plain async no-op, a registered one (SQLite), or "
+        "the plain one to FastAPI's own BackgroundTasks (the baseline)",
     )
     parser.add_argument("--connections", type=int, default=32, help="wrk's connections")
     parser.add_argument("--chunk", type=int, default=5_000, help="worker: jobs added at once")
