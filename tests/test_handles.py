@@ -7,7 +7,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from errands import BackgroundTasks, Errands, ErrandsError, Job, JobStatus, WaitTimeout
+from errands import BackgroundTasks, Errands, ErrandsError, Job, JobStatus, WaitTimeout, _plain
 
 pytestmark = pytest.mark.anyio
 
@@ -123,6 +123,35 @@ def test_handles_returned_in_a_request_see_the_job_run() -> None:
         client.get("/")
     record = handles[0].info()
     assert record is not None and record.result == 3 and record.status is JobStatus.SUCCEEDED
+
+
+def test_an_instance_keeps_the_records_of_its_latest_finished_plain_jobs_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What keeps a web process's memory flat over a million requests that each add a
+    plain task (benchmarks/memory.py): the records kept for get() stop at the bound."""
+    monkeypatch.setattr(_plain, "KEEP_FINISHED", 5)
+    errands = Errands("memory://")
+    handles: list[Job[None]] = []
+
+    async def noop() -> None:
+        pass
+
+    app = FastAPI(lifespan=errands.lifespan)
+
+    @app.get("/")
+    async def endpoint(tasks: BackgroundTasks) -> None:
+        handles.append(tasks.add_task(noop))
+
+    with TestClient(app) as client:
+        for _ in range(40):
+            client.get("/")
+        asyncio.run(errands.join(timeout=5))
+        kept = [job for job in handles if errands.get(job.id) is not None]
+    assert len(handles) == 40 and errands.backlog == 0
+    assert len(kept) == 5 and len(errands._core.plain._records) == 5
+    assert all(job.status is JobStatus.SUCCEEDED for job in kept)
+    assert len(errands._core.plain._finished) == 5
 
 
 async def test_jobs_takes_a_status_by_its_name_and_refuses_anything_else(url: str) -> None:
