@@ -1,22 +1,34 @@
-"""Celery mode: raw Celery vs errands on the same Celery app and Redis broker, one run.
+"""Celery mode: errands against raw Celery, on one Redis broker, one run.
 
-Three measures, raw and errands alternated in each round, --rounds rounds, medians:
+Three sides, taking turns in each round (the first one rotated each round), --rounds
+rounds, medians and paired ratios:
 
-- enqueue: --jobs jobs added one at a time from a plain loop, no worker running
-  (raw ``task.delay(i)``, errands ``errands.add_task(task, i)``);
-- http: POST /raw (a ``def`` endpoint calling ``delay``) and POST /errands (an
-  ``async def`` endpoint, errands' ``BackgroundTasks``) on one uvicorn process,
-  each loaded by ``wrk -t1 -c16`` for --duration seconds;
-- e2e: --jobs jobs added from a loop while a Celery worker runs them (prefork -c 2,
-  then threads -c 2), from the first add to the last SUCCESS in the result backend.
+- errands: errands' Celery mode (``celery_app.py``), ``errands.add_task(task, i)``;
+- required: raw Celery configured as errands requires (``celery_raw_app.py``: Redis
+  result backend, result_extended, JSON, acks_late, reject_on_worker_lost, prefetch
+  1, errands' broker transport options), ``task.delay(i)``;
+- defaults: raw Celery's defaults (no result backend, early acks), ``task.delay(i)``.
 
-Broker Redis DB 12, result backend DB 13, queue bench-q (see celery_app.py); both
-are emptied between runs. The machine is shared and noisy: read the ratios.
+Every job is one INCR of a Redis counter (the same work on every side); a run ends
+when the counter says all ran. Measures:
+
+- enqueue: --jobs jobs added one at a time from a plain loop, no worker running;
+- http: one uvicorn process, POST /errands (an ``async def`` endpoint, errands'
+  ``BackgroundTasks``), /required and /defaults (``def`` endpoints calling
+  ``delay``), each loaded by ``wrk -t1 -c16`` for --duration seconds;
+- e2e: --jobs jobs added from a loop while one Celery worker of that side's app
+  runs them (prefork -c 2, then threads -c 2), from the first add until all ran;
+- commands: the Redis commands of --count-jobs jobs end to end (prefork -c 2), per
+  job, read with MONITOR (not timed: MONITOR slows Redis down).
+
+Broker Redis DB 12, result backend DB 13, one queue a side; both DBs are emptied
+between runs. The machine is shared and noisy: read the paired ratios.
 
     .venv/bin/python benchmarks/celery_mode.py [--jobs 3000] [--rounds 3]
 """
 
 import argparse
+import collections
 import contextlib
 import json
 import os
@@ -33,40 +45,82 @@ import time
 from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
+import psutil
 import redis
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import celery_app as bench  # noqa: E402
+from benchmarks import celery_raw_app as raw  # noqa: E402
 from benchmarks.common import stop  # noqa: E402
 
-SIDES = ("raw", "errands")
+SIDES = ("errands", "required", "defaults")
 POOLS = ("prefork", "threads")
-broker = redis.Redis.from_url(bench.BROKER)
-backend = redis.Redis.from_url(bench.BACKEND)
+APPS = {
+    "errands": "benchmarks.celery_app:celery_app",
+    "required": "benchmarks.celery_raw_app:required_app",
+    "defaults": "benchmarks.celery_raw_app:defaults_app",
+}
+CELERY_APPS = {
+    "errands": bench.celery_app,
+    "required": raw.required_app,
+    "defaults": raw.defaults_app,
+}
+QUEUES = {"errands": bench.QUEUE, "required": raw.REQUIRED_QUEUE, "defaults": raw.DEFAULTS_QUEUE}
+broker = redis.Redis.from_url(raw.BROKER)
+backend = redis.Redis.from_url(raw.BACKEND)
 
 
 def purge(worker_running: bool = False) -> None:
-    """Empty the queue and the result backend (and, with no worker, its unacked set)."""
-    broker.delete(bench.QUEUE)
-    if not worker_running:  # kombu's records, and errands' own (celery/_redis.py)
-        broker.delete("unacked", "unacked_index", "unacked_mutex")
-        broker.delete("errands_unacked", "errands_unacked_index", "errands_unacked_mutex")
+    """Empty the queues, the counter and the result backend (and, with no worker, the
+    records of unacknowledged messages: kombu's, errands' and the required app's)."""
+    broker.delete(*QUEUES.values(), raw.COUNTER_KEY)
+    if not worker_running:
+        for prefix in ("", "errands_", "bench_required_"):
+            broker.delete(*(prefix + key for key in ("unacked", "unacked_index", "unacked_mutex")))
     backend.flushdb()
-
-
-def add_raw(i: int) -> str:
-    return str(bench.raw_noop.delay(i).id)
 
 
 def add_errands(i: int) -> str:
     return bench.errands.add_task(bench.errands_noop, i).id
 
 
-ADD: dict[str, Callable[[int], str]] = {"raw": add_raw, "errands": add_errands}
+def add_required(i: int) -> str:
+    return str(raw.required_noop.delay(i).id)
+
+
+def add_defaults(i: int) -> str:
+    return str(raw.defaults_noop.delay(i).id)
+
+
+ADD: dict[str, Callable[[int], str]] = {
+    "errands": add_errands,
+    "required": add_required,
+    "defaults": add_defaults,
+}
+
+
+def check_configs() -> None:
+    """The required app has what errands set on its own app (unacked keys aside)."""
+    ours, theirs = bench.celery_app.conf, raw.required_app.conf
+
+    def transport(conf: object) -> dict[str, object]:
+        options = dict(conf.broker_transport_options)  # type: ignore[attr-defined]
+        return {k: v for k, v in options.items() if not k.endswith("_key")}  # names
+
+    for name in ("result_extended", "worker_prefetch_multiplier"):
+        if ours[name] != theirs[name]:
+            raise SystemExit(f"required app: {name}={theirs[name]!r}, errands set {ours[name]!r}")
+    if transport(ours) != transport(theirs):
+        raise SystemExit(f"required app: transport {transport(theirs)}, errands {transport(ours)}")
+    task = bench.celery_app.tasks[bench.errands_noop.name]
+    for name in ("acks_late", "reject_on_worker_lost", "serializer", "ignore_result"):
+        if getattr(task, name) != getattr(raw.required_noop, name):
+            raise SystemExit(f"required task: {name} differs from errands' task")
 
 
 def enqueue_rate(side: str, n: int) -> float:
@@ -76,59 +130,61 @@ def enqueue_rate(side: str, n: int) -> float:
     for i in range(n):
         add(i)
     elapsed = time.perf_counter() - started
-    queued = broker.llen(bench.QUEUE)
+    queued = broker.llen(QUEUES[side])
     if queued != n:
-        raise RuntimeError(f"{side}: {queued} messages in {bench.QUEUE}, expected {n}")
+        raise RuntimeError(f"{side}: {queued} messages in {QUEUES[side]}, expected {n}")
     purge()
     return n / elapsed
 
 
-def wait_succeeded(ids: list[str], timeout: float) -> None:
-    """Poll the result backend every ~50 ms until every task's status is SUCCESS."""
-    keys = [f"celery-task-meta-{id}" for id in ids]
+def wait_ran(n: int, timeout: float) -> None:
+    """Poll the counter every 5 ms until n jobs ran."""
     deadline = time.monotonic() + timeout
-    while keys:
-        values = backend.mget(keys)
-        keys = [
-            key
-            for key, value in zip(keys, values, strict=True)
-            if value is None or json.loads(value).get("status") != "SUCCESS"
-        ]
-        if not keys:
-            return
+    while int(broker.get(raw.COUNTER_KEY) or 0) < n:
         if time.monotonic() > deadline:
-            raise RuntimeError(f"{len(keys)} of {len(ids)} jobs not SUCCESS after {timeout} s")
-        time.sleep(0.05)
+            raise RuntimeError(f"{broker.get(raw.COUNTER_KEY)} of {n} jobs ran after {timeout} s")
+        time.sleep(0.005)
 
 
 def end_to_end_rate(side: str, n: int) -> float:
     add = ADD[side]
     purge(worker_running=True)
     started = time.perf_counter()
-    ids = [add(i) for i in range(n)]
-    wait_succeeded(ids, timeout=60 + n / 50)
+    for i in range(n):
+        add(i)
+    wait_ran(n, timeout=60 + n / 50)
     elapsed = time.perf_counter() - started
     purge(worker_running=True)
     return n / elapsed
 
 
-def start_worker(pool: str, log: Path) -> "subprocess.Popen[bytes]":
-    name = f"bench-{os.getpid()}-{pool}"
-    with log.open("wb") as out:
+def warm_up(side: str, n: int) -> None:
+    """Pool processes, connections, first publishes."""
+    purge(worker_running=True)
+    for i in range(min(100, n)):
+        ADD[side](i)
+    wait_ran(min(100, n), timeout=60)
+    time.sleep(0.2)  # the last results stored
+    purge(worker_running=True)
+
+
+def start_worker(side: str, pool: str, log: Path) -> "subprocess.Popen[bytes]":
+    name = f"bench-{os.getpid()}-{side}-{pool}"
+    with log.open("ab") as out:
         worker = subprocess.Popen(
             [
                 sys.executable,
                 "-m",
                 "celery",
                 "-A",
-                "benchmarks.celery_app:celery_app",
+                APPS[side],
                 "worker",
                 "-P",
                 pool,
                 "-c",
                 "2",
                 "-Q",
-                bench.QUEUE,
+                QUEUES[side],
                 "-n",
                 f"{name}@%h",
                 "-l",
@@ -145,7 +201,7 @@ def start_worker(pool: str, log: Path) -> "subprocess.Popen[bytes]":
         )
     deadline = time.monotonic() + 60
     while True:
-        replies = bench.celery_app.control.ping(timeout=1) or []
+        replies = CELERY_APPS[side].control.ping(timeout=1) or []
         if any(name in hostname for reply in replies for hostname in reply):
             return worker
         if worker.poll() is not None or time.monotonic() > deadline:
@@ -208,7 +264,7 @@ def http_rates(rounds: int, duration: int, work: Path) -> dict[str, list[float]]
     try:
         for _ in range(200):
             try:
-                httpx.post(base + "raw", timeout=0.5).raise_for_status()
+                httpx.post(base + "defaults", timeout=0.5).raise_for_status()
                 break
             except httpx.TransportError:
                 if server.poll() is not None:
@@ -220,7 +276,7 @@ def http_rates(rounds: int, duration: int, work: Path) -> dict[str, list[float]]
         for number in range(rounds):
             for side in order(number):
                 rate, answered = wrk(base + side, duration, script)
-                queued = broker.llen(bench.QUEUE)
+                queued = broker.llen(QUEUES[side])
                 if queued < answered:
                     raise RuntimeError(f"{side}: {answered} requests answered, {queued} queued")
                 purge()
@@ -229,6 +285,79 @@ def http_rates(rounds: int, duration: int, work: Path) -> dict[str, list[float]]
     finally:
         stop(server, grace=5)
     return rates
+
+
+def e2e_rates(pool: str, n: int, rounds: int, work: Path) -> dict[str, list[float]]:
+    """One worker of the side's app at a time, started for its turn and warmed up."""
+    rates: dict[str, list[float]] = {side: [] for side in SIDES}
+    for number in range(rounds):
+        for side in order(number):
+            worker = start_worker(side, pool, work / f"worker-{side}-{pool}.log")
+            try:
+                warm_up(side, n)
+                rates[side].append(end_to_end_rate(side, n))
+            finally:
+                stop_worker(worker)
+            show(f"e2e {pool}, round {number + 1}, {side}", f"{rates[side][-1]:9.0f} jobs/s")
+    return rates
+
+
+_MONITORED = re.compile(r'^[\d.]+ \[(\d+) ([^\]]+)\] "([^"]*)"(?: "([^"]*)")?')
+
+
+def redis_commands(side: str, n: int, work: Path) -> dict[str, object]:
+    """The Redis commands of n jobs end to end on DBs 12 and 13, per job: sent by the
+    producer (this process), by the worker (every other client), and run by Lua
+    scripts; and each command's count. The poll of the counter is left out."""
+    worker = start_worker(side, "prefork", work / f"worker-{side}-commands.log")
+    dbs = {str(broker.connection_pool.connection_kwargs.get("db", 0))}
+    dbs.add(str(backend.connection_pool.connection_kwargs.get("db", 0)))
+    url = urlsplit(raw.BROKER)
+    host, port = url.hostname or "127.0.0.1", str(url.port or 6379)
+    log = work / f"monitor-{side}.txt"
+    try:
+        warm_up(side, n)
+        with log.open("wb") as out:
+            monitor = subprocess.Popen(
+                ["redis-cli", "-h", host, "-p", port, "monitor"],
+                stdout=out,
+            )
+        try:
+            deadline = time.monotonic() + 10
+            while not log.read_bytes().startswith(b"OK"):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("redis-cli monitor did not start")
+                time.sleep(0.01)
+            for i in range(n):
+                ADD[side](i)
+            wait_ran(n, timeout=60 + n / 50)
+            time.sleep(0.3)  # the last results stored, the last acks
+            ours = {
+                f"{c.laddr.ip}:{c.laddr.port}"
+                for c in psutil.Process().net_connections(kind="tcp")
+                if c.raddr and str(c.raddr.port) == port
+            }
+        finally:
+            stop(monitor, grace=5)
+    finally:
+        stop_worker(worker)
+        purge()
+    by: dict[str, int] = {"producer": 0, "worker": 0, "lua": 0}
+    names: collections.Counter[str] = collections.Counter()
+    for line in log.read_text(errors="replace").splitlines():
+        match = _MONITORED.match(line)
+        if not match or match.group(1) not in dbs:
+            continue
+        _, client, command, first = match.groups()
+        command = command.upper()
+        if command == "GET" and first == raw.COUNTER_KEY:
+            continue  # the benchmark's poll
+        where = "lua" if client == "lua" else "producer" if client in ours else "worker"
+        by[where] += 1
+        names[f"{command}{' (lua)' if where == 'lua' else ''}"] += 1
+    per_job = {key: value / n for key, value in by.items()}
+    per_job["commands"] = (by["producer"] + by["worker"]) / n
+    return {**per_job, "by_command": {k: v / n for k, v in names.most_common()}}
 
 
 def show(label: str, value: str) -> None:
@@ -247,38 +376,49 @@ def environment() -> dict[str, str]:
 
 
 def order(number: int) -> tuple[str, ...]:
-    """Both sides, the first one swapped each round (neither always runs warmer)."""
-    return SIDES if number % 2 == 0 else SIDES[::-1]
+    """Every side, the first one rotated each round (none always runs warmer)."""
+    shift = number % len(SIDES)
+    return SIDES[shift:] + SIDES[:shift]
+
+
+def paired(rates: dict[str, list[float]], baseline: str) -> float:
+    """The median of the rounds' own errands/baseline ratios."""
+    ratios = [e / b for e, b in zip(rates["errands"], rates[baseline], strict=True)]
+    return statistics.median(ratios)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=3000, help="jobs per enqueue/e2e run")
-    parser.add_argument("--rounds", type=int, default=3, help="runs of each side, alternated")
+    parser.add_argument("--rounds", type=int, default=3, help="runs of each side, in turns")
     parser.add_argument("--duration", type=int, default=5, help="seconds of wrk per http run")
+    parser.add_argument("--count-jobs", type=int, default=1000, help="jobs of the commands count")
     parser.add_argument(
         "--only",
-        default="enqueue,http,e2e",
-        help="comma-separated measures to run, of: enqueue, http, e2e",
+        default="enqueue,http,e2e,commands",
+        help="comma-separated measures to run, of: enqueue, http, e2e, commands",
     )
     args = parser.parse_args()
     only = {part.strip() for part in args.only.split(",") if part.strip()}
-    if unknown := only - {"enqueue", "http", "e2e"}:
+    if unknown := only - {"enqueue", "http", "e2e", "commands"}:
         parser.error(f"--only: unknown measure(s) {', '.join(sorted(unknown))}")
     if "http" in only and shutil.which("wrk") is None:
         raise SystemExit("wrk is needed: apt-get install wrk")
+    if "commands" in only and shutil.which("redis-cli") is None:
+        raise SystemExit("redis-cli is needed: apt-get install redis-tools")
+    check_configs()
     n, rounds = args.jobs, args.rounds
     work = Path(tempfile.mkdtemp(prefix="errands-bench-celery-"))
     results: dict[str, object] = {"environment": environment(), "jobs": n, "rounds": rounds}
-    # label, unit, raw median, errands median, median of the rounds' errands/raw
-    rows: list[tuple[str, str, float, float, float]] = []
+    # label, unit, medians of each side, paired errands/required, errands/defaults
+    rows: list[tuple[str, str, list[float], float, float]] = []
 
     def report(key: str, label: str, unit: str, rates: dict[str, list[float]]) -> None:
         results[key] = rates
         medians = [statistics.median(rates[side]) for side in SIDES]
-        paired = statistics.median(e / r for r, e in zip(*(rates[s] for s in SIDES), strict=True))
-        rows.append((label, unit, medians[0], medians[1], paired))
+        rows.append((label, unit, medians, paired(rates, "required"), paired(rates, "defaults")))
 
+    commands: dict[str, dict[str, object]] = {}
     purge()
     try:
         if "enqueue" in only:
@@ -303,37 +443,48 @@ def main() -> None:
 
         if "e2e" in only:
             for pool in POOLS:
-                worker = start_worker(pool, work / f"worker-{pool}.log")
-                try:
-                    for side in SIDES:  # warm-up: pool processes, connections
-                        wait_succeeded([ADD[side](i) for i in range(min(100, n))], timeout=60)
-                    rates = {side: [] for side in SIDES}
-                    for number in range(rounds):
-                        for side in order(number):
-                            rates[side].append(end_to_end_rate(side, n))
-                            show(
-                                f"e2e {pool}, round {number + 1}, {side}",
-                                f"{rates[side][-1]:9.0f} jobs/s",
-                            )
-                    report(f"e2e_{pool}", f"end to end, {pool} -c 2 (N={n})", "jobs/s", rates)
-                finally:
-                    stop_worker(worker)
+                label = f"end to end, {pool} -c 2 (N={n})"
+                report(f"e2e_{pool}", label, "jobs/s", e2e_rates(pool, n, rounds, work))
+
+        if "commands" in only:
+            for side in SIDES:
+                commands[side] = redis_commands(side, args.count_jobs, work)
+                show(f"commands, {side}", f"{commands[side]['commands']:6.2f} a job")
+            results["commands"] = commands
     finally:
         purge()
     shutil.rmtree(work, ignore_errors=True)
 
     print()
-    print(f"medians of {rounds} round(s); in each round both sides ran, one after the other")
-    print("(the order swapped each round); 'paired' is the median of the rounds' own ratios")
+    print(f"medians of {rounds} round(s); in each round every side ran, one after another")
+    print("(the first rotated each round); 'paired' is the median of the rounds' own ratios")
     print()
-    header = f"| {'scenario':<46} | {'raw':>14} | {'errands':>14} | errands/raw | paired |"
-    print(header)
-    print(f"| {'-' * 46} | {'-' * 13}: | {'-' * 13}: | {'-' * 10}: | {'-' * 5}: |")
-    for label, unit, raw, errands, paired in rows:
+    print(
+        f"| {'scenario':<46} | {'errands':>14} | {'raw, required':>14} | {'raw, defaults':>14} "
+        f"| errands/required (paired) | errands/defaults (paired) |"
+    )
+    print(f"| {'-' * 46} | {'-' * 13}: | {'-' * 13}: | {'-' * 13}: | {'-' * 24}: | {'-' * 24}: |")
+    for label, unit, medians, vs_required, vs_defaults in rows:
+        cells = " | ".join(f"{m:>7,.0f} {unit:<6}" for m in medians)
         print(
-            f"| {label:<46} | {raw:>7,.0f} {unit:<6} | {errands:>7,.0f} {unit:<6} "
-            f"| {errands / raw:>11.2f} | {paired:>6.2f} |"
+            f"| {label:<46} | {cells} | {medians[0] / medians[1]:>12.2f} ({vs_required:.2f}) "
+            f"| {medians[0] / medians[2]:>12.2f} ({vs_defaults:.2f}) |"
         )
+    if commands:
+        print()
+        print(f"Redis commands a job, end to end, prefork -c 2 (N={args.count_jobs}, MONITOR)")
+        print()
+        print("| side | commands | by the producer | by the worker | in Lua scripts | most |")
+        print("| --- | ---: | ---: | ---: | ---: | --- |")
+        for side, counted in commands.items():
+            most = ", ".join(
+                f"{name} {count:.2f}"
+                for name, count in list(counted["by_command"].items())[:8]  # type: ignore[attr-defined]
+            )
+            print(
+                f"| {side} | {counted['commands']:.2f} | {counted['producer']:.2f} "
+                f"| {counted['worker']:.2f} | {counted['lua']:.2f} | {most} |"
+            )
     out = ROOT / "benchmarks" / "results"
     out.mkdir(exist_ok=True)
     (out / "celery_mode.json").write_text(json.dumps(results, indent=2))
