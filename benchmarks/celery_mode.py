@@ -70,6 +70,11 @@ CELERY_APPS = {
     "required": raw.required_app,
     "defaults": raw.defaults_app,
 }
+# A PYTHONPATH given runs another errands (an older build's src) in the workers too.
+ENV = {
+    **os.environ,
+    "PYTHONPATH": os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(ROOT)])),
+}
 QUEUES = {"errands": bench.QUEUE, "required": raw.REQUIRED_QUEUE, "defaults": raw.DEFAULTS_QUEUE}
 broker = redis.Redis.from_url(raw.BROKER)
 backend = redis.Redis.from_url(raw.BACKEND)
@@ -203,7 +208,7 @@ def start_worker(side: str, pool: str, log: Path) -> "subprocess.Popen[bytes]":
                 "--without-heartbeat",
             ],
             cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            env=ENV,
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its pool's children can be killed with it
@@ -266,7 +271,7 @@ def http_rates(rounds: int, duration: int, work: Path) -> dict[str, list[float]]
             "--no-access-log",
         ],
         cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env=ENV,
     )
     base = f"http://127.0.0.1:{port}/"
     rates: dict[str, list[float]] = {side: [] for side in SIDES}
