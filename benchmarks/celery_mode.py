@@ -160,16 +160,28 @@ def wait_ran(n: int, timeout: float) -> None:
         time.sleep(0.005)
 
 
-def end_to_end_rate(side: str, n: int) -> float:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its live children (a worker's pool)."""
+    process = psutil.Process(pid)
+    times = [p.cpu_times() for p in (process, *process.children(recursive=True))]
+    return sum(t.user + t.system for t in times)
+
+
+def end_to_end(side: str, n: int, worker: int) -> tuple[float, float, float]:
+    """jobs/s, and CPU µs a job of the worker (pid ``worker``) and of the adds."""
     add = ADD[side]
     purge(worker_running=True)
+    worker_cpu = cpu_seconds(worker)
     started = time.perf_counter()
+    producer_cpu = time.process_time()
     for i in range(n):
         add(i)
+    producer_cpu = time.process_time() - producer_cpu
     wait_ran(n, timeout=60 + n / 50)
     elapsed = time.perf_counter() - started
+    worker_cpu = cpu_seconds(worker) - worker_cpu
     purge(worker_running=True)
-    return n / elapsed
+    return n / elapsed, worker_cpu * 1e6 / n, producer_cpu * 1e6 / n
 
 
 def warm_up(side: str, n: int) -> None:
@@ -300,18 +312,26 @@ def http_rates(rounds: int, duration: int, work: Path) -> dict[str, list[float]]
     return rates
 
 
-def e2e_rates(pool: str, n: int, rounds: int, work: Path) -> dict[str, list[float]]:
-    """One worker of the side's app at a time, started for its turn and warmed up."""
+def e2e_rates(
+    pool: str, n: int, rounds: int, work: Path, cpu: dict[str, list[tuple[float, float]]]
+) -> dict[str, list[float]]:
+    """One worker of the side's app at a time, started for its turn and warmed up;
+    the CPU µs a job of the worker and of the adds are appended to ``cpu``."""
     rates: dict[str, list[float]] = {side: [] for side in SIDES}
     for number in range(rounds):
         for side in order(number):
             worker = start_worker(side, pool, work / f"worker-{side}-{pool}.log")
             try:
                 warm_up(side, n)
-                rates[side].append(end_to_end_rate(side, n))
+                rate, worker_us, producer_us = end_to_end(side, n, worker.pid)
             finally:
                 stop_worker(worker)
-            show(f"e2e {pool}, round {number + 1}, {side}", f"{rates[side][-1]:9.0f} jobs/s")
+            rates[side].append(rate)
+            cpu[side].append((worker_us, producer_us))
+            show(
+                f"e2e {pool}, round {number + 1}, {side}",
+                f"{rate:9.0f} jobs/s, CPU {worker_us:5.0f} + {producer_us:4.0f} µs a job",
+            )
     return rates
 
 
@@ -432,6 +452,7 @@ def main() -> None:
         rows.append((label, unit, medians, paired(rates, "required"), paired(rates, "defaults")))
 
     commands: dict[str, dict[str, object]] = {}
+    cpus: dict[str, dict[str, list[tuple[float, float]]]] = {}
     purge()
     try:
         if "enqueue" in only:
@@ -457,7 +478,9 @@ def main() -> None:
         if "e2e" in only:
             for pool in POOLS:
                 label = f"end to end, {pool} -c 2 (N={n})"
-                report(f"e2e_{pool}", label, "jobs/s", e2e_rates(pool, n, rounds, work))
+                cpu = cpus[pool] = {side: [] for side in SIDES}
+                report(f"e2e_{pool}", label, "jobs/s", e2e_rates(pool, n, rounds, work, cpu))
+                results[f"e2e_{pool}_cpu_us"] = cpu
 
         if "commands" in only:
             for side in SIDES:
@@ -483,6 +506,19 @@ def main() -> None:
             f"| {label:<46} | {cells} | {medians[0] / medians[1]:>12.2f} ({vs_required:.2f}) "
             f"| {medians[0] / medians[2]:>12.2f} ({vs_defaults:.2f}) |"
         )
+    if cpus:
+        print()
+        print("CPU µs a job, end to end (medians): the worker's processes + the adds")
+        print()
+        print(f"| pool | {' | '.join(SIDES)} |")
+        print(f"| --- |{' ---: |' * len(SIDES)}")
+        for pool, cpu in cpus.items():
+            cells = [
+                f"{statistics.median(w for w, _ in cpu[side]):,.0f} + "
+                f"{statistics.median(p for _, p in cpu[side]):,.0f}"
+                for side in SIDES
+            ]
+            print(f"| {pool} -c 2 | {' | '.join(cells)} |")
     if commands:
         print()
         print(f"Redis commands a job, end to end, prefork -c 2 (N={args.count_jobs}, MONITOR)")

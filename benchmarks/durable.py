@@ -347,7 +347,7 @@ def measure_celery(n: int, side: str, drain: bool) -> dict[str, float]:
             rate = n / (time.perf_counter() - started)
         else:
             cpu = CpuTimes([worker.pid])
-            rate = celery_mode.end_to_end_rate(side, n)
+            rate = celery_mode.end_to_end(side, n, worker.pid)[0]
         spent = cpu.spent()
         del spent["server"]  # (Redis serves other sessions too: not told apart)
     finally:
