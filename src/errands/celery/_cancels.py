@@ -78,8 +78,10 @@ class Cancels:
                 if not running:
                     break
                 self._look(running)
-                self._wake.wait(CANCEL_POLL)
-                self._wake.clear()
+                # Not woken by the jobs that start meanwhile: they wait for the next
+                # look, as the marks set meanwhile do (waking for each would cost a
+                # round trip a job, as many as the jobs a second).
+                time.sleep(CANCEL_POLL)
 
     def _look(self, running: dict[str, tuple[Publisher, Stop]]) -> None:
         by_store: dict[int, list[str]] = {}
