@@ -28,7 +28,6 @@ between runs. The machine is shared and noisy: read the paired ratios.
 """
 
 import argparse
-import collections
 import contextlib
 import json
 import os
@@ -56,6 +55,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks import celery_app as bench  # noqa: E402
 from benchmarks import celery_raw_app as raw  # noqa: E402
+from benchmarks import redis_monitor  # noqa: E402
 from benchmarks.common import stop  # noqa: E402
 
 SIDES = ("errands", "required", "defaults")
@@ -335,62 +335,30 @@ def e2e_rates(
     return rates
 
 
-_MONITORED = re.compile(r'^[\d.]+ \[(\d+) ([^\]]+)\] "([^"]*)"(?: "([^"]*)")?')
-
-
 def redis_commands(side: str, n: int, work: Path) -> dict[str, object]:
-    """The Redis commands of n jobs end to end on DBs 12 and 13, per job: sent by the
-    producer (this process), by the worker (every other client), and run by Lua
-    scripts; and each command's count. The poll of the counter is left out."""
+    """The Redis commands a job of n jobs end to end on the broker's and the result
+    backend's DBs: sent by the producer (this process), by the worker, and run by Lua
+    scripts; and each command's. The poll of the counter is left out."""
     worker = start_worker(side, "prefork", work / f"worker-{side}-commands.log")
-    dbs = {str(broker.connection_pool.connection_kwargs.get("db", 0))}
-    dbs.add(str(backend.connection_pool.connection_kwargs.get("db", 0)))
+    dbs = {str(r.connection_pool.connection_kwargs.get("db", 0)) for r in (broker, backend)}
     url = urlsplit(raw.BROKER)
-    host, port = url.hostname or "127.0.0.1", str(url.port or 6379)
     log = work / f"monitor-{side}.txt"
     try:
         warm_up(side, n)
-        with log.open("wb") as out:
-            monitor = subprocess.Popen(
-                ["redis-cli", "-h", host, "-p", port, "monitor"],
-                stdout=out,
-            )
-        try:
-            deadline = time.monotonic() + 10
-            while not log.read_bytes().startswith(b"OK"):
-                if time.monotonic() > deadline:
-                    raise RuntimeError("redis-cli monitor did not start")
-                time.sleep(0.01)
+        with redis_monitor.monitor(url.hostname or "127.0.0.1", url.port or 6379, log) as ours:
             for i in range(n):
                 ADD[side](i)
             wait_ran(n, timeout=60 + n / 50)
             time.sleep(0.3)  # the last results stored, the last acks
-            ours = {
-                f"{c.laddr.ip}:{c.laddr.port}"
-                for c in psutil.Process().net_connections(kind="tcp")
-                if c.raddr and str(c.raddr.port) == port
-            }
-        finally:
-            stop(monitor, grace=5)
     finally:
         stop_worker(worker)
         purge()
-    by: dict[str, int] = {"producer": 0, "worker": 0, "lua": 0}
-    names: collections.Counter[str] = collections.Counter()
-    for line in log.read_text(errors="replace").splitlines():
-        match = _MONITORED.match(line)
-        if not match or match.group(1) not in dbs:
-            continue
-        _, client, command, first = match.groups()
-        command = command.upper()
-        if command == "GET" and first == raw.COUNTER_KEY:
-            continue  # the benchmark's poll
-        where = "lua" if client == "lua" else "producer" if client in ours else "worker"
-        by[where] += 1
-        names[f"{command}{' (lua)' if where == 'lua' else ''}"] += 1
-    per_job = {key: value / n for key, value in by.items()}
-    per_job["commands"] = (by["producer"] + by["worker"]) / n
-    return {**per_job, "by_command": {k: v / n for k, v in names.most_common()}}
+    counted = redis_monitor.count(log, dbs, ours, ("GET", raw.COUNTER_KEY))
+    per_job = {k: v / n for k, v in counted.items() if isinstance(v, int)}
+    per_job["commands"] = per_job["producer"] + per_job["worker"]
+    by_command = counted["by_command"]
+    assert isinstance(by_command, dict)
+    return {**per_job, "by_command": {k: v / n for k, v in by_command.items()}}
 
 
 def show(label: str, value: str) -> None:
