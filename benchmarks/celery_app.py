@@ -1,5 +1,6 @@
-"""The Celery-mode benchmark's app: raw Celery tasks and errands' ones on one Celery
-app (so one worker serves both), and a FastAPI app with one endpoint for each.
+"""The Celery-mode benchmark's errands app: errands' Celery mode on a Celery app of
+its own (raw Celery's two apps are in ``celery_raw_app.py``), and a FastAPI app with
+one endpoint for each of the three sides.
 
 Broker Redis DB 12, result backend DB 13, queue ``bench-q`` (``BENCH_BROKER``,
 ``BENCH_BACKEND`` and ``BENCH_QUEUE`` override them). The worker:
@@ -9,13 +10,12 @@ Broker Redis DB 12, result backend DB 13, queue ``bench-q`` (``BENCH_BROKER``,
 
 import os
 
+from benchmarks.celery_raw_app import BACKEND, BROKER, defaults_noop, ran, required_noop
 from celery import Celery
 from fastapi import FastAPI
 
 from errands import BackgroundTasks, Errands
 
-BROKER = os.environ.get("BENCH_BROKER", "redis://127.0.0.1:6379/12")
-BACKEND = os.environ.get("BENCH_BACKEND", "redis://127.0.0.1:6379/13")
 QUEUE = os.environ.get("BENCH_QUEUE", "bench-q")
 
 celery_app = Celery("bench", broker=BROKER, backend=BACKEND)
@@ -24,18 +24,13 @@ celery_app.conf.update(
     accept_content=["json"],
     broker_connection_retry_on_startup=True,
 )
-# Sets result_extended=True on the app: raw tasks store extended results too.
+# Sets result_extended, prefetch 1 and the Redis transport options on the app.
 errands = Errands(celery=celery_app)
 
 
 @errands.task(name="bench.errands_noop")
 def errands_noop(i: int) -> None:
-    return None
-
-
-@celery_app.task(name="bench.raw_noop")
-def raw_noop(i: int) -> None:
-    return None
+    ran()
 
 
 app = FastAPI(lifespan=errands.lifespan)
@@ -46,6 +41,12 @@ async def errands_endpoint(tasks: BackgroundTasks) -> None:
     tasks.add_task(errands_noop, 1)  # published before the response
 
 
-@app.post("/raw")
-def raw_endpoint() -> None:
-    raw_noop.delay(1)  # a def endpoint: the blocking publish runs in the threadpool
+# def endpoints: the blocking publish runs in the threadpool
+@app.post("/required")
+def required_endpoint() -> None:
+    required_noop.delay(1)
+
+
+@app.post("/defaults")
+def defaults_endpoint() -> None:
+    defaults_noop.delay(1)

@@ -10,7 +10,8 @@ SQLite store and Celery+Redis in one run: each measurement in a process of its o
 of them taking turns (the order rotated each round), medians of ``--rounds`` rounds (see
 ``compare``). PostgreSQL: a database of the benchmark's own, ``errands_bench_<random>``
 on the server of ``--postgres`` (a schema a measurement), dropped at the end. Celery:
-celery_mode.py's app, broker and result backend (Redis DBs 12 and 13, emptied).
+celery_mode.py's apps, broker and result backend (Redis DBs 12 and 13, emptied); its raw side is
+raw Celery configured as errands requires (celery_raw_app.py's required_app).
 ``--before REV`` runs the PostgreSQL measurements on that build too (a git worktree).
 
 Needs the benchmark extras: pip install -e '.[bench]' (Huey, psutil, Celery)
@@ -323,28 +324,30 @@ def measure_end_to_end(n: int, workers: int, drain: bool) -> dict[str, float]:
 
 
 def measure_celery(n: int, side: str, drain: bool) -> dict[str, float]:
-    """celery_mode.py's end to end (``side``: raw ``delay`` or errands' Celery mode), on
-    one worker ``-P prefork -c 2``, after 200 jobs of warm-up. With ``drain``, as
-    ``measure_end_to_end``'s (the worker's process group stopped while they are added)."""
+    """celery_mode.py's end to end (``side``: raw ``delay`` on the app configured as
+    errands requires, or errands' Celery mode), on one worker ``-P prefork -c 2``, after
+    100 jobs of warm-up. With ``drain``, as ``measure_end_to_end``'s (the worker's
+    process group stopped while they are added)."""
     from benchmarks import celery_mode
 
+    side = "required" if side == "raw" else side
     celery_mode.purge()
-    worker = celery_mode.start_worker("prefork", WORK / "celery-worker.log")
+    worker = celery_mode.start_worker(side, "prefork", WORK / "celery-worker.log")
     try:
         add = celery_mode.ADD[side]
-        celery_mode.wait_succeeded([add(i) for i in range(200)], timeout=60)
+        celery_mode.warm_up(side, n)
         if drain:
-            celery_mode.purge(worker_running=True)
             os.killpg(worker.pid, signal.SIGSTOP)  # the worker and its pool
-            ids = [add(i) for i in range(n)]
+            for i in range(n):
+                add(i)
             cpu = CpuTimes([worker.pid])
             started = time.perf_counter()
             os.killpg(worker.pid, signal.SIGCONT)
-            celery_mode.wait_succeeded(ids, timeout=60 + n / 50)
+            celery_mode.wait_ran(n, timeout=60 + n / 50)
             rate = n / (time.perf_counter() - started)
         else:
             cpu = CpuTimes([worker.pid])
-            rate = celery_mode.end_to_end_rate(side, n)
+            rate = celery_mode.end_to_end(side, n, worker.pid)[0]
         spent = cpu.spent()
         del spent["server"]  # (Redis serves other sessions too: not told apart)
     finally:

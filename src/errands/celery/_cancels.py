@@ -42,6 +42,7 @@ class Cancels:
         self._marked: dict[str, str] = {}  # id -> when it was asked to stop
         self._thread: threading.Thread | None = None
         self._wake = threading.Event()
+        self._idle = True  # the thread waits for _wake (or is not started yet)
 
     def track(
         self, store: Publisher, id: str, stop: Stop, slot: tuple[str, float] | None = None
@@ -59,7 +60,9 @@ class Cancels:
                     target=self._run, name="errands-cancels", daemon=True
                 )
                 self._thread.start()
-        self._wake.set()
+            idle, self._idle = self._idle, False
+        if idle:  # only then: while it looks every second by itself it needs no signal
+            self._wake.set()
 
     def untrack(self, id: str) -> str | None:
         """Stop looking; when the job was asked to stop, if it was."""
@@ -75,11 +78,14 @@ class Cancels:
             while True:
                 with self._lock:
                     running = dict(self._running)
-                if not running:
-                    break
+                    if not running:
+                        self._idle = True  # the next track wakes it
+                        break
                 self._look(running)
-                self._wake.wait(CANCEL_POLL)
-                self._wake.clear()
+                # Not woken by the jobs that start meanwhile: they wait for the next
+                # look, as the marks set meanwhile do (waking for each would cost a
+                # round trip a job, as many as the jobs a second).
+                time.sleep(CANCEL_POLL)
 
     def _look(self, running: dict[str, tuple[Publisher, Stop]]) -> None:
         by_store: dict[int, list[str]] = {}
