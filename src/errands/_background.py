@@ -132,10 +132,11 @@ class Tasks:
         job = new_plain_job(func, args, kwargs)
         if self._fastapi_traces:
             job.trace = request_trace()
+        # On the event loop, its instance now (checked once); from a thread, at the commit.
         running = running_core()
         if running is not None:
             running.check_plain(job.name)
-        self._entries.append(_Entry(job, job, None))
+        self._entries.append(_Entry(job, job, running))
         return Job(job.id, job.name, None, job)
 
     def _kept(self, task: Task[Any, Any]) -> Job[Any] | None:
@@ -214,23 +215,35 @@ class Tasks:
         return False
 
     async def _commit(self) -> None:
-        pending = [e for e in self._entries if not e.committed]
-        if not pending:
+        entries = self._entries
+        # Entries are committed in the order added: the last one says whether all are.
+        if not entries or entries[-1].committed:
             return
+        if len(entries) == 1:  # the common case, shorter
+            entry = entries[0]
+            if (job := entry.plain) is not None:
+                core = entry.core
+                if core is None and (core := running_core()) is not None:
+                    core.check_plain(job.name)  # added in a thread: checked here
+                    entry.core = core
+                if core is not None:
+                    await self._commit_plain(entry, job, core)
+                    return
+            elif (core := entry.core) is not None:
+                await _store(core, entries)
+                return
+        pending = [e for e in entries if not e.committed]
         running = running_core()
-        if len(pending) == 1 and (job := pending[0].plain) is not None and running is not None:
-            await self._commit_plain(pending[0], job, running)  # the common case, shorter
-            return
         for entry in pending:
-            if entry.plain is not None:
+            if entry.plain is not None and entry.core is None:
                 if running is not None:
                     running.check_plain(entry.plain.name)
                 entry.core = running
             if entry.core is None:
                 entry.committed = True  # nothing to store, no backlog to count against
-        for core, entries in _by_instance((e.core, e) for e in pending if e.core is not None):
-            plain = [e for e in entries if e.plain is not None]
-            stored = [e for e in entries if e.plain is None]
+        for core, group in _by_instance((e.core, e) for e in pending if e.core is not None):
+            plain = [e for e in group if e.plain is not None]
+            stored = [e for e in group if e.plain is None]
             if plain:  # first: their room is given back without a write, should storing fail
                 if not core.backlog.try_reserve(len(plain)):
                     await core.backlog.reserve(len(plain))
@@ -240,26 +253,11 @@ class Tasks:
                 if core.metrics.counting is not None:
                     core.metrics.added(e.record.name for e in plain)
             if stored:
-                now = utcnow()
-                for entry in stored:
-                    if entry.delay is not None:
-                        entry.record.scheduled_at = now + timedelta(seconds=entry.delay)
-                chosen = {e.record.id for e in stored if e.chosen}
-                kept = await core.backend.commit([e.record for e in stored], chosen=chosen)
-                for entry in stored:
-                    entry.committed = True
-                if kept:  # another request stored these ids first: theirs, not ours
-                    _duplicates(stored, kept)
-                if core.metrics.counting is not None:
-                    taken = {record.id for record in kept}
-                    added = (e.record.name for e in stored if e.record.id not in taken)
-                    core.metrics.added(added)
+                await _store(core, stored)
 
     @staticmethod
     async def _commit_plain(entry: _Entry, job: PlainJob, core: Core) -> None:
-        """``_commit`` of one plain job, with the running instance."""
-        core.check_plain(job.name)
-        entry.core = core
+        """``_commit`` of one plain job, with its instance (checked already)."""
         if not core.backlog.try_reserve(1):
             await core.backlog.reserve(1)
         core.plain.adopt((job,))
@@ -271,18 +269,17 @@ class Tasks:
         if self._phase == _RELEASED:
             return
         self._phase = _RELEASED
-        if len(self._entries) == 1:  # the common case: one plain job, to this worker
+        if len(self._entries) == 1:  # the common case: one job, to this worker
             entry = self._entries[0]
             core = entry.core
-            if (
-                entry.plain is not None
-                and entry.committed
-                and core is not None
-                and core.worker is not None
-                and not core.eager
-            ):
-                core.hand_over(entry.plain)
-                return
+            if entry.committed and core is not None and not core.eager:
+                if entry.plain is not None:
+                    if core.worker is not None:
+                        core.hand_over(entry.plain)
+                        return
+                elif not entry.duplicate and not core.runs_inline:
+                    await core.backend.release((entry.record.id,))
+                    return
         inline: list[_Entry] = []
         to_release: list[tuple[Core, str]] = []
         to_worker: list[tuple[Core, PlainJob]] = []
@@ -332,6 +329,24 @@ class Tasks:
                 elif cancel_plain(entry.plain, reason):
                     WAITERS.notify(entry.plain.id)
             entry.committed = False  # never released
+
+
+async def _store(core: Core, stored: list[_Entry]) -> None:
+    """Commit the registered jobs of ``stored`` (all of ``core``) to its backend."""
+    now = None
+    for entry in stored:
+        if entry.delay is not None:
+            now = now or utcnow()
+            entry.record.scheduled_at = now + timedelta(seconds=entry.delay)
+    chosen = {e.record.id for e in stored if e.chosen}
+    kept = await core.backend.commit([e.record for e in stored], chosen=chosen)
+    for entry in stored:
+        entry.committed = True
+    if kept:  # another request stored these ids first: theirs, not ours
+        _duplicates(stored, kept)
+    if core.metrics.counting is not None:
+        taken = {record.id for record in kept}
+        core.metrics.added(e.record.name for e in stored if e.record.id not in taken)
 
 
 def _duplicates(entries: list[_Entry], kept: list[JobRecord]) -> None:
