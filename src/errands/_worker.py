@@ -162,17 +162,21 @@ class Worker:
     def start(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run ``coro`` (one job) in a slot."""
         assert self._loop is not None
-        task = self._loop.create_task(coro, context=self._context.copy())
+        task = self._loop.create_task(self._slot(coro), context=self._context.copy())
         self._tasks.add(task)
-        task.add_done_callback(self._done)
 
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and (exc := task.exception()) is not None:
+    async def _slot(self, coro: Coroutine[Any, Any, None]) -> None:
+        # The slot's bookkeeping in the task itself: cheaper than a done callback (one
+        # more turn of the loop a job).
+        try:
+            await coro
+        except Exception as exc:
             logger.error("a worker task crashed", exc_info=exc)
-        if not self._stopping:
-            # A slot is free, and a finished job may unblock the next.
-            self.fill(batch=True)
+        finally:
+            self._tasks.discard(asyncio.current_task())
+            if not self._stopping:
+                # A slot is free, and a finished job may unblock the next.
+                self.fill(batch=True)
 
     def fill(self, *, batch: bool = False) -> None:
         """Start what waits, in the free slots."""
