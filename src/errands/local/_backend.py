@@ -52,6 +52,18 @@ logger = logging.getLogger("errands")
 T = TypeVar("T")
 
 
+#: This process's id (a forked child's own): os.getpid() is a system call.
+_pid = os.getpid()
+
+
+def _forked() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
 class LocalBackend(Backend):
     def __init__(self, store: Store, runtime: Runtime, url: str) -> None:
         self.store = store
@@ -74,6 +86,7 @@ class LocalBackend(Backend):
         self._checked_for_workers = False
         self._purge: asyncio.TimerHandle | None = None
         self._recording = Backoff("recording job outcomes")
+        self._hold = timedelta(seconds=self._options.hold)
 
     def __repr__(self) -> str:
         return f"<LocalBackend {self.store.location}>"
@@ -86,8 +99,8 @@ class LocalBackend(Backend):
     def process_id(self) -> str:
         """This process's id in the store: the owner of the jobs it adds and claims
         (a forked child gets its own)."""
-        if self._pid != os.getpid():
-            self._pid = os.getpid()
+        if self._pid != _pid:
+            self._pid = _pid
             self._id = f"{socket.gethostname()}-{self._pid}-{uuid.uuid4().hex[:6]}"
         return self._id
 
@@ -163,14 +176,15 @@ class LocalBackend(Backend):
         owner = self.process_id
         # Unreleased until the response is out: only this process may let them go
         # sooner, and should it die, the next sweep does (see Liveness).
-        until = utcnow() + timedelta(seconds=self._options.hold)
+        until = utcnow() + self._hold
         for record in records:
             record.owner = owner
             # Released, a job is due at its scheduled time (or at once); a job never
             # released is due when its hold ends, never before its scheduled time.
             record.run_at = record.due(until)
         if not self.durable:
-            await self._backlog.reserve(len(records))
+            if not self._backlog.try_reserve(len(records)):
+                await self._backlog.reserve(len(records))
             return self._enqueue(records)
         self.liveness().beat()
         stored = self.group().submit_bulk(self.store.enqueue, records)
