@@ -17,7 +17,6 @@ import os
 import socket
 import time
 import uuid
-import weakref
 from collections.abc import Callable, Collection, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -26,7 +25,7 @@ from .._attempt import Outcome, attempt, log_outcome, round_failures
 from .._backend import Backend, Source
 from .._cancel import CANCELLED_RUNNING, Stop
 from .._group_commit import GroupCommit
-from .._loops import PerLoop, loop_entry
+from .._loops import LoopLocal
 from .._metrics import outcome_of
 from .._options import Runtime
 from .._record import JobRecord, JobStatus, utcnow
@@ -76,8 +75,8 @@ class LocalBackend(Backend):
         self._backlog = runtime.backlog
         self._metrics = runtime.metrics
         self._tracing = runtime.tracing
-        self._groups: PerLoop[GroupCommit] = weakref.WeakKeyDictionary()
-        self._liveness: PerLoop[Liveness] = weakref.WeakKeyDictionary()
+        self._groups = LoopLocal(lambda: GroupCommit(self.store.batch))
+        self._liveness = LoopLocal(lambda: Liveness(self))
         self._claims: Claims | None = None
         self._unlisten: Callable[[], None] | None = None
         self._pid = -1
@@ -119,10 +118,10 @@ class LocalBackend(Backend):
 
     def group(self) -> GroupCommit:
         """This event loop's group commit."""
-        return loop_entry(self._groups, lambda: GroupCommit(self.store.batch))
+        return self._groups.get()
 
     def liveness(self) -> Liveness:
-        return loop_entry(self._liveness, lambda: Liveness(self))
+        return self._liveness.get()
 
     async def write(self, operation: Callable[[], T]) -> T:
         """A store write: at once for the memory store, grouped for a durable one."""
@@ -341,14 +340,14 @@ class LocalBackend(Backend):
             self._purge.cancel()
             self._purge = None
         loop = asyncio.get_running_loop()
-        liveness = self._liveness.pop(loop, None)
+        liveness = self._liveness.pop(loop)
         if liveness is not None:
             liveness.close()
         try:
             await self.write(functools.partial(self.store.stopped, self.process_id))
         except Exception as exc:
             logger.error("recording that this worker stopped failed: %s", exc)
-        group = self._groups.pop(loop, None)
+        group = self._groups.pop(loop)
         if group is not None:
             await group.aclose()
 
