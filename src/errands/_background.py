@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Iterable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import TracebackType
@@ -177,7 +178,8 @@ class Tasks:
             await self._drop(self._entries, f"dropped: the endpoint raised {exc!r}")
             return False
         try:
-            await self._commit()
+            if not self._commit_now():
+                await self._commit()
         except BaseException as error:
             # The response will be an error: nothing of this request is kept.
             await self._drop(
@@ -205,33 +207,69 @@ class Tasks:
         # teardown, a broken stream). Tasks added since (by teardown code) are stored
         # now, or dropped alone if that fails.
         try:
-            await self._commit()
+            if not self._commit_now():
+                await self._commit()
         except Exception as error:
             late = [e for e in self._entries if not e.committed]
             reason = f"dropped: storing tasks added after the endpoint failed: {error!r}"
             await self._drop(late, reason)
             logger.error("%d task(s) added after the endpoint were dropped: %s", len(late), error)
-        await self._release()
+        if not self._hand_over_now():
+            await self._release()
         return False
+
+    def _commit_now(self) -> bool:
+        """``_commit`` of the common cases, with no coroutine: nothing new, or one plain
+        job added on the event loop, with backlog room. False: ``_commit`` must do it."""
+        entries = self._entries
+        # Entries are committed in the order added: the last one says whether all are.
+        if not entries or entries[-1].committed:
+            return True
+        if len(entries) != 1:
+            return False
+        entry = entries[0]
+        job, core = entry.plain, entry.core
+        if job is None or core is None or not core.backlog.try_reserve(1):
+            return False
+        core.plain.adopt((job,))
+        entry.committed = True
+        if core.metrics.counting is not None:
+            core.metrics.added((job.name,))
+        return True
+
+    def _hand_over_now(self) -> bool:
+        """``_release`` of the common cases, with no coroutine: no job, or one plain job
+        for this process's worker. False: ``_release`` must do it."""
+        entries = self._entries
+        if self._phase == _RELEASED or not entries:
+            self._phase = _RELEASED
+            return True
+        if len(entries) != 1:
+            return False
+        entry = entries[0]
+        core = entry.core
+        if (
+            entry.plain is None
+            or not entry.committed
+            or core is None
+            or core.worker is None
+            or core.eager
+        ):
+            return False
+        self._phase = _RELEASED
+        core.hand_over(entry.plain)
+        return True
 
     async def _commit(self) -> None:
         entries = self._entries
         # Entries are committed in the order added: the last one says whether all are.
         if not entries or entries[-1].committed:
             return
-        if len(entries) == 1:  # the common case, shorter
-            entry = entries[0]
-            if (job := entry.plain) is not None:
-                core = entry.core
-                if core is None and (core := running_core()) is not None:
-                    core.check_plain(job.name)  # added in a thread: checked here
-                    entry.core = core
-                if core is not None:
-                    await self._commit_plain(entry, job, core)
-                    return
-            elif (core := entry.core) is not None:
-                await _store(core, entries)
-                return
+        if len(entries) == 1 and entries[0].plain is None:  # one registered job: shorter
+            core = entries[0].core
+            assert core is not None
+            await _store(core, entries)
+            return
         pending = [e for e in entries if not e.committed]
         running = running_core()
         for entry in pending:
@@ -255,31 +293,22 @@ class Tasks:
             if stored:
                 await _store(core, stored)
 
-    @staticmethod
-    async def _commit_plain(entry: _Entry, job: PlainJob, core: Core) -> None:
-        """``_commit`` of one plain job, with its instance (checked already)."""
-        if not core.backlog.try_reserve(1):
-            await core.backlog.reserve(1)
-        core.plain.adopt((job,))
-        entry.committed = True
-        if core.metrics.counting is not None:
-            core.metrics.added((job.name,))
-
     async def _release(self) -> None:
         if self._phase == _RELEASED:
             return
         self._phase = _RELEASED
-        if len(self._entries) == 1:  # the common case: one job, to this worker
+        if len(self._entries) == 1:  # the common case: one registered job, to a worker
             entry = self._entries[0]
             core = entry.core
-            if entry.committed and core is not None and not core.eager:
-                if entry.plain is not None:
-                    if core.worker is not None:
-                        core.hand_over(entry.plain)
-                        return
-                elif not entry.duplicate and not core.runs_inline:
-                    await core.backend.release((entry.record.id,))
-                    return
+            if (
+                entry.plain is None
+                and entry.committed
+                and not entry.duplicate
+                and core is not None
+                and not core.runs_inline
+            ):
+                await core.backend.release((entry.record.id,))
+                return
         inline: list[_Entry] = []
         to_release: list[tuple[Core, str]] = []
         to_worker: list[tuple[Core, PlainJob]] = []
@@ -402,9 +431,23 @@ async def _provide_tasks(connection: HTTPConnection) -> Tasks:
             "errands.BackgroundTasks needs FastAPI >= 0.121 (its per-request exit stacks "
             "were not found); upgrade FastAPI"
         ) from None
-    request_stack.push_async_exit(tasks.request_exit)
-    function_stack.push_async_exit(tasks.function_exit)
+    _push_exit(request_stack, tasks.request_exit)
+    _push_exit(function_stack, tasks.function_exit)
     return tasks
+
+
+#: ``push_async_exit`` tells a callback from a context manager by looking up
+#: ``__aexit__`` on its type: a method has none, and the AttributeError raised and
+#: caught costs more than the rest of the push (two a request). Where the stack is
+#: contextlib's own, its primitive registers the callback, as push_async_exit would.
+_PUSH_EXIT = getattr(AsyncExitStack, "_push_exit_callback", None)
+
+
+def _push_exit(stack: Any, exit: Callable[..., Awaitable[bool]]) -> None:
+    if _PUSH_EXIT is not None and type(stack) is AsyncExitStack:
+        _PUSH_EXIT(stack, exit, False)
+    else:
+        stack.push_async_exit(exit)
 
 
 #: Annotate endpoint and dependency parameters with this, as with FastAPI's own.
