@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -86,11 +86,13 @@ def new_plain_job(
     )
 
 
-async def run_plain(job: PlainJob, threads: Threads) -> None:
-    """Run a plain job's one attempt; a failure is logged and recorded, never raised."""
+async def run_plain(job: PlainJob, threads: Threads, jobs: PlainJobs | None = None) -> None:
+    """Run a plain job's one attempt; a failure is logged and recorded, never raised.
+    ``jobs``: the instance's, which adopted it: its bookkeeping is done at the end
+    (also when it is cancelled)."""
     func = job.func
     if job.status is not JobStatus.QUEUED or func is None:
-        return  # cancelled while it waited
+        return  # cancelled while it waited: its bookkeeping is done
     job.attempts += 1
     job.started_at = utcnow()
     job.status = JobStatus.RUNNING
@@ -134,6 +136,8 @@ async def run_plain(job: PlainJob, threads: Threads) -> None:
             )
     finally:
         leaving(logged)
+        if jobs is not None:
+            jobs.finished(job)
 
 
 _NOT_TRACED = nullcontext()
@@ -201,6 +205,15 @@ class PlainJobs:
             while len(self._finished) > KEEP_FINISHED:
                 self._records.pop(self._finished.popleft(), None)
         WAITERS.notify(job.id)
+        started = job.started_at  # None: cancelled before it started, not an attempt
+        metrics = self.metrics
+        if metrics is not None and metrics.counting is not None and started is not None:
+            metrics.attempted(
+                job.name,
+                OUTCOMES.get(job.status, "failed"),
+                (started - job.created_at).total_seconds(),
+                ((job.finished_at or utcnow()) - started).total_seconds(),
+            )
 
     def cancel(self, job: PlainJob, reason: str) -> None:
         """Drop an adopted job that has not started (its request failed)."""
@@ -223,20 +236,7 @@ class PlainJobs:
             for job in [lane] if isinstance(lane, PlainJob) else lane:
                 self.cancel(job, reason)
 
-    async def run(self, job: PlainJob, threads: Threads) -> None:
-        """Run an adopted job, then do its bookkeeping (also when it is cancelled)."""
-        if job.status is not JobStatus.QUEUED:
-            return  # cancelled while it waited: its bookkeeping is done
-        try:
-            await run_plain(job, threads)
-        finally:
-            self.finished(job)
-            started = job.started_at
-            metrics = self.metrics
-            if metrics is not None and metrics.counting is not None and started is not None:
-                metrics.attempted(
-                    job.name,
-                    OUTCOMES.get(job.status, "failed"),
-                    (started - job.created_at).total_seconds(),
-                    ((job.finished_at or utcnow()) - started).total_seconds(),
-                )
+    def run(self, job: PlainJob, threads: Threads) -> Coroutine[Any, Any, None]:
+        """Run an adopted job, then do its bookkeeping (also when it is cancelled).
+        Its coroutine is ``run_plain``'s: one frame less a job."""
+        return run_plain(job, threads, self)
