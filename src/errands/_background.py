@@ -363,12 +363,17 @@ class Tasks:
 async def _store(core: Core, stored: list[_Entry]) -> None:
     """Commit the registered jobs of ``stored`` (all of ``core``) to its backend."""
     now = None
-    for entry in stored:
+    records: list[JobRecord] = []
+    chosen: set[str] = set()
+    for entry in stored:  # one loop: a comprehension is a call of its own
+        record = entry.record
         if entry.delay is not None:
             now = now or utcnow()
-            entry.record.scheduled_at = now + timedelta(seconds=entry.delay)
-    chosen = {e.record.id for e in stored if e.chosen}
-    kept = await core.backend.commit([e.record for e in stored], chosen=chosen)
+            record.scheduled_at = now + timedelta(seconds=entry.delay)
+        if entry.chosen:
+            chosen.add(record.id)
+        records.append(record)
+    kept = await core.backend.commit(records, chosen=chosen)
     for entry in stored:
         entry.committed = True
     if kept:  # another request stored these ids first: theirs, not ours
