@@ -184,10 +184,14 @@ class Worker:
         if self._stopping or free <= 0:
             return
         source, lanes = self.source, self._plain.lanes
+        if not lanes:
+            if source is not None:
+                source.fill(free, batch=batch)
+            return
         if source is not None:
             # With plain lanes waiting, half the free slots go to the source first,
             # so a steady stream of either kind cannot starve the other.
-            source.fill((free + 1) // 2 if lanes else free, batch=batch)
+            source.fill((free + 1) // 2, batch=batch)
         while lanes and self.free() > 0:
             lane = lanes.popleft()
             if isinstance(lane, PlainJob):  # a lane of one job: run it as it is
