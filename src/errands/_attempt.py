@@ -100,6 +100,8 @@ class Calls:
                 name=task.name,
             )
         if task.is_async:
+            if timeout is None:  # (the common case: one frame less)
+                return await task.func(*args, **kwargs)
             return await bounded(task.func(*args, **kwargs), timeout, task.name)
         return await self.threads.run(task.func, args, kwargs, timeout=timeout, name=task.name)
 
