@@ -463,8 +463,10 @@ class LocalBackend(Backend):
                 if isinstance(write, Success):
                     await asyncio.shield(self.group().submit_bulk(self._merged, [write]))
                     kept = write.status
+                elif not self.durable:  # (self.write, without its coroutine)
+                    kept = write()
                 else:
-                    kept = await self.write(write)
+                    kept = await self.group().write(write)
             except StoreError as exc:
                 liveness.track(job)
                 delay = next_delay(delay)
