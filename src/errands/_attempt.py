@@ -130,7 +130,7 @@ async def attempt(
     its id and attempt number, for the records logged meanwhile (``JobLogFilter``)."""
     if stop is not None:
         running(stop)  # in this job's own context (its task's), copied into its thread
-    logged = None if job is None else entering(job[0], task.name, job[1])
+    logged = None if job is None else entering((job[0], task.name, job[1]))
     start = time.perf_counter()
     try:
         result = await calls.call(task, args, kwargs)
@@ -157,7 +157,7 @@ def attempt_blocking(
     """Run one attempt in this thread (a Celery worker's), with the same meaning."""
     start = time.perf_counter()
     token = running(stop)
-    logged = None if job is None else entering(job[0], task.name, job[1])
+    logged = None if job is None else entering((job[0], task.name, job[1]))
     try:
         result = _call_blocking(task, args, kwargs, stop)
     except Exception as exc:
