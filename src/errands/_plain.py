@@ -14,7 +14,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -99,13 +99,15 @@ async def run_plain(job: PlainJob, threads: Threads, jobs: PlainJobs | None = No
     args, kwargs, trace = job.call_args, job.call_kwargs, job.trace
     job.forget_call()
     start = time.perf_counter()
-    logged = entering(job.id, job.name, job.attempts)
+    logged = entering((job.id, job.name, job.attempts))
     try:
-        with _NOT_TRACED if trace is None else traced(trace, func, job.id):
-            if job.is_async:
-                result = await func(*args, **kwargs)
-            else:
-                result = await threads.run(func, args, kwargs, name=job.name)
+        if trace is not None:
+            with traced(trace, func, job.id):
+                result = await _call(job, func, args, kwargs, threads)
+        elif job.is_async:  # (the common cases, spelled out: no frame of their own)
+            result = await func(*args, **kwargs)
+        else:
+            result = await threads.run(func, args, kwargs, name=job.name)
     except anyio.get_cancelled_exc_class():
         job.error = "cancelled: the worker stopped while the job ran"
         _finish(job, JobStatus.CANCELLED)
@@ -125,7 +127,8 @@ async def run_plain(job: PlainJob, threads: Threads, jobs: PlainJobs | None = No
         _finish(job, JobStatus.FAILED)
     else:
         job.result = result
-        _finish(job, JobStatus.SUCCEEDED)
+        job.finished_at = utcnow()
+        job.status = JobStatus.SUCCEEDED
         if job_logger.isEnabledFor(logging.DEBUG):
             job_logger.debug(
                 "job %s (%s) succeeded in %.3f s",
@@ -140,7 +143,16 @@ async def run_plain(job: PlainJob, threads: Threads, jobs: PlainJobs | None = No
             jobs.finished(job)
 
 
-_NOT_TRACED = nullcontext()
+async def _call(
+    job: PlainJob,
+    func: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    threads: Threads,
+) -> Any:
+    if job.is_async:
+        return await func(*args, **kwargs)
+    return await threads.run(func, args, kwargs, name=job.name)
 
 
 def traced(trace: Any, func: Callable[..., Any], id: str) -> AbstractContextManager[None]:
