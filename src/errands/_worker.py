@@ -77,9 +77,14 @@ class Worker:
 
     def offer(self) -> None:
         """New work was handed over: start it now if we are on the worker's loop."""
-        if self._stopping or self._loop is None:
+        loop = self._loop
+        if self._stopping or loop is None:
             return
-        if self.on_own_loop():
+        try:  # (on_own_loop, spelled out: once a request)
+            own = asyncio.get_running_loop() is loop
+        except RuntimeError:
+            own = False
+        if own:
             self.fill()
         else:
             self.wake()
