@@ -101,7 +101,7 @@ def serve(variant: str, n: int) -> None:
 
 
 def count(variant: str, n: int, src: str | None) -> int:
-    env = dict(os.environ)
+    env = dict(os.environ, PYTHONHASHSEED="0")  # the same dict layouts each run
     if src:
         env["PYTHONPATH"] = src
     out = subprocess.run(
