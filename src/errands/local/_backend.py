@@ -230,11 +230,16 @@ class LocalBackend(Backend):
     async def release(self, ids: Sequence[str]) -> None:
         try:
             if self.durable:
+                released = self.group().submit_bulk(self.store.release, ids)
+                # This loop's worker claims now: its claim joins the release's batch,
+                # which runs its bulk writes first (one transaction, not two in turn).
+                self._wanted()
                 # Awaited, though the response is out: a short-lived event loop (TestClient
                 # without its lifespan) must not close with the release still unwritten.
-                await asyncio.shield(self.group().submit_bulk(self.store.release, ids))
-            else:
-                self.store.release(ids)
+                # (Unshielded: cancelled, the batch writes it all the same.)
+                await released
+                return
+            self.store.release(ids)
         except Exception as exc:
             # Were it lost, the jobs run once their owner is gone or their hold ends.
             logger.error("releasing jobs failed; they run when their hold ends: %s", exc)
