@@ -32,7 +32,7 @@ from .._tuning import (
     POLL_SHARED,
 )
 from ..exceptions import StoreCorrupt, StoreError, StoreUnwritable
-from ._store import Announcing, Want
+from ._store import Announcing, Counting, Want
 
 if TYPE_CHECKING:
     from .._worker import Worker
@@ -119,6 +119,11 @@ class Claims:
         self._starting: dict[Kind, int] = {"async": 0, "thread": 0, "process": 0}
         self._turn = 0  # which kind asks first
         self.failure: StoreError | None = None  # set when the store will not heal
+        # A store of this process alone that counts what it makes claimable: a job's
+        # end asks it again only if the count moved (or the task has limits).
+        store = backend.store
+        self._counting = store if isinstance(store, Counting) and not durable else None
+        self._seen = -1  # its count when last asked
 
     def wanted(self) -> None:
         self._dirty = True
@@ -140,6 +145,8 @@ class Claims:
             backend.store.claim, backend.process_id, backend.lease, wants, total, self._limits
         )
         if not backend.durable:
+            if self._counting is not None:
+                self._seen = self._counting.changes
             self._claimed(total, claim)
             return
         self._claiming = total
@@ -234,6 +241,8 @@ class Claims:
         # suspend before it): from here the pool's free() counts it.
         self._starting[kind] -= 1
         retry_at = await self._backend.run(job)
-        self._dirty = True  # the next job of its request may be claimable now
+        counting = self._counting
+        if counting is None or counting.changes != self._seen or job.name in self._limits:
+            self._dirty = True  # the next job of its request may be claimable now
         if retry_at is not None:
             self._worker.wake_at(retry_at)

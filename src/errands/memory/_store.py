@@ -51,6 +51,8 @@ class MemoryStore:
         # For task limits: running jobs by name, and each rate's bucket (tokens, when).
         self._running: Counter[str] = Counter()
         self._buckets: dict[str, tuple[float, float]] = {}
+        #: Times a job became claimable (see local._store.Counting).
+        self.changes = 0
 
     # -- writing ----------------------------------------------------------------
 
@@ -390,6 +392,7 @@ class MemoryStore:
     # -- internals (called with the lock held) ----------------------------------
 
     def _schedule(self, job: JobRecord) -> None:
+        self.changes += 1
         self._queue.push(job, self._unfinished)
 
     def _unreleased(self, job: JobRecord) -> bool:
