@@ -135,8 +135,8 @@ class Tasks:
             job.trace = request_trace()
         # On the event loop, its instance now (checked once); from a thread, at the commit.
         running = running_core()
-        if running is not None:
-            running.check_plain(job.name)
+        if running is not None and running.options.only_registered:
+            running.check_plain(job.name)  # raises
         self._entries.append(_Entry(job, job, running))
         return Job(job.id, job.name, None, job)
 
@@ -423,36 +423,38 @@ async def _run_inline(entries: list[_Entry]) -> None:
 async def _provide_tasks(connection: HTTPConnection) -> Tasks:
     scope = connection.scope
     # FastAPI's telemetry marks the scope of a request it traces (or excludes).
+    telemetry = "fastapi.telemetry" in scope
     tasks = Tasks(
         scope.get("app"),
-        untraced=excluded(scope),
-        fastapi_traces=scope.get("fastapi.telemetry") is not None,
+        untraced=telemetry and excluded(scope),
+        fastapi_traces=telemetry and scope["fastapi.telemetry"] is not None,
     )
     try:
-        function_stack = connection.scope["fastapi_function_astack"]
-        request_stack = connection.scope["fastapi_inner_astack"]
+        function_stack = scope["fastapi_function_astack"]
+        request_stack = scope["fastapi_inner_astack"]
     except KeyError:
         raise ConfigurationError(
             "errands.BackgroundTasks needs FastAPI >= 0.121 (its per-request exit stacks "
             "were not found); upgrade FastAPI"
         ) from None
-    _push_exit(request_stack, tasks.request_exit)
-    _push_exit(function_stack, tasks.function_exit)
+    if (
+        _PUSH_EXIT is not None
+        and type(request_stack) is AsyncExitStack
+        and type(function_stack) is AsyncExitStack
+    ):
+        _PUSH_EXIT(request_stack, tasks.request_exit, False)
+        _PUSH_EXIT(function_stack, tasks.function_exit, False)
+    else:
+        request_stack.push_async_exit(tasks.request_exit)
+        function_stack.push_async_exit(tasks.function_exit)
     return tasks
 
 
 #: ``push_async_exit`` tells a callback from a context manager by looking up
 #: ``__aexit__`` on its type: a method has none, and the AttributeError raised and
-#: caught costs more than the rest of the push (two a request). Where the stack is
-#: contextlib's own, its primitive registers the callback, as push_async_exit would.
+#: caught costs more than the rest of the push (two a request). Where the stacks are
+#: contextlib's own, its primitive registers the callbacks, as push_async_exit would.
 _PUSH_EXIT = getattr(AsyncExitStack, "_push_exit_callback", None)
-
-
-def _push_exit(stack: Any, exit: Callable[..., Awaitable[bool]]) -> None:
-    if _PUSH_EXIT is not None and type(stack) is AsyncExitStack:
-        _PUSH_EXIT(stack, exit, False)
-    else:
-        stack.push_async_exit(exit)
 
 
 #: Annotate endpoint and dependency parameters with this, as with FastAPI's own.
