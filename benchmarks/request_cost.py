@@ -8,6 +8,8 @@ driven in-process (no server) with its lifespan running:
     dep         errands' BackgroundTasks, no task added
     plain       errands' BackgroundTasks with one async no-op plain task
     registered  the same with a registered async no-op task (memory://)
+    sqlite-web  the same on SQLite, this process only adds (worker=False)
+    sqlite      the same on SQLite, the worker in this process
 
     .venv/bin/python benchmarks/request_cost.py [VARIANT ...] [-n 1000] [--src DIR]
 
@@ -25,7 +27,7 @@ from pathlib import Path
 from typing import Annotated
 
 ROOT = Path(__file__).resolve().parent.parent
-VARIANTS = ["none", "depends", "fastapi", "dep", "plain", "registered"]
+VARIANTS = ["none", "depends", "fastapi", "dep", "plain", "registered", "sqlite-web", "sqlite"]
 
 
 def serve(variant: str, n: int) -> None:
@@ -38,7 +40,13 @@ def serve(variant: str, n: int) -> None:
     sys.path.insert(0, str(ROOT))
     from benchmarks.request_path import drive
 
-    errands = errands_lib.Errands("memory://")
+    if variant.startswith("sqlite"):
+        path = f"/tmp/errands-request-cost-{os.getpid()}.db"
+        for suffix in ("", "-wal", "-shm"):
+            Path(path + suffix).unlink(missing_ok=True)
+        errands = errands_lib.Errands(f"sqlite:///{path}", worker=variant == "sqlite")
+    else:
+        errands = errands_lib.Errands("memory://")
     app = FastAPI(lifespan=errands.lifespan)
 
     async def noop() -> None:
@@ -71,7 +79,7 @@ def serve(variant: str, n: int) -> None:
             return {"ok": 1}
 
     else:
-        add = {"dep": None, "plain": noop, "registered": registered}[variant]
+        add = {"dep": None, "plain": noop}.get(variant, registered)
 
         @app.get("/")
         async def ours(tasks: errands_lib.BackgroundTasks) -> dict[str, int]:
@@ -83,13 +91,17 @@ def serve(variant: str, n: int) -> None:
         async with app.router.lifespan_context(app):
             await drive(app, n)
 
-            await errands.join(timeout=10)
+            if variant != "sqlite-web":
+                await errands.join(timeout=10)
 
     asyncio.run(main())
+    if variant.startswith("sqlite"):
+        for suffix in ("", "-wal", "-shm"):
+            Path(path + suffix).unlink(missing_ok=True)
 
 
 def count(variant: str, n: int, src: str | None) -> int:
-    env = dict(os.environ)
+    env = dict(os.environ, PYTHONHASHSEED="0")  # the same dict layouts each run
     if src:
         env["PYTHONPATH"] = src
     out = subprocess.run(

@@ -100,6 +100,8 @@ class Calls:
                 name=task.name,
             )
         if task.is_async:
+            if timeout is None:  # (the common case: one frame less)
+                return await task.func(*args, **kwargs)
             return await bounded(task.func(*args, **kwargs), timeout, task.name)
         return await self.threads.run(task.func, args, kwargs, timeout=timeout, name=task.name)
 
@@ -128,7 +130,7 @@ async def attempt(
     its id and attempt number, for the records logged meanwhile (``JobLogFilter``)."""
     if stop is not None:
         running(stop)  # in this job's own context (its task's), copied into its thread
-    logged = None if job is None else entering(job[0], task.name, job[1])
+    logged = None if job is None else entering((job[0], task.name, job[1]))
     start = time.perf_counter()
     try:
         result = await calls.call(task, args, kwargs)
@@ -155,7 +157,7 @@ def attempt_blocking(
     """Run one attempt in this thread (a Celery worker's), with the same meaning."""
     start = time.perf_counter()
     token = running(stop)
-    logged = None if job is None else entering(job[0], task.name, job[1])
+    logged = None if job is None else entering((job[0], task.name, job[1]))
     try:
         result = _call_blocking(task, args, kwargs, stop)
     except Exception as exc:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Iterable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import TracebackType
@@ -132,10 +133,11 @@ class Tasks:
         job = new_plain_job(func, args, kwargs)
         if self._fastapi_traces:
             job.trace = request_trace()
+        # On the event loop, its instance now (checked once); from a thread, at the commit.
         running = running_core()
-        if running is not None:
-            running.check_plain(job.name)
-        self._entries.append(_Entry(job, job, None))
+        if running is not None and running.options.only_registered:
+            running.check_plain(job.name)  # raises
+        self._entries.append(_Entry(job, job, running))
         return Job(job.id, job.name, None, job)
 
     def _kept(self, task: Task[Any, Any]) -> Job[Any] | None:
@@ -176,7 +178,8 @@ class Tasks:
             await self._drop(self._entries, f"dropped: the endpoint raised {exc!r}")
             return False
         try:
-            await self._commit()
+            if not self._commit_now():
+                await self._commit()
         except BaseException as error:
             # The response will be an error: nothing of this request is kept.
             await self._drop(
@@ -204,33 +207,81 @@ class Tasks:
         # teardown, a broken stream). Tasks added since (by teardown code) are stored
         # now, or dropped alone if that fails.
         try:
-            await self._commit()
+            if not self._commit_now():
+                await self._commit()
         except Exception as error:
             late = [e for e in self._entries if not e.committed]
             reason = f"dropped: storing tasks added after the endpoint failed: {error!r}"
             await self._drop(late, reason)
             logger.error("%d task(s) added after the endpoint were dropped: %s", len(late), error)
-        await self._release()
+        if not self._hand_over_now():
+            await self._release()
         return False
 
+    def _commit_now(self) -> bool:
+        """``_commit`` of the common cases, with no coroutine: nothing new, or one plain
+        job added on the event loop, with backlog room. False: ``_commit`` must do it."""
+        entries = self._entries
+        # Entries are committed in the order added: the last one says whether all are.
+        if not entries or entries[-1].committed:
+            return True
+        if len(entries) != 1:
+            return False
+        entry = entries[0]
+        job, core = entry.plain, entry.core
+        if job is None or core is None or not core.backlog.try_reserve(1):
+            return False
+        core.plain.adopt((job,))
+        entry.committed = True
+        if core.metrics.counting is not None:
+            core.metrics.added((job.name,))
+        return True
+
+    def _hand_over_now(self) -> bool:
+        """``_release`` of the common cases, with no coroutine: no job, or one plain job
+        for this process's worker. False: ``_release`` must do it."""
+        entries = self._entries
+        if self._phase == _RELEASED or not entries:
+            self._phase = _RELEASED
+            return True
+        if len(entries) != 1:
+            return False
+        entry = entries[0]
+        core = entry.core
+        if (
+            entry.plain is None
+            or not entry.committed
+            or core is None
+            or core.worker is None
+            or core.eager
+        ):
+            return False
+        self._phase = _RELEASED
+        core.hand_over(entry.plain)
+        return True
+
     async def _commit(self) -> None:
-        pending = [e for e in self._entries if not e.committed]
-        if not pending:
+        entries = self._entries
+        # Entries are committed in the order added: the last one says whether all are.
+        if not entries or entries[-1].committed:
             return
+        if len(entries) == 1 and entries[0].plain is None:  # one registered job: shorter
+            core = entries[0].core
+            assert core is not None
+            await _store(core, entries)
+            return
+        pending = [e for e in entries if not e.committed]
         running = running_core()
-        if len(pending) == 1 and (job := pending[0].plain) is not None and running is not None:
-            await self._commit_plain(pending[0], job, running)  # the common case, shorter
-            return
         for entry in pending:
-            if entry.plain is not None:
+            if entry.plain is not None and entry.core is None:
                 if running is not None:
                     running.check_plain(entry.plain.name)
                 entry.core = running
             if entry.core is None:
                 entry.committed = True  # nothing to store, no backlog to count against
-        for core, entries in _by_instance((e.core, e) for e in pending if e.core is not None):
-            plain = [e for e in entries if e.plain is not None]
-            stored = [e for e in entries if e.plain is None]
+        for core, group in _by_instance((e.core, e) for e in pending if e.core is not None):
+            plain = [e for e in group if e.plain is not None]
+            stored = [e for e in group if e.plain is None]
             if plain:  # first: their room is given back without a write, should storing fail
                 if not core.backlog.try_reserve(len(plain)):
                     await core.backlog.reserve(len(plain))
@@ -240,48 +291,23 @@ class Tasks:
                 if core.metrics.counting is not None:
                     core.metrics.added(e.record.name for e in plain)
             if stored:
-                now = utcnow()
-                for entry in stored:
-                    if entry.delay is not None:
-                        entry.record.scheduled_at = now + timedelta(seconds=entry.delay)
-                chosen = {e.record.id for e in stored if e.chosen}
-                kept = await core.backend.commit([e.record for e in stored], chosen=chosen)
-                for entry in stored:
-                    entry.committed = True
-                if kept:  # another request stored these ids first: theirs, not ours
-                    _duplicates(stored, kept)
-                if core.metrics.counting is not None:
-                    taken = {record.id for record in kept}
-                    added = (e.record.name for e in stored if e.record.id not in taken)
-                    core.metrics.added(added)
-
-    @staticmethod
-    async def _commit_plain(entry: _Entry, job: PlainJob, core: Core) -> None:
-        """``_commit`` of one plain job, with the running instance."""
-        core.check_plain(job.name)
-        entry.core = core
-        if not core.backlog.try_reserve(1):
-            await core.backlog.reserve(1)
-        core.plain.adopt((job,))
-        entry.committed = True
-        if core.metrics.counting is not None:
-            core.metrics.added((job.name,))
+                await _store(core, stored)
 
     async def _release(self) -> None:
         if self._phase == _RELEASED:
             return
         self._phase = _RELEASED
-        if len(self._entries) == 1:  # the common case: one plain job, to this worker
+        if len(self._entries) == 1:  # the common case: one registered job, to a worker
             entry = self._entries[0]
             core = entry.core
             if (
-                entry.plain is not None
+                entry.plain is None
                 and entry.committed
+                and not entry.duplicate
                 and core is not None
-                and core.worker is not None
-                and not core.eager
+                and not core.runs_inline
             ):
-                core.hand_over(entry.plain)
+                await core.backend.release((entry.record.id,))
                 return
         inline: list[_Entry] = []
         to_release: list[tuple[Core, str]] = []
@@ -334,6 +360,29 @@ class Tasks:
             entry.committed = False  # never released
 
 
+async def _store(core: Core, stored: list[_Entry]) -> None:
+    """Commit the registered jobs of ``stored`` (all of ``core``) to its backend."""
+    now = None
+    records: list[JobRecord] = []
+    chosen: set[str] = set()
+    for entry in stored:  # one loop: a comprehension is a call of its own
+        record = entry.record
+        if entry.delay is not None:
+            now = now or utcnow()
+            record.scheduled_at = now + timedelta(seconds=entry.delay)
+        if entry.chosen:
+            chosen.add(record.id)
+        records.append(record)
+    kept = await core.backend.commit(records, chosen=chosen)
+    for entry in stored:
+        entry.committed = True
+    if kept:  # another request stored these ids first: theirs, not ours
+        _duplicates(stored, kept)
+    if core.metrics.counting is not None:
+        taken = {record.id for record in kept}
+        core.metrics.added(e.record.name for e in stored if e.record.id not in taken)
+
+
 def _duplicates(entries: list[_Entry], kept: list[JobRecord]) -> None:
     """Mark the entries whose record was not stored (their id was kept already)."""
     not_added = {id(record) for record in kept}
@@ -374,22 +423,38 @@ async def _run_inline(entries: list[_Entry]) -> None:
 async def _provide_tasks(connection: HTTPConnection) -> Tasks:
     scope = connection.scope
     # FastAPI's telemetry marks the scope of a request it traces (or excludes).
+    telemetry = "fastapi.telemetry" in scope
     tasks = Tasks(
         scope.get("app"),
-        untraced=excluded(scope),
-        fastapi_traces=scope.get("fastapi.telemetry") is not None,
+        untraced=telemetry and excluded(scope),
+        fastapi_traces=telemetry and scope["fastapi.telemetry"] is not None,
     )
     try:
-        function_stack = connection.scope["fastapi_function_astack"]
-        request_stack = connection.scope["fastapi_inner_astack"]
+        function_stack = scope["fastapi_function_astack"]
+        request_stack = scope["fastapi_inner_astack"]
     except KeyError:
         raise ConfigurationError(
             "errands.BackgroundTasks needs FastAPI >= 0.121 (its per-request exit stacks "
             "were not found); upgrade FastAPI"
         ) from None
-    request_stack.push_async_exit(tasks.request_exit)
-    function_stack.push_async_exit(tasks.function_exit)
+    if (
+        _PUSH_EXIT is not None
+        and type(request_stack) is AsyncExitStack
+        and type(function_stack) is AsyncExitStack
+    ):
+        _PUSH_EXIT(request_stack, tasks.request_exit, False)
+        _PUSH_EXIT(function_stack, tasks.function_exit, False)
+    else:
+        request_stack.push_async_exit(tasks.request_exit)
+        function_stack.push_async_exit(tasks.function_exit)
     return tasks
+
+
+#: ``push_async_exit`` tells a callback from a context manager by looking up
+#: ``__aexit__`` on its type: a method has none, and the AttributeError raised and
+#: caught costs more than the rest of the push (two a request). Where the stacks are
+#: contextlib's own, its primitive registers the callbacks, as push_async_exit would.
+_PUSH_EXIT = getattr(AsyncExitStack, "_push_exit_callback", None)
 
 
 #: Annotate endpoint and dependency parameters with this, as with FastAPI's own.

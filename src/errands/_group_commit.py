@@ -22,11 +22,14 @@ fail, each write is tried again alone, so that only the bad one fails.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import threading
+import weakref
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from queue import SimpleQueue
 from typing import Any, TypeVar
 
 logger = logging.getLogger("errands")
@@ -51,8 +54,11 @@ class GroupCommit:
     def __init__(self, batch: Callable[[], AbstractContextManager[None]]) -> None:
         self._batch = batch
         # One thread of its own: one connection, and never queued behind the thread
-        # pool that serves sync endpoints.
-        self._thread = ThreadPoolExecutor(1, "errands-commit")
+        # pool that serves sync endpoints. Handed a batch through a queue, it settles
+        # the batch's future on the loop itself: an executor's futures, chained to
+        # the loop's, cost more than the rest of the hand-over (~100k instructions).
+        self._queue: _Queue = SimpleQueue()
+        self._thread: threading.Thread | None = None
         self._pending: list[tuple[_Write, asyncio.Future[Any]]] = []
         self._flusher: asyncio.Task[None] | None = None
 
@@ -95,9 +101,7 @@ class GroupCommit:
         while self._pending:
             batch, self._pending = self._pending, []
             try:
-                outcomes = await asyncio.get_running_loop().run_in_executor(
-                    self._thread, self._run, [write for write, _ in batch]
-                )
+                outcomes = await self._hand_over([write for write, _ in batch])
             except Exception as exc:  # the shared COMMIT itself failed: nothing was kept
                 outcomes = [(False, exc)] * len(batch)
             for (_, done), (ok, value) in zip(batch, outcomes, strict=True):
@@ -108,11 +112,29 @@ class GroupCommit:
                 else:
                     done.set_exception(value)
 
+    def _hand_over(self, writes: list[_Write]) -> asyncio.Future[list[_Outcome]]:
+        """Run ``writes`` in the thread; the future of their outcomes."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[list[_Outcome]] = loop.create_future()
+        if self._thread is None:
+            # A daemon, as errands' other threads: a graceful shutdown finishes its
+            # writes (aclose), and it ends once this object is dropped with its loop.
+            self._thread = threading.Thread(
+                target=_serve, args=(self._queue,), name="errands-commit", daemon=True
+            )
+            self._thread.start()
+            weakref.finalize(self, self._queue.put, None)
+        self._queue.put((self._run, writes, loop, done))
+        return done
+
     async def aclose(self) -> None:
         """Finish the writes already handed over (at shutdown)."""
         while self._flusher is not None and not self._flusher.done():
             await asyncio.shield(self._flusher)
-        self._thread.shutdown(wait=False)
+        if self._thread is not None:
+            self._queue.put(None)  # the thread ends; another starts should one be needed
+            self._queue = SimpleQueue()
+            self._thread = None
 
     def _run(self, writes: list[_Write]) -> list[_Outcome]:
         if len(writes) == 1:
@@ -142,6 +164,44 @@ class GroupCommit:
                     outcomes[index] = _alone(write)
         assert all(outcome is not None for outcome in outcomes)
         return outcomes  # type: ignore[return-value]
+
+
+#: What the thread is handed: a batch to run (the run, its writes, and the loop and
+#: future its outcomes go to), or None to end.
+_Job = tuple[
+    Callable[[list[_Write]], list[_Outcome]],
+    list[_Write],
+    asyncio.AbstractEventLoop,
+    "asyncio.Future[list[_Outcome]]",
+]
+_Queue = SimpleQueue[_Job | None]
+
+
+def _serve(queue: _Queue) -> None:
+    """A group commit's thread: runs what it is handed until told to end."""
+    while (job := queue.get()) is not None:
+        _run_job(job)
+        del job  # holds the group commit: it must be free to go while this waits
+
+
+def _run_job(job: _Job) -> None:
+    run, writes, loop, done = job
+    try:
+        outcome: tuple[bool, Any] = (True, run(writes))
+    except BaseException as exc:  # (as an executor's future would keep it)
+        outcome = (False, exc)
+    with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits
+        loop.call_soon_threadsafe(_settle, done, outcome)
+
+
+def _settle(done: asyncio.Future[Any], outcome: tuple[bool, Any]) -> None:
+    if done.done():
+        return  # cancelled (its loop is shutting down)
+    ok, value = outcome
+    if ok:
+        done.set_result(value)
+    else:
+        done.set_exception(value)
 
 
 def _alone(write: _Write) -> _Outcome:

@@ -160,7 +160,7 @@ def plain_size(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int | None:
     """If every argument is a plain scalar (the common case), an upper bound of their
     size as JSON; else None. Plain arguments need no JSON round trip to be checked."""
     size = 16
-    for value in (*args, *kwargs.values()):
+    for value in (*args, *kwargs.values()) if kwargs else args:
         kind = type(value)
         if kind is str:
             size += 12 * len(value) + 3  # an astral character escapes to 12 bytes
@@ -176,7 +176,7 @@ def plain_size(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int | None:
             size += 6
         else:
             return None
-    return size + sum(len(key) * 12 + 4 for key in kwargs)
+    return size + sum(len(key) * 12 + 4 for key in kwargs) if kwargs else size
 
 
 def encode_arguments(
@@ -203,6 +203,8 @@ def encode_result(task_name: str, result: Any, max_result: int | None = None) ->
 
     ``max_result`` is the most bytes of JSON it may take (None: no limit).
     """
+    if result is None and (max_result is None or max_result >= 4):
+        return None  # (the common case: "null")
     bound = plain_size((result,), {})
     if bound is not None:  # a plain scalar: JSON gives it back as it is
         if max_result is None or bound <= max_result:

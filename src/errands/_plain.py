@@ -13,8 +13,8 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Coroutine, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -86,24 +86,28 @@ def new_plain_job(
     )
 
 
-async def run_plain(job: PlainJob, threads: Threads) -> None:
-    """Run a plain job's one attempt; a failure is logged and recorded, never raised."""
+async def run_plain(job: PlainJob, threads: Threads, jobs: PlainJobs | None = None) -> None:
+    """Run a plain job's one attempt; a failure is logged and recorded, never raised.
+    ``jobs``: the instance's, which adopted it: its bookkeeping is done at the end
+    (also when it is cancelled)."""
     func = job.func
     if job.status is not JobStatus.QUEUED or func is None:
-        return  # cancelled while it waited
+        return  # cancelled while it waited: its bookkeeping is done
     job.attempts += 1
     job.started_at = utcnow()
     job.status = JobStatus.RUNNING
     args, kwargs, trace = job.call_args, job.call_kwargs, job.trace
     job.forget_call()
     start = time.perf_counter()
-    logged = entering(job.id, job.name, job.attempts)
+    logged = entering((job.id, job.name, job.attempts))
     try:
-        with _NOT_TRACED if trace is None else traced(trace, func, job.id):
-            if job.is_async:
-                result = await func(*args, **kwargs)
-            else:
-                result = await threads.run(func, args, kwargs, name=job.name)
+        if trace is not None:
+            with traced(trace, func, job.id):
+                result = await _call(job, func, args, kwargs, threads)
+        elif job.is_async:  # (the common cases, spelled out: no frame of their own)
+            result = await func(*args, **kwargs)
+        else:
+            result = await threads.run(func, args, kwargs, name=job.name)
     except anyio.get_cancelled_exc_class():
         job.error = "cancelled: the worker stopped while the job ran"
         _finish(job, JobStatus.CANCELLED)
@@ -123,7 +127,8 @@ async def run_plain(job: PlainJob, threads: Threads) -> None:
         _finish(job, JobStatus.FAILED)
     else:
         job.result = result
-        _finish(job, JobStatus.SUCCEEDED)
+        job.finished_at = utcnow()
+        job.status = JobStatus.SUCCEEDED
         if job_logger.isEnabledFor(logging.DEBUG):
             job_logger.debug(
                 "job %s (%s) succeeded in %.3f s",
@@ -134,9 +139,20 @@ async def run_plain(job: PlainJob, threads: Threads) -> None:
             )
     finally:
         leaving(logged)
+        if jobs is not None:
+            jobs.finished(job)
 
 
-_NOT_TRACED = nullcontext()
+async def _call(
+    job: PlainJob,
+    func: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    threads: Threads,
+) -> Any:
+    if job.is_async:
+        return await func(*args, **kwargs)
+    return await threads.run(func, args, kwargs, name=job.name)
 
 
 def traced(trace: Any, func: Callable[..., Any], id: str) -> AbstractContextManager[None]:
@@ -201,6 +217,15 @@ class PlainJobs:
             while len(self._finished) > KEEP_FINISHED:
                 self._records.pop(self._finished.popleft(), None)
         WAITERS.notify(job.id)
+        started = job.started_at  # None: cancelled before it started, not an attempt
+        metrics = self.metrics
+        if metrics is not None and metrics.counting is not None and started is not None:
+            metrics.attempted(
+                job.name,
+                OUTCOMES.get(job.status, "failed"),
+                (started - job.created_at).total_seconds(),
+                ((job.finished_at or utcnow()) - started).total_seconds(),
+            )
 
     def cancel(self, job: PlainJob, reason: str) -> None:
         """Drop an adopted job that has not started (its request failed)."""
@@ -223,20 +248,7 @@ class PlainJobs:
             for job in [lane] if isinstance(lane, PlainJob) else lane:
                 self.cancel(job, reason)
 
-    async def run(self, job: PlainJob, threads: Threads) -> None:
-        """Run an adopted job, then do its bookkeeping (also when it is cancelled)."""
-        if job.status is not JobStatus.QUEUED:
-            return  # cancelled while it waited: its bookkeeping is done
-        try:
-            await run_plain(job, threads)
-        finally:
-            self.finished(job)
-            started = job.started_at
-            metrics = self.metrics
-            if metrics is not None and metrics.counting is not None and started is not None:
-                metrics.attempted(
-                    job.name,
-                    OUTCOMES.get(job.status, "failed"),
-                    (started - job.created_at).total_seconds(),
-                    ((job.finished_at or utcnow()) - started).total_seconds(),
-                )
+    def run(self, job: PlainJob, threads: Threads) -> Coroutine[Any, Any, None]:
+        """Run an adopted job, then do its bookkeeping (also when it is cancelled).
+        Its coroutine is ``run_plain``'s: one frame less a job."""
+        return run_plain(job, threads, self)

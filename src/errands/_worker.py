@@ -82,9 +82,14 @@ class Worker:
 
     def offer(self) -> None:
         """New work was handed over: start it now if we are on the worker's loop."""
-        if self._stopping or self._loop is None:
+        loop = self._loop
+        if self._stopping or loop is None:
             return
-        if self.on_own_loop():
+        try:  # (on_own_loop, spelled out: once a request)
+            own = asyncio.get_running_loop() is loop
+        except RuntimeError:
+            own = False
+        if own:
             self.fill()
         else:
             self.wake()
@@ -172,17 +177,21 @@ class Worker:
     def start(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run ``coro`` (one job) in a slot."""
         assert self._loop is not None
-        task = self._loop.create_task(coro, context=self._context.copy())
+        task = self._loop.create_task(self._slot(coro), context=self._context.copy())
         self._tasks.add(task)
-        task.add_done_callback(self._done)
 
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and (exc := task.exception()) is not None:
+    async def _slot(self, coro: Coroutine[Any, Any, None]) -> None:
+        # The slot's bookkeeping in the task itself: cheaper than a done callback (one
+        # more turn of the loop a job).
+        try:
+            await coro
+        except Exception as exc:
             logger.error("a worker task crashed", exc_info=exc)
-        if not self._stopping:
-            # A slot is free, and a finished job may unblock the next.
-            self.fill(batch=True)
+        finally:
+            self._tasks.discard(asyncio.current_task())
+            if not self._stopping:
+                # A slot is free, and a finished job may unblock the next.
+                self.fill(batch=True)
 
     def fill(self, *, batch: bool = False) -> None:
         """Start what waits, in the free slots."""
@@ -190,10 +199,14 @@ class Worker:
         if self._stopping or free <= 0:
             return
         source, lanes = self.source, self._plain.lanes
+        if not lanes:
+            if source is not None:
+                source.fill(free, batch=batch)
+            return
         if source is not None:
             # With plain lanes waiting, half the free slots go to the source first,
             # so a steady stream of either kind cannot starve the other.
-            source.fill((free + 1) // 2 if lanes else free, batch=batch)
+            source.fill((free + 1) // 2, batch=batch)
         while lanes and self.free() > 0:
             lane = lanes.popleft()
             if isinstance(lane, PlainJob):  # a lane of one job: run it as it is

@@ -17,7 +17,6 @@ import os
 import socket
 import time
 import uuid
-import weakref
 from collections.abc import Callable, Collection, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -26,7 +25,7 @@ from .._attempt import Outcome, attempt, log_outcome, round_failures
 from .._backend import Backend, Source
 from .._cancel import CANCELLED_RUNNING, Stop
 from .._group_commit import GroupCommit
-from .._loops import PerLoop, loop_entry
+from .._loops import LoopLocal
 from .._metrics import outcome_of
 from .._options import Runtime
 from .._record import JobRecord, JobStatus, utcnow
@@ -52,6 +51,18 @@ logger = logging.getLogger("errands")
 T = TypeVar("T")
 
 
+#: This process's id (a forked child's own): os.getpid() is a system call.
+_pid = os.getpid()
+
+
+def _forked() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
 class LocalBackend(Backend):
     def __init__(self, store: Store, runtime: Runtime, url: str) -> None:
         self.store = store
@@ -64,8 +75,8 @@ class LocalBackend(Backend):
         self._backlog = runtime.backlog
         self._metrics = runtime.metrics
         self._tracing = runtime.tracing
-        self._groups: PerLoop[GroupCommit] = weakref.WeakKeyDictionary()
-        self._liveness: PerLoop[Liveness] = weakref.WeakKeyDictionary()
+        self._groups = LoopLocal(lambda: GroupCommit(self.store.batch))
+        self._liveness = LoopLocal(lambda: Liveness(self))
         self._claims: Claims | None = None
         self._unlisten: Callable[[], None] | None = None
         self._pid = -1
@@ -74,6 +85,7 @@ class LocalBackend(Backend):
         self._checked_for_workers = False
         self._purge: asyncio.TimerHandle | None = None
         self._recording = Backoff("recording job outcomes")
+        self._hold = timedelta(seconds=self._options.hold)
 
     def __repr__(self) -> str:
         return f"<LocalBackend {self.store.location}>"
@@ -86,8 +98,8 @@ class LocalBackend(Backend):
     def process_id(self) -> str:
         """This process's id in the store: the owner of the jobs it adds and claims
         (a forked child gets its own)."""
-        if self._pid != os.getpid():
-            self._pid = os.getpid()
+        if self._pid != _pid:
+            self._pid = _pid
             self._id = f"{socket.gethostname()}-{self._pid}-{uuid.uuid4().hex[:6]}"
         return self._id
 
@@ -106,10 +118,10 @@ class LocalBackend(Backend):
 
     def group(self) -> GroupCommit:
         """This event loop's group commit."""
-        return loop_entry(self._groups, lambda: GroupCommit(self.store.batch))
+        return self._groups.get()
 
     def liveness(self) -> Liveness:
-        return loop_entry(self._liveness, lambda: Liveness(self))
+        return self._liveness.get()
 
     async def write(self, operation: Callable[[], T]) -> T:
         """A store write: at once for the memory store, grouped for a durable one."""
@@ -163,14 +175,15 @@ class LocalBackend(Backend):
         owner = self.process_id
         # Unreleased until the response is out: only this process may let them go
         # sooner, and should it die, the next sweep does (see Liveness).
-        until = utcnow() + timedelta(seconds=self._options.hold)
+        until = utcnow() + self._hold
         for record in records:
             record.owner = owner
             # Released, a job is due at its scheduled time (or at once); a job never
             # released is due when its hold ends, never before its scheduled time.
             record.run_at = record.due(until)
         if not self.durable:
-            await self._backlog.reserve(len(records))
+            if not self._backlog.try_reserve(len(records)):
+                await self._backlog.reserve(len(records))
             return self._enqueue(records)
         self.liveness().beat()
         stored = self.group().submit_bulk(self.store.enqueue, records)
@@ -217,11 +230,16 @@ class LocalBackend(Backend):
     async def release(self, ids: Sequence[str]) -> None:
         try:
             if self.durable:
+                released = self.group().submit_bulk(self.store.release, ids)
+                # This loop's worker claims now: its claim joins the release's batch,
+                # which runs its bulk writes first (one transaction, not two in turn).
+                self._wanted()
                 # Awaited, though the response is out: a short-lived event loop (TestClient
                 # without its lifespan) must not close with the release still unwritten.
-                await asyncio.shield(self.group().submit_bulk(self.store.release, ids))
-            else:
-                self.store.release(ids)
+                # (Unshielded: cancelled, the batch writes it all the same.)
+                await released
+                return
+            self.store.release(ids)
         except Exception as exc:
             # Were it lost, the jobs run once their owner is gone or their hold ends.
             logger.error("releasing jobs failed; they run when their hold ends: %s", exc)
@@ -327,14 +345,14 @@ class LocalBackend(Backend):
             self._purge.cancel()
             self._purge = None
         loop = asyncio.get_running_loop()
-        liveness = self._liveness.pop(loop, None)
+        liveness = self._liveness.pop(loop)
         if liveness is not None:
             liveness.close()
         try:
             await self.write(functools.partial(self.store.stopped, self.process_id))
         except Exception as exc:
             logger.error("recording that this worker stopped failed: %s", exc)
-        group = self._groups.pop(loop, None)
+        group = self._groups.pop(loop)
         if group is not None:
             await group.aclose()
 
@@ -450,8 +468,10 @@ class LocalBackend(Backend):
                 if isinstance(write, Success):
                     await asyncio.shield(self.group().submit_bulk(self._merged, [write]))
                     kept = write.status
+                elif not self.durable:  # (self.write, without its coroutine)
+                    kept = write()
                 else:
-                    kept = await self.write(write)
+                    kept = await self.group().write(write)
             except StoreError as exc:
                 liveness.track(job)
                 delay = next_delay(delay)

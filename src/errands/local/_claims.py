@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 
 from .._limits import Limit
 from .._record import JobRecord
+from .._task import Kind
 from .._tuning import (
     MAX_STORE_BACKOFF,
     MIN_STORE_BACKOFF,
@@ -35,10 +36,9 @@ from .._tuning import (
     POLL_SHARED,
 )
 from ..exceptions import StoreCorrupt, StoreError, StoreUnwritable
-from ._store import Announcing, ClaimsNow, Want
+from ._store import Announcing, ClaimsNow, Counting, Want
 
 if TYPE_CHECKING:
-    from .._task import Kind
     from .._worker import Worker
     from ._backend import LocalBackend
 
@@ -98,6 +98,10 @@ def next_delay(delay: float) -> float:
     return min(MAX_STORE_BACKOFF, max(MIN_STORE_BACKOFF, delay * 2))
 
 
+#: The kinds of task, in the order they take turns asking first.
+_KINDS: tuple[Kind, ...] = ("thread", "process", "async")
+
+
 class Claims:
     def __init__(self, backend: LocalBackend, worker: Worker, *, listening: bool = False) -> None:
         self._backend = backend
@@ -117,11 +121,17 @@ class Claims:
         self._quarter = 4 if durable else 0
         self._backoff = Backoff("claiming jobs")
         self._names: dict[Kind, tuple[str, ...]] = {}
+        self._kinds: tuple[Kind, ...] = ()  # those with names, in _KINDS's order
         self._registered = -1
         # Jobs claimed and not yet handed to their pool: not counted in its free().
         self._starting: dict[Kind, int] = {"async": 0, "thread": 0, "process": 0}
         self._turn = 0  # which kind asks first
         self.failure: StoreError | None = None  # set when the store will not heal
+        # A store of this process alone that counts what it makes claimable: a job's
+        # end asks it again only if the count moved (or the task has limits).
+        store = backend.store
+        self._counting = store if isinstance(store, Counting) and not durable else None
+        self._seen = -1  # its count when last asked
 
     def wanted(self) -> None:
         self._dirty = True
@@ -143,6 +153,8 @@ class Claims:
             backend.store.claim, backend.process_id, backend.lease, wants, total, self._limits
         )
         if not backend.durable:
+            if self._counting is not None:
+                self._seen = self._counting.changes
             self._claimed(total, claim)
             return
         store = backend.store
@@ -168,18 +180,23 @@ class Claims:
         now (the claim takes ``free`` at most in all, of what is due). The kinds take
         turns going first, so that none starves the others."""
         names = self._by_kind()
-        calls = self._backend.calls
-        starting = self._starting
-        kinds: list[tuple[Kind, int, int]] = [
-            ("thread", calls.threads.free() - starting["thread"], calls.threads.size),
-            ("process", calls.processes.free() - starting["process"], calls.processes.processes),
-            ("async", free, self._worker.concurrency),
-        ]
-        self._turn = (self._turn + 1) % len(kinds)
+        kinds = self._kinds  # only the kinds registered here (usually one) take turns
+        if len(kinds) > 1:
+            turn = self._turn = (self._turn + 1) % len(kinds)
+            kinds = kinds[turn:] + kinds[:turn]
         wants: list[Want] = []
-        for kind, capacity, size in kinds[self._turn :] + kinds[: self._turn]:
+        for kind in kinds:
+            if kind == "async":
+                capacity, size = free, self._worker.concurrency
+            elif kind == "thread":
+                threads = self._backend.calls.threads
+                capacity, size = threads.free() - self._starting["thread"], threads.size
+            else:
+                processes = self._backend.calls.processes
+                capacity = processes.free() - self._starting["process"]
+                size = processes.processes
             most = min(free, capacity)
-            if not names.get(kind) or most <= 0:
+            if most <= 0:
                 continue
             if batch and self._quarter and most < max(1, size // self._quarter):
                 continue
@@ -193,6 +210,7 @@ class Claims:
             for task in tasks.values():
                 grouped.setdefault(task.kind, []).append(task.name)
             self._names = {kind: tuple(sorted(names)) for kind, names in grouped.items()}
+            self._kinds = tuple(kind for kind in _KINDS if kind in self._names)
             self._limits = {t.name: t.limit for t in tasks.values() if t.limit is not None}
             # A token comes every 1/rate s: look that often (the memory store's poll is
             # long, and its claims would otherwise wait for it).
@@ -243,6 +261,8 @@ class Claims:
         # suspend before it): from here the pool's free() counts it.
         self._starting[kind] -= 1
         retry_at = await self._backend.run(job)
-        self._dirty = True  # the next job of its request may be claimable now
+        counting = self._counting
+        if counting is None or counting.changes != self._seen or job.name in self._limits:
+            self._dirty = True  # the next job of its request may be claimable now
         if retry_at is not None:
             self._worker.wake_at(retry_at)

@@ -260,6 +260,17 @@ class Announcing(Protocol):
         without)."""
 
 
+@runtime_checkable
+class Counting(Protocol):
+    """A store only this process uses (the memory store) that counts the times it made
+    jobs claimable (released, due again, unblocked): while the count stands, a job
+    that ends here has made nothing claimable for its worker to ask for, but a slot
+    of a limited task."""
+
+    #: Goes up each time some job becomes claimable.
+    changes: int
+
+
 class Writer(Protocol):
     """One job to write with the caller's own connection, in the caller's transaction."""
 

@@ -51,6 +51,8 @@ class MemoryStore:
         # For task limits: running jobs by name, and each rate's bucket (tokens, when).
         self._running: Counter[str] = Counter()
         self._buckets: dict[str, tuple[float, float]] = {}
+        #: Times a job became claimable (see local._store.Counting).
+        self.changes = 0
 
     # -- writing ----------------------------------------------------------------
 
@@ -112,15 +114,21 @@ class MemoryStore:
             self._expire_leases(now)
             for names, most in wants:
                 found = [(name, heap) for name in names if (heap := self._queue.ripe(name, now))]
-                allowed = {
-                    name: self._allowed(name, limits[name], now)
-                    for name, _ in found
-                    if name in limits
-                }
-                found = [(name, heap) for name, heap in found if allowed.get(name, 1) > 0]
+                allowed: dict[str, int] = {}
+                if limits:
+                    allowed = {
+                        name: self._allowed(name, limits[name], now)
+                        for name, _ in found
+                        if name in limits
+                    }
+                    found = [(name, heap) for name, heap in found if allowed.get(name, 1) > 0]
                 taken = 0
                 while taken < most and len(claimed) < limit and found:
-                    name, heap = min(found, key=lambda entry: self._queue.first(entry[1]))
+                    if len(found) == 1:  # (the common case: no ranking; stale entries dropped)
+                        name, heap = found[0]
+                        self._queue.first(heap)
+                    else:
+                        name, heap = min(found, key=lambda entry: self._queue.first(entry[1]))
                     if not heap:
                         break  # none of these names has a due job left
                     job = self._jobs[self._queue.pop(heap)]
@@ -384,6 +392,7 @@ class MemoryStore:
     # -- internals (called with the lock held) ----------------------------------
 
     def _schedule(self, job: JobRecord) -> None:
+        self.changes += 1
         self._queue.push(job, self._unfinished)
 
     def _unreleased(self, job: JobRecord) -> bool:
