@@ -3,9 +3,8 @@
 Memory and SQLite (and any store after them) are this one backend over another
 store. A request's jobs are stored before its response and released after it; a
 durable store's writes of one event loop share transactions in a thread of their
-own (group commit); a claimed job runs here, one ``_attempt`` at a time, and its
-outcome is recorded, with the write tried again (keeping the job's lease, never
-running the task again) should the store refuse it for a while.
+own (group commit); a claimed job runs here (``_running.Runner``: its attempt, then
+the record of its outcome).
 """
 
 from __future__ import annotations
@@ -15,29 +14,24 @@ import functools
 import logging
 import os
 import socket
-import time
 import uuid
 from collections.abc import Callable, Collection, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .._attempt import Outcome, attempt, log_outcome, round_failures
 from .._backend import Backend, Source
-from .._cancel import CANCELLED_RUNNING, Stop
 from .._group_commit import GroupCommit
 from .._loops import LoopLocal
-from .._metrics import outcome_of
 from .._options import Runtime
 from .._record import JobRecord, JobStatus, utcnow
 from .._stats import Stats, WorkerInfo
-from .._tracing import attempt_span, ended
 from .._tuning import PURGE_EVERY
 from .._waiters import WAITERS
-from ..exceptions import ConfigurationError, StoreError
-from ._claims import Backoff, Claims, next_delay
+from ..exceptions import ConfigurationError
+from ._claims import Claims
 from ._liveness import Liveness
-from ._outcomes import unrecordable, write_for
-from ._store import Announcing, Merging, ProcessInfo, Store, Success
+from ._running import Runner
+from ._store import Announcing, ProcessInfo, Store
 
 if TYPE_CHECKING:
     from collections import deque
@@ -74,7 +68,6 @@ class LocalBackend(Backend):
         self._options = runtime.options
         self._backlog = runtime.backlog
         self._metrics = runtime.metrics
-        self._tracing = runtime.tracing
         self._groups = LoopLocal(lambda: GroupCommit(self.store.batch))
         self._liveness = LoopLocal(lambda: Liveness(self))
         self._claims: Claims | None = None
@@ -84,7 +77,7 @@ class LocalBackend(Backend):
         self._started_at = utcnow()
         self._checked_for_workers = False
         self._purge: asyncio.TimerHandle | None = None
-        self._recording = Backoff("recording job outcomes")
+        self.runner = Runner(self, runtime)
         self._hold = timedelta(seconds=self._options.hold)
 
     def __repr__(self) -> str:
@@ -249,7 +242,7 @@ class LocalBackend(Backend):
     async def cancel(self, ids: Sequence[str], reason: str) -> list[str]:
         cancelled = await self.write(functools.partial(self.store.cancel, ids, reason))
         for id in cancelled:
-            self._finished(id)
+            self.finished(id)
         return cancelled
 
     def _wanted(self) -> None:
@@ -258,7 +251,7 @@ class LocalBackend(Backend):
             claims.wanted()
             claims.worker.offer()
 
-    def _finished(self, id: str) -> None:
+    def finished(self, id: str) -> None:
         """Bookkeeping once a job reached a final state in this process."""
         if not self.durable:
             self._backlog.release(1)
@@ -269,7 +262,7 @@ class LocalBackend(Backend):
     def cancel_job(self, id: str) -> JobRecord | None:
         record, cancelled = self.store.request_cancel(id)
         if cancelled:
-            self._finished(id)
+            self.finished(id)
         return record
 
     def retry_job(self, id: str, max_attempts: int) -> JobRecord | None:
@@ -375,67 +368,14 @@ class LocalBackend(Backend):
         if purged:
             logger.info("purged %d job(s) finished before %s", purged, before)
 
-    async def run(self, job: JobRecord) -> float | None:
-        """Run a claimed job's attempt and record it; when a retry is due
-        (``time.monotonic()``), if there is one."""
-        outcome = await self._attempt(job)
-        return await self._record(job, outcome)
-
-    async def _attempt(self, job: JobRecord) -> Outcome:
-        """One attempt of a claimed job, its lease renewed meanwhile; given back (not
-        counted) if it is cancelled, unless ``errands.cancel`` cancelled it."""
-        task = self.tasks[job.name]  # claims take only registered names
-        liveness = self.liveness()
-        stop = Stop()
-        # A def attempt cannot be interrupted: it is only told (cancel_requested()).
-        current = asyncio.current_task()
-        if task.kind != "thread" and current is not None:
-            stop.interrupt = functools.partial(current.cancel, "errands.cancel")
-        liveness.track(job, stop)
-        try:
-            running = attempt(
-                self.calls,
-                task,
-                job.args,
-                job.kwargs,
-                failures=round_failures(job, task),
-                max_result=self._options.max_result,
-                stop=stop,
-                job=(job.id, job.attempts),
-            )
-            if job.traceparent is None:  # (no span to open: the common case, at no cost)
-                outcome = await running
-            else:
-                provider = self._tracing.provider
-                with attempt_span(
-                    job.traceparent, job.name, job.id, job.attempts, provider
-                ) as span:
-                    outcome = await running
-                    ended(span, outcome)
-        except asyncio.CancelledError:
-            liveness.untrack(job)
-            current = asyncio.current_task()
-            if not stop.requested or current is None or current.cancelling() > 1:
-                self.give_back(job)  # a shutdown: not the job's own end
-                raise
-            current.uncancel()
-            outcome = Outcome(JobStatus.CANCELLED, error=CANCELLED_RUNNING)
-        # Over: a cancel from now on must not interrupt the write of its outcome (the
-        # store ends the job cancelled all the same).
-        stop.interrupt = None
-        log_outcome(job.id, task, job.attempts, outcome)
-        if self._metrics.counting is not None:
-            # Waited: from when it was due (released, its delay or its retry's time).
-            started, due = job.started_at, job.run_at or job.created_at
-            waited = None if started is None else (started - due).total_seconds()
-            self._metrics.attempted(task.name, outcome_of(outcome), waited, outcome.seconds)
-        return outcome
-
     def count_lost(self, lost: deque[str]) -> None:
         """Count the attempts the store found lost (their workers died: they could not)."""
         names = [lost.popleft() for _ in range(len(lost))]
         if self._metrics.counting is not None:
             self._metrics.lost(names)
+
+    async def run_here(self, record: JobRecord) -> None:
+        await self.runner.run_here(record)
 
     def give_back(self, job: JobRecord) -> None:
         # Written at once, on the loop: the loop may be closing (a shutdown past its
@@ -444,87 +384,6 @@ class LocalBackend(Backend):
             self.store.requeue(job)
         except Exception as exc:
             logger.error("giving back job %s failed (%s); it runs when its lease ends", job.id, exc)
-
-    async def _record(
-        self, job: JobRecord, outcome: Outcome, *, retry_at: datetime | None = None
-    ) -> float | None:
-        """Record ``outcome``; tried again while the store refuses (the lease kept
-        meanwhile), never by running the task again. A retry is due ``retry_at``
-        (default: after the outcome's backoff); returns when, as ``time.monotonic()``.
-
-        Cancelled meanwhile (a shutdown), the job keeps its last state: running, until
-        its lease runs out and another worker runs it again.
-        """
-        liveness = self.liveness()
-        delay = 0.0
-        fell_back = False
-        kept: JobStatus | None = None
-        while True:
-            write = write_for(self.store, self.durable, job, outcome, retry_at)
-            # The attempt is over: no renewal may race the write that records it (it
-            # would read the job as lost).
-            liveness.untrack(job)
-            try:
-                if isinstance(write, Success):
-                    await asyncio.shield(self.group().submit_bulk(self._merged, [write]))
-                    kept = write.status
-                elif not self.durable:  # (self.write, without its coroutine)
-                    kept = write()
-                else:
-                    kept = await self.group().write(write)
-            except StoreError as exc:
-                liveness.track(job)
-                delay = next_delay(delay)
-                self._recording.note(exc, delay)
-                await asyncio.sleep(delay)
-                continue
-            except Exception as exc:  # the store cannot take this outcome: fail the job
-                logger.exception("recording the outcome of job %s failed", job.id)
-                if fell_back:
-                    return None  # not even that: its lease runs out, and it runs again
-                fell_back = True
-                outcome = unrecordable(outcome, exc)
-                continue
-            break
-        if delay:
-            self._recording.succeeded()
-        if kept is JobStatus.QUEUED:
-            assert outcome.retry_in is not None
-            return time.monotonic() + outcome.retry_in
-        if kept is not None and kept.finished:
-            self._finished(job.id)
-        return None
-
-    def _merged(self, successes: Sequence[Success]) -> None:
-        assert isinstance(self.store, Merging)
-        self.store.complete_all(successes)
-
-    async def run_here(self, record: JobRecord) -> None:
-        owner = f"{self.process_id}-eager"
-        while True:
-            try:
-                claimed = await self.write(
-                    functools.partial(self.store.claim_ids, owner, self.lease, [record.id])
-                )
-            except StoreError as exc:
-                logger.error("running job %s in the request failed: %s", record.id, exc)
-                return  # it stays in the store: a worker runs it
-            if not claimed:
-                # Cancelled meanwhile, or a worker has it; if it is still waiting (its
-                # predecessor went to a worker), let the workers have it.
-                await self.release([record.id])
-                return
-            job = claimed[0]
-            outcome = await self._attempt(job)
-            if outcome.status is not JobStatus.QUEUED:
-                await self._record(job, outcome)
-                return
-            # This request waits out the backoff itself; should this process die
-            # meanwhile, any worker retries the job after the hold.
-            assert outcome.retry_in is not None
-            hold = timedelta(seconds=outcome.retry_in + self._options.hold)
-            await self._record(job, outcome, retry_at=utcnow() + hold)
-            await asyncio.sleep(outcome.retry_in)
 
     def run_worker(
         self, core: Core, *, concurrency: int | None, extra: Sequence[str], log_level: str

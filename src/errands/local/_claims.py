@@ -260,7 +260,7 @@ class Claims:
         # Handed to its pool within this first step of the task (run() does not
         # suspend before it): from here the pool's free() counts it.
         self._starting[kind] -= 1
-        retry_at = await self._backend.run(job)
+        retry_at = await self._backend.runner.run(job)
         counting = self._counting
         if counting is None or counting.changes != self._seen or job.name in self._limits:
             self._dirty = True  # the next job of its request may be claimable now
