@@ -42,6 +42,8 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -176,77 +178,24 @@ def own_time(path: str, top: int = 25) -> list[tuple[str, int, float]]:
     return [(frame, samples, samples / total) for frame, samples in ranked]
 
 
-def turn(system: str, n: int, args: argparse.Namespace, profile: str | None = None) -> dict:
-    prefix = f"wbench-{uuid.uuid4().hex[:12]}"
-    key, ready = f"{prefix}:count", f"{prefix}:ready"
-    tmp = tempfile.mkdtemp(prefix="errands-workers-")
-    env = {
-        **os.environ,
-        "PYTHONPATH": f"{ROOT}:{ROOT}/src",
-        "BENCH_SYSTEM": system,
-        "BENCH_PREFIX": prefix,
-        "BENCH_TMP": tmp,
-    }
-    command = COMMANDS[system]
-    built = workers_app.build(system, prefix, tmp)
-    log = open(f"{tmp}/worker.log", "wb")  # noqa: SIM115 (closed below)
-    worker = subprocess.Popen(
-        command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
-    result: dict[str, Any] = {"system": system}
-    try:
-        built.produce(ready, 1)  # the worker is up and has run one job
-        wait_for(ready, 1, args.start_timeout, worker)
-        process = psutil.Process(worker.pid)
-        sampler = spy(worker.pid, profile) if profile else None
-        cpu_before = tree_cpu(process)
-        started = time.perf_counter()
-        built.produce(key, n)
-        added = time.perf_counter()
-        wait_for(key, n, args.timeout, worker)
-        elapsed = time.perf_counter() - started
-        (user, system), (user_before, system_before) = tree_cpu(process), cpu_before
-        user, system = user - user_before, system - system_before
-        if sampler:
-            sampler.send_signal(signal.SIGINT)  # writes its file and exits
-            sampler.wait(30)
-        rss_main, rss_tree = tree_rss(process)
-        result |= {
-            "jobs_per_s": n / elapsed,
-            "add_per_s": n / (added - started),
-            "cpu_us_per_job": (user + system) / n * 1e6,
-            "user_us_per_job": user / n * 1e6,
-            "system_us_per_job": system / n * 1e6,
-            "rss_mb": rss_tree,
-            "rss_main_mb": rss_main,
-            "processes": len(tree(process)),
-        }
-    except Exception as error:
-        result["error"] = f"{type(error).__name__}: {error}"
-    finally:
-        stop(worker, args.grace)
-        log.close()
-        if "error" in result:
-            tail = Path(f"{tmp}/worker.log").read_bytes()[-2000:].decode(errors="replace")
-            result["log_tail"] = tail
-        with contextlib.suppress(Exception):
-            built.close()
-        counter.delete(key, ready)
-        stale = list(brokers.scan_iter(match=f"*{prefix}*", count=1000))
-        if stale:
-            brokers.delete(*stale)
-        shutil.rmtree(tmp, ignore_errors=True)
-    return result
+@dataclass
+class Turn:
+    prefix: str  # of the turn's keys
+    built: workers_app.Built
+    worker: subprocess.Popen[bytes]
+
+    def warm_up(self, args: argparse.Namespace) -> None:
+        """Return once the worker is up and has run one job."""
+        self.built.produce(f"{self.prefix}:ready", 1)
+        wait_for(f"{self.prefix}:ready", 1, args.start_timeout, self.worker)
 
 
-def latency_turn(system: str, args: argparse.Namespace, *, asynchronous: bool) -> dict:
-    """Enqueue -> start, one job in flight: the worker idles ``--idle-ms`` between
-    jobs; each job pushes ``time.time()`` as its first step to a list this process waits
-    on (BLPOP: woken at once, no poll); the latency is that stamp less the time just
-    before the add. With ``asynchronous``, the job is an ``async def`` (where the system
-    has one)."""
+@contextlib.contextmanager
+def running(system: str, args: argparse.Namespace, result: dict[str, Any]) -> Iterator[Turn]:
+    """One turn's worker: a fresh temp dir and key prefix, the worker process started;
+    afterwards, whatever happened (an error goes in ``result``, with the end of the
+    worker's log), the worker stopped, its files and keys removed."""
     prefix = f"wbench-{uuid.uuid4().hex[:12]}"
-    stamps, ready = f"{prefix}:stamps", f"{prefix}:ready"
     tmp = tempfile.mkdtemp(prefix="errands-workers-")
     env = {
         **os.environ,
@@ -261,17 +210,75 @@ def latency_turn(system: str, args: argparse.Namespace, *, asynchronous: bool) -
         COMMANDS[system], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
         start_new_session=True,
     )  # fmt: skip
-    name = f"{system}{' (async def)' if asynchronous else ''}"
-    result: dict[str, Any] = {"system": name}
-    idle = args.idle_ms / 1000
     try:
-        built.produce(ready, 1)
-        wait_for(ready, 1, args.start_timeout, worker)
+        yield Turn(prefix, built, worker)
+    except Exception as error:
+        result["error"] = f"{type(error).__name__}: {error}"
+    finally:
+        stop(worker, args.grace)
+        log.close()
+        if "error" in result:
+            tail = Path(f"{tmp}/worker.log").read_bytes()[-2000:].decode(errors="replace")
+            result["log_tail"] = tail
+        with contextlib.suppress(Exception):
+            built.close()
+        keys = list(counter.scan_iter(match=f"{prefix}:*", count=1000))
+        if keys:
+            counter.delete(*keys)
+        stale = list(brokers.scan_iter(match=f"*{prefix}*", count=1000))
+        if stale:
+            brokers.delete(*stale)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def turn(system: str, n: int, args: argparse.Namespace, profile: str | None = None) -> dict:
+    result: dict[str, Any] = {"system": system}
+    with running(system, args, result) as this:
+        this.warm_up(args)
+        key, worker = f"{this.prefix}:count", this.worker
+        process = psutil.Process(worker.pid)
+        sampler = spy(worker.pid, profile) if profile else None
+        cpu_before = tree_cpu(process)
+        started = time.perf_counter()
+        this.built.produce(key, n)
+        added = time.perf_counter()
+        wait_for(key, n, args.timeout, worker)
+        elapsed = time.perf_counter() - started
+        (user, system_), (user_before, system_before) = tree_cpu(process), cpu_before
+        user, system_ = user - user_before, system_ - system_before
+        if sampler:
+            sampler.send_signal(signal.SIGINT)  # writes its file and exits
+            sampler.wait(30)
+        rss_main, rss_tree = tree_rss(process)
+        result |= {
+            "jobs_per_s": n / elapsed,
+            "add_per_s": n / (added - started),
+            "cpu_us_per_job": (user + system_) / n * 1e6,
+            "user_us_per_job": user / n * 1e6,
+            "system_us_per_job": system_ / n * 1e6,
+            "rss_mb": rss_tree,
+            "rss_main_mb": rss_main,
+            "processes": len(tree(process)),
+        }
+    return result
+
+
+def latency_turn(system: str, args: argparse.Namespace, *, asynchronous: bool) -> dict:
+    """Enqueue -> start, one job in flight: the worker idles ``--idle-ms`` between
+    jobs; each job pushes ``time.time()`` as its first step to a list this process waits
+    on (BLPOP: woken at once, no poll); the latency is that stamp less the time just
+    before the add. With ``asynchronous``, the job is an ``async def`` (where the system
+    has one)."""
+    result: dict[str, Any] = {"system": f"{system}{' (async def)' if asynchronous else ''}"}
+    idle = args.idle_ms / 1000
+    with running(system, args, result) as this:
+        this.warm_up(args)
+        stamps = f"{this.prefix}:stamps"
         delays = []
         for sample in range(args.latency + 20):  # the first 20: warm-up
             time.sleep(idle)
             before = time.time()
-            built.add_stamp(stamps, asynchronous)
+            this.built.add_stamp(stamps, asynchronous)
             popped = counter.blpop([stamps], timeout=10)
             if popped is None:
                 raise TimeoutError(f"latency job {sample} did not start within 10 s")
@@ -283,21 +290,6 @@ def latency_turn(system: str, args: argparse.Namespace, *, asynchronous: bool) -
             "p90_ms": quantiles[89],
             "p99_ms": quantiles[98],
         }
-    except Exception as error:
-        result["error"] = f"{type(error).__name__}: {error}"
-    finally:
-        stop(worker, args.grace)
-        log.close()
-        if "error" in result:
-            tail = Path(f"{tmp}/worker.log").read_bytes()[-2000:].decode(errors="replace")
-            result["log_tail"] = tail
-        with contextlib.suppress(Exception):
-            built.close()
-        counter.delete(stamps, ready)
-        stale = list(brokers.scan_iter(match=f"*{prefix}*", count=1000))
-        if stale:
-            brokers.delete(*stale)
-        shutil.rmtree(tmp, ignore_errors=True)
     return result
 
 
