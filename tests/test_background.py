@@ -10,10 +10,15 @@ from fastapi import Depends, FastAPI, HTTPException, WebSocket
 from fastapi.testclient import TestClient
 from starlette.responses import StreamingResponse
 
-from errands import BackgroundTasks, Errands, ErrandsError, Job, JobStatus, Tasks
+from errands import BackgroundTasks, Errands, ErrandsError, Job, JobStatus, Tasks, _background
 
 
-def test_tasks_run_in_the_order_added_across_dependencies_and_subdependencies() -> None:
+@pytest.mark.parametrize("push", ["contextlib's primitive", "push_async_exit"])
+def test_tasks_run_in_the_order_added_across_dependencies_and_subdependencies(
+    push: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if push == "push_async_exit":  # (a Python whose private primitive differs)
+        monkeypatch.setattr(_background, "_PUSH_EXIT", None)
     order: list[str] = []
     app = FastAPI()
 
@@ -349,3 +354,16 @@ def test_tasks_run_in_a_context_of_their_own_not_the_requests() -> None:
         while not seen and time.monotonic() < deadline:
             time.sleep(0.01)
     assert seen == ["none"]
+
+
+def test_the_private_exit_primitive_is_used_only_with_the_signature_it_has_always_had(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from contextlib import AsyncExitStack
+
+    assert _background._private_push_exit() is not None  # this Python's
+    monkeypatch.setattr(AsyncExitStack, "_push_exit_callback", lambda self, callback: None)
+    assert _background._private_push_exit() is None
+    monkeypatch.delattr(AsyncExitStack, "_push_exit_callback")
+    monkeypatch.delattr(AsyncExitStack.__mro__[1], "_push_exit_callback")
+    assert _background._private_push_exit() is None

@@ -19,6 +19,7 @@ used by request-scoped ``yield`` dependencies too.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from contextlib import AsyncExitStack
@@ -450,11 +451,22 @@ async def _provide_tasks(connection: HTTPConnection) -> Tasks:
     return tasks
 
 
+def _private_push_exit() -> Callable[[AsyncExitStack, Any, bool], None] | None:
+    push = getattr(AsyncExitStack, "_push_exit_callback", None)
+    try:
+        names = list(inspect.signature(push).parameters) if push is not None else []
+    except (TypeError, ValueError):
+        return None
+    return push if names == ["self", "callback", "is_sync"] else None
+
+
 #: ``push_async_exit`` tells a callback from a context manager by looking up
 #: ``__aexit__`` on its type: a method has none, and the AttributeError raised and
 #: caught costs more than the rest of the push (two a request). Where the stacks are
 #: contextlib's own, its primitive registers the callbacks, as push_async_exit would.
-_PUSH_EXIT = getattr(AsyncExitStack, "_push_exit_callback", None)
+#: (A private method: used only while it has the signature it has had since Python 3.7,
+#: ``(callback, is_sync)``, else the public call.)
+_PUSH_EXIT = _private_push_exit()
 
 
 #: Annotate endpoint and dependency parameters with this, as with FastAPI's own.
