@@ -35,7 +35,6 @@ import platform
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -56,7 +55,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks import celery_app as bench  # noqa: E402
 from benchmarks import celery_raw_app as raw  # noqa: E402
 from benchmarks import redis_monitor  # noqa: E402
-from benchmarks.common import stop  # noqa: E402
+from benchmarks.common import FAST, free_port, stop, uvicorn  # noqa: E402
 
 SIDES = ("errands", "required", "defaults")
 POOLS = ("prefork", "threads")
@@ -241,12 +240,6 @@ def stop_worker(worker: "subprocess.Popen[bytes]") -> None:
         os.killpg(worker.pid, signal.SIGKILL)  # pool processes left behind, if any
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def wrk(url: str, duration: int, script: Path) -> tuple[float, int]:
     """req/s, and how many requests were answered."""
     out = subprocess.run(
@@ -267,21 +260,7 @@ def http_rates(rounds: int, duration: int, work: Path) -> dict[str, list[float]]
     script.write_text('wrk.method = "POST"\n')
     port = free_port()
     server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "benchmarks.celery_app:app",
-            "--port",
-            str(port),
-            "--loop",
-            "uvloop",
-            "--http",
-            "httptools",
-            "--log-level",
-            "warning",
-            "--no-access-log",
-        ],
+        uvicorn("benchmarks.celery_app:app", port, "warning", *FAST),
         cwd=ROOT,
         env=ENV,
     )

@@ -19,7 +19,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,7 +31,7 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import stop  # noqa: E402
+from benchmarks.common import free_port, stop, uvicorn  # noqa: E402
 
 SCENARIOS = [
     ("none", "no task (async endpoint)"),
@@ -48,12 +47,6 @@ SCENARIOS = [
     ("fastapi-sleep", "FastAPI, sync endpoint + def task sleeping 100 ms"),
     ("errands-sleep", "errands, sync endpoint + def task sleeping 100 ms"),
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def to_ms(text: str) -> float:
@@ -84,18 +77,7 @@ def run_scenario(
     path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "BENCH_SCENARIO": name, "PYTHONPATH": path}
     server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "benchmarks.apps:app",
-            "--port",
-            str(port),
-            "--log-level",
-            "error",
-            "--no-access-log",
-            *server_args,
-        ],
+        uvicorn("benchmarks.apps:app", port, "error", *server_args),
         cwd=ROOT,
         env=env,
     )

@@ -40,7 +40,6 @@ import platform
 import re
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -56,7 +55,7 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import stop  # noqa: E402
+from benchmarks.common import FAST, free_port, stop, uvicorn  # noqa: E402
 
 Sample = dict[str, Any]
 
@@ -70,12 +69,6 @@ def rss_mb(pid: int) -> float:
         with contextlib.suppress(psutil.Error):
             total += child.memory_info().rss
     return total / 2**20
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextlib.contextmanager
@@ -118,21 +111,7 @@ def web(args: argparse.Namespace) -> list[Sample]:
     port = free_port()
     with temporary_folder() as folder:
         server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "benchmarks.memory_app:app",
-                "--port",
-                str(port),
-                "--loop",
-                "uvloop",
-                "--http",
-                "httptools",
-                "--log-level",
-                "error",
-                "--no-access-log",
-            ],
+            uvicorn("benchmarks.memory_app:app", port, "error", *FAST),
             cwd=folder,  # Errands()'s default store: errands.db in the cwd
             env=child_env(**({"PYTHONTRACEMALLOC": "1"} if args.trace else {})),
         )
@@ -290,7 +269,7 @@ def summary(series: list[Sample], every: int) -> dict[str, float]:
 
 def versions() -> str:
     import fastapi
-    import uvicorn
+    import uvicorn as uvicorn_package
 
     import errands
 
@@ -299,7 +278,7 @@ def versions() -> str:
     db.close()
     return (
         f"Python {platform.python_version()}, errands {errands.__version__}, "
-        f"FastAPI {fastapi.__version__}, uvicorn {uvicorn.__version__}, "
+        f"FastAPI {fastapi.__version__}, uvicorn {uvicorn_package.__version__}, "
         f"SQLite {sqlite3.sqlite_version} (cache_size {cache}: "
         f"{-cache if cache < 0 else cache} {'KiB' if cache < 0 else 'pages'} a connection)"
     )
