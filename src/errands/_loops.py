@@ -13,15 +13,6 @@ T = TypeVar("T")
 PerLoop = weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, T]
 
 
-def loop_entry(table: PerLoop[T], make: Callable[[], T]) -> T:
-    """The running loop's entry of ``table``, made by ``make`` on first use."""
-    loop = asyncio.get_running_loop()
-    value = table.get(loop)
-    if value is None:
-        value = table[loop] = make()
-    return value
-
-
 class LoopLocal(Generic[T]):
     """One value per event loop, made by ``make`` on first use, dropped with its loop.
 

@@ -29,7 +29,6 @@ import os
 import signal
 import sys
 import threading
-import weakref
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -37,7 +36,7 @@ from typing import Any
 
 import anyio
 
-from ._loops import PerLoop, loop_entry
+from ._loops import LoopLocal
 from ._payload import encode_result
 from ._record import describe_error
 from .exceptions import ErrandsError, NotSerializable, TaskTimeout
@@ -187,7 +186,7 @@ class ProcessRunner:
 
     def __init__(self, processes: int) -> None:
         self.processes = processes
-        self._slots: PerLoop[asyncio.Semaphore] = weakref.WeakKeyDictionary()
+        self._slots = LoopLocal(lambda: asyncio.Semaphore(self.processes))
         self._preloaded: set[str] = set()
         self._in_use = 0  # calls holding or waiting for a slot, on every loop
 
@@ -204,7 +203,7 @@ class ProcessRunner:
     ) -> Any:
         self._in_use += 1
         try:
-            async with loop_entry(self._slots, lambda: asyncio.Semaphore(self.processes)):
+            async with self._slots.get():
                 return await self._run_one(module, qualname, payload, timeout, name)
         finally:
             self._in_use -= 1

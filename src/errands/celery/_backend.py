@@ -14,7 +14,6 @@ import contextlib
 import functools
 import logging
 import time
-import weakref
 from collections.abc import Callable, Collection, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -24,7 +23,7 @@ from celery import Celery
 
 from .._backend import Backend
 from .._group_commit import GroupCommit
-from .._loops import PerLoop, loop_entry
+from .._loops import LoopLocal
 from .._options import Runtime
 from .._record import JobRecord, JobStatus, utcnow
 from .._stats import Stats, WorkerInfo, activity
@@ -61,7 +60,7 @@ class CeleryBackend(Backend):
         self._tracing = runtime.tracing
         # Requests' publishes gather while one batch is being sent, like a group
         # commit with no transaction: one hand-over to a thread for many requests.
-        self._groups: PerLoop[GroupCommit] = weakref.WeakKeyDictionary()
+        self._groups = LoopLocal(lambda: GroupCommit(contextlib.nullcontext))
 
     def __repr__(self) -> str:
         return f"<CeleryBackend {self.url}>"
@@ -107,7 +106,7 @@ class CeleryBackend(Backend):
                 raise publisher.timed_out(records)
             return publisher.enqueue(records, chosen)
 
-        group = loop_entry(self._groups, lambda: GroupCommit(contextlib.nullcontext))
+        group = self._groups.get()
         published = group.submit(publish)
         try:
             kept: list[JobRecord] = await asyncio.wait_for(
