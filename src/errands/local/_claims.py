@@ -132,6 +132,9 @@ class Claims:
         store = backend.store
         self._counting = store if isinstance(store, Counting) and not durable else None
         self._seen = -1  # its count when last asked
+        # A store that claims without waiting, for a worker whose loop runs
+        # nothing else: it claims there while idle.
+        self._claims_now = store if worker.owns_loop and isinstance(store, ClaimsNow) else None
 
     def wanted(self) -> None:
         self._dirty = True
@@ -157,12 +160,13 @@ class Claims:
                 self._seen = self._counting.changes
             self._claimed(total, claim)
             return
-        store = backend.store
-        if self._worker.owns_loop and self._worker.idle and isinstance(store, ClaimsNow):
+        if self._claims_now is not None and self._worker.idle:
             # Nothing else on this loop to hold up: claim here, unless another writer
             # holds the store (then through the commit thread, which waits for it).
             try:
-                now = store.claim_now(backend.process_id, backend.lease, wants, total, self._limits)
+                now = self._claims_now.claim_now(
+                    backend.process_id, backend.lease, wants, total, self._limits
+                )
             except Exception as exc:
                 self._claimed(total, functools.partial(_raise, exc))
                 return
