@@ -202,11 +202,13 @@ class Listener:
             self._thread.start()
 
     def _ready(self) -> None:
-        """On the loop: datagrams came."""
+        """Datagrams came (the socket does not block now): read them all, wake once."""
         self._drain()
+        if self._stop.is_set():
+            return
         try:
             self._wake()
-        except Exception:  # a bug in the worker's wake-up: its poll will do
+        except Exception:  # (a worker's loop closing meanwhile): its poll will do
             logger.debug("waking the worker for new jobs failed", exc_info=True)
 
     def _run(self) -> None:
@@ -226,15 +228,9 @@ class Listener:
                     return
                 self._socket.settimeout(0)
                 try:
-                    self._drain()
+                    self._ready()
                 finally:
                     self._socket.settimeout(STOP_CHECK)
-                if self._stop.is_set():
-                    return
-                try:
-                    self._wake()
-                except Exception:  # (a worker's loop closing meanwhile): its poll will do
-                    logger.debug("waking the worker for new jobs failed", exc_info=True)
         finally:
             self._release()
 
