@@ -63,10 +63,7 @@ class Backlog:
     def try_reserve(self, n: int) -> bool:
         """Room for ``n`` now, if there is (``reserve`` waits for it)."""
         with self._changed:
-            if self._size + n <= self.limit:  # _try, spelled out: once a request
-                self._size += n
-                return True
-            return False
+            return self._try(n)
 
     async def reserve(self, n: int) -> None:
         """Wait up to ``timeout`` for room, without blocking the event loop."""
