@@ -82,14 +82,9 @@ class Worker:
 
     def offer(self) -> None:
         """New work was handed over: start it now if we are on the worker's loop."""
-        loop = self._loop
-        if self._stopping or loop is None:
+        if self._stopping or self._loop is None:
             return
-        try:  # (on_own_loop, spelled out: once a request)
-            own = asyncio.get_running_loop() is loop
-        except RuntimeError:
-            own = False
-        if own:
+        if self.on_own_loop():
             self.fill()
         else:
             self.wake()
